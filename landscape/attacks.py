@@ -1,0 +1,201 @@
+"""Adversarial attacks as pure functions of ``(model, x, y, ...)`` returning detached adversarial inputs.
+
+Written here rather than taken from a library because P-SAT needs PGD with *per-sample early stopping*
+under a difficulty constraint, which no attack library offers, and all our variants must share one
+step rule so that ``pgd_early_stop(lam=1)`` is bit-identical to ``pgd``.
+
+Every attack: puts the model in eval mode and restores its mode afterwards; takes gradients with respect
+to the input only (``torch.autograd.grad``), so parameter ``.grad`` fields are never touched; keeps
+``x + delta`` in [0, 1] and ``delta`` in the eps-ball. Randomness comes from an optional CPU
+``torch.Generator`` so that results do not depend on the device or on global RNG state.
+Cost of PGD-k: k forward + k backward passes (plus one forward per restart when restarts > 1).
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import ConfigError
+
+NORMS = ("linf", "l2")
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Temporarily put ``model`` (and all submodules) in eval mode, restoring each module's flag after."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
+def check_eps(eps: float, norm: str = "linf") -> None:
+    """Raise ``ConfigError`` for an unknown norm or an eps outside [0, 1] (Linf on [0, 1] inputs)."""
+    if norm not in NORMS:
+        raise ConfigError(f"unknown norm {norm!r}; choose from {', '.join(NORMS)}")
+    if not (eps == eps) or eps < 0 or (norm == "linf" and eps > 1):
+        raise ConfigError(f"eps must lie in [0, 1] for Linf attacks on [0, 1] inputs, got {eps}")
+
+
+def _rand(shape: torch.Size, x: torch.Tensor, generator: torch.Generator | None, normal: bool = False):
+    r = (torch.randn if normal else torch.rand)(shape, generator=generator, dtype=x.dtype)
+    return r.to(x.device)
+
+
+def _per_sample_norm(t: torch.Tensor) -> torch.Tensor:
+    return t.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (t.dim() - 1)))
+
+
+def _project(x: torch.Tensor, delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+    """Project ``delta`` onto the eps-ball and so that ``x + delta`` lies in [0, 1]."""
+    if norm == "linf":
+        delta = delta.clamp(-eps, eps)
+    else:
+        delta = delta * (eps / _per_sample_norm(delta)).clamp(max=1.0)
+    return (x + delta).clamp(0.0, 1.0) - x
+
+
+def random_start(x: torch.Tensor, eps: float, norm: str, generator: torch.Generator | None) -> torch.Tensor:
+    """A uniform random point of the eps-ball (Linf: uniform cube; L2: random direction, radius U(0, eps))."""
+    if norm == "linf":
+        delta = (2 * _rand(x.shape, x, generator) - 1) * eps
+    else:
+        d = _rand(x.shape, x, generator, normal=True)
+        r = _rand(torch.Size([x.shape[0]]), x, generator).view(-1, *([1] * (x.dim() - 1)))
+        delta = d / _per_sample_norm(d) * r * eps
+    return _project(x, delta, eps, norm)
+
+
+def _ascent(x: torch.Tensor, delta: torch.Tensor, grad: torch.Tensor, eps: float, step_size: float,
+            norm: str) -> torch.Tensor:
+    """One projected steepest-ascent step: sign step for Linf, normalized-gradient step for L2."""
+    if norm == "linf":
+        step = step_size * grad.sign()
+    else:
+        step = step_size * grad / _per_sample_norm(grad)
+    return _project(x, delta + step, eps, norm)
+
+
+def _default_step(eps: float, steps: int, step_size: float | None) -> float:
+    return step_size if step_size is not None else 2.5 * eps / max(steps, 1)
+
+
+def _input_grad(loss: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    return torch.autograd.grad(loss, delta)[0]
+
+
+def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step_size: float | None = None,
+        steps: int = 10, norm: str = "linf", random_init: bool = True, restarts: int = 1,
+        generator: torch.Generator | None = None) -> torch.Tensor:
+    """Projected gradient ascent on the cross-entropy (Madry et al. 2018); returns ``x + delta``, detached.
+
+    ``step_size`` defaults to 2.5 * eps / steps. With ``restarts > 1`` each sample keeps its worst
+    restart: misclassified beats correct, then higher loss wins.
+    Cost: restarts * steps forward+backward passes, plus one forward per restart when restarts > 1.
+    """
+    check_eps(eps, norm)
+    if eps == 0 or steps == 0:
+        return x.detach().clone()
+    alpha = _default_step(eps, steps, step_size)
+    best, best_key = x.detach().clone(), None
+    with eval_mode(model):
+        for _ in range(max(restarts, 1)):
+            delta = random_start(x, eps, norm, generator) if random_init else torch.zeros_like(x)
+            for _ in range(steps):
+                delta.requires_grad_(True)
+                loss = F.cross_entropy(model(x + delta), y, reduction="sum")
+                delta = _ascent(x, delta.detach(), _input_grad(loss, delta), eps, alpha, norm)
+            x_adv = (x + delta).detach()
+            if restarts <= 1:
+                return x_adv
+            with torch.no_grad():
+                logits = model(x_adv)
+                key = torch.stack([(logits.argmax(1) != y).float(),
+                                   F.cross_entropy(logits, y, reduction="none")], 1)
+            if best_key is None:
+                best, best_key = x_adv, key
+            else:
+                better = (key[:, 0] > best_key[:, 0]) | ((key[:, 0] == best_key[:, 0]) & (key[:, 1] > best_key[:, 1]))
+                best = torch.where(better.view(-1, *([1] * (x.dim() - 1))), x_adv, best)
+                best_key = torch.where(better.view(-1, 1), key, best_key)
+    return best
+
+
+def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
+    """Fast gradient sign method (Goodfellow et al. 2015): one signed step of size eps. One fwd + bwd."""
+    return pgd(model, x, y, eps, step_size=eps, steps=1, random_init=False)
+
+
+def margin_difficulty(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """P-SAT's difficulty psi_P = (max_{j != y} p_j - p_y + 1) / 2 in [0, 1]; above 0.5 means misclassified."""
+    p = logits.softmax(1)
+    p_y = p.gather(1, y.view(-1, 1)).squeeze(1)
+    p_other = p.scatter(1, y.view(-1, 1), float("-inf")).amax(1)
+    return (p_other - p_y + 1) / 2
+
+
+def pgd_early_stop(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, lam: float,
+                   step_size: float | None = None, steps: int = 10, norm: str = "linf",
+                   random_init: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
+    """PGD with per-sample early stopping under psi_P(x + delta) <= lam (P-SAT's constrained attack).
+
+    After every forward pass, a sample whose difficulty exceeds ``lam`` is frozen at its last iterate
+    that satisfied the constraint; a sample that violates it at its start point returns ``x`` itself
+    (delta = 0). With ``lam >= 1`` nothing ever stops and the output equals ``pgd``'s bit for bit.
+    Cost: as PGD-k (k forward + k backward passes), plus one forward to check the last iterate when lam < 1.
+    Frozen samples stay in the batch (the batch shape is constant, so the loop runs at PGD's speed).
+    """
+    check_eps(eps, norm)
+    if eps == 0 or steps == 0:
+        return x.detach().clone()
+    alpha = _default_step(eps, steps, step_size)
+    constrained = lam < 1.0  # psi_P <= 1 always: lam >= 1 is plain PGD
+    shape = (-1, *([1] * (x.dim() - 1)))
+    with eval_mode(model):
+        delta = random_start(x, eps, norm, generator) if random_init else torch.zeros_like(x)
+        kept = torch.zeros_like(x)
+        active = torch.ones(len(x), dtype=torch.bool, device=x.device)
+        for _ in range(steps):
+            delta.requires_grad_(True)
+            logits = model(x + delta)
+            if constrained:
+                with torch.no_grad():
+                    active &= margin_difficulty(logits, y) <= lam
+                    kept = torch.where(active.view(shape), delta.detach(), kept)
+            loss = F.cross_entropy(logits, y, reduction="sum")
+            stepped = _ascent(x, delta.detach(), _input_grad(loss, delta), eps, alpha, norm)
+            delta = torch.where(active.view(shape), stepped, delta.detach())
+        if not constrained:
+            return (x + delta).detach()
+        with torch.no_grad():
+            active &= margin_difficulty(model(x + delta), y) <= lam
+            kept = torch.where(active.view(shape), delta, kept)
+    return (x + kept).detach()
+
+
+def trades_attack(model: nn.Module, x: torch.Tensor, eps: float, step_size: float | None = None,
+                  steps: int = 10, generator: torch.Generator | None = None) -> torch.Tensor:
+    """TRADES' inner maximization (Zhang et al. 2019): Linf PGD on KL(f(x) || f(x + delta)).
+
+    Starts at x + 0.001 * N(0, I) as in the reference code. Cost: 1 forward + steps forward+backward passes.
+    """
+    check_eps(eps, "linf")
+    if eps == 0 or steps == 0:
+        return x.detach().clone()
+    alpha = _default_step(eps, steps, step_size)
+    with eval_mode(model):
+        with torch.no_grad():
+            p_clean = model(x).softmax(1)
+        delta = _project(x, 0.001 * _rand(x.shape, x, generator, normal=True), eps, "linf")
+        for _ in range(steps):
+            delta.requires_grad_(True)
+            loss = F.kl_div(F.log_softmax(model(x + delta), 1), p_clean, reduction="sum")
+            delta = _ascent(x, delta.detach(), _input_grad(loss, delta), eps, alpha, "linf")
+    return (x + delta).detach()

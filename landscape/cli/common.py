@@ -1,0 +1,69 @@
+"""Pieces shared by the console scripts: one-line errors with exit status 2, device choice, output files."""
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+from typing import Callable, Sequence
+
+import torch
+
+from ..errors import LandscapeError
+
+EXIT_BAD_INPUT = 2
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line on stderr and exit status 2."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def cli(prog: str) -> Callable[[Callable[[Sequence[str] | None], int | None]], Callable[..., int]]:
+    """Decorate a ``main(argv)``: a ``LandscapeError`` becomes ``prog: error: ...`` and exit status 2."""
+    def deco(fn):
+        @functools.wraps(fn)
+        def main(argv: Sequence[str] | None = None) -> int:
+            try:
+                code = fn(argv) or 0
+            except LandscapeError as e:
+                msg = " ".join(str(e).split())
+                print(f"{prog}: error: {msg}", file=sys.stderr)
+                code = EXIT_BAD_INPUT
+            except KeyboardInterrupt:
+                print(f"{prog}: interrupted", file=sys.stderr)
+                code = 130
+            return code
+        return main
+    return deco
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is a ``LandscapeError``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError as e:
+        raise LandscapeError(f"unknown device {name!r}") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise LandscapeError("--device cuda was asked for but no CUDA device is available")
+    return dev
+
+
+def add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (CUDA when available)")
+
+
+def add_checkpoint_source(p: argparse.ArgumentParser) -> None:
+    """CKPT plus what a foreign checkpoint needs (--arch, --dataset) and where data live."""
+    p.add_argument("checkpoint", metavar="CKPT", help="a landscape checkpoint (.pt) or a foreign state_dict")
+    p.add_argument("--arch", help="model name for a foreign checkpoint (see landscape.available_models())")
+    p.add_argument("--dataset", help="dataset of a foreign checkpoint, or another dataset with the same input shape")
+    p.add_argument("--data-dir", help="where datasets live (default: $LANDSCAPE_DATA or ./data)")
+    p.add_argument("--download", action="store_true", help="allow torchvision to download the dataset")

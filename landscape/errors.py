@@ -1,0 +1,30 @@
+"""Exceptions raised by library code.
+
+The console scripts turn every ``LandscapeError`` into a one-line message on stderr and exit status 2;
+anything else is a bug and keeps its traceback.
+"""
+from __future__ import annotations
+
+
+class LandscapeError(ValueError):
+    """Bad input: a user can fix it by changing an argument, a file or a setting."""
+
+
+class DataError(LandscapeError):
+    """Unknown dataset, missing files, bad split or sample count."""
+
+
+class ModelError(LandscapeError):
+    """Unknown model name or a model that cannot take the dataset's inputs."""
+
+
+class CheckpointError(LandscapeError):
+    """Missing, corrupt, unsafe or mismatched checkpoint."""
+
+
+class ConfigError(LandscapeError):
+    """An out-of-range or inconsistent setting (eps outside [0, 1], unknown method, ...)."""
+
+
+class NonFiniteLossError(LandscapeError):
+    """Training produced a NaN or infinite loss; the last good checkpoint is kept."""
