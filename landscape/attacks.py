@@ -199,3 +199,26 @@ def trades_attack(model: nn.Module, x: torch.Tensor, eps: float, step_size: floa
             loss = F.kl_div(F.log_softmax(model(x + delta), 1), p_clean, reduction="sum")
             delta = _ascent(x, delta.detach(), _input_grad(loss, delta), eps, alpha, "linf")
     return (x + delta).detach()
+
+
+def batch_generator(seed: int, start: int) -> torch.Generator:
+    """The CPU generator for the batch of a sample set that begins at sample index ``start``.
+
+    Seeding by (seed, start) makes a batch's attack independent of the batches before it.
+    """
+    return torch.Generator().manual_seed(int(seed) * 1_000_003 + int(start))
+
+
+def adversarial_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
+                         step_size: float | None = None, steps: int = 10, norm: str = "linf",
+                         restarts: int = 1, batch_size: int = 256, seed: int = 0) -> torch.Tensor:
+    """PGD adversarial examples for a whole sample set, attacked in batches of ``batch_size``.
+
+    Batch b (starting at sample i) uses ``batch_generator(seed, i)``, so results are reproducible.
+    Cost: as ``pgd`` on every batch.
+    """
+    out = torch.empty_like(x)
+    for i in range(0, len(x), batch_size):
+        out[i:i + batch_size] = pgd(model, x[i:i + batch_size], y[i:i + batch_size], eps, step_size, steps,
+                                    norm, True, restarts, batch_generator(seed, i))
+    return out
