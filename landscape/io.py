@@ -24,16 +24,12 @@ def _atomic(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        with_suppress_unlink(tmp)
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
         raise
     return path
-
-
-def with_suppress_unlink(tmp: str) -> None:
-    try:
-        os.unlink(tmp)
-    except OSError:
-        pass
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
@@ -41,15 +37,15 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     return _atomic(path, lambda f: torch.save(obj, f))
 
 
-def _jsonable(obj: Any) -> Any:
+def jsonable(obj: Any) -> Any:
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if isinstance(obj, (torch.Tensor, np.ndarray)):
-        return _jsonable(obj.tolist())
+        return jsonable(obj.tolist())
     if isinstance(obj, (np.floating, np.integer, np.bool_)):
-        return _jsonable(obj.item())
+        return jsonable(obj.item())
     if isinstance(obj, float) and not math.isfinite(obj):
         return None if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
     if isinstance(obj, (Path, torch.device, torch.dtype)):
@@ -59,7 +55,11 @@ def _jsonable(obj: Any) -> Any:
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
     """Write ``obj`` as indented JSON atomically; tensors, arrays and non-finite floats are converted."""
-    text = json.dumps(_jsonable(obj), indent=2) + "\n"
+    return write_text(path, json.dumps(jsonable(obj), indent=2) + "\n")
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically."""
     return _atomic(path, lambda f: f.write(text), mode="w")
 
 
