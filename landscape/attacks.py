@@ -26,11 +26,12 @@ NORMS = ("linf", "l2")
 
 @contextlib.contextmanager
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Temporarily put ``model`` (and all submodules) in eval mode, restoring each module's flag after."""
+    """Temporarily put ``model`` (and all submodules) in eval mode, with gradients enabled; restores the flags after."""
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
-        yield model
+        with torch.enable_grad():  # attacks need input gradients even when called under no_grad
+            yield model
     finally:
         for m, mode in modes:
             m.training = mode

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,7 +59,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, config: dict, met
     """Write a landscape checkpoint atomically. ``config`` must hold ``model`` and ``dataset_info``."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     obj = {"format": FORMAT, "format_version": FORMAT_VERSION, "landscape_version": __version__,
-           "torch_version": torch.__version__, "model_state": state, "config": config,
+           "torch_version": str(torch.__version__), "model_state": state, "config": config,
            "metrics": metrics or {}, "epoch": epoch, "train_state": train_state or {}}
     return atomic_torch_save(obj, path)
 
@@ -75,9 +76,11 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if "weights_only" in str(e) or "Unsupported" in str(e) or "global" in str(e).lower():
+        found = re.search(r"(GLOBAL [\w.]+|[Uu]nsupported operand \S+)", str(e))
+        if found or "weights_only" in str(e):
+            what = found.group(0) if found else first[:120]
             raise CheckpointError(f"refusing to load {path}: it holds objects other than tensors and plain "
-                                  f"data (weights_only=True): {first[:160]}") from e
+                                  f"data, which could run code ({what})") from e
         raise CheckpointError(f"{path} is corrupt or not a PyTorch checkpoint ({first[:120]})") from e
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, AttributeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

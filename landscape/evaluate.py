@@ -30,10 +30,9 @@ class EvalResult:
         return {"landscape_version": __version__, **asdict(self)}
 
 
-@torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
     """Predicted labels, in eval mode and without gradients. One forward pass per batch."""
-    with eval_mode(model):
+    with eval_mode(model), torch.inference_mode():
         return torch.cat([model(x[i:i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
 
 

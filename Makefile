@@ -1,0 +1,45 @@
+# make test / make demo / make bench: each creates .venv (Python 3.11) and installs what it needs.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+FMNIST := /usr/share/datasets/fashion-mnist
+PYTEST_ARGS ?=
+
+.PHONY: test test-slow demo bench venv data clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+# Debian's Fashion-MNIST IDX files, when missing and we are root (tests that need them skip otherwise).
+data:
+	@if [ ! -f $(FMNIST)/train-images-idx3-ubyte.gz ] && [ ! -f $(FMNIST)/train-images-idx3-ubyte ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null 2>&1 \
+	      || echo "warning: could not install dataset-fashion-mnist; Fashion-MNIST tests will skip"; \
+	  else echo "note: not root, Fashion-MNIST not installed; its tests will skip"; fi; \
+	fi
+
+test: venv data
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-slow: venv data
+	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
+
+demo: venv data
+	$(BIN)/landscape-train --out runs --overwrite
+	$(BIN)/landscape-eval runs/p-sat-digits-eps0.1-s0/best.pt
+
+bench: venv data
+	$(BIN)/python benchmarks/train_overhead.py
+	$(BIN)/python benchmarks/spectrum_vs_pyhessian.py
+	$(BIN)/python benchmarks/surface_cost.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

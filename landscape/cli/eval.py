@@ -1,0 +1,64 @@
+"""landscape-eval: clean, PGD and (optionally) AutoAttack accuracy of a checkpoint."""
+from __future__ import annotations
+
+import sys
+from typing import Sequence
+
+from ..checkpoint import load_checkpoint
+from ..data import load_dataset
+from ..io import write_json
+from ..evaluate import evaluate
+from .common import Parser, add_checkpoint_source, add_device, cli, resolve_device
+
+DESCRIPTION = """\
+Clean and robust accuracy of a checkpoint: PGD-k with random start (default 20 steps of eps/4,
+--restarts keeps each sample's worst case) and, with --autoattack, the standard AutoAttack ensemble
+(pyautoattack package; install the extra landscape[autoattack]). eps defaults to the training eps."""
+
+
+def build_parser() -> Parser:
+    p = Parser(prog="landscape-eval", description=DESCRIPTION)
+    add_checkpoint_source(p)
+    p.add_argument("--eps", type=float, help="Linf budget (default: the checkpoint's training eps)")
+    p.add_argument("--steps", type=int, default=20, help="PGD steps")
+    p.add_argument("--step-size", type=float, help="PGD step size (default eps / 4)")
+    p.add_argument("--restarts", type=int, default=1, help="PGD random restarts")
+    p.add_argument("--autoattack", action="store_true", help="also run AutoAttack (standard version)")
+    p.add_argument("--split", default="test", help="train, val, train-full or test")
+    p.add_argument("--n-samples", type=int, help="evaluate the first N samples of the split (default: all)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", metavar="PATH", help="write the result as JSON")
+    add_device(p)
+    return p
+
+
+@cli("landscape-eval")
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    device = resolve_device(args.device)
+    ck = load_checkpoint(args.checkpoint, args.arch, args.dataset, device)
+    eps = args.eps if args.eps is not None else ck.config.get("eps")
+    if eps is None:
+        eps = 0.0 if not args.autoattack else None
+        if eps is None:
+            from ..errors import ConfigError
+            raise ConfigError("this checkpoint records no eps; pass --eps")
+    ds = load_dataset(args.dataset or ck.dataset, args.split, args.data_dir, args.download)
+    x, y = ds.tensors(args.n_samples, device)
+    res = evaluate(ck.model, x, y, eps, args.steps, args.step_size, args.restarts, args.batch_size, args.seed,
+                   args.autoattack)
+    line = f"{args.checkpoint}: {ds.name}/{args.split} n={res.n}  clean {res.clean_acc:.4f}"
+    if res.pgd_acc is not None:
+        line += f"  PGD-{res.steps} (eps {eps:g}) {res.pgd_acc:.4f}"
+    if res.autoattack_acc is not None:
+        line += f"  AutoAttack {res.autoattack_acc:.4f}"
+    print(line)
+    if args.json:
+        write_json(args.json, {**res.to_dict(), "checkpoint": args.checkpoint, "dataset": ds.name,
+                               "split": args.split, "config": ck.config})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

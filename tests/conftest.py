@@ -1,0 +1,52 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+def have_fashion_mnist() -> bool:
+    return any((FMNIST_DIR / n).exists() for n in ("train-images-idx3-ubyte.gz", "train-images-idx3-ubyte"))
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 300):
+    """Run ``python -m landscape.cli.X args`` in a subprocess; returns CompletedProcess."""
+    module, *rest = args
+    e = {**os.environ, "PYTHONHASHSEED": "0", **(env or {})}
+    return subprocess.run([sys.executable, "-m", f"landscape.cli.{module}", *rest], cwd=cwd, env=e,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def assert_one_line_error(proc, code: int = 2, contains: str | None = None):
+    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
+    lines = [l for l in proc.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    if contains:
+        assert contains.lower() in lines[0].lower(), lines[0]
+
+
+@pytest.fixture(scope="session")
+def digits_test():
+    from landscape import load_dataset
+    return load_dataset("digits", "test")
+
+
+@pytest.fixture
+def tiny_cnn():
+    from landscape import build_model
+    return build_model("cnn-small", "digits", seed=0)
+
+
+@pytest.fixture(scope="session")
+def trained_digits(tmp_path_factory):
+    """A briefly trained p-sat checkpoint on digits (run dir), shared by the tests that need one."""
+    from landscape.training import TrainConfig, train
+    out = tmp_path_factory.mktemp("runs")
+    res = train(TrainConfig(method="at", epochs=3, lr=0.05, name="at-digits"), out=out)
+    return res.run_dir

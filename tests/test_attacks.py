@@ -1,0 +1,153 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from landscape import attacks, build_model, load_dataset
+from landscape.errors import ConfigError
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.manual_seed(0)
+    model = build_model("cnn-small", "digits", seed=0)
+    x, y = load_dataset("digits", "train").tensors(256)
+    # a few quick steps of training so that the model is not trivial
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(80):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    opt.zero_grad(set_to_none=True)
+    assert (model(x).argmax(1) == y).float().mean() > 0.9
+    return model, x[:128], y[:128]
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.mark.parametrize("norm,eps", [("linf", 0.1), ("l2", 0.5)])
+def test_pgd_stays_in_ball_and_box_and_raises_loss(setup, norm, eps):
+    model, x, y = setup
+    x_adv = attacks.pgd(model, x, y, eps, steps=10, norm=norm, generator=gen())
+    d = (x_adv - x).flatten(1)
+    if norm == "linf":
+        assert d.abs().max() <= eps + 1e-6
+    else:
+        assert d.norm(dim=1).max() <= eps + 1e-5
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+    with torch.no_grad():
+        assert F.cross_entropy(model(x_adv), y) > F.cross_entropy(model(x), y) + 0.1
+        rand = attacks.random_start(x, eps, norm, gen())
+        assert F.cross_entropy(model(x_adv), y) > F.cross_entropy(model(x + rand), y)
+
+
+def test_pgd_restores_mode_and_leaves_no_parameter_gradients(setup):
+    model, x, y = setup
+    model.train()
+    attacks.pgd(model, x, y, 0.1, generator=gen())
+    assert model.training and all(m.training for m in model.modules())
+    assert all(p.grad is None for p in model.parameters())
+    model.eval()
+    attacks.pgd_early_stop(model, x, y, 0.1, lam=0.5, generator=gen())
+    attacks.trades_attack(model, x, 0.1, generator=gen())
+    assert not model.training and all(p.grad is None for p in model.parameters())
+
+
+def test_pgd_uses_eval_mode_for_batchnorm():
+    model = build_model("cnn-small-bn", "digits", seed=0).train()
+    x, y = load_dataset("digits", "test").tensors(64)
+    before = [b.clone() for b in model.buffers()]
+    attacks.pgd(model, x, y, 0.1, steps=3, generator=gen())
+    assert all(torch.equal(a, b) for a, b in zip(before, model.buffers()))
+
+
+def test_pgd_is_seeded(setup):
+    model, x, y = setup
+    a = attacks.pgd(model, x, y, 0.1, generator=gen(3))
+    b = attacks.pgd(model, x, y, 0.1, generator=gen(3))
+    c = attacks.pgd(model, x, y, 0.1, generator=gen(4))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_restarts_keep_each_samples_worst_case(setup):
+    model, x, y = setup
+    one = attacks.pgd(model, x, y, 0.1, steps=3, generator=gen(0))
+    many = attacks.pgd(model, x, y, 0.1, steps=3, restarts=4, generator=gen(0))
+    with torch.no_grad():
+        wrong1 = model(one).argmax(1) != y
+        wrongk = model(many).argmax(1) != y
+        # the first restart is the single run: restarts can only add misclassifications
+        assert (wrongk | ~wrong1).all() and wrongk.sum() >= wrong1.sum()
+        lk = F.cross_entropy(model(many), y, reduction="none")
+        l1 = F.cross_entropy(model(one), y, reduction="none")
+        same = wrongk == wrong1
+        assert (lk[same] >= l1[same] - 1e-6).all()
+
+
+def test_early_stop_with_lambda_one_is_exactly_pgd(setup):
+    model, x, y = setup
+    a = attacks.pgd(model, x, y, 0.1, 0.025, 10, generator=gen(7))
+    b = attacks.pgd_early_stop(model, x, y, 0.1, 1.0, 0.025, 10, generator=gen(7))
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("lam", [0.2, 0.45, 0.6])
+def test_early_stop_respects_the_difficulty_constraint(setup, lam):
+    model, x, y = setup
+    x_adv = attacks.pgd_early_stop(model, x, y, 0.2, lam, steps=10, generator=gen(1))
+    with torch.no_grad():
+        psi_adv = attacks.margin_difficulty(model(x_adv), y)
+        psi_clean = attacks.margin_difficulty(model(x), y)
+    returned_clean = (x_adv == x).flatten(1).all(1)
+    # every sample satisfies psi <= lam, except those returned unperturbed (delta = 0) by rule
+    assert (psi_adv[~returned_clean] <= lam + 1e-6).all()
+    assert torch.equal(psi_adv[returned_clean], psi_clean[returned_clean])
+    # samples whose clean point is feasible always come back feasible
+    assert (psi_adv[psi_clean <= lam] <= lam + 1e-6).all()
+    assert (x_adv - x).abs().max() <= 0.2 + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
+    # and the attack does work: some samples are pushed towards the bound
+    assert psi_adv.mean() > psi_clean.mean()
+
+
+def test_early_stop_stops_more_with_smaller_lambda(setup):
+    model, x, y = setup
+    with torch.no_grad():
+        psis = [attacks.margin_difficulty(model(attacks.pgd_early_stop(model, x, y, 0.2, lam, generator=gen(1))), y).mean()
+                for lam in (0.3, 0.6, 1.0)]
+    assert psis[0] < psis[1] < psis[2]
+
+
+def test_margin_difficulty_formula():
+    logits = torch.tensor([[2.0, 1.0, 0.0], [0.0, 3.0, 0.0]])
+    y = torch.tensor([0, 0])
+    p = logits.softmax(1)
+    expected = torch.stack([(p[0, 1] - p[0, 0] + 1) / 2, (p[1, 1] - p[1, 0] + 1) / 2])
+    assert torch.allclose(attacks.margin_difficulty(logits, y), expected)
+    assert attacks.margin_difficulty(logits, y)[1] > 0.5 > attacks.margin_difficulty(logits, y)[0]
+
+
+def test_fgsm_is_one_signed_step(setup):
+    model, x, y = setup
+    x_adv = attacks.fgsm(model, x, y, 0.1)
+    d = (x_adv - x)
+    inside = (x_adv > 0) & (x_adv < 1)
+    assert torch.allclose(d[inside].abs(), torch.full_like(d[inside], 0.1), atol=1e-6)
+
+
+def test_trades_attack_raises_kl(setup):
+    model, x, y = setup
+    x_adv = attacks.trades_attack(model, x, 0.1, steps=10, generator=gen())
+    with torch.no_grad():
+        p = model(x).softmax(1)
+        kl = F.kl_div(model(x_adv).log_softmax(1), p, reduction="batchmean")
+    assert kl > 1e-2 and (x_adv - x).abs().max() <= 0.1 + 1e-6
+
+
+def test_bad_eps_is_refused(setup):
+    model, x, y = setup
+    for eps in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ConfigError):
+            attacks.pgd(model, x, y, eps)
+    with pytest.raises(ConfigError):
+        attacks.pgd(model, x, y, 0.1, norm="l7")
