@@ -185,11 +185,24 @@ def load_dataset(name: str = "digits", split: str = "test", data_dir: str | os.P
 
 # --- loaders: each returns (inputs, labels) for part "train" or "test" -------------------------------
 
-def _digits(part: str, data_dir, download) -> tuple[torch.Tensor, torch.Tensor]:
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's bundled digits (1797 x 64 pixels in 0..16, labels). Read straight from the CSV that
+    scikit-learn ships, which skips importing scikit-learn itself (seconds at every start-up)."""
+    import importlib.util
+    spec = importlib.util.find_spec("sklearn")
+    csv = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz" if spec else None
+    if csv is not None and csv.is_file():
+        raw = np.loadtxt(csv, delimiter=",", dtype=np.float32)
+        return raw[:, :-1], raw[:, -1].astype(np.int64)
     from sklearn.datasets import load_digits
     d = load_digits()
-    x = torch.tensor(d.images, dtype=torch.float32).div_(16.0).unsqueeze(1)
-    y = torch.tensor(d.target, dtype=torch.int64)
+    return d.data.astype(np.float32), d.target.astype(np.int64)
+
+
+def _digits(part: str, data_dir, download) -> tuple[torch.Tensor, torch.Tensor]:
+    pixels, labels = _digits_arrays()
+    x = torch.from_numpy(pixels).view(-1, 1, 8, 8).div_(16.0)
+    y = torch.from_numpy(labels)
     # scikit-learn ships one set: a fixed, seeded 20% is our test split.
     perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(20210101))
     n_test = int(round(0.2 * len(y)))

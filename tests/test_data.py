@@ -119,3 +119,12 @@ def test_augment_crops_and_flips_on_tensors():
     for a, b in zip(same, x):
         assert torch.equal(a, b) or torch.equal(a, b.flip(-1))
     assert any(not torch.equal(a, b) for a, b in zip(same, x))
+
+
+def test_digits_reader_matches_scikit_learn():
+    import numpy as np
+    from sklearn.datasets import load_digits
+    from landscape.data import _digits_arrays
+    pixels, labels = _digits_arrays()
+    d = load_digits()
+    assert np.array_equal(pixels, d.data) and np.array_equal(labels, d.target)

@@ -1,0 +1,246 @@
+"""HessianOperator against the exact Hessian (torch.autograd.functional.hessian) of tiny networks."""
+import types
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from landscape import load_dataset
+from landscape.analysis import HessianOperator
+from landscape.analysis.hessian import samples
+from landscape.attacks import adversarial_examples
+from landscape.errors import ConfigError, DataError
+
+N = 48  # samples
+
+
+@pytest.fixture(scope="module")
+def data():
+    x, y = load_dataset("digits", "test").tensors(N)
+    return x.double(), y
+
+
+def tiny_mlp(seed=0):
+    """64 -> 12 -> 10 with tanh: 910 weights."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 12), nn.Tanh(), nn.Linear(12, 10)).double()
+
+
+def tiny_bn_cnn(seed=0):
+    """conv 1->4 (3x3) + BatchNorm + tanh + 2x2 max pool + linear 64->10: 698 weights; running statistics set
+    to values far from the batch statistics so that the two BN modes differ."""
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Tanh(), nn.MaxPool2d(2),
+                        nn.Flatten(), nn.Linear(64, 10)).double()
+    with torch.no_grad():
+        net[1].running_mean.copy_(torch.tensor([0.3, -0.2, 0.1, 0.5]))
+        net[1].running_var.copy_(torch.tensor([0.5, 2.0, 1.5, 0.8]))
+        net[1].weight.copy_(torch.tensor([1.2, 0.8, 1.0, 0.6]))
+        net[1].bias.copy_(torch.tensor([0.1, -0.1, 0.2, 0.0]))
+    return net.eval()
+
+
+def ref_bn_cnn(net, flat, x, batch_stats):
+    """The tiny BN CNN written out by hand (no nn.Module machinery), a function of the flat weights."""
+    shapes = [p.shape for p in net.parameters()]
+    w = list(torch.split(flat, [s.numel() for s in shapes]))
+    cw, cb, g, b, lw, lb = [t.view(s) for t, s in zip(w, shapes)]
+    h = F.conv2d(x, cw, cb, padding=1)
+    if batch_stats:
+        mean, var = h.mean((0, 2, 3)), h.var((0, 2, 3), unbiased=False)
+    else:
+        mean, var = net[1].running_mean, net[1].running_var
+    h = (h - mean.view(1, -1, 1, 1)) / torch.sqrt(var.view(1, -1, 1, 1) + net[1].eps)
+    h = torch.tanh(h * g.view(1, -1, 1, 1) + b.view(1, -1, 1, 1))
+    h = F.max_pool2d(h, 2).flatten(1)
+    return F.linear(h, lw, lb)
+
+
+def exact_hessian(op, logits_fn, x, y):
+    """Hessian of the mean cross-entropy as a function of the operator's flat weights."""
+    return torch.autograd.functional.hessian(lambda p: F.cross_entropy(logits_fn(p, x), y), op.param_vector(),
+                                             vectorize=True)
+
+
+def mlp_logits(op, net):
+    return lambda p, x: torch.func.functional_call(net, op.unflatten(p), (x,))
+
+
+def test_matvec_equals_exact_hessian_mlp(data):
+    x, y = data
+    net = tiny_mlp()
+    op = HessianOperator(net, (x, y))
+    assert op.num_params == 910 and op.shape == (910, 910)
+    H = exact_hessian(op, mlp_logits(op, net), x, y)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        v = torch.randn(op.num_params, generator=g, dtype=torch.float64)
+        torch.testing.assert_close(op.matvec(v), H @ v, rtol=1e-10, atol=1e-12)
+    assert op.hvp_count == 3
+    assert (op @ v).shape == v.shape and op.hvp_count == 4
+    assert all(p.grad is None for p in net.parameters())
+
+
+@pytest.mark.parametrize("bn", ["running", "batch"])
+@pytest.mark.parametrize("method", ["double-backward", "fwd-over-rev"])
+def test_matvec_equals_exact_hessian_batchnorm(data, bn, method):
+    x, y = data
+    net = tiny_bn_cnn()
+    op = HessianOperator(net, (x, y), bn=bn, hvp_method=method)
+    H = exact_hessian(op, lambda p, xx: ref_bn_cnn(net, p, xx, bn == "batch"), x, y)
+    v = torch.randn(op.num_params, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    torch.testing.assert_close(op.matvec(v), H @ v, rtol=1e-9, atol=1e-11)
+    # the two BN modes are different operators (so the check above distinguishes them)
+    other = HessianOperator(net, (x, y), bn="running" if bn == "batch" else "batch")
+    assert (other.matvec(v) - H @ v).norm() > 1e-3 * (H @ v).norm()
+
+
+@pytest.mark.parametrize("bn", ["running", "batch"])
+def test_running_stats_modes_and_grads_untouched(data, bn):
+    x, y = data
+    net = tiny_bn_cnn().train()          # the operator must restore this mode afterwards
+    net[1].momentum = 0.5
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    op = HessianOperator(net, (x, y), loss="adversarial", eps=0.1, steps=2, bn=bn, batch_size=20)
+    v = torch.randn(op.num_params, dtype=torch.float64)
+    op.matvec(v)
+    op.loss_and_grad()
+    after = net.state_dict()
+    for k, t in before.items():
+        assert torch.equal(t, after[k]), k
+    assert net.training and net[1].training and net[1].track_running_stats
+    assert all(p.grad is None for p in net.parameters())
+
+
+def test_unequal_batches_equal_one_batch(data):
+    x, y = data
+    net = tiny_bn_cnn()
+    one = HessianOperator(net, (x, y))
+    uneven = HessianOperator(net, [(x[:5], y[:5]), (x[5:31], y[5:31]), (x[31:], y[31:])])
+    chunked = HessianOperator(net, (x, y), batch_size=20)       # 20, 20, 8
+    assert uneven.num_samples == chunked.num_samples == N and len(chunked.batches) == 3
+    v = torch.randn(one.num_params, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    ref = one.matvec(v)
+    torch.testing.assert_close(uneven.matvec(v), ref, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(chunked.matvec(v), ref, rtol=1e-10, atol=1e-12)
+    l1, g1 = one.loss_and_grad()
+    l2, g2 = uneven.loss_and_grad()
+    assert l1 == pytest.approx(l2, rel=1e-12)
+    torch.testing.assert_close(g1, g2)
+    assert l1 == pytest.approx(F.cross_entropy(net(x), y).item(), rel=1e-12)
+
+
+def test_dataset_input(data):
+    ds = load_dataset("digits", "test").subset(N)
+    net = tiny_mlp().float()
+    op = HessianOperator(net, ds, batch_size=16)
+    ref = HessianOperator(net, ds.tensors())
+    assert op.num_samples == N and len(op.batches) == 3
+    v = torch.randn(op.num_params)
+    torch.testing.assert_close(op.matvec(v), ref.matvec(v), rtol=1e-4, atol=1e-6)
+
+
+def test_graph_built_once_for_one_batch(data):
+    x, y = data
+    net = tiny_mlp()
+    calls = []
+    net.register_forward_hook(lambda *a: calls.append(1))
+    op = HessianOperator(net, (x, y))
+    v = torch.randn(op.num_params, dtype=torch.float64)
+    first = op.matvec(v)
+    for _ in range(3):
+        torch.testing.assert_close(op.matvec(v), first, rtol=0, atol=0)
+    assert len(calls) == 1
+    calls.clear()
+    multi = HessianOperator(net, (x, y), batch_size=16)
+    multi.matvec(v)
+    multi.matvec(v)
+    assert len(calls) == 2 * 3
+
+
+def test_adversarial_operator_is_clean_operator_at_stored_examples(data):
+    x, y = data
+    net = tiny_bn_cnn()
+    adv = HessianOperator(net, (x, y), loss="adversarial", eps=0.1, steps=3, seed=5, batch_size=20)
+    xa, ya = samples(adv)
+    expected = adversarial_examples(net, x, y, 0.1, None, 3, "linf", 1, 256, 5)
+    torch.testing.assert_close(xa, expected, rtol=0, atol=0)
+    assert torch.equal(ya, y)
+    assert (xa - x).abs().max() <= 0.1 + 1e-12 and (xa - x).abs().max() > 0.05
+    assert adv.step_size == pytest.approx(2.5 * 0.1 / 3)
+    clean_at_adv = HessianOperator(net, (xa, ya))
+    clean = HessianOperator(net, (x, y))
+    v = torch.randn(adv.num_params, dtype=torch.float64)
+    torch.testing.assert_close(adv.matvec(v), clean_at_adv.matvec(v), rtol=1e-10, atol=1e-12)
+    assert (adv.matvec(v) - clean.matvec(v)).norm() > 1e-3 * clean.matvec(v).norm()
+
+
+def test_same_seed_same_numbers(data):
+    x, y = data
+    net = tiny_mlp()
+    a = HessianOperator(net, (x, y), loss="adversarial", eps=0.2, steps=2, seed=0)
+    b = HessianOperator(net, (x, y), loss="adversarial", eps=0.2, steps=2, seed=0)
+    c = HessianOperator(net, (x, y), loss="adversarial", eps=0.2, steps=2, seed=1)
+    assert torch.equal(samples(a)[0], samples(b)[0])
+    assert not torch.equal(samples(a)[0], samples(c)[0])
+    v = torch.randn(a.num_params, dtype=torch.float64)
+    assert torch.equal(a.matvec(v), b.matvec(v))
+
+
+def test_param_filter_gives_a_block_of_the_hessian(data):
+    x, y = data
+    net = tiny_mlp()
+    full = HessianOperator(net, (x, y))
+    H = exact_hessian(full, mlp_logits(full, net), x, y)
+    last = HessianOperator(net, (x, y), param_filter="3")
+    assert last.param_names == ["3.weight", "3.bias"] and last.num_params == 130
+    v = torch.randn(130, dtype=torch.float64)
+    torch.testing.assert_close(last.matvec(v), H[-130:, -130:] @ v, rtol=1e-10, atol=1e-12)
+    weights_only = HessianOperator(net, (x, y), param_filter=lambda n, p: n.endswith("weight"))
+    assert weights_only.param_names == ["1.weight", "3.weight"]
+    d = full.unflatten(full.param_vector())
+    assert torch.equal(full.flatten(d), full.param_vector())
+
+
+def test_to_scipy_and_from_checkpoint(data):
+    x, y = data
+    net = tiny_mlp()
+    op = HessianOperator(net, (x, y))
+    lin = op.to_scipy()
+    v = torch.randn(op.num_params, dtype=torch.float64)
+    out = lin.matvec(v.numpy())
+    assert out.dtype.name == "float64"
+    torch.testing.assert_close(torch.from_numpy(out), op.matvec(v))
+    ck = types.SimpleNamespace(model=net, config={"eps": 0.05, "steps": 4, "step_size": 0.02, "method": "at"})
+    adv = HessianOperator.from_checkpoint(ck, (x, y), loss="adversarial")
+    assert (adv.eps, adv.steps, adv.step_size) == (0.05, 4, 0.02)
+    assert adv.describe()["eps"] == 0.05 and adv.describe()["num_samples"] == N
+    adv2 = HessianOperator.from_checkpoint(ck, (x, y), loss="adversarial", eps=0.1, steps=1)
+    assert (adv2.eps, adv2.steps) == (0.1, 1)
+    with pytest.raises(ConfigError, match="eps"):
+        HessianOperator.from_checkpoint(types.SimpleNamespace(model=net, config={}), (x, y), loss="adversarial")
+
+
+def test_bad_input_raises_landscape_errors(data):
+    x, y = data
+    net = tiny_mlp()
+    with pytest.raises(ConfigError):
+        HessianOperator(net, (x, y), loss="robust")
+    with pytest.raises(ConfigError):
+        HessianOperator(net, (x, y), bn="frozen")
+    with pytest.raises(ConfigError, match="eps"):
+        HessianOperator(net, (x, y), loss="adversarial")
+    with pytest.raises(ConfigError):
+        HessianOperator(net, (x, y), loss="adversarial", eps=1.5)
+    with pytest.raises(ConfigError):
+        HessianOperator(net, (x, y), param_filter="nope")
+    with pytest.raises(DataError):
+        HessianOperator(net, (x[:0], y[:0]))
+    with pytest.raises(DataError):
+        HessianOperator(net, (x, y[:3]))
+    with pytest.raises(DataError):
+        HessianOperator(net, 42)
+    op = HessianOperator(net, (x, y))
+    with pytest.raises(ConfigError):
+        op.matvec(torch.zeros(5))

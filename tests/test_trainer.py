@@ -1,0 +1,104 @@
+import csv
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from landscape.checkpoint import load_checkpoint, read_checkpoint
+from landscape.training import TrainConfig, Trainer, resume, train
+from conftest import assert_one_line_error, run_cli
+
+SMALL = ["--train-samples", "192", "--val-samples", "64", "--batch-size", "32", "--epochs", "4", "--quiet"]
+
+# Runs landscape-train in a child process that SIGKILLs itself in the middle of epoch 3 (iteration 15 of 24).
+KILLER = textwrap.dedent("""
+    import os, signal, sys
+    import landscape.training.trainer as t
+    from landscape.cli.train import main
+    objective = t.OBJECTIVES
+    calls = {"n": 0}
+    def wrap(f):
+        def g(*a, **k):
+            calls["n"] += 1
+            if calls["n"] == int(os.environ["KILL_AT"]):
+                os.kill(os.getpid(), signal.SIGKILL)
+            return f(*a, **k)
+        return g
+    t.OBJECTIVES = {k: wrap(v) for k, v in objective.items()}
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+def _read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize("method", ["p-sat", "trades"])
+def test_sigkill_mid_epoch_then_resume_is_identical(tmp_path, method):
+    args = ["--method", method, *SMALL]
+    ref = run_cli("train", *args, "--out", str(tmp_path / "ref"), "--name", "r")
+    assert ref.returncode == 0, ref.stderr
+    env = {**os.environ, "KILL_AT": "15"}
+    killed = subprocess.run([sys.executable, "-c", KILLER, *args, "--out", str(tmp_path / "k"), "--name", "r"],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    run = tmp_path / "k" / "r"
+    assert read_checkpoint(run / "last.pt")["epoch"] == 2       # died in epoch 3
+    assert len(_read_csv(run / "metrics.csv")) == 2
+    res = run_cli("train", "--resume", str(run), "--quiet")
+    assert res.returncode == 0, res.stderr
+    a, b = _read_csv(tmp_path / "ref" / "r" / "metrics.csv"), _read_csv(run / "metrics.csv")
+    keys = ["epoch", "lam", "eps_t", "train_loss", "train_acc", "val_clean", "val_pgd"]
+    assert [[r[k] for k in keys] for r in a] == [[r[k] for k in keys] for r in b]
+    wa = load_checkpoint(tmp_path / "ref" / "r" / "last.pt").model.state_dict()
+    wb = load_checkpoint(run / "last.pt").model.state_dict()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_run_files_and_best_selection(trained_digits):
+    run = trained_digits
+    for f in ("config.json", "metrics.csv", "last.pt", "best.pt"):
+        assert (run / f).is_file()
+    rows = _read_csv(run / "metrics.csv")
+    assert len(rows) == 3
+    for col in ("train_loss", "train_acc", "val_clean", "val_pgd", "lam", "eps_t", "seconds", "lr"):
+        assert col in rows[0]
+    score = [float(r["val_clean"]) + float(r["val_pgd"]) for r in rows]
+    best = load_checkpoint(run / "best.pt")
+    assert best.epoch == 1 + max(range(3), key=lambda i: (score[i], -i))
+    assert best.config["train"]["method"] == "at" and best.config["eps"] == 0.1
+
+
+def test_sat_eps_ramps_eps_and_save_every(tmp_path):
+    res = train(TrainConfig(method="sat-eps", epochs=3, ramp=1.0, train_samples=256, val_samples=64,
+                            save_every=1, name="s"), out=tmp_path)
+    eps = [r["eps_t"] for r in res.history]
+    lam = [r["lam"] for r in res.history]
+    assert eps[0] < eps[1] < eps[2] <= 0.1 and all(abs(e - 0.1 * l) < 1e-9 for e, l in zip(eps, lam))
+    assert sorted(p.name for p in res.run_dir.glob("epoch_*.pt")) == ["epoch_001.pt", "epoch_002.pt", "epoch_003.pt"]
+
+
+def test_refuses_to_overwrite_and_resume_of_nothing(tmp_path):
+    from landscape.errors import CheckpointError, ConfigError
+    train(TrainConfig(method="standard", epochs=1, train_samples=128, val_samples=32, name="x"), out=tmp_path)
+    with pytest.raises(ConfigError, match="--resume"):
+        Trainer(TrainConfig(method="standard", epochs=1, name="x"), out=tmp_path)
+    with pytest.raises(CheckpointError):
+        resume(tmp_path / "nothing")
+    # extending a finished run with more epochs continues it
+    res = resume(tmp_path / "x", epochs=2)
+    assert [r["epoch"] for r in res.history] == [1, 2]
+
+
+def test_nan_loss_stops_with_one_line_and_keeps_last_good(tmp_path):
+    proc = run_cli("train", "--method", "standard", "--lr", "1e30", *SMALL, "--out", str(tmp_path), "--name", "n")
+    assert_one_line_error(proc, contains="loss became")
+    last = tmp_path / "n" / "last.pt"
+    if last.exists():  # an epoch may have finished before the loss blew up: it must be loadable and finite
+        ck = load_checkpoint(last)
+        assert all(torch.isfinite(v).all() for v in ck.model.state_dict().values())

@@ -1,0 +1,101 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from landscape import build_model, load_dataset
+from landscape.errors import ConfigError
+from landscape.training import TrainConfig, lam_schedule
+from landscape.training.objectives import Step, trades, trades_loss
+from landscape.training.trainer import learning_rate
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine", "step"])
+@pytest.mark.parametrize("lam0,ramp", [(0.0, 0.4), (0.3, 0.5), (0.1, 1.0)])
+def test_schedule_hits_lam0_at_start_and_one_at_end_of_ramp(kind, lam0, ramp):
+    total = 1000
+    assert lam_schedule(0, total, lam0, ramp, kind) == pytest.approx(lam0)
+    end = math.ceil(ramp * total)
+    assert lam_schedule(end, total, lam0, ramp, kind) == 1.0
+    if end < total:
+        assert lam_schedule(total - 1, total, lam0, ramp, kind) == 1.0
+    values = [lam_schedule(t, total, lam0, ramp, kind) for t in range(total)]
+    assert all(b >= a for a, b in zip(values, values[1:]))          # non-decreasing
+    assert all(lam0 <= v <= 1 for v in values)
+    assert lam_schedule(end - 1, total, lam0, ramp, kind) < 1.0
+
+
+def test_schedule_shapes():
+    assert lam_schedule(200, 1000, 0.0, 0.4, "linear") == pytest.approx(0.5)
+    assert lam_schedule(200, 1000, 0.0, 0.4, "cosine") == pytest.approx(0.5)
+    assert lam_schedule(100, 1000, 0.0, 0.4, "cosine") < lam_schedule(100, 1000, 0.0, 0.4, "linear")
+    assert lam_schedule(150, 1000, 0.0, 0.4, "step") == pytest.approx(0.25)
+    assert lam_schedule(0, 1000, 0.2, 0.0, "linear") == 1.0  # no ramp: plain AT from the start
+
+
+def test_schedule_rejects_bad_values():
+    with pytest.raises(ConfigError):
+        lam_schedule(0, 10, kind="exponential")
+    with pytest.raises(ConfigError):
+        lam_schedule(0, 10, lam0=1.5)
+
+
+def test_trades_loss_equals_its_formula():
+    model = build_model("cnn-small", "digits", seed=1)
+    x, y = load_dataset("digits", "test").tensors(32)
+    x_adv = (x + 0.05 * torch.randn_like(x)).clamp(0, 1)
+    beta = 6.0
+    out = trades_loss(model, x, x_adv, y, beta)
+    p_clean = model(x).softmax(1)
+    p_adv = model(x_adv).softmax(1)
+    kl = (p_clean * (p_clean.log() - p_adv.log())).sum(1).mean()
+    expected = F.cross_entropy(model(x), y) + beta * kl
+    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    # and the full objective uses an adversarial point that increases the KL term over the clean one
+    res = trades(model, x, y, Step(eps=0.1, lam=1, steps=5, step_size=0.025, beta=beta), torch.Generator().manual_seed(0))
+    assert res.loss.item() > F.cross_entropy(model(x), y).item()
+
+
+def test_learning_rate_schedules():
+    c = TrainConfig(lr=0.1).resolved()
+    assert learning_rate(c, 0, 100) == 0.1 and learning_rate(c, 50, 100) == pytest.approx(0.01)
+    assert learning_rate(c, 80, 100) == pytest.approx(0.001)
+    c.lr_schedule = "cosine"
+    assert learning_rate(c, 50, 100) == pytest.approx(0.05)
+
+
+def test_config_defaults_and_validation():
+    c = TrainConfig().resolved()
+    assert (c.method, c.dataset, c.model, c.eps) == ("p-sat", "digits", "cnn-small", 0.1)
+    assert c.step_size == pytest.approx(0.025)
+    with pytest.raises(ConfigError, match="unknown method"):
+        TrainConfig(method="madry").resolved()
+    with pytest.raises(ConfigError, match="eps"):
+        TrainConfig(eps=1.2).resolved()
+    with pytest.raises(ConfigError, match="epochs"):
+        TrainConfig(epochs=0).resolved()
+
+
+def test_models_registry():
+    from landscape.errors import ModelError
+    x = torch.rand(2, 1, 28, 28)
+    for name in ("mlp", "cnn-small", "cnn-small-bn", "mnist-cnn"):
+        assert build_model(name, "fashion-mnist")(x).shape == (2, 10)
+    assert build_model("preact-resnet18", "cifar10")(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+    assert build_model("tv:resnet18", "cifar100")(torch.rand(2, 3, 32, 32)).shape == (2, 100)
+    # cnn-small's two conv layers have 32 and 64 channels
+    convs = [m for m in build_model("cnn-small", "fashion-mnist").modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [32, 64]
+    # normalization lives inside the model
+    from landscape.models import Normalize
+    assert any(isinstance(m, Normalize) for m in build_model("preact-resnet18", "cifar10").modules())
+    a = build_model("cnn-small", "digits", seed=3).state_dict()
+    b = build_model("cnn-small", "digits", seed=3).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ModelError, match="unknown model"):
+        build_model("resnet-9000", "digits")
+    with pytest.raises(ModelError):
+        build_model("mnist-cnn", "digits")      # 8x8 inputs are too small for its 8x8 stride-2 conv
+    with pytest.raises(ModelError):
+        build_model("tv:not_a_model", "cifar10")
