@@ -1,0 +1,90 @@
+import json
+
+import pytest
+import torch
+
+from landscape.cli import eval as eval_cli
+from landscape.cli import train as train_cli
+from conftest import assert_one_line_error, run_cli
+
+
+def _one_line(capsys, code, expected_code=2, contains=None):
+    err = capsys.readouterr().err
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert code == expected_code, err
+    assert len(lines) == 1 and "Traceback" not in err, err
+    if contains:
+        assert contains.lower() in lines[0].lower(), lines[0]
+
+
+def _exit_code(main, args):
+    try:
+        return main(args)
+    except SystemExit as e:  # argparse usage errors
+        return e.code
+
+
+@pytest.mark.parametrize("args,contains", [
+    (["--dataset", "imagenet-99"], "unknown dataset"),
+    (["--model", "resnet-9000"], "unknown model"),
+    (["--method", "madry"], "unknown method"),
+    (["--eps", "1.5"], "eps"),
+    (["--eps", "-0.1"], "eps"),
+    (["--dataset", "cifar10", "--data-dir", "/nonexistent"], "--download"),
+    (["--epochs", "zero"], "invalid int"),
+    (["--resume", "/nonexistent/run"], "no run"),
+])
+def test_train_bad_input(tmp_path, capsys, args, contains):
+    code = _exit_code(train_cli.main, [*args, "--out", str(tmp_path), "--quiet"])
+    _one_line(capsys, code, contains=contains)
+
+
+def test_eval_bad_input(tmp_path, capsys, trained_digits):
+    ck = str(trained_digits / "best.pt")
+    bad = tmp_path / "trunc.pt"
+    bad.write_bytes((trained_digits / "best.pt").read_bytes()[:300])
+    torch.save({"w": torch.zeros(3)}, tmp_path / "foreign.pt")
+    cases = [([str(tmp_path / "missing.pt")], "not found"),
+             ([str(bad)], "corrupt or truncated"),
+             ([str(tmp_path / "foreign.pt")], "--arch"),
+             ([str(tmp_path / "foreign.pt"), "--arch", "cnn-small", "--dataset", "digits"], "do not fit"),
+             ([ck, "--eps", "2"], "eps"),
+             ([ck, "--n-samples", "100000"], "samples"),
+             ([ck, "--split", "dev"], "unknown split")]
+    for args, contains in cases:
+        _one_line(capsys, _exit_code(eval_cli.main, args), contains=contains)
+
+
+def test_eval_json_and_foreign_checkpoint(tmp_path, capsys, trained_digits):
+    out = tmp_path / "e.json"
+    assert eval_cli.main([str(trained_digits / "best.pt"), "--n-samples", "128", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["n"] == 128 and res["eps"] == 0.1 and res["steps"] == 20 and 0 <= res["pgd_acc"] <= res["clean_acc"]
+    assert "landscape_version" in res
+    # the same weights as a foreign DataParallel-style state_dict give the same numbers
+    from landscape.checkpoint import load_checkpoint
+    sd = load_checkpoint(trained_digits / "best.pt").model.state_dict()
+    torch.save({"state_dict": {f"module.{k}": v for k, v in sd.items()}}, tmp_path / "f.pt")
+    out2 = tmp_path / "f.json"
+    assert eval_cli.main([str(tmp_path / "f.pt"), "--arch", "cnn-small", "--dataset", "digits", "--eps", "0.1",
+                          "--n-samples", "128", "--json", str(out2)]) == 0
+    res2 = json.loads(out2.read_text())
+    assert (res2["clean_acc"], res2["pgd_acc"]) == (res["clean_acc"], res["pgd_acc"])
+
+
+def test_console_scripts_end_to_end(tmp_path):
+    """The installed entry points, in a real process: one-line error and exit 2, and --help."""
+    proc = run_cli("eval", str(tmp_path / "nothing.pt"))
+    assert_one_line_error(proc, contains="not found")
+    for script in ("train", "eval", "spectrum", "surface", "plot"):
+        h = run_cli(script, "--help")
+        assert h.returncode == 0 and "usage" in h.stdout.lower(), (script, h.stderr)
+
+
+@pytest.mark.slow
+def test_autoattack_runs(trained_digits, tmp_path):
+    out = tmp_path / "aa.json"
+    assert eval_cli.main([str(trained_digits / "best.pt"), "--n-samples", "32", "--autoattack",
+                          "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["autoattack_acc"] <= res["pgd_acc"] + 1e-9
