@@ -454,11 +454,8 @@ def detect_kind(obj: Any) -> str:
     raise LandscapeError("cannot tell what this result is (expected a surface, a spectrum, or a metrics.csv)")
 
 
-def plot_result(obj: Any, kind: str | None = None, **kwargs: Any) -> Figure:
-    """A figure for any result: a path (surface folder/JSON/NPZ, spectrum JSON, metrics.csv or run folder),
-    a dict, a result object, or a list of them (compared on shared scales). ``kind`` defaults to: curve
-    (1D surface), contourf (2D surface), compare (several surfaces), spectrum, density (several spectra),
-    sharpness (metrics with a sharpness column), else training."""
+def resolve_plot(obj: Any, kind: str | None = None) -> tuple[str, Any, Any]:
+    """(kind, plotting function, its first argument) for ``obj`` (see ``plot_result``)."""
     objs = _many(obj)
     if not objs:
         raise LandscapeError("nothing to plot")
@@ -475,10 +472,10 @@ def plot_result(obj: Any, kind: str | None = None, **kwargs: Any) -> Figure:
         if kind not in SURFACE_KINDS:
             raise LandscapeError(f"kind {kind!r} does not apply to a surface; choose from {', '.join(SURFACE_KINDS)}")
         if kind in ("curve", "compare"):
-            return (plot_curve if kind == "curve" else plot_compare)(rs, **kwargs)
+            return kind, (plot_curve if kind == "curve" else plot_compare), rs
         if len(rs) > 1:
             raise LandscapeError(f"kind {kind!r} draws one surface; use 'compare' for several")
-        return {"contour": plot_contour, "contourf": plot_contourf, "surface3d": plot_surface3d}[kind](rs[0], **kwargs)
+        return kind, {"contour": plot_contour, "contourf": plot_contourf, "surface3d": plot_surface3d}[kind], rs[0]
     if what_one == "spectrum":
         if kind is None:
             kind = "density" if len(objs) > 1 and all(_spectrum_parts(o)[1] for o in objs) else \
@@ -488,8 +485,8 @@ def plot_result(obj: Any, kind: str | None = None, **kwargs: Any) -> Figure:
         if kind == "spectrum":
             if len(objs) > 1:
                 raise LandscapeError("kind 'spectrum' draws one result; use 'eigenvalues' or 'density' for several")
-            return plot_spectrum(objs[0], **kwargs)
-        return (plot_density if kind == "density" else plot_eigenvalues)(objs, **kwargs)
+            return kind, plot_spectrum, objs[0]
+        return kind, (plot_density if kind == "density" else plot_eigenvalues), objs
     if kind is None:
         kind = "sharpness" if all(_sharp_column(_frame(o)) for o in objs) else "training"
     if kind not in RUN_KINDS:
@@ -497,10 +494,23 @@ def plot_result(obj: Any, kind: str | None = None, **kwargs: Any) -> Figure:
     if kind == "training":
         if len(objs) > 1:
             raise LandscapeError("kind 'training' draws one run")
-        return plot_training(objs[0])
-    return plot_sharpness(objs, **kwargs)
+        return kind, plot_training, objs[0]
+    return kind, plot_sharpness, objs
+
+
+def plot_result(obj: Any, kind: str | None = None, **kwargs: Any) -> Figure:
+    """A figure for any result: a path (surface folder/JSON/NPZ, spectrum JSON, metrics.csv or run folder),
+    a dict, a result object, or a list of them (compared on shared scales). ``kind`` defaults to: curve
+    (1D surface), contourf (2D surface), compare (several surfaces), spectrum, density (several spectra),
+    sharpness (metrics with a sharpness column), else training. Keyword arguments (``field``, ``log``,
+    ``labels``, ...) go to the plotting function when it takes them and are ignored otherwise."""
+    import inspect
+    _, fn, arg = resolve_plot(obj, kind)
+    accepted = inspect.signature(fn).parameters
+    return fn(arg, **{k: v for k, v in kwargs.items() if k in accepted and v is not None})
 
 
 __all__ = ["plot_curve", "plot_contour", "plot_contourf", "plot_surface3d", "plot_compare", "plot_eigenvalues",
-           "plot_density", "plot_spectrum", "plot_sharpness", "plot_training", "plot_result", "detect_kind",
+           "plot_density", "plot_spectrum", "plot_sharpness", "plot_training", "plot_result", "resolve_plot",
+           "detect_kind",
            "KINDS"]

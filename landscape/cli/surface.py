@@ -1,0 +1,250 @@
+"""landscape-surface: 1D / 2D loss and accuracy surfaces of a checkpoint, clean or adversarial, resumable."""
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from ..checkpoint import load_checkpoint
+from ..data import load_dataset
+from ..errors import ConfigError
+from ..io import write_json
+from .common import Parser, add_checkpoint_source, add_device, cli, resolve_device
+
+DESCRIPTION = """\
+Loss and accuracy of a checkpoint at theta0 + a*d1 (+ b*d2) on a grid (Li et al. 2018), for the clean or
+the adversarial (PGD) loss. Directions: 'random' (Gaussian, filter-normalized by default: each filter of
+the direction has the norm of the same filter of the weights; biases and BatchNorm get zero unless
+--include-bn), 'eigen' (top Hessian eigenvectors of the chosen loss, unit norm), 'interpolate' (towards
+--to CKPT2: a=0 is CKPT, a=1 is CKPT2; 1D), 'pca' (top principal components of the epoch_XXX.pt files of
+a training run, --trajectory DIR). Adversarial loss: --adv-mode fixed makes PGD examples once at theta0
+and keeps them; reattack re-runs PGD at every grid point (seeded per point). eps, steps and step size
+default to the checkpoint's training attack.
+
+Results go to --out DIR (surface.npz + surface.json, saved every few seconds; --resume continues an
+interrupted run with identical numbers; --plot adds surface.png). Cost per grid point: one forward pass
+over the samples (clean, fixed) or one PGD attack plus one forward pass (reattack)."""
+
+EPILOG = """\
+examples:
+  landscape-surface runs/at/best.pt --dim 2 --directions eigen --loss adversarial --plot
+  landscape-surface runs/at/best.pt --dim 1 --x -1:1:51 --loss adversarial --adv-mode reattack
+  landscape-surface runs/at/best.pt --directions interpolate --to runs/sat/best.pt --plot
+  landscape-surface foreign.pt --arch cnn-small --dataset digits --out surf --resume"""
+
+DEFAULT_SAMPLES = 1000
+
+
+def build_parser() -> Parser:
+    p = Parser(prog="landscape-surface", description=DESCRIPTION, epilog=EPILOG)
+    add_checkpoint_source(p)
+    g = p.add_argument_group("directions and grid")
+    g.add_argument("--dim", type=int, choices=(1, 2), help="1D or 2D surface (default: 2; 1 for interpolate)")
+    g.add_argument("--directions", default="random", choices=("random", "eigen", "interpolate", "pca"),
+                   help="how the directions are made")
+    g.add_argument("--to", metavar="CKPT2", help="the other checkpoint for --directions interpolate")
+    g.add_argument("--trajectory", metavar="DIR",
+                   help="folder of epoch_XXX.pt files for --directions pca (default: the checkpoint's folder)")
+    g.add_argument("--x", metavar="START:STOP:NUM",
+                   help="grid along direction 1 (default -1:1:21; -0.5:1.5:21 for interpolate)")
+    g.add_argument("--y", metavar="START:STOP:NUM", help="grid along direction 2 (default -1:1:21)")
+    g.add_argument("--norm", default="filter", choices=("filter", "layer", "none"),
+                   help="normalization of random directions")
+    g.add_argument("--include-bn", action="store_true",
+                   help="also move biases and BatchNorm parameters (random directions)")
+    g.add_argument("--orthogonalize", action="store_true",
+                   help="make the second random direction exactly orthogonal to the first")
+    g.add_argument("--eigen-tol", type=float, default=1e-3, help="relative residual tolerance of eigenvectors")
+    a = p.add_argument_group("loss")
+    a.add_argument("--loss", default="clean", choices=("clean", "adversarial"))
+    a.add_argument("--adv-mode", default="fixed", choices=("fixed", "reattack"),
+                   help="adversarial examples made once at theta0, or re-made at every point")
+    a.add_argument("--eps", type=float, help="Linf budget (default: the checkpoint's training eps)")
+    a.add_argument("--steps", type=int, help="PGD steps (default: the checkpoint's, else 10)")
+    a.add_argument("--step-size", type=float, help="PGD step size (default: the checkpoint's, else 2.5*eps/steps)")
+    a.add_argument("--restarts", type=int, default=1, help="PGD random restarts")
+    d = p.add_argument_group("data and run")
+    d.add_argument("--split", default="test", help="train, val, train-full or test")
+    d.add_argument("--samples", "--n-samples", dest="samples", type=int,
+                   help=f"use the first N samples of the split (default: min({DEFAULT_SAMPLES}, all))")
+    d.add_argument("--batch-size", type=int, default=512, help="samples per forward pass")
+    d.add_argument("--seed", type=int, default=0, help="seed of directions and attacks")
+    d.add_argument("--out", metavar="DIR",
+                   help="output folder (default: CKPT's folder/surfaces/STEM-DIRECTIONS-LOSS-Dd)")
+    d.add_argument("--resume", action="store_true", help="continue the run stored in --out (same settings)")
+    d.add_argument("--overwrite", action="store_true", help="replace a run stored in --out")
+    d.add_argument("--plot", action="store_true", help="also write surface.png (and surface_3d.png in 2D)")
+    d.add_argument("--json", metavar="PATH", help="write the result as JSON")
+    add_device(d)
+    return p
+
+
+def _attack_settings(args, ck) -> tuple[float | None, int, float | None]:
+    """eps, steps, step size: from the arguments, else the checkpoint's training attack, else defaults."""
+    cfg = ck.config or {}
+    eps = args.eps if args.eps is not None else cfg.get("eps")
+    if args.loss == "adversarial" and not eps:
+        from ..training.config import DEFAULT_EPS
+        eps = DEFAULT_EPS.get(ck.dataset, 8 / 255)
+        print(f"landscape-surface: note: the checkpoint records no training eps; using {eps:g} for "
+              f"{ck.dataset} (set --eps)", file=sys.stderr)
+    steps = args.steps if args.steps is not None else int(cfg.get("steps") or 10)
+    same = args.eps is None and args.steps is None
+    step_size = args.step_size if args.step_size is not None else (cfg.get("step_size") if same else None)
+    return eps, steps, step_size
+
+
+def _directions(args, ck, x, y, dim, eps, steps, step_size, device):
+    from ..analysis import directions as D
+    if args.directions == "random":
+        ds = D.random_directions(ck.model, dim, norm=args.norm, include_bn=args.include_bn, seed=args.seed)
+        if dim == 2 and args.orthogonalize:
+            ds.directions[1] = D.orthogonalize(ds[1], ds[0])
+            ds.meta["orthogonalized"] = True
+        return ds
+    if args.directions == "eigen":
+        return D.eigen_directions(ck.model, (x, y), args.loss, eps=eps, steps=steps, step_size=step_size,
+                                  k=dim, tol=args.eigen_tol, seed=args.seed, restarts=args.restarts)
+    if args.directions == "interpolate":
+        other = load_checkpoint(args.to, args.arch, args.dataset, device)
+        return D.DirectionSet([D.interpolation_direction(ck.model, other.model)],
+                              {"kind": "interpolate", "to": str(args.to)})
+    folder = args.trajectory or str(Path(args.checkpoint).parent)
+    return D.pca_directions(folder, ck.model, k=dim, arch=args.arch, dataset=args.dataset)
+
+
+def _direction_spec(args, dim: int, eps, steps, step_size) -> dict:
+    """The arguments that define the directions (a resume must repeat them)."""
+    spec: dict = {"directions": args.directions, "dim": dim}
+    if args.directions == "random":
+        spec.update(norm=args.norm, include_bn=args.include_bn, seed=args.seed,
+                    orthogonalize=bool(args.orthogonalize and dim == 2))
+    elif args.directions == "eigen":
+        spec.update(loss=args.loss, tol=args.eigen_tol, seed=args.seed)
+        if args.loss == "adversarial":
+            spec.update(eps=eps, steps=steps, step_size=step_size, restarts=args.restarts)
+    elif args.directions == "interpolate":
+        spec.update(to=str(Path(args.to).resolve()))
+    else:
+        spec.update(trajectory=str(Path(args.trajectory or Path(args.checkpoint).parent).resolve()))
+    return spec
+
+
+def _default_out(args, dim: int) -> Path:
+    ck = Path(args.checkpoint)
+    tag = args.loss + ("-reattack" if args.loss == "adversarial" and args.adv_mode == "reattack" else "")
+    return ck.parent / "surfaces" / f"{ck.stem}-{args.directions}-{tag}-{dim}d"
+
+
+def _check(args, dim: int) -> None:
+    if args.directions == "interpolate":
+        if not args.to:
+            raise ConfigError("--directions interpolate needs --to CKPT2")
+        if dim != 1:
+            raise ConfigError("--directions interpolate makes 1D surfaces (use --dim 1)")
+    elif args.to:
+        raise ConfigError("--to applies to --directions interpolate only")
+    if args.trajectory and args.directions != "pca":
+        raise ConfigError("--trajectory applies to --directions pca only")
+    if dim == 1 and args.y is not None:
+        raise ConfigError("--y applies to 2D surfaces (--dim 2)")
+    if args.samples is not None and args.samples < 1:
+        raise ConfigError(f"--samples must be at least 1, got {args.samples}")
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.resume and args.overwrite:
+        raise ConfigError("--resume and --overwrite exclude each other")
+    if args.restarts < 1:
+        raise ConfigError(f"--restarts must be at least 1, got {args.restarts}")
+
+
+def _glue_grids(argv: Sequence[str]) -> list[str]:
+    """``--x -1:1:21`` -> ``--x=-1:1:21``: argparse would take a value starting with '-' for an option."""
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] in ("--x", "--y") and i + 1 < len(argv) and re.match(r"^-[\d.]", argv[i + 1]):
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
+@cli("landscape-surface")
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(_glue_grids(list(sys.argv[1:] if argv is None else argv)))
+    from ..analysis.surface import load_directions, loss_surface, parse_grid
+    dim = args.dim or (1 if args.directions == "interpolate" else 2)
+    _check(args, dim)
+    x_spec = args.x or ("-0.5:1.5:21" if args.directions == "interpolate" else "-1:1:21")
+    parse_grid(x_spec, "--x")
+    y_spec = (args.y or "-1:1:21") if dim == 2 else None
+    if y_spec is not None:
+        parse_grid(y_spec, "--y")
+    device = resolve_device(args.device)
+    ck = load_checkpoint(args.checkpoint, args.arch, args.dataset, device)
+    ds = load_dataset(args.dataset or ck.dataset, args.split, args.data_dir, args.download)
+    n = args.samples if args.samples is not None else min(DEFAULT_SAMPLES, len(ds))
+    x, y = ds.tensors(n, device)
+    eps, steps, step_size = _attack_settings(args, ck)
+    out = Path(args.out) if args.out else _default_out(args, dim)
+
+    spec = _direction_spec(args, dim, eps, steps, step_size)
+    directions = load_directions(out, device) if args.resume else None
+    if directions is not None and directions.meta.get("spec") != spec:
+        old = directions.meta.get("spec") or {}
+        diffs = [f"{k}: stored {old.get(k)!r}, now {spec.get(k)!r}" for k in sorted(set(old) | set(spec))
+                 if old.get(k) != spec.get(k)]
+        raise ConfigError(f"cannot resume {out}: its directions were made with different settings "
+                          f"({'; '.join(diffs[:4])}); use the same settings, or --overwrite / another --out")
+    if directions is None:
+        directions = _directions(args, ck, x, y, dim, eps, steps, step_size, device)
+        directions.meta["spec"] = spec
+    meta = {"checkpoint": str(args.checkpoint), "arch": ck.arch, "dataset": ds.name, "split": args.split,
+            "device": str(device), "x_spec": x_spec, "y_spec": y_spec}
+
+    from tqdm.auto import tqdm
+    bar = tqdm(total=None, unit="pt", desc="surface", disable=None, file=sys.stderr)
+
+    def progress(done: int, total: int) -> None:
+        if bar.total != total:
+            bar.total = total
+        bar.n = done
+        bar.refresh() if done == total else bar.update(0)
+
+    try:
+        res = loss_surface(ck.model, (x, y), directions, x_spec, y_spec, loss=args.loss, adv_mode=args.adv_mode,
+                           eps=eps, steps=steps, step_size=step_size, restarts=args.restarts,
+                           batch_size=args.batch_size, seed=args.seed, out=out, resume=args.resume,
+                           overwrite=args.overwrite, meta=meta, callback=progress)
+    finally:
+        bar.close()
+
+    figures = []
+    if args.plot:
+        from ..analysis.plots import plot_contourf, plot_curve, plot_surface3d
+        fig = plot_curve(res) if res.dim == 1 else plot_contourf(res)
+        fig.savefig(out / "surface.png", dpi=120)
+        figures.append(str(out / "surface.png"))
+        if res.dim == 2:
+            plot_surface3d(res).savefig(out / "surface_3d.png", dpi=120)
+            figures.append(str(out / "surface_3d.png"))
+    summary = res.to_dict()
+    shape = "x".join(str(s) for s in reversed(res.loss.shape))
+    what = args.loss + (f" (eps {eps:g}, {args.adv_mode})" if args.loss == "adversarial" else "")
+    line = f"{args.checkpoint}: {res.dim}D {args.directions} surface of the {what} loss on {shape} points, n={n}"
+    if "center" in summary:
+        line += f"; at the model: loss {summary['center']['loss']:.4g}, accuracy {summary['center']['accuracy']:.4f}"
+    if "min_loss" in summary:
+        line += f"; lowest loss {summary['min_loss']['loss']:.4g}"
+    print(line)
+    print(f"wrote {out / 'surface.json'}" + (f", {', '.join(figures)}" if figures else ""))
+    if args.json:
+        write_json(args.json, {**summary, "figures": figures, "out": str(out)})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
