@@ -12,7 +12,7 @@ from landscape.analysis.hessian import samples
 from landscape.attacks import adversarial_examples
 from landscape.errors import ConfigError, DataError
 
-N = 48  # samples
+N = 32  # samples
 
 
 @pytest.fixture(scope="module")
@@ -28,16 +28,16 @@ def tiny_mlp(seed=0):
 
 
 def tiny_bn_cnn(seed=0):
-    """conv 1->4 (3x3) + BatchNorm + tanh + 2x2 max pool + linear 64->10: 698 weights; running statistics set
+    """conv 1->2 (3x3) + BatchNorm + tanh + 2x2 max pool + linear 32->10: 354 weights; running statistics set
     to values far from the batch statistics so that the two BN modes differ."""
     torch.manual_seed(seed)
-    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Tanh(), nn.MaxPool2d(2),
-                        nn.Flatten(), nn.Linear(64, 10)).double()
+    net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.BatchNorm2d(2), nn.Tanh(), nn.MaxPool2d(2),
+                        nn.Flatten(), nn.Linear(32, 10)).double()
     with torch.no_grad():
-        net[1].running_mean.copy_(torch.tensor([0.3, -0.2, 0.1, 0.5]))
-        net[1].running_var.copy_(torch.tensor([0.5, 2.0, 1.5, 0.8]))
-        net[1].weight.copy_(torch.tensor([1.2, 0.8, 1.0, 0.6]))
-        net[1].bias.copy_(torch.tensor([0.1, -0.1, 0.2, 0.0]))
+        net[1].running_mean.copy_(torch.tensor([0.3, -0.2]))
+        net[1].running_var.copy_(torch.tensor([0.5, 2.0]))
+        net[1].weight.copy_(torch.tensor([1.2, 0.8]))
+        net[1].bias.copy_(torch.tensor([0.1, -0.1]))
     return net.eval()
 
 
@@ -58,9 +58,23 @@ def ref_bn_cnn(net, flat, x, batch_stats):
 
 
 def exact_hessian(op, logits_fn, x, y):
-    """Hessian of the mean cross-entropy as a function of the operator's flat weights."""
+    """Hessian of the mean cross-entropy as a function of the operator's flat weights (n HVPs' worth)."""
     return torch.autograd.functional.hessian(lambda p: F.cross_entropy(logits_fn(p, x), y), op.param_vector(),
                                              vectorize=True)
+
+
+@pytest.fixture(scope="module")
+def bn_hessian(data):
+    """Exact Hessians of the tiny BN CNN, by BN mode, computed once per module."""
+    x, y = data
+    net, cache = tiny_bn_cnn(), {}
+
+    def get(bn):
+        if bn not in cache:
+            op = HessianOperator(net, (x, y), bn=bn)
+            cache[bn] = exact_hessian(op, lambda p, xx: ref_bn_cnn(net, p, xx, bn == "batch"), x, y)
+        return cache[bn]
+    return get
 
 
 def mlp_logits(op, net):
@@ -84,11 +98,12 @@ def test_matvec_equals_exact_hessian_mlp(data):
 
 @pytest.mark.parametrize("bn", ["running", "batch"])
 @pytest.mark.parametrize("method", ["double-backward", "fwd-over-rev"])
-def test_matvec_equals_exact_hessian_batchnorm(data, bn, method):
+def test_matvec_equals_exact_hessian_batchnorm(data, bn_hessian, bn, method):
     x, y = data
     net = tiny_bn_cnn()
     op = HessianOperator(net, (x, y), bn=bn, hvp_method=method)
-    H = exact_hessian(op, lambda p, xx: ref_bn_cnn(net, p, xx, bn == "batch"), x, y)
+    assert op.num_params == 354
+    H = bn_hessian(bn)
     v = torch.randn(op.num_params, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     torch.testing.assert_close(op.matvec(v), H @ v, rtol=1e-9, atol=1e-11)
     # the two BN modes are different operators (so the check above distinguishes them)
@@ -117,8 +132,8 @@ def test_unequal_batches_equal_one_batch(data):
     x, y = data
     net = tiny_bn_cnn()
     one = HessianOperator(net, (x, y))
-    uneven = HessianOperator(net, [(x[:5], y[:5]), (x[5:31], y[5:31]), (x[31:], y[31:])])
-    chunked = HessianOperator(net, (x, y), batch_size=20)       # 20, 20, 8
+    uneven = HessianOperator(net, [(x[:5], y[:5]), (x[5:27], y[5:27]), (x[27:], y[27:])])
+    chunked = HessianOperator(net, (x, y), batch_size=12)       # 12, 12, 8
     assert uneven.num_samples == chunked.num_samples == N and len(chunked.batches) == 3
     v = torch.randn(one.num_params, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     ref = one.matvec(v)
@@ -134,7 +149,7 @@ def test_unequal_batches_equal_one_batch(data):
 def test_dataset_input(data):
     ds = load_dataset("digits", "test").subset(N)
     net = tiny_mlp().float()
-    op = HessianOperator(net, ds, batch_size=16)
+    op = HessianOperator(net, ds, batch_size=12)
     ref = HessianOperator(net, ds.tensors())
     assert op.num_samples == N and len(op.batches) == 3
     v = torch.randn(op.num_params)
@@ -153,7 +168,7 @@ def test_graph_built_once_for_one_batch(data):
         torch.testing.assert_close(op.matvec(v), first, rtol=0, atol=0)
     assert len(calls) == 1
     calls.clear()
-    multi = HessianOperator(net, (x, y), batch_size=16)
+    multi = HessianOperator(net, (x, y), batch_size=12)
     multi.matvec(v)
     multi.matvec(v)
     assert len(calls) == 2 * 3
