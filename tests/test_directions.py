@@ -115,3 +115,28 @@ def test_pca_directions_span_a_planar_trajectory():
     assert abs(dot(res[0], res[1])) < 1e-5
     with pytest.raises(LandscapeError, match="at least 3"):
         pca_directions(traj[:2], final, k=2)
+
+
+def test_eigen_directions_are_hessian_eigenvectors():
+    from torch import nn
+    from landscape import load_dataset
+    from landscape.analysis.directions import eigen_directions
+    from landscape.analysis.hessian import HessianOperator
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 6), nn.Tanh(), nn.Linear(6, 10)).double().eval()
+    x, y = load_dataset("digits", "test").tensors(40)
+    x = x.double()
+    for loss in ("clean", "adversarial"):
+        ds = eigen_directions(model, (x, y), loss, eps=0.1, steps=2, k=2, tol=1e-6, seed=0)
+        assert ds.meta["kind"] == "eigen" and len(ds) == 2
+        lam = ds.meta["eigenvalues"]
+        assert lam[0] >= lam[1] > 0
+        op = HessianOperator(model, (x, y), loss=loss, eps=0.1, steps=2, seed=0)
+        names = [n for n, _ in model.named_parameters()]
+        for d, l in zip(ds, lam):
+            v = torch.cat([d[n].reshape(-1) for n in names])
+            assert abs(v.norm().item() - 1) < 1e-8
+            assert v[v.abs().argmax()] > 0                                   # sign fixed
+            hv = op.matvec(v)
+            assert (hv - l * v).norm() < 1e-4 * abs(l)
+        assert abs(dot(ds[0], ds[1])) < 1e-6

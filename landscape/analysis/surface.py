@@ -13,6 +13,7 @@ mode, ``adversarial.npz`` (the adversarial examples made at theta0).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -218,18 +219,29 @@ def _batches(x: torch.Tensor, y: torch.Tensor, batch_size: int) -> list[tuple[to
     return [(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(x), batch_size)]
 
 
+def _sums(model: nn.Module, batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed cross-entropy and number correct, as device tensors (no synchronization). One forward pass
+    per batch; the caller chooses the grad mode. Batch sums are accumulated in float64 (one batch: its
+    float32 sum, made float64 by the caller)."""
+    if len(batches) == 1:
+        xb, yb = batches[0]
+        logits = model(xb)
+        return F.cross_entropy(logits, yb, reduction="sum"), (logits.argmax(1) == yb).sum()
+    loss_sum = correct = None
+    for xb, yb in batches:
+        logits = model(xb)
+        ls = F.cross_entropy(logits, yb, reduction="sum").double()
+        c = (logits.argmax(1) == yb).sum()
+        loss_sum = ls if loss_sum is None else loss_sum + ls
+        correct = c if correct is None else correct + c
+    return loss_sum, correct  # type: ignore[return-value]
+
+
 def _eval_sums(model: nn.Module, batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed cross-entropy (float64) and number correct, as device tensors. One forward pass per batch."""
     with torch.inference_mode():
-        loss_sum = correct = None
-        for xb, yb in batches:
-            logits = model(xb)
-            ls = F.cross_entropy(logits, yb, reduction="sum").double()
-            c = (logits.argmax(1) == yb).sum()
-            loss_sum = ls if loss_sum is None else loss_sum + ls
-            correct = c if correct is None else correct + c
-    return loss_sum, correct  # type: ignore[return-value]
+        return _sums(model, batches)
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> tuple[float, float]:
@@ -237,7 +249,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     per-batch summed losses accumulated in float64, divided by the number of samples."""
     with eval_mode(model):
         ls, c = _eval_sums(model, _batches(x, y, batch_size))
-    return float(ls.item()) / len(x), float(c.item()) / len(x)
+    return float(ls.double().item()) / len(x), float(c.item()) / len(x)
 
 
 def point_seed(seed: int, index: int) -> int:
@@ -294,12 +306,12 @@ class _WeightMover:
             p.requires_grad_(rg)
 
     def move(self, coords: Sequence[float]) -> None:
-        """Set the weights to theta0 + sum_k coords[k] * d_k (from the saved theta0, not cumulatively)."""
-        with torch.no_grad():
-            for theta0, dirs, work in self.groups:
-                torch.add(theta0, dirs[0], alpha=coords[0], out=work)
-                for c, d in zip(coords[1:], dirs[1:]):
-                    work.add_(d, alpha=c)
+        """Set the weights to theta0 + sum_k coords[k] * d_k (from the saved theta0, not cumulatively).
+        No autograd mode needed: none of these tensors requires grad."""
+        for theta0, dirs, work in self.groups:
+            torch.add(theta0, dirs[0], alpha=coords[0], out=work)
+            for c, d in zip(coords[1:], dirs[1:]):
+                work.add_(d, alpha=c)
 
 
 # --- settings, hashing, storage ----------------------------------------------------------------------
@@ -449,9 +461,10 @@ def loss_surface(model: nn.Module, data: Any, directions: Any, x_grid: Any, y_gr
             if not pending:
                 return
             idx = np.asarray([p[0] for p in pending])
-            vals = torch.stack([torch.stack([p[1], p[2].double()]) for p in pending]).cpu().numpy()
-            result.loss.reshape(-1)[idx] = vals[:, 0] / n
-            result.accuracy.reshape(-1)[idx] = vals[:, 1] / n
+            losses = torch.stack([p[1] for p in pending]).double().cpu().numpy()
+            correct = torch.stack([p[2] for p in pending]).double().cpu().numpy()
+            result.loss.reshape(-1)[idx] = losses / n
+            result.accuracy.reshape(-1)[idx] = correct / n
             result.mask.reshape(-1)[idx] = True
             pending.clear()
 
@@ -464,16 +477,18 @@ def loss_surface(model: nn.Module, data: Any, directions: Any, x_grid: Any, y_gr
 
         t_mark = [t0]
         try:
-            with mover:
+            reattack = attack is not None and adv_mode == "reattack"
+            # Without reattack the whole loop runs in inference mode (PGD needs autograd, so not then).
+            with mover, (contextlib.nullcontext() if reattack else torch.inference_mode()):
                 for idx, c in zip(todo, coords):
                     mover.move(c)
-                    if attack is not None and adv_mode == "reattack":
+                    if reattack:
                         xa = adversarial_examples(model, x, y, attack["eps"], attack["step_size"], attack["steps"],
                                                   attack["norm"], attack["restarts"], batch_size,
                                                   point_seed(seed, idx))
                         ls, cor = _eval_sums(model, _batches(xa, y, batch_size))
                     else:
-                        ls, cor = _eval_sums(model, batches)
+                        ls, cor = _sums(model, batches)
                     pending.append((idx, ls, cor))
                     done += 1
                     since_save += 1
