@@ -38,9 +38,10 @@ def _read_csv(path):
         return list(csv.DictReader(f))
 
 
-@pytest.mark.parametrize("method", ["p-sat", "trades"])
+@pytest.mark.parametrize("method", ["p-sat", "h-sat"])
 def test_sigkill_mid_epoch_then_resume_is_identical(tmp_path, method):
-    args = ["--method", method, *SMALL]
+    args = ["--method", method, *SMALL] + (["--track-hessian-every", "1", "--hsat-probe", "64"]
+                                           if method == "h-sat" else [])
     ref = run_cli("train", *args, "--out", str(tmp_path / "ref"), "--name", "r")
     assert ref.returncode == 0, ref.stderr
     env = {**os.environ, "KILL_AT": "15"}
@@ -54,6 +55,7 @@ def test_sigkill_mid_epoch_then_resume_is_identical(tmp_path, method):
     assert res.returncode == 0, res.stderr
     a, b = _read_csv(tmp_path / "ref" / "r" / "metrics.csv"), _read_csv(run / "metrics.csv")
     keys = ["epoch", "lam", "eps_t", "train_loss", "train_acc", "val_clean", "val_pgd"]
+    keys += ["sharpness", "hsat_eps", "hsat_lambda_max"] if method == "h-sat" else []
     assert [[r[k] for k in keys] for r in a] == [[r[k] for k in keys] for r in b]
     wa = load_checkpoint(tmp_path / "ref" / "r" / "last.pt").model.state_dict()
     wb = load_checkpoint(run / "last.pt").model.state_dict()
@@ -102,3 +104,17 @@ def test_nan_loss_stops_with_one_line_and_keeps_last_good(tmp_path):
     if last.exists():  # an epoch may have finished before the loss blew up: it must be loadable and finite
         ck = load_checkpoint(last)
         assert all(torch.isfinite(v).all() for v in ck.model.state_dict().values())
+
+
+def test_hsat_and_sharpness_tracking_complete_and_log(tmp_path):
+    import json
+    res = train(TrainConfig(method="h-sat", epochs=3, ramp=0.9, train_samples=256, batch_size=32, val_samples=64, hsat_probe=64,
+                            hsat_every=4, track_hessian_every=1, track_probe=64, name="h"), out=tmp_path)
+    rows = res.history
+    assert all(r["sharpness"] > 0 and r["sharpness_hvps"] > 0 for r in rows)
+    log = json.loads((res.run_dir / "hsat.json").read_text())["calibrations"]
+    assert len(log) >= 3 and all(0.0 <= c["eps_t"] <= 0.1 for c in log)
+    for c in log:  # eps_t is a bisection point whose normalized sharpness meets lambda (or 0 / the full eps)
+        ratios = {e: s / c["lambda_max"] for e, s in c["evaluations"]}
+        assert c["eps_t"] in (0.0, 0.1) or ratios[c["eps_t"]] <= c["lam"] + 1e-12
+    assert [c["step"] for c in log] == [0, 4, 8, 12, 16, 20]

@@ -162,8 +162,8 @@ class Trainer:
         c = self.cfg
         if c.method == "sat-eps":
             eps_t = eps_for_lambda(lam, c.eps)
-        elif c.method == "h-sat":
-            eps_t = self.state.get("hsat_eps", c.eps * lam)
+        elif c.method == "h-sat":  # calibrated eps_t; the full budget as soon as lambda reaches 1
+            eps_t = c.eps if lam >= 1.0 else self.state.get("hsat_eps", c.eps * lam)
         else:
             eps_t = c.eps
         step_size = c.step_size * (eps_t / c.eps) if c.eps > 0 else 0.0
@@ -250,6 +250,9 @@ class Trainer:
                        "best": list(self.best), "extra": self.state}
         save_checkpoint(self.run_dir / "last.pt", self.model, cfg, metrics, self.epoch, train_state)
         _write_metrics(self.run_dir / "metrics.csv", self.history)
+        if "hsat_log" in self.state:
+            write_json(self.run_dir / "hsat.json", {"landscape_version": __version__,
+                                                    "calibrations": self.state["hsat_log"]})
 
 
 def train(cfg: TrainConfig, out: str | Path = "runs", device: str | torch.device = "cpu",

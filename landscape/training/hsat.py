@@ -1,0 +1,77 @@
+"""H-SAT: the Hessian-based curriculum (shared/SAT_METHOD.md, method 3).
+
+psi_H(eps) = lambda_max(eps) / lambda_max(eps_max), the sharpness of the adversarial loss normalized by
+its value at the full budget. Every ``hsat_every`` iterations (default: at the start of each epoch) we
+estimate lambda_max on a fixed probe batch (a few Lanczos steps, warm-started from the last top
+eigenvector) and bisect for the largest eps_t <= eps_max with psi_H(eps_t) <= lam_t; training then uses
+eps_t until the next calibration. Bisection assumes psi_H grows with eps, which holds for the models
+we measured but is not guaranteed; every evaluated (eps, lambda_max) pair is logged, so a non-monotone
+calibration is visible in ``hsat.json``.
+Cost of one calibration: (1 + hsat_bisect) x (PGD on the probe + hsat_iters HVPs).
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import nn
+
+from ..data import Dataset
+from .sharpness import adversarial_sharpness
+
+
+class HSatCalibrator:
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, eps_max: float, steps: int, step_size: float,
+                 every: int | None, iters: int, bisect: int, seed: int):
+        self.x, self.y = x, y
+        self.eps_max, self.steps, self.step_size = eps_max, steps, step_size
+        self.every, self.iters, self.bisect, self.seed = every, iters, bisect, seed
+
+    @classmethod
+    def for_config(cls, cfg, train: Dataset, device: torch.device) -> "HSatCalibrator":
+        x, y = train.tensors(min(cfg.hsat_probe, len(train)), device)
+        return cls(x, y, cfg.eps, cfg.steps, cfg.step_size, cfg.hsat_every, cfg.hsat_iters, cfg.hsat_bisect,
+                   cfg.seed)
+
+    def _sharpness(self, model: nn.Module, eps: float, v0: torch.Tensor | None):
+        step = self.step_size * eps / self.eps_max
+        return adversarial_sharpness(model, self.x, self.y, eps, self.steps, step, self.seed,
+                                     max_hvps=self.iters, tol=1e-3, v0=v0)
+
+    def calibrate(self, model: nn.Module, lam: float, v0: torch.Tensor | None = None) -> dict:
+        """eps_t for curriculum level ``lam``: the largest eps in [0, eps_max] (to bisection precision)
+        whose normalized sharpness is at most ``lam``. Returns eps_t, the estimates and the new warm start."""
+        t0 = time.perf_counter()
+        top = self._sharpness(model, self.eps_max, v0)
+        evaluations = [(self.eps_max, top.value)]
+        hvps = top.hvps
+        if lam >= 1.0:
+            eps_t = self.eps_max
+        elif top.value <= 0:  # no positive curvature to normalize by: fall back to the eps ramp
+            eps_t = lam * self.eps_max
+        else:
+            lo, hi = 0.0, self.eps_max
+            for _ in range(self.bisect):
+                mid = (lo + hi) / 2
+                s = self._sharpness(model, mid, top.vector)
+                evaluations.append((mid, s.value))
+                hvps += s.hvps
+                lo, hi = (mid, hi) if s.value / top.value <= lam else (lo, mid)
+            eps_t = lo
+        return {"eps_t": eps_t, "lam": lam, "lambda_max": top.value, "evaluations": evaluations, "hvps": hvps,
+                "seconds": time.perf_counter() - t0, "vector": top.vector}
+
+    def maybe_calibrate(self, trainer, force: bool = False) -> dict:
+        """Calibrate when due (``force`` at an epoch start, or every ``hsat_every`` iterations); store
+        eps_t, the warm start and the log in ``trainer.state`` (saved in last.pt) and return the metrics."""
+        due = force or (self.every is not None and trainer.step % self.every == 0)
+        if not due:
+            return {}
+        lam = trainer._lam(trainer.step)
+        res = self.calibrate(trainer.model, lam, trainer.state.get("hsat_vector"))
+        trainer.state["hsat_eps"] = res["eps_t"]
+        trainer.state["hsat_vector"] = res["vector"]
+        log = trainer.state.setdefault("hsat_log", [])
+        log.append({"step": trainer.step, "epoch": trainer.epoch + 1, **{k: v for k, v in res.items() if k != "vector"}})
+        return {"hsat_eps": res["eps_t"], "hsat_lambda_max": res["lambda_max"], "hsat_hvps": res["hvps"],
+                "hsat_seconds": res["seconds"]}

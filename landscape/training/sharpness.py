@@ -1,0 +1,68 @@
+"""Sharpness of the adversarial loss during training: the top Hessian eigenvalue on a fixed probe set.
+
+Shared by H-SAT's calibration and ``--track-hessian-every``. Uses the analysis engine (Lanczos on a
+``HessianOperator`` whose adversarial examples are made by seeded PGD at the current weights), so every
+estimate is reproducible and draws nothing from global RNG state.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..analysis.hessian import HessianOperator
+from ..analysis.spectrum import top_eigenvalues
+from ..data import Dataset
+
+
+@dataclass
+class Sharpness:
+    value: float
+    hvps: int
+    converged: bool
+    vector: torch.Tensor | None
+    seconds: float
+
+
+def adversarial_sharpness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int,
+                          step_size: float, seed: int, max_hvps: int, tol: float = 1e-2,
+                          v0: torch.Tensor | None = None) -> Sharpness:
+    """lambda_max of the Hessian (w.r.t. the weights) of the mean CE at PGD examples of budget ``eps``.
+
+    Cost: ``steps`` forward+backward passes on the probe (the attack; none when eps = 0) plus at most
+    ``max_hvps`` HVPs; ``v0`` warm-starts Lanczos (e.g. the previous estimate's eigenvector).
+    """
+    t0 = time.perf_counter()
+    if eps > 0:
+        op = HessianOperator(model, (x, y), loss="adversarial", eps=eps, steps=steps,
+                             step_size=step_size * 1.0, seed=seed)
+    else:
+        op = HessianOperator(model, (x, y), loss="clean", seed=seed)
+    res = top_eigenvalues(op, k=1, tol=tol, max_hvps=max_hvps, seed=seed, return_vectors=True, v0=v0)
+    op.release_graph()
+    vec = res.vectors[0].detach().float() if res.vectors is not None else None
+    return Sharpness(float(res.values[0]), int(res.hvps), bool(res.converged[0]), vec,
+                     time.perf_counter() - t0)
+
+
+class SharpnessTracker:
+    """``--track-hessian-every N``: top eigenvalue of the adversarial loss at the training eps on the first
+    ``track_probe`` validation samples, logged to metrics.csv as ``sharpness``."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int, step_size: float, seed: int,
+                 max_hvps: int = 60):
+        self.x, self.y, self.eps, self.steps, self.step_size, self.seed = x, y, eps, steps, step_size, seed
+        self.max_hvps = max_hvps
+
+    @classmethod
+    def for_config(cls, cfg, val: Dataset, device: torch.device) -> "SharpnessTracker":
+        x, y = val.tensors(min(cfg.track_probe, len(val)), device)
+        return cls(x, y, cfg.eps, cfg.steps, cfg.step_size, cfg.seed)
+
+    def measure(self, model: nn.Module) -> dict:
+        s = adversarial_sharpness(model, self.x, self.y, self.eps, self.steps, self.step_size, self.seed,
+                                  self.max_hvps)
+        return {"sharpness": s.value, "sharpness_hvps": s.hvps, "sharpness_converged": s.converged,
+                "sharpness_seconds": s.seconds}
