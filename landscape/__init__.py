@@ -6,6 +6,10 @@ __version__ = "0.1.0"
 from .data import Dataset, DatasetInfo, available_datasets, load_dataset
 from .errors import LandscapeError
 from .models import available_models, build_model
+from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from .evaluate import EvalResult, evaluate
+from . import attacks, training
 
-__all__ = ["__version__", "Dataset", "DatasetInfo", "LandscapeError", "available_datasets",
-           "available_models", "build_model", "load_dataset"]
+__all__ = ["__version__", "Checkpoint", "Dataset", "DatasetInfo", "EvalResult", "LandscapeError", "attacks",
+           "available_datasets", "available_models", "build_model", "evaluate", "load_checkpoint",
+           "load_dataset", "save_checkpoint", "training"]
