@@ -22,6 +22,7 @@ from __future__ import annotations
 import importlib
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
@@ -554,7 +555,9 @@ def pyhessian_spectrum(model: torch.nn.Module, batches: list, top_n: int = 1, tr
     ph.hessian_vector_product, ph.hessian.dataloader_hv_product = counted_hvp, counted_loader
     devices = [device.index or 0] if device.type == "cuda" else []
     try:
-        with torch.random.fork_rng(devices=devices):
+        with torch.random.fork_rng(devices=devices), warnings.catch_warnings():
+            # its one-batch mode calls backward(create_graph=True), which warns about a reference cycle
+            warnings.filterwarnings("ignore", message="Using backward", category=UserWarning)
             torch.manual_seed(int(seed))
             t0 = time.perf_counter()
             data = dict(data=tuple(batches[0])) if len(batches) == 1 else dict(dataloader=list(batches))

@@ -1,0 +1,234 @@
+"""landscape-spectrum: top-k Hessian eigenvalues, trace and spectral density of a checkpoint's loss."""
+from __future__ import annotations
+
+import sys
+import time
+from contextlib import contextmanager
+from typing import Iterator, Sequence
+
+from .. import __version__
+from ..attacks import check_eps
+from ..checkpoint import load_checkpoint
+from ..data import load_dataset
+from ..errors import ConfigError
+from ..io import write_json
+from .common import Parser, add_checkpoint_source, add_device, cli, resolve_device
+
+DEFAULT_SAMPLES = 512
+
+DESCRIPTION = """\
+Curvature of a checkpoint's loss over the first N samples of a split: the Hessian with respect to the
+weights of the mean cross-entropy, clean or adversarial (PGD examples made once at the checkpoint's weights,
+eps/steps/step size from its training config unless given). Top-k eigenvalues by Lanczos until every pair's
+residual is within --tol, the trace by Hutch++ (--trace), the eigenvalue density by stochastic Lanczos
+quadrature (--density). --backend pyhessian runs PyHessian 0.1 on the same model and samples instead."""
+
+
+def build_parser() -> Parser:
+    p = Parser(prog="landscape-spectrum", description=DESCRIPTION)
+    add_checkpoint_source(p)
+    p.add_argument("--top-k", type=int, default=5, help="number of extreme eigenvalues (0: none)")
+    p.add_argument("--which", choices=("LA", "SA", "LM"), default="LA",
+                   help="largest algebraic, smallest algebraic or largest magnitude eigenvalues")
+    p.add_argument("--tol", type=float, default=1e-3, help="relative residual ||Hv - lam v|| / |lam| per pair")
+    p.add_argument("--max-hvps", type=int, help="HVP budget of the eigenvalue search (default min(n, max(100, 30k)))")
+    p.add_argument("--trace", action="store_true", help="also estimate the trace")
+    p.add_argument("--trace-method", choices=("hutch++", "hutchinson"), default="hutch++")
+    p.add_argument("--trace-rtol", type=float, default=1e-2,
+                   help="stop when the 95%% half-width is within this fraction of the estimate")
+    p.add_argument("--trace-max-hvps", type=int, default=300)
+    p.add_argument("--density", action="store_true", help="also estimate the spectral density (SLQ)")
+    p.add_argument("--density-probes", type=int, default=3)
+    p.add_argument("--density-steps", type=int, default=80, help="Lanczos steps (HVPs) per probe")
+    p.add_argument("--sigma", type=float, help="Gaussian broadening of the density (default 1%% of the range)")
+    p.add_argument("--loss", choices=("clean", "adversarial"), default="clean")
+    p.add_argument("--eps", type=float, help="attack budget (default: the checkpoint's training eps)")
+    p.add_argument("--steps", type=int, help="PGD steps (default: the checkpoint's, else 10)")
+    p.add_argument("--step-size", type=float, help="PGD step size (default: the checkpoint's, else 2.5 eps / steps)")
+    p.add_argument("--bn", choices=("running", "batch"), default="running",
+                   help="BatchNorm statistics: running (eval mode, never updated) or per batch")
+    p.add_argument("--split", default="test", help="train, val, train-full or test")
+    p.add_argument("--samples", type=int,
+                   help=f"the first N samples of the split (default {DEFAULT_SAMPLES}, or the whole split if smaller)")
+    p.add_argument("--batch-size", type=int, help="samples per HVP batch (default: all in one batch)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the attack and every random probe")
+    p.add_argument("--backend", choices=("landscape", "pyhessian"), default="landscape")
+    add_device(p)
+    p.add_argument("--json", metavar="PATH", help="write settings, results, HVP counts and seconds as JSON")
+    p.add_argument("--plot", metavar="PATH", help="save a figure of the eigenvalues and density")
+    return p
+
+
+def _check_args(args) -> None:
+    if args.top_k < 0:
+        raise ConfigError(f"--top-k must be >= 0, got {args.top_k}")
+    if args.top_k == 0 and not args.trace and not args.density:
+        raise ConfigError("nothing to compute: --top-k 0 without --trace or --density")
+    if not args.tol > 0:
+        raise ConfigError(f"--tol must be positive, got {args.tol}")
+    if args.eps is not None:
+        check_eps(args.eps)
+    if args.steps is not None and args.steps < 0:
+        raise ConfigError(f"--steps must be >= 0, got {args.steps}")
+    if args.samples is not None and args.samples < 1:
+        raise ConfigError(f"--samples must be positive, got {args.samples}")
+    if args.backend == "pyhessian":
+        if args.density:
+            raise ConfigError("PyHessian 0.1's density() calls torch.eig, which PyTorch removed; "
+                              "use --backend landscape for --density")
+        if args.bn != "running" or args.which != "LA":
+            raise ConfigError("--backend pyhessian supports only --bn running and --which LA")
+
+
+def _plot_function():
+    """``landscape.analysis.plots.plot_spectrum``, or a one-line error when it is not available."""
+    try:
+        from ..analysis import plots
+    except ImportError as e:
+        raise ConfigError(f"--plot needs landscape.analysis.plots (matplotlib): {e}") from e
+    fn = getattr(plots, "plot_spectrum", None)
+    if fn is None:
+        raise ConfigError("--plot needs landscape.analysis.plots.plot_spectrum, which this version lacks")
+    return fn
+
+
+@contextmanager
+def _progress(desc: str, total: int) -> Iterator:
+    """A tqdm bar on stderr (hidden when stderr is not a terminal); yields a callback(done, total)."""
+    from tqdm.auto import tqdm
+    bar = tqdm(total=total, desc=desc, unit="HVP", file=sys.stderr, disable=None, leave=False)
+
+    def update(done: int, budget: int) -> None:
+        bar.total = budget
+        bar.n = done
+        bar.refresh()
+    try:
+        yield update
+    finally:
+        bar.close()
+
+
+def _run_landscape(op, args) -> dict:
+    from ..analysis import hessian_trace, spectral_density, top_eigenvalues
+    out: dict = {}
+    if args.top_k:
+        budget = args.max_hvps or min(op.num_params, max(100, 30 * args.top_k))
+        with _progress(f"top-{args.top_k} eigenvalues", budget) as cb:
+            eig = top_eigenvalues(op, k=args.top_k, tol=args.tol, which=args.which, max_hvps=args.max_hvps,
+                                  seed=args.seed, callback=cb)
+        out["top_eigenvalues"] = eig.to_dict()
+    if args.trace:
+        with _progress("trace", args.trace_max_hvps) as cb:
+            tr = hessian_trace(op, method=args.trace_method, rtol=args.trace_rtol, max_hvps=args.trace_max_hvps,
+                               seed=args.seed, callback=cb)
+        out["trace"] = tr.to_dict()
+    if args.density:
+        with _progress("density", args.density_probes * args.density_steps) as cb:
+            rho = spectral_density(op, n_probes=args.density_probes, lanczos_steps=args.density_steps,
+                                   sigma=args.sigma, seed=args.seed, callback=cb)
+        out["density"] = rho.to_dict()
+    return out
+
+
+def _run_pyhessian(op, model, args) -> dict:
+    from ..analysis.spectrum import pyhessian_spectrum
+    ph = pyhessian_spectrum(model, op.batches, top_n=max(args.top_k, 1), trace=args.trace, seed=args.seed,
+                            device=op.device)
+    out: dict = {"pyhessian": ph}
+    if args.top_k:
+        out["top_eigenvalues"] = {"values": sorted(ph["eigenvalues"], reverse=True),
+                                  "values_in_pyhessian_order": ph["eigenvalues"], "hvps": ph["eigenvalue_hvps"],
+                                  "seconds": ph["eigenvalue_seconds"],
+                                  "settings": {"method": "pyhessian power iteration", "maxIter": 100, "tol": 1e-3,
+                                               "top_n": args.top_k, "seed": args.seed}}
+    if args.trace:
+        out["trace"] = {"estimate": ph["trace"], "hvps": ph["trace_hvps"], "seconds": ph["trace_seconds"],
+                        "num_probes": ph["trace_probes"],
+                        "settings": {"method": "pyhessian hutchinson", "maxIter": 100, "tol": 1e-3}}
+    return out
+
+
+def _fmt(v) -> str:
+    return "nan" if v is None or v != v else f"{v:.6g}"
+
+
+def _print_table(res: dict, header: str) -> None:
+    print(header)
+    eig = res.get("top_eigenvalues")
+    if eig:
+        st = eig.get("settings", {})
+        label = st.get("method", "lanczos")
+        if "tol" in st and label in ("lanczos", "eigsh"):
+            label += f", tol {st['tol']:g}"
+        conv = eig.get("converged")
+        note = "" if conv is None else ("" if all(conv) else "  (NOT all converged: raise --max-hvps)")
+        print(f"top-{len(eig['values'])} eigenvalues ({label}): {eig['hvps']} HVPs, {eig['seconds']:.2f} s{note}")
+        print(f"  {'rank':>4}  {'eigenvalue':>14}  {'rel.residual':>12}  converged")
+        rel = eig.get("relative_residuals") or [None] * len(eig["values"])
+        for i, v in enumerate(eig["values"]):
+            r = "-" if rel[i] is None else f"{rel[i]:.1e}"
+            c = "-" if conv is None else ("yes" if conv[i] else "no")
+            print(f"  {i + 1:>4}  {_fmt(v):>14}  {r:>12}  {c}")
+    tr = res.get("trace")
+    if tr:
+        pm = f" +- {tr['half_width_95']:.3g} (95%)" if "half_width_95" in tr else ""
+        note = "  (budget reached before --trace-rtol)" if tr.get("converged") is False else ""
+        print(f"trace ({tr.get('method', tr['settings'].get('method'))}): {_fmt(tr['estimate'])}{pm}, "
+              f"{tr['hvps']} HVPs, {tr['seconds']:.2f} s{note}")
+    rho = res.get("density")
+    if rho:
+        st = rho["settings"]
+        lo, hi = min(rho["grid"]), max(rho["grid"])
+        print(f"density (SLQ, {st['n_probes']} probes x {st['lanczos_steps']} steps, sigma {rho['sigma']:.3g}): "
+              f"grid [{lo:.4g}, {hi:.4g}], trace estimate {_fmt(rho['trace_estimate'])}, {rho['hvps']} HVPs, "
+              f"{rho['seconds']:.2f} s")
+
+
+@cli("landscape-spectrum")
+def main(argv: Sequence[str] | None = None) -> int:
+    t_start = time.perf_counter()
+    args = build_parser().parse_args(argv)
+    _check_args(args)
+    plot = _plot_function() if args.plot else None
+    device = resolve_device(args.device)
+    ck = load_checkpoint(args.checkpoint, args.arch, args.dataset, device)
+    ds = load_dataset(args.dataset or ck.dataset, args.split, args.data_dir, args.download)
+    n = args.samples if args.samples is not None else min(DEFAULT_SAMPLES, len(ds))
+    x, y = ds.tensors(n, device)
+
+    from ..analysis.hessian import HessianOperator
+    t0 = time.perf_counter()
+    op = HessianOperator.from_checkpoint(ck, (x, y), loss=args.loss, eps=args.eps, steps=args.steps,
+                                         step_size=args.step_size, bn=args.bn, batch_size=args.batch_size,
+                                         seed=args.seed, device=device)
+    setup_s = time.perf_counter() - t0
+    res = _run_pyhessian(op, ck.model, args) if args.backend == "pyhessian" else _run_landscape(op, args)
+
+    parts = [k for k in ("top_eigenvalues", "trace", "density") if k in res]
+    hvps = {k: int(res[k]["hvps"]) for k in parts}
+    hvps["total"] = sum(hvps.values())
+    seconds = {"setup": setup_s, "attack": op.attack_seconds, **{k: float(res[k]["seconds"]) for k in parts}}
+    seconds["total"] = time.perf_counter() - t_start
+    desc = op.describe()
+    adv = f" (eps {op.eps:g}, {op.steps} PGD steps of {op.step_size:.3g})" if args.loss == "adversarial" else ""
+    header = (f"{ck.arch} on {ds.name}/{args.split}, {op.num_samples} samples, {args.loss} loss{adv}, "
+              f"{op.num_params:,} weights, bn={args.bn}, {device.type}, backend {args.backend}")
+    _print_table(res, header)
+    print(f"total: {hvps['total']} HVPs, {seconds['total']:.2f} s")
+
+    out = {"landscape_version": __version__, "command": "landscape-spectrum",
+           "argv": list(sys.argv[1:] if argv is None else argv),
+           "settings": {**vars(args), "samples": n, "eps": op.eps, "steps": op.steps, "step_size": op.step_size},
+           "checkpoint": str(args.checkpoint), "model": ck.arch, "dataset": ds.name, "split": args.split,
+           "num_samples": op.num_samples, "num_params": op.num_params, "device": str(device),
+           "backend": args.backend, "operator": desc, **res, "hvps": hvps, "seconds": seconds}
+    if args.json:
+        write_json(args.json, out)
+    if plot is not None:
+        fig = plot(out)
+        fig.savefig(args.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
