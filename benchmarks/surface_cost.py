@@ -53,14 +53,16 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="cnn-small")
     p.add_argument("--dataset", default="digits")
-    p.add_argument("--split", default="test")
-    p.add_argument("--samples", type=int, help="first N samples of the split (default: all)")
+    p.add_argument("--split", default="train-full")
+    p.add_argument("--samples", type=int, default=1000,
+                   help="first N samples of the split (default 1000, as landscape-surface)")
     p.add_argument("--batch-size", type=int, default=512)
-    p.add_argument("--grid", type=int, default=9, help="clean surface: GRID x GRID points")
-    p.add_argument("--reattack-grid", type=int, default=3, help="reattack surface: N x N points")
+    p.add_argument("--grid", type=int, default=7, help="clean surface: GRID x GRID points")
+    p.add_argument("--reattack-grid", type=int, default=2, help="reattack surface: N x N points")
+    p.add_argument("--reattack-samples", type=int, default=256, help="samples for the reattack comparison")
     p.add_argument("--eps", type=float, default=0.1)
     p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="auto")
     args = p.parse_args()
 
@@ -89,13 +91,15 @@ def main() -> None:
 
     rgrid = f"-1:1:{args.reattack_grid}"
     r_points = args.reattack_grid ** 2
+    xr, yr = x[:args.reattack_samples], y[:args.reattack_samples]
     t_pgd, t_re = paired_times(
-        lambda: adversarial_examples(model, x, y, args.eps, None, args.steps, batch_size=bs, seed=0),
-        lambda: loss_surface(model, (x, y), dirs, rgrid, rgrid, loss="adversarial", adv_mode="reattack",
+        lambda: adversarial_examples(model, xr, yr, args.eps, None, args.steps, batch_size=bs, seed=0),
+        lambda: loss_surface(model, (xr, yr), dirs, rgrid, rgrid, loss="adversarial", adv_mode="reattack",
                              eps=args.eps, steps=args.steps, batch_size=bs),
         r_points, device, args.repeats)
-    print(f"reattack: {t_re * 1e3:9.3f} ms per grid point ({r_points} points) / {t_pgd * 1e3:9.3f} ms per "
-          f"PGD-{args.steps} attack = {t_re / t_pgd:.3f}  (a point is one attack + one forward pass)")
+    print(f"reattack: {t_re * 1e3:9.3f} ms per grid point ({r_points} points, {len(xr)} samples) / "
+          f"{t_pgd * 1e3:9.3f} ms per PGD-{args.steps} attack = {t_re / t_pgd:.3f}  "
+          "(a point is one attack + one forward pass)")
 
 
 if __name__ == "__main__":

@@ -348,7 +348,8 @@ def _differences(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "
 
 def _save(result: SurfaceResult, paths: dict[str, Path]) -> None:
     save_npz(paths["npz"], x=result.x, y=np.zeros(0) if result.y is None else result.y, loss=result.loss,
-             accuracy=result.accuracy, mask=result.mask, settings_hash=np.asarray(result.settings_hash))
+             accuracy=result.accuracy, mask=result.mask, settings_hash=np.asarray(result.settings_hash),
+             landscape_version=np.asarray(__version__))
     write_json(paths["json"], result.to_dict())
 
 
