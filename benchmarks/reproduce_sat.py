@@ -1,0 +1,192 @@
+"""CPU-scale reproduction of the SAT paper's smoothness analysis on Fashion-MNIST (cnn-small).
+
+    python benchmarks/reproduce_sat.py --quick        # minutes: tiny subset, checks the pipeline
+    python benchmarks/reproduce_sat.py                # full: the committed results/sat/ (see docs/reproduction.md)
+
+Stages (each skipped when its output exists, so an interrupted run continues where it stopped;
+training itself resumes from last.pt):
+  a. PGD-AT at eps in {0.05, 0.1, 0.2, 0.3}: test accuracy, top eigenvalue and trace of the adversarial loss.
+  b. At a large eps (0.3): AT, TRADES, sat-eps, p-sat, h-sat: clean and PGD-20 test accuracy, top-5
+     eigenvalues, trace, density, and a 2D adversarial surface in the plane of the top-2 eigenvectors.
+  c. Sharpness over training (--track-hessian-every 1) for every run at the large eps.
+Checkpoints go to --runs (not committed); small JSON/CSV/PNG results to --out (committed for full mode).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+matplotlib.use("Agg")
+
+import landscape as ls  # noqa: E402
+from landscape.analysis import (HessianOperator, eigen_directions, hessian_trace, loss_surface,  # noqa: E402
+                                spectral_density, top_eigenvalues)
+from landscape.analysis import plots  # noqa: E402
+from landscape.io import read_json, write_json  # noqa: E402
+from landscape.training import TrainConfig, Trainer  # noqa: E402
+
+
+@dataclass
+class Scale:
+    train_samples: int
+    epochs: int
+    steps: int            # PGD steps in training
+    val_samples: int
+    test_samples: int     # for clean / PGD-20 accuracy
+    hessian_samples: int  # for spectra and surfaces
+    grid: str
+    density_steps: int
+    track_probe: int
+
+
+QUICK = Scale(train_samples=1000, epochs=2, steps=3, val_samples=200, test_samples=200, hessian_samples=64,
+              grid="-1:1:7", density_steps=20, track_probe=64)
+FULL = Scale(train_samples=12000, epochs=10, steps=7, val_samples=1000, test_samples=2000, hessian_samples=512,
+             grid="-1:1:21", density_steps=60, track_probe=256)
+SWEEP_EPS = (0.05, 0.1, 0.2, 0.3)
+LARGE_EPS = 0.3
+METHODS = ("at", "trades", "sat-eps", "p-sat", "h-sat")
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def train_run(method: str, eps: float, s: Scale, runs: Path, seed: int, track: bool) -> Path:
+    cfg = TrainConfig(method=method, dataset="fashion-mnist", model="cnn-small", eps=eps, steps=s.steps,
+                      epochs=s.epochs, train_samples=s.train_samples, val_samples=s.val_samples, seed=seed,
+                      track_hessian_every=1 if track else 0, track_probe=s.track_probe,
+                      name=f"{method}-eps{eps:g}")
+    run = runs / cfg.name
+    if (run / "last.pt").exists():
+        ck = ls.load_checkpoint(run / "last.pt")
+        if ck.epoch >= s.epochs:
+            return run
+        log(f"resuming {run}")
+        Trainer.resume(run, progress=False).fit()
+        return run
+    t0 = time.perf_counter()
+    Trainer(cfg, runs, progress=False).fit()
+    log(f"trained {cfg.name} in {time.perf_counter() - t0:.0f} s")
+    return run
+
+
+def analyze(run: Path, eps: float, s: Scale, test: ls.Dataset, seed: int, full_spectrum: bool) -> dict:
+    """Test accuracy (clean, PGD-20) and the adversarial-loss spectrum of best.pt."""
+    ck = ls.load_checkpoint(run / "best.pt")
+    x, y = test.tensors(s.test_samples)
+    t0 = time.perf_counter()
+    ev = ls.evaluate(ck.model, x, y, eps, steps=20, seed=seed)
+    xh, yh = test.tensors(s.hessian_samples)
+    op = HessianOperator(ck.model, (xh, yh), loss="adversarial", eps=eps, steps=20, step_size=eps / 4, seed=seed)
+    eig = top_eigenvalues(op, k=5 if full_spectrum else 1, tol=1e-3, seed=seed)
+    tr = hessian_trace(op, rtol=0.05, max_hvps=300, seed=seed)
+    out = {"run": run.name, "method": ck.config["method"], "eps": eps, "best_epoch": ck.epoch,
+           "clean_acc": ev.clean_acc, "pgd20_acc": ev.pgd_acc, "n_test": ev.n,
+           "top_eigenvalue": float(eig.values[0]), "top_eigenvalues": eig.to_dict(),
+           "trace": tr.estimate, "trace_stderr": tr.stderr, "trace_hvps": tr.hvps, "hessian_samples": s.hessian_samples}
+    if full_spectrum:
+        rho = spectral_density(op, n_probes=3, lanczos_steps=s.density_steps, seed=seed)
+        out["density"] = rho.to_dict()
+    out["seconds"] = time.perf_counter() - t0
+    return out
+
+
+def surface(run: Path, eps: float, s: Scale, test: ls.Dataset, seed: int, out: Path) -> dict:
+    ck = ls.load_checkpoint(run / "best.pt")
+    xh, yh = test.tensors(s.hessian_samples)
+    dirs = eig_dirs = eigen_directions(ck.model, (xh, yh), loss="adversarial", eps=eps, steps=20,
+                                       step_size=eps / 4, k=2, seed=seed)
+    res = loss_surface(ck.model, (xh, yh), dirs, s.grid, s.grid, loss="adversarial", adv_mode="fixed", eps=eps,
+                       steps=20, step_size=eps / 4, seed=seed, out=out / f"surface_{run.name}", overwrite=True,
+                       meta={"checkpoint": str(run / "best.pt"), "method": ck.config["method"]})
+    return {"run": run.name, "eigenvalues": eig_dirs.meta["eigenvalues"], "loss_max": float(res.loss.max()),
+            "loss_center": float(res.loss[res.loss.shape[0] // 2, res.loss.shape[1] // 2])}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="tiny scale: a few minutes")
+    p.add_argument("--out", help="results folder (default results/sat, or results/sat-quick with --quick)")
+    p.add_argument("--runs", help="checkpoint folder (default runs/sat or runs/sat-quick)")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    s = QUICK if args.quick else FULL
+    tag = "sat-quick" if args.quick else "sat"
+    out = Path(args.out or f"results/{tag}")
+    runs = Path(args.runs or f"runs/{tag}")
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    test = ls.load_dataset("fashion-mnist", "test")
+    settings = {"scale": s.__dict__, "sweep_eps": SWEEP_EPS, "large_eps": LARGE_EPS, "methods": METHODS,
+                "seed": args.seed, "model": "cnn-small", "dataset": "fashion-mnist",
+                "landscape_version": ls.__version__}
+    write_json(out / "settings.json", settings)
+
+    # a + b: training
+    sweep_runs = {eps: train_run("at", eps, s, runs, args.seed, track=(eps == LARGE_EPS)) for eps in SWEEP_EPS}
+    method_runs = {m: (sweep_runs[LARGE_EPS] if m == "at" else train_run(m, LARGE_EPS, s, runs, args.seed, True))
+                   for m in METHODS}
+
+    # analysis (cached per run in analysis_*.json)
+    def cached(name: str, fn):
+        path = out / name
+        if path.exists():
+            return read_json(path)
+        res = fn()
+        write_json(path, res)
+        log(f"wrote {path}")
+        return res
+
+    sweep = [cached(f"analysis_at-eps{eps:g}.json",
+                    lambda eps=eps: analyze(sweep_runs[eps], eps, s, test, args.seed, eps == LARGE_EPS))
+             for eps in SWEEP_EPS]
+    methods = [sweep[-1] if m == "at" else
+               cached(f"analysis_{m}-eps{LARGE_EPS:g}.json",
+                      lambda m=m: analyze(method_runs[m], LARGE_EPS, s, test, args.seed, True)) for m in METHODS]
+    surfaces = [cached(f"surface_{m}.json", lambda m=m: surface(method_runs[m], LARGE_EPS, s, test, args.seed, out))
+                for m in METHODS]
+
+    import pandas as pd
+    cols = ["method", "eps", "best_epoch", "clean_acc", "pgd20_acc", "top_eigenvalue", "trace", "trace_stderr"]
+    pd.DataFrame(sweep)[cols].to_csv(out / "eps_sweep.csv", index=False)
+    table = pd.DataFrame(methods)[cols]
+    table["surface_loss_max"] = [sf["loss_max"] for sf in surfaces]
+    table["surface_loss_center"] = [sf["loss_center"] for sf in surfaces]
+    table.to_csv(out / "methods.csv", index=False)
+    sharp = []
+    for m, run in method_runs.items():
+        df = pd.read_csv(run / "metrics.csv")
+        df.insert(0, "method", m)
+        sharp.append(df)
+    pd.concat(sharp).to_csv(out / "training_curves.csv", index=False)
+
+    # figures
+    fig = plots.plot_density([r["density"] for r in methods], labels=list(METHODS))
+    fig.savefig(out / "density.png", dpi=110)
+    fig = plots.plot_compare([out / f"surface_{method_runs[m].name}" for m in METHODS], labels=list(METHODS))
+    fig.savefig(out / "surfaces.png", dpi=110)
+    fig = plots.plot_sharpness([run / "metrics.csv" for run in method_runs.values()], labels=list(METHODS))
+    fig.savefig(out / "sharpness.png", dpi=110)
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.5))
+    ax[0].plot(SWEEP_EPS, [r["top_eigenvalue"] for r in sweep], "o-")
+    ax[0].set(xlabel="eps", ylabel="top eigenvalue", title="AT: adversarial-loss sharpness vs eps")
+    ax[1].errorbar(SWEEP_EPS, [r["trace"] for r in sweep], yerr=[2 * r["trace_stderr"] for r in sweep], fmt="o-")
+    ax[1].set(xlabel="eps", ylabel="Hessian trace")
+    fig.tight_layout()
+    fig.savefig(out / "eps_sweep.png", dpi=110)
+    plt.close("all")
+    settings["seconds"] = time.perf_counter() - t_start
+    write_json(out / "settings.json", settings)
+    print(pd.DataFrame(sweep)[cols].to_string(index=False))
+    print(table.to_string(index=False))
+    log(f"done in {settings['seconds']:.0f} s; results in {out}")
+
+
+if __name__ == "__main__":
+    main()

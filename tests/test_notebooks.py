@@ -1,0 +1,33 @@
+"""Execute the notebooks with LANDSCAPE_FAST=1 (tiny scale); any failing cell fails the test."""
+import os
+from pathlib import Path
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+
+
+@pytest.mark.parametrize("name", ["01_quickstart.ipynb", "02_sat_smoothness.ipynb"])
+def test_notebook_runs(name, monkeypatch, tmp_path):
+    monkeypatch.setenv("LANDSCAPE_FAST", "1")
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
+                                     resources={"metadata": {"path": str(NOTEBOOKS)}})
+    client.execute()
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
+    assert not errors
+    images = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+              if "image/png" in o.get("data", {})]
+    assert images, "the notebook drew no figures"
+
+
+def test_notebooks_use_only_the_public_api():
+    for path in NOTEBOOKS.glob("*.ipynb"):
+        nb = nbformat.read(path, as_version=4)
+        code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+        assert "import landscape" in code
+        assert "sys.path" not in code and "benchmarks" not in code and "def _" not in code
