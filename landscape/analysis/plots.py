@@ -249,7 +249,7 @@ def _spectrum_parts(d: Any) -> tuple[list[float] | None, dict | None, dict | Non
         if isinstance(e, dict) and "grid" in e and "density" in e:
             dens = e
             break
-    if dens is None and isinstance(d.get("grid"), list) and isinstance(d.get("density"), list):
+    if dens is None and isinstance(d.get("grid"), (list, np.ndarray)) and isinstance(d.get("density"), (list, np.ndarray)):
         dens = d
     trace = d.get("trace") if isinstance(d.get("trace"), dict) else None
     return ([float(v) for v in values] if values is not None else None), dens, trace
@@ -348,7 +348,7 @@ def plot_spectrum(result: Any, log: bool = True) -> Figure:
         ax.grid(alpha=0.3)
     if trace and trace.get("estimate") is not None:
         fig.suptitle(f"trace = {float(trace['estimate']):.4g}"
-                     + (f" ± {float(trace['stderr']):.2g}" if trace.get("stderr") is not None else ""))
+                     + (f" (standard error {float(trace['stderr']):.2g})" if trace.get("stderr") is not None else ""))
     return fig
 
 
