@@ -128,3 +128,19 @@ def test_plot_result_dispatch(tmp_path, spectrum_json, metrics_csv):
     (tmp_path / "other.json").write_text('{"hello": 1}')
     with pytest.raises(LandscapeError, match="cannot tell"):
         plots.plot_result(tmp_path / "other.json")
+
+
+def test_assigned_figures_display_once_in_jupyter():
+    """Under the inline backend ``fig = plot_x(...)`` shows (once) and is closed after the cell."""
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("ipykernel")
+    cells = ["%matplotlib inline\nimport numpy as np\nfrom landscape.analysis import plot_curve, SurfaceResult\n"
+             "x = np.linspace(-1, 1, 5)\nr = SurfaceResult(x, None, x ** 2, 1 - x ** 2, np.ones(5, bool))",
+             "fig = plot_curve(r)", "plot_curve(r);",
+             "import matplotlib.pyplot as plt\nprint(plt.get_fignums())"]
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    nbclient.NotebookClient(nb, timeout=120, kernel_name="python3").execute()
+    for cell in nb.cells[1:3]:
+        assert len([o for o in cell.outputs if "image/png" in o.get("data", {})]) == 1
+    assert nb.cells[3].outputs[0]["text"].strip() == "[]"

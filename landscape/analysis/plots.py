@@ -1,6 +1,10 @@
 """Figures for every result file of the toolkit. Each function returns a ``matplotlib.figure.Figure`` and never
-calls ``plt.show()``; figures are made without pyplot (no global figure registry, nothing leaks in loops) and
-display inline in Jupyter as a cell's value. Save with ``fig.savefig("x.png")``.
+calls ``plt.show()``. Save with ``fig.savefig("x.png")``.
+
+Where figures live: in scripts, tests and the CLIs they are bare ``Figure`` objects (no pyplot registry,
+nothing to close, nothing leaks in loops). Under Jupyter's inline or widget backends they are made through
+pyplot, so that ``fig = plot_contourf(surf)`` shows at the end of the cell like any matplotlib figure (as
+the cell's last expression it then shows twice, as ``plt.gcf()`` would: end the line with ``;``).
 
 Surfaces: ``plot_curve`` (1D loss and accuracy), ``plot_contour`` (2D contour lines), ``plot_contourf``
 (filled, log-spaced levels), ``plot_surface3d``, ``plot_compare`` (clean vs adversarial side by side on one
@@ -13,6 +17,7 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
+import matplotlib
 import numpy as np
 from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
@@ -26,6 +31,15 @@ SURFACE_KINDS = ("curve", "contour", "contourf", "surface3d", "compare")
 SPECTRUM_KINDS = ("spectrum", "eigenvalues", "density")
 RUN_KINDS = ("sharpness", "training")
 KINDS = SURFACE_KINDS + SPECTRUM_KINDS + RUN_KINDS
+
+
+def _figure(**kwargs: Any) -> Figure:
+    """A new Figure: through pyplot under a Jupyter inline/widget backend (so it displays), else bare."""
+    backend = str(matplotlib.rcParams._get_backend_or_none() or "").lower()
+    if any(k in backend for k in ("inline", "ipympl", "widget", "nbagg")):
+        import matplotlib.pyplot as plt
+        return plt.figure(**kwargs)
+    return Figure(**kwargs)
 
 
 # --- inputs -------------------------------------------------------------------------------------------
@@ -94,7 +108,7 @@ def plot_curve(results: Any, labels: Sequence[str] | None = None, log: bool = Fa
     """1D surfaces: loss (left axis, solid) and accuracy (right axis, dashed) along the direction; several
     results (e.g. clean and adversarial) are overlaid on the same axes."""
     rs = _surfaces(results)
-    fig = Figure(figsize=(6.4, 4.2), layout="constrained")
+    fig = _figure(figsize=(6.4, 4.2), layout="constrained")
     ax = fig.add_subplot()
     ax2 = ax.twinx()
     for i, r in enumerate(rs):
@@ -133,7 +147,7 @@ def plot_contour(result: Any, field: str = "loss", levels: int = 20, log: bool =
     lo, hi = _finite_range([z])
     use_log = log and field == "loss" and hi > 0
     lv = _log_levels(lo, hi, levels) if use_log else np.linspace(lo, hi if hi > lo else lo + 1e-9, levels)
-    fig = Figure(figsize=(5.6, 4.8), layout="constrained")
+    fig = _figure(figsize=(5.6, 4.8), layout="constrained")
     ax = fig.add_subplot()
     cs = ax.contour(r.x, r.y, np.ma.masked_invalid(z), levels=lv, cmap="viridis",
                     norm=LogNorm(lv[0], lv[-1]) if use_log else None)
@@ -158,7 +172,7 @@ def plot_surface3d(result: Any, field: str = "loss", log: bool = False, elev: fl
     z = _field(r, field)
     X, Y = np.meshgrid(r.x, r.y)
     shown = np.log10(np.clip(z, 1e-12, None)) if log and field == "loss" else z
-    fig = Figure(figsize=(6.4, 5.2), layout="constrained")
+    fig = _figure(figsize=(6.4, 5.2), layout="constrained")
     ax = fig.add_subplot(projection="3d")
     ax.plot_surface(X, Y, np.ma.masked_invalid(shown), cmap="viridis", linewidth=0, antialiased=True,
                     rstride=1, cstride=1)
@@ -189,7 +203,7 @@ def plot_compare(results: Any, labels: Sequence[str] | None = None, field: str =
         lv = np.linspace(lo, hi if hi > lo else lo + 1e-9, levels)
         norm = Normalize(lv[0], lv[-1])
     n = len(rs)
-    fig = Figure(figsize=(4.6 * n + 1.0, 4.3), layout="constrained")
+    fig = _figure(figsize=(4.6 * n + 1.0, 4.3), layout="constrained")
     axes = fig.subplots(1, n, squeeze=False, sharex=False, sharey=True)[0]
     cf = None
     for i, (ax, r, z) in enumerate(zip(axes, rs, zs)):
@@ -271,7 +285,7 @@ def _names(objs: list, labels: Sequence[str] | None) -> list[str]:
 def plot_eigenvalues(results: Any, labels: Sequence[str] | None = None, log: bool = False) -> Figure:
     """Top-k Hessian eigenvalues by rank, one marker series per result (e.g. AT vs SAT)."""
     objs = _many(results)
-    fig = Figure(figsize=(6.0, 4.0), layout="constrained")
+    fig = _figure(figsize=(6.0, 4.0), layout="constrained")
     ax = fig.add_subplot()
     drawn = 0
     for i, (o, name) in enumerate(zip(objs, _names(objs, labels))):
@@ -297,7 +311,7 @@ def plot_eigenvalues(results: Any, labels: Sequence[str] | None = None, log: boo
 def plot_density(results: Any, labels: Sequence[str] | None = None, log: bool = True) -> Figure:
     """Spectral density (SLQ) of the Hessian, log-scaled density axis by default; several results overlaid."""
     objs = _many(results)
-    fig = Figure(figsize=(6.0, 4.0), layout="constrained")
+    fig = _figure(figsize=(6.0, 4.0), layout="constrained")
     ax = fig.add_subplot()
     drawn = 0
     for i, (o, name) in enumerate(zip(objs, _names(objs, labels))):
@@ -327,7 +341,7 @@ def plot_spectrum(result: Any, log: bool = True) -> Figure:
     panels = [p for p, present in (("eig", values), ("dens", dens)) if present]
     if not panels:
         raise LandscapeError("the spectrum result holds neither eigenvalues nor a density")
-    fig = Figure(figsize=(5.2 * len(panels), 4.0), layout="constrained")
+    fig = _figure(figsize=(5.2 * len(panels), 4.0), layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, p in zip(axes, panels):
         if p == "eig":
@@ -385,7 +399,7 @@ def plot_sharpness(metrics: Any, labels: Sequence[str] | None = None) -> Figure:
     """Sharpness (top Hessian eigenvalue) per epoch from a metrics DataFrame or a run's metrics.csv; several
     runs overlaid. Rows without a sharpness value are skipped."""
     objs = _many(metrics)
-    fig = Figure(figsize=(6.0, 4.0), layout="constrained")
+    fig = _figure(figsize=(6.0, 4.0), layout="constrained")
     ax = fig.add_subplot()
     for i, (o, name) in enumerate(zip(objs, _names(objs, labels))):
         df = _frame(o)
@@ -414,7 +428,7 @@ def plot_training(metrics: Any) -> Figure:
             and c not in losses]
     if not losses and not accs:
         raise LandscapeError(f"no loss or accuracy columns to plot (columns: {', '.join(map(str, df.columns))})")
-    fig = Figure(figsize=(10.0, 4.0), layout="constrained")
+    fig = _figure(figsize=(10.0, 4.0), layout="constrained")
     a1, a2 = fig.subplots(1, 2)
     for i, c in enumerate(losses):
         a1.plot(x, df[c], "-", color=f"C{i}", label=c)
