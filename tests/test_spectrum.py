@@ -4,6 +4,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from scipy.stats import t as t_dist
 from torch import nn
 
 from landscape import __version__, build_model, load_dataset
@@ -147,6 +148,15 @@ def test_trace_stopping_rule_and_hutchpp_beats_hutchinson():
     assert tr.converged and tr.hvps < 400
     assert tr.half_width <= 0.02 * abs(tr.estimate)
     assert abs(tr.estimate - exact) <= 3 * tr.stderr
+    # the rule is applied after every probe: it fails for every shorter prefix of the probes
+    hu = hessian_trace(op, method="hutchinson", rtol=0.1, max_hvps=400, seed=0)
+    assert hu.converged and 10 < hu.hvps < 400
+    for p in range(10, hu.hvps + 1):
+        terms = hu.samples[:p]
+        est = terms.mean()
+        half = t_dist.ppf(0.975, p - 1) * terms.std(ddof=1) / np.sqrt(p)
+        assert (half <= 0.1 * abs(est)) == (p == hu.hvps), p
+    assert hu.half_width == pytest.approx(half)
     errs = {m: np.mean([abs(hessian_trace(op, method=m, rtol=0, max_hvps=60, seed=s).estimate - exact)
                         for s in range(5)]) for m in ("hutchinson", "hutch++")}
     assert errs["hutch++"] < 0.5 * errs["hutchinson"], errs
