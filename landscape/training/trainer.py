@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .. import __version__
 from ..checkpoint import load_weights, read_checkpoint, save_checkpoint
