@@ -95,7 +95,7 @@ def _plot_function():
 @contextmanager
 def _progress(desc: str, total: int) -> Iterator:
     """A tqdm bar on stderr (hidden when stderr is not a terminal); yields a callback(done, total)."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
     bar = tqdm(total=total, desc=desc, unit="HVP", file=sys.stderr, disable=None, leave=False)
 
     def update(done: int, budget: int) -> None:
