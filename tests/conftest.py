@@ -17,7 +17,7 @@ def have_fashion_mnist() -> bool:
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 300):
     """Run ``python -m landscape.cli.X args`` in a subprocess; returns CompletedProcess."""
     module, *rest = args
-    e = {**os.environ, "PYTHONHASHSEED": "0", **(env or {})}
+    e = {**os.environ, "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run([sys.executable, "-m", f"landscape.cli.{module}", *rest], cwd=cwd, env=e,
                           capture_output=True, text=True, timeout=timeout)
 
@@ -29,6 +29,16 @@ def assert_one_line_error(proc, code: int = 2, contains: str | None = None):
     assert "Traceback" not in proc.stderr
     if contains:
         assert contains.lower() in lines[0].lower(), lines[0]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The test models are tiny: they run fastest, and steadiest on a shared machine, on one thread
+    (subprocesses started by ``run_cli`` get OMP_NUM_THREADS=1 too)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="session")

@@ -16,12 +16,6 @@ from landscape.data import dataset_info
 SMALL = ["--samples", "64", "--density-probes", "2", "--density-steps", "15", "--trace-max-hvps", "40"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -15,13 +15,6 @@ from landscape.errors import ConfigError
 from landscape.io import write_json
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny operators run fastest, and steadiest on a shared machine, on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 class MatrixOp:

@@ -44,7 +44,7 @@ def test_sigkill_mid_epoch_then_resume_is_identical(tmp_path, method):
                                            if method == "h-sat" else [])
     ref = run_cli("train", *args, "--out", str(tmp_path / "ref"), "--name", "r")
     assert ref.returncode == 0, ref.stderr
-    env = {**os.environ, "KILL_AT": "15"}
+    env = {**os.environ, "KILL_AT": "15", "OMP_NUM_THREADS": "1"}
     killed = subprocess.run([sys.executable, "-c", KILLER, *args, "--out", str(tmp_path / "k"), "--name", "r"],
                             env=env, capture_output=True, text=True, timeout=300)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
