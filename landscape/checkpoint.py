@@ -24,7 +24,7 @@ from torch import nn
 
 from . import __version__
 from .data import DatasetInfo, dataset_info
-from .errors import CheckpointError, LandscapeError
+from .errors import CheckpointError
 from .io import atomic_torch_save
 from .models import build_model
 
@@ -157,10 +157,7 @@ def load_checkpoint(path: str | os.PathLike, arch: str | None = None, dataset: s
         info, arch_name = dataset_info(dataset), arch
         config = {"model": arch, "dataset": info.name, "dataset_info": info.to_dict(), "foreign": True}
         metrics, epoch = {}, None
-    try:
-        model = build_model(arch_name, info)
-    except LandscapeError:
-        raise
+    model = build_model(arch_name, info)
     load_weights(model, state, source=str(path))
     model.to(device).eval()
     return Checkpoint(model=model, config=config, metrics=metrics, epoch=epoch, path=str(path), info=info,

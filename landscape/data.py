@@ -154,12 +154,11 @@ def data_roots(data_dir: str | os.PathLike | None = None) -> list[Path]:
     return [Path(env)] if env else [Path("data")]
 
 
-def _split_indices(n: int, split: str, seed: int) -> torch.Tensor:
-    """Sorted indices of the ``train`` or ``val`` part of a training set of ``n`` samples."""
+def _partition(n: int, fraction: float, seed: int, held_out: bool) -> torch.Tensor:
+    """Sorted indices of a seeded partition of range(n): the held-out ``fraction``, or the rest."""
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    n_val = int(round(VAL_FRACTION * n))
-    idx = perm[:n_val] if split == "val" else perm[n_val:]
-    return idx.sort().values
+    k = int(round(fraction * n))
+    return (perm[:k] if held_out else perm[k:]).sort().values
 
 
 def load_dataset(name: str = "digits", split: str = "test", data_dir: str | os.PathLike | None = None,
@@ -178,7 +177,7 @@ def load_dataset(name: str = "digits", split: str = "test", data_dir: str | os.P
         info = dataset_info(name)
         x, y = _LOADERS[name](part, data_dir, download)
     if split in ("train", "val"):
-        idx = _split_indices(len(y), split, split_seed)
+        idx = _partition(len(y), VAL_FRACTION, split_seed, held_out=(split == "val"))
         x, y = x[idx], y[idx]
     return Dataset(info, split, x, y)
 
@@ -204,9 +203,7 @@ def _digits(part: str, data_dir, download) -> tuple[torch.Tensor, torch.Tensor]:
     x = torch.from_numpy(pixels).view(-1, 1, 8, 8).div_(16.0)
     y = torch.from_numpy(labels)
     # scikit-learn ships one set: a fixed, seeded 20% is our test split.
-    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(20210101))
-    n_test = int(round(0.2 * len(y)))
-    idx = (perm[:n_test] if part == "test" else perm[n_test:]).sort().values
+    idx = _partition(len(y), 0.2, 20210101, held_out=(part == "test"))
     return x[idx], y[idx]
 
 
@@ -310,9 +307,7 @@ def _folder_arrays(path: str, part: str, seed: int, data_dir, size: int = 64,
         raise DataError(f"cannot read image folder {sub}: {e}") from e
     x, y = _stack(ds)
     if not split_dirs:
-        perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
-        n_test = int(round(0.2 * len(y)))
-        idx = (perm[:n_test] if part == "test" else perm[n_test:]).sort().values
+        idx = _partition(len(y), 0.2, seed, held_out=(part == "test"))
         x, y = x[idx], y[idx]
     info = DatasetInfo(f"folder:{path}", 3, size, len(ds.classes), _IMAGENET_MEAN, _IMAGENET_STD)
     return x, y, info

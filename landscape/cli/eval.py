@@ -6,6 +6,7 @@ from typing import Sequence
 
 from ..checkpoint import load_checkpoint
 from ..data import load_dataset
+from ..errors import ConfigError
 from ..io import write_json
 from ..evaluate import evaluate
 from .common import Parser, add_checkpoint_source, add_device, cli, resolve_device
@@ -39,11 +40,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = resolve_device(args.device)
     ck = load_checkpoint(args.checkpoint, args.arch, args.dataset, device)
     eps = args.eps if args.eps is not None else ck.config.get("eps")
-    if eps is None:
-        eps = 0.0 if not args.autoattack else None
-        if eps is None:
-            from ..errors import ConfigError
-            raise ConfigError("this checkpoint records no eps; pass --eps")
+    if eps is None and args.autoattack:
+        raise ConfigError("this checkpoint records no eps; pass --eps")
+    eps = 0.0 if eps is None else eps  # no attack budget known: clean accuracy only
     ds = load_dataset(args.dataset or ck.dataset, args.split, args.data_dir, args.download)
     x, y = ds.tensors(args.n_samples, device)
     res = evaluate(ck.model, x, y, eps, args.steps, args.step_size, args.restarts, args.batch_size, args.seed,

@@ -37,7 +37,7 @@ def adversarial_sharpness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ep
     t0 = time.perf_counter()
     if eps > 0:
         op = HessianOperator(model, (x, y), loss="adversarial", eps=eps, steps=steps,
-                             step_size=step_size * 1.0, seed=seed)
+                             step_size=step_size, seed=seed)
     else:
         op = HessianOperator(model, (x, y), loss="clean", seed=seed)
     res = top_eigenvalues(op, k=1, tol=tol, max_hvps=max_hvps, seed=seed, return_vectors=True, v0=v0)

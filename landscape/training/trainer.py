@@ -23,7 +23,7 @@ from ..checkpoint import load_weights, read_checkpoint, save_checkpoint
 from ..data import Dataset, augment, load_dataset
 from ..errors import CheckpointError, ConfigError, NonFiniteLossError
 from ..evaluate import evaluate
-from ..io import read_json, write_json, write_text
+from ..io import write_json, write_text
 from ..models import build_model
 from .config import TrainConfig
 from .curriculum import eps_for_lambda, lam_schedule
@@ -266,6 +266,3 @@ def resume(run_dir: str | Path, device: str | torch.device = "cpu", progress: bo
     """Continue an interrupted run from its ``last.pt``."""
     return Trainer.resume(run_dir, device, progress, epochs).fit()
 
-
-def read_config(run_dir: str | Path) -> dict:
-    return read_json(Path(run_dir) / "config.json")
