@@ -212,14 +212,16 @@ def batch_generator(seed: int, start: int) -> torch.Generator:
 
 def adversarial_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
                          step_size: float | None = None, steps: int = 10, norm: str = "linf",
-                         restarts: int = 1, batch_size: int = 256, seed: int = 0) -> torch.Tensor:
+                         restarts: int = 1, batch_size: int = 256, seed: int = 0, start: int = 0) -> torch.Tensor:
     """PGD adversarial examples for a whole sample set, attacked in batches of ``batch_size``.
 
-    Batch b (starting at sample i) uses ``batch_generator(seed, i)``, so results are reproducible.
-    Cost: as ``pgd`` on every batch.
+    Batch b (starting at sample i) uses ``batch_generator(seed, start + i)``, so results are reproducible;
+    ``start`` is the index of ``x[0]`` in a larger set of which ``x`` is a shard (a shard that begins on a
+    multiple of ``batch_size`` gets exactly the examples the whole set would get). Cost: as ``pgd`` on
+    every batch.
     """
     out = torch.empty_like(x)
     for i in range(0, len(x), batch_size):
         out[i:i + batch_size] = pgd(model, x[i:i + batch_size], y[i:i + batch_size], eps, step_size, steps,
-                                    norm, True, restarts, batch_generator(seed, i))
+                                    norm, True, restarts, batch_generator(seed, start + i))
     return out

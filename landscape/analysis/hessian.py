@@ -22,10 +22,19 @@ BatchNorm: ``bn="running"`` (default) evaluates the model in eval mode with its 
 ``bn="batch"`` normalizes with each batch's own statistics (BatchNorm layers in train mode with
 ``track_running_stats`` switched off during the forward pass, so the running statistics are never read or
 written). Dropout is always off. Parameter ``.grad`` fields are never touched (``torch.autograd.grad`` only).
+
+Distributed (``torchrun``; see ``landscape.distributed``): when a process group with several ranks is
+initialized, every rank is given the same samples and keeps a contiguous shard of them, cut on multiples of
+the attack batch (and of ``batch_size`` with ``bn="batch"``) so that each adversarial example and each
+BatchNorm batch is exactly what a single process makes. One matvec is the local HVP sum over the shard plus
+ONE all-reduce of the flat vector, divided by the global sample count; every rank receives the same vector,
+so the estimators in ``spectrum`` (whose random probes come from seeded CPU generators) run identically on
+all ranks and agree with a single process to float round-off (the sum is taken in another order).
 """
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -37,6 +46,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..attacks import adversarial_examples, check_eps
 from ..data import Dataset
+from ..distributed import World, all_reduce_sum, shard_bounds, world
 from ..errors import ConfigError, DataError
 
 LOSSES = ("clean", "adversarial")
@@ -102,14 +112,17 @@ class HessianOperator:
     ``create_graph``); with several batches, per batch one forward, one backward with ``create_graph`` and
     one double-backward. Adversarial examples (``loss="adversarial"``) are made once, here, by seeded PGD
     (``landscape.attacks.adversarial_examples``, cost: ``steps`` forward+backward passes per sample) at the
-    model's current weights and then held fixed; ``batches`` holds the samples the Hessian is taken over.
+    model's current weights and then held fixed; ``batches`` holds the samples the Hessian is taken over
+    (on this rank: under ``torchrun`` each rank holds the shard ``shard`` of them; ``num_samples`` is the
+    total over all ranks). ``distributed=False`` keeps every sample on every rank even in a process group.
     """
 
     def __init__(self, model: nn.Module, data: Any, loss: str = "clean", eps: float | None = None,
                  steps: int | None = None, step_size: float | None = None, norm: str = "linf",
                  bn: str = "running", param_filter: ParamFilter = None, batch_size: int | None = None,
                  seed: int = 0, device: str | torch.device | None = None, restarts: int = 1,
-                 hvp_method: str = "double-backward", attack_batch_size: int = 256):
+                 hvp_method: str = "double-backward", attack_batch_size: int = 256,
+                 distributed: bool = True):
         if loss not in LOSSES:
             raise ConfigError(f"unknown loss {loss!r}; choose from {', '.join(LOSSES)}")
         if bn not in BN_MODES:
@@ -126,9 +139,15 @@ class HessianOperator:
         self._shapes = [p.shape for _, p in self.params]
         self._numels = [p.numel() for _, p in self.params]
         self.num_params = int(sum(self._numels))
+        if attack_batch_size < 1:
+            raise ConfigError(f"attack_batch_size must be positive, got {attack_batch_size}")
         self.batch_size = batch_size
         self.batches = _as_batches(data, batch_size, self.device)
         self.num_samples = int(sum(len(x) for x, _ in self.batches))
+        self.world = world() if distributed else World()
+        self.shard = (0, self.num_samples)
+        if self.world.active:
+            self.shard = self._keep_shard(loss == "adversarial", attack_batch_size)
         self.eps = self.steps = self.step_size = None
         self.norm, self.restarts = norm, int(restarts)
         if loss == "adversarial":
@@ -164,14 +183,32 @@ class HessianOperator:
         return cls(ck.model, data, loss=loss, eps=eps, steps=steps, step_size=step_size,
                    norm=norm or "linf", **kwargs)
 
+    def _keep_shard(self, adversarial: bool, attack_batch_size: int) -> tuple[int, int]:
+        """Keep this rank's contiguous shard of the samples (re-cut into ``batch_size`` batches)."""
+        unit = attack_batch_size if adversarial else 1
+        if self.bn == "batch":
+            if self.batch_size is None:
+                raise ConfigError("bn='batch' under torchrun needs batch_size: BatchNorm batches must not be "
+                                  "split between ranks")
+            unit = math.lcm(unit, self.batch_size)
+        lo, hi = shard_bounds(self.num_samples, self.world, unit)
+        x = torch.cat([b[0] for b in self.batches])[lo:hi]
+        y = torch.cat([b[1] for b in self.batches])[lo:hi]
+        bs = self.batch_size or max(len(x), 1)
+        self.batches = [(x[i:i + bs], y[i:i + bs]) for i in range(0, len(x), bs)]
+        return lo, hi
+
     def _attack(self, attack_batch_size: int) -> float:
-        """Replace the inputs by PGD adversarial examples, made on all samples at once in fixed attack
-        batches (so the examples do not depend on how the Hessian batches are cut)."""
+        """Replace the inputs by PGD adversarial examples, made on all samples (of this rank's shard) at once
+        in fixed attack batches seeded by their global position (so the examples depend neither on how the
+        Hessian batches are cut nor on the number of ranks)."""
         t0 = time.perf_counter()
+        if not self.batches:  # an empty shard
+            return 0.0
         x = torch.cat([b[0] for b in self.batches])
         y = torch.cat([b[1] for b in self.batches])
         x_adv = adversarial_examples(self.model, x, y, self.eps, self.step_size, self.steps, self.norm,
-                                     self.restarts, attack_batch_size, self.seed)
+                                     self.restarts, attack_batch_size, self.seed, start=self.shard[0])
         sizes = [len(b[0]) for b in self.batches]
         self.batches = list(zip(torch.split(x_adv, sizes), torch.split(y, sizes)))
         return time.perf_counter() - t0
@@ -256,8 +293,7 @@ class HessianOperator:
         return self._double_backward(self._grad_graph(x, y), vs, retain=False)
 
     def _local_hvp_sum(self, vs: list[torch.Tensor]) -> list[torch.Tensor]:
-        """sum_b H_b v over this process's batches (summed losses): the one place a distributed version
-        all-reduces (one all-reduce of this list per HVP, then divide by the global sample count)."""
+        """sum_b H_b v over this process's batches (summed losses)."""
         total = [torch.zeros_like(v) for v in vs]
         for x, y in self.batches:
             for t, h in zip(total, self._hvp_batch(x, y, vs)):
@@ -266,29 +302,35 @@ class HessianOperator:
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         """``H v`` for a flat vector ``v`` (any float dtype/device); returned in ``v``'s dtype on the
-        operator's device. One HVP."""
+        operator's device. One HVP: the local sum over this rank's batches, one all-reduce under torchrun."""
         v = torch.as_tensor(v)
         out_dtype = v.dtype if v.is_floating_point() else self.dtype
         vs = list(self.unflatten(v.to(self.device, self.dtype)).values())
-        hv = self._local_hvp_sum(vs)
+        hv = self.flatten(self._local_hvp_sum(vs))
+        if self.world.active:
+            all_reduce_sum(hv)
         self.hvp_count += 1
-        return (self.flatten(hv) / self.num_samples).to(out_dtype)
+        return (hv / self.num_samples).to(out_dtype)
 
     __matmul__ = matvec
 
     def loss_and_grad(self) -> tuple[float, torch.Tensor]:
-        """Mean loss over the samples and its gradient (flat). One forward + backward per batch."""
+        """Mean loss over the samples and its gradient (flat). One forward + backward per batch (and one
+        all-reduce of [gradient, loss] under torchrun)."""
         ps = [p for _, p in self.params]
-        total_loss, total = 0.0, [torch.zeros_like(p) for p in ps]
+        total = [torch.zeros_like(p) for p in ps] + [torch.zeros(1, dtype=self.dtype, device=self.device)]
         for x, y in self.batches:
             with self._mode():
                 loss = self._batch_loss(x, y)
             gs = torch.autograd.grad(loss, ps, allow_unused=True)
-            total_loss += float(loss.detach())
+            total[-1] += loss.detach()
             for t, g in zip(total, gs):
                 if g is not None:
                     t.add_(g)
-        return total_loss / self.num_samples, self.flatten(total) / self.num_samples
+        flat = torch.cat([t.reshape(-1) for t in total])
+        if self.world.active:
+            all_reduce_sum(flat)
+        return float(flat[-1]) / self.num_samples, flat[:-1] / self.num_samples
 
     def release_graph(self) -> None:
         """Free the cached gradient graph (rebuilt on the next matvec)."""
@@ -317,7 +359,7 @@ class HessianOperator:
                                                           else pf if isinstance(pf, str) else list(pf)),
                 "param_names": self.param_names if pf is not None else None,
                 "dtype": str(self.dtype).replace("torch.", ""), "device": str(self.device),
-                "attack_seconds": self.attack_seconds}
+                "attack_seconds": self.attack_seconds, "world_size": self.world.size}
 
     def __repr__(self) -> str:
         return (f"HessianOperator(loss={self.loss!r}, num_params={self.num_params}, "

@@ -10,6 +10,14 @@ Storage (``out``): ``surface.npz`` (x, y, loss, accuracy, mask, settings_hash) a
 setting, its hash, and the arrays with null where not yet computed), both written atomically every few
 points; ``directions.pt`` (the directions, so a resume uses exactly them) and, for the fixed adversarial
 mode, ``adversarial.npz`` (the adversarial examples made at theta0).
+
+Distributed (``torchrun``, see ``landscape.distributed``): every rank holds the data and the directions; the
+fixed-mode adversarial examples are made per shard of attack batches (seeded by their global position, so
+identical to a single process's) and gathered; grid points are then shared out dynamically through a task
+queue on the process group's store (a rank takes the next unclaimed point; no lockstep) and sent to rank 0,
+which alone reads and writes the files, holds the resume mask and saves as results arrive. Each point is
+computed whole by one rank exactly as a single process computes it, so the arrays are identical, and a run
+stopped under any number of processes resumes under any other.
 """
 from __future__ import annotations
 
@@ -30,6 +38,8 @@ from torch import nn
 
 from .. import __version__
 from ..attacks import adversarial_examples, check_eps, eval_mode
+from ..distributed import (TaskQueue, all_gather_rows, broadcast_from_main, broadcast_tensor, run_on_main,
+                           shard_bounds, shard_sizes, world)
 from ..errors import ConfigError, LandscapeError
 from ..io import atomic_torch_save, read_json, save_npz, write_json
 from .directions import DirectionSet, directions_digest
@@ -385,8 +395,9 @@ def loss_surface(model: nn.Module, data: Any, directions: Any, x_grid: Any, y_gr
     With ``out``, results are written atomically after every ``save_every`` points (default: every
     ``save_seconds`` seconds) and at the end; ``resume=True`` continues a stored run with the same
     settings (refused with a ``LandscapeError`` naming what differs otherwise). ``callback(done, total)``
-    runs after each point. Cost per point: one forward pass over the samples (clean, fixed), plus one PGD
-    attack (reattack: steps forward+backward passes).
+    runs after each point (under torchrun: on rank 0, counting the points rank 0 has received). Cost per
+    point: one forward pass over the samples (clean, fixed), plus one PGD attack (reattack: steps
+    forward+backward passes). Under torchrun every rank returns the same, complete result.
     """
     if loss not in LOSSES:
         raise ConfigError(f"unknown loss {loss!r}; choose from {', '.join(LOSSES)}")
@@ -439,7 +450,8 @@ def loss_surface(model: nn.Module, data: Any, directions: Any, x_grid: Any, y_gr
     if paths is not None:
         result.files = {k: str(v) for k, v in paths.items()
                         if k in ("json", "npz", "directions") or (k == "adversarial" and attack and adv_mode == "fixed")}
-        result = _prepare_storage(result, paths, directions, dir_meta, resume, overwrite)
+        result = run_on_main(_prepare_storage, result, paths, directions, dir_meta, resume, overwrite)
+    w = world()
 
     t0 = time.perf_counter()
     with eval_mode(model):
@@ -452,18 +464,20 @@ def loss_surface(model: nn.Module, data: Any, directions: Any, x_grid: Any, y_gr
         n = len(x)
         flat_mask = result.mask.reshape(-1)
         todo = [int(i) for i in np.flatnonzero(~flat_mask)]
-        coords = [(float(xs[i % len(xs)]),) if ys is None else (float(xs[i % len(xs)]), float(ys[i // len(xs)]))
-                  for i in todo]
-        total, done = flat_mask.size, int(flat_mask.sum())
-        pending: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+        total, done_before = flat_mask.size, int(flat_mask.sum())
+        # Points are claimed from a queue (a plain counter in one process, the store's under torchrun) and
+        # their (index, loss sum, correct) go to rank 0. One process keeps them as device tensors until a
+        # save (no per-point synchronization); ranks send plain numbers (float64 sums, exact through JSON).
+        queue = TaskQueue(len(todo), "surface")
+        pending: list = []
         last_save, since_save = time.monotonic(), 0
 
         def flush() -> None:
             if not pending:
                 return
-            idx = np.asarray([p[0] for p in pending])
-            losses = torch.stack([p[1] for p in pending]).double().cpu().numpy()
-            correct = torch.stack([p[2] for p in pending]).double().cpu().numpy()
+            idx = np.asarray([int(p[0]) for p in pending])
+            losses = np.asarray([float(p[1]) for p in pending])  # float32 -> float64 is exact
+            correct = np.asarray([float(p[2]) for p in pending])
             result.loss.reshape(-1)[idx] = losses / n
             result.accuracy.reshape(-1)[idx] = correct / n
             result.mask.reshape(-1)[idx] = True
@@ -481,8 +495,10 @@ def loss_surface(model: nn.Module, data: Any, directions: Any, x_grid: Any, y_gr
             reattack = attack is not None and adv_mode == "reattack"
             # Without reattack the whole loop runs in inference mode (PGD needs autograd, so not then).
             with mover, (contextlib.nullcontext() if reattack else torch.inference_mode()):
-                for idx, c in zip(todo, coords):
-                    mover.move(c)
+                while (k := queue.claim()) is not None:
+                    idx = todo[k]
+                    mover.move((float(xs[idx % len(xs)]),) if ys is None else
+                               (float(xs[idx % len(xs)]), float(ys[idx // len(xs)])))
                     if reattack:
                         xa = adversarial_examples(model, x, y, attack["eps"], attack["step_size"], attack["steps"],
                                                   attack["norm"], attack["restarts"], batch_size,
@@ -490,18 +506,29 @@ def loss_surface(model: nn.Module, data: Any, directions: Any, x_grid: Any, y_gr
                         ls, cor = _eval_sums(model, _batches(xa, y, batch_size))
                     else:
                         ls, cor = _sums(model, batches)
-                    pending.append((idx, ls, cor))
-                    done += 1
+                    queue.put([idx, float(ls.double()), int(cor)] if w.active else (idx, ls, cor))
+                    if not w.main:
+                        continue
+                    pending.extend(queue.drain())
                     since_save += 1
                     if callback is not None:
-                        callback(done, total)
+                        callback(done_before + queue.received, total)
                     if paths is not None and ((save_every is not None and since_save >= save_every)
                                               or time.monotonic() - last_save >= save_seconds):
                         save()
                         last_save, since_save = time.monotonic(), 0
+                if w.main and queue.received < len(todo):  # wait for the other ranks' last points
+                    got = queue.drain(wait_for=len(todo))
+                    pending.extend(got)
+                    if callback is not None and got:
+                        callback(done_before + queue.received, total)
         finally:
             # Whatever happened (an interrupt, an error), keep every point that was computed.
-            save()
+            if w.main:
+                save()
+    if w.active:  # every rank returns rank 0's complete result
+        arrays = broadcast_from_main((result.loss, result.accuracy, result.mask, result.seconds))
+        result.loss, result.accuracy, result.mask, result.seconds = arrays
     return result
 
 
@@ -539,20 +566,35 @@ def _prepare_storage(result: SurfaceResult, paths: dict[str, Path], directions: 
     return result
 
 
+def _stored_adversarial(p: Path | None, shash: str, x: torch.Tensor) -> torch.Tensor | None:
+    """The adversarial examples stored at ``p`` for these settings, or None."""
+    if p is None or not p.is_file():
+        return None
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            if str(z["settings_hash"]) == shash and z["x_adv"].shape == tuple(x.shape):
+                return torch.from_numpy(z["x_adv"]).to(device=x.device, dtype=x.dtype)
+    except (OSError, ValueError, KeyError):
+        pass
+    return None
+
+
 def _fixed_adversarial(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: dict, batch_size: int,
                        seed: int, paths: dict[str, Path] | None, shash: str) -> torch.Tensor:
-    """PGD examples at theta0 (seeded); stored with the surface and reused on resume."""
+    """PGD examples at theta0 (seeded); stored with the surface and reused on resume. Under torchrun rank 0
+    reads the stored ones and broadcasts them, or each rank attacks its shard of attack batches and the
+    shards are gathered (one all-gather)."""
+    w = world()
     p = paths["adversarial"] if paths is not None else None
-    if p is not None and p.is_file():
-        try:
-            with np.load(p, allow_pickle=False) as z:
-                if str(z["settings_hash"]) == shash and z["x_adv"].shape == tuple(x.shape):
-                    return torch.from_numpy(z["x_adv"]).to(device=x.device, dtype=x.dtype)
-        except (OSError, ValueError, KeyError):
-            pass
-    x_adv = adversarial_examples(model, x, y, attack["eps"], attack["step_size"], attack["steps"], attack["norm"],
-                                 attack["restarts"], batch_size, seed)
-    if p is not None:
+    stored = _stored_adversarial(p, shash, x) if w.main else None
+    if broadcast_from_main(stored is not None):
+        return broadcast_tensor(stored if stored is not None else torch.empty_like(x))
+    lo, hi = shard_bounds(len(x), w, batch_size)
+    x_adv = adversarial_examples(model, x[lo:hi], y[lo:hi], attack["eps"], attack["step_size"], attack["steps"],
+                                 attack["norm"], attack["restarts"], batch_size, seed, start=lo)
+    if w.active:
+        x_adv = all_gather_rows(x_adv, shard_sizes(len(x), w.size, batch_size))
+    if p is not None and w.main:
         save_npz(p, x_adv=x_adv.cpu().numpy(), y=y.cpu().numpy(), settings_hash=np.asarray(shash))
     return x_adv
 

@@ -8,6 +8,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from ..distributed import World, finish, init_from_env
 from ..errors import LandscapeError
 
 EXIT_BAD_INPUT = 2
@@ -25,7 +26,8 @@ class Parser(argparse.ArgumentParser):
 
 
 def cli(prog: str) -> Callable[[Callable[[Sequence[str] | None], int | None]], Callable[..., int]]:
-    """Decorate a ``main(argv)``: a ``LandscapeError`` becomes ``prog: error: ...`` and exit status 2."""
+    """Decorate a ``main(argv)``: a ``LandscapeError`` becomes ``prog: error: ...`` and exit status 2; a
+    process group joined under torchrun is left at the end, whatever happened."""
     def deco(fn):
         @functools.wraps(fn)
         def main(argv: Sequence[str] | None = None) -> int:
@@ -38,6 +40,8 @@ def cli(prog: str) -> Callable[[Callable[[Sequence[str] | None], int | None]], C
             except KeyboardInterrupt:
                 print(f"{prog}: interrupted", file=sys.stderr)
                 code = 130
+            finally:
+                finish()
             return code
         return main
     return deco
@@ -54,6 +58,18 @@ def resolve_device(name: str = "auto") -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise LandscapeError("--device cuda was asked for but no CUDA device is available")
     return dev
+
+
+def resolve_world(name: str = "auto") -> tuple[World, torch.device]:
+    """The device as ``resolve_device``, after joining the process group when launched by ``torchrun``
+    (gloo on CPU; nccl with each rank on ``cuda:LOCAL_RANK``). Single process: ``World(0, 1)``."""
+    return init_from_env(resolve_device(name))
+
+
+TORCHRUN_HELP = """Several processes: run the same command under PyTorch's launcher, e.g.
+  torchrun --standalone --nproc-per-node 2 $(which {prog}) ARGS
+(gloo on CPU; on GPUs nccl with one GPU per process). Every process must see the checkpoint and the data;
+rank 0 prints and writes the results."""
 
 
 def add_device(p: argparse.ArgumentParser) -> None:

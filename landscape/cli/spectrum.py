@@ -12,7 +12,7 @@ from ..checkpoint import load_checkpoint
 from ..data import load_dataset
 from ..errors import ConfigError
 from ..io import write_json
-from .common import Parser, add_checkpoint_source, add_device, cli, resolve_device
+from .common import TORCHRUN_HELP, Parser, add_checkpoint_source, add_device, cli, resolve_world
 
 DEFAULT_SAMPLES = 512
 
@@ -21,11 +21,21 @@ Curvature of a checkpoint's loss over the first N samples of a split: the Hessia
 weights of the mean cross-entropy, clean or adversarial (PGD examples made once at the checkpoint's weights,
 eps/steps/step size from its training config unless given). Top-k eigenvalues by Lanczos until every pair's
 residual is within --tol, the trace by Hutch++ (--trace), the eigenvalue density by stochastic Lanczos
-quadrature (--density). --backend pyhessian runs PyHessian 0.1 on the same model and samples instead."""
+quadrature (--density). --backend pyhessian runs PyHessian 0.1 on the same model and samples instead.
+
+Under torchrun each process holds a contiguous shard of the samples (and attacks only its shard); one
+Hessian-vector product is each process's share plus one all-reduce, and the results equal a single
+process's to float round-off."""
+
+EPILOG = """examples:
+  landscape-spectrum runs/at/best.pt --top-k 5
+  landscape-spectrum runs/at/best.pt --loss adversarial --trace --density --json spec.json --plot spec.png
+
+""" + TORCHRUN_HELP.format(prog="landscape-spectrum")
 
 
 def build_parser() -> Parser:
-    p = Parser(prog="landscape-spectrum", description=DESCRIPTION)
+    p = Parser(prog="landscape-spectrum", description=DESCRIPTION, epilog=EPILOG)
     add_checkpoint_source(p)
     p.add_argument("--top-k", type=int, default=5, help="number of extreme eigenvalues (0: none)")
     p.add_argument("--which", choices=("LA", "SA", "LM"), default="LA",
@@ -93,10 +103,11 @@ def _plot_function():
 
 
 @contextmanager
-def _progress(desc: str, total: int) -> Iterator:
-    """A tqdm bar on stderr (hidden when stderr is not a terminal); yields a callback(done, total)."""
+def _progress(desc: str, total: int, show: bool = True) -> Iterator:
+    """A tqdm bar on stderr (hidden when stderr is not a terminal, or ``show`` is False); yields a
+    callback(done, total)."""
     from tqdm import tqdm
-    bar = tqdm(total=total, desc=desc, unit="HVP", file=sys.stderr, disable=None, leave=False)
+    bar = tqdm(total=total, desc=desc, unit="HVP", file=sys.stderr, disable=None if show else True, leave=False)
 
     def update(done: int, budget: int) -> None:
         bar.total = budget
@@ -108,22 +119,22 @@ def _progress(desc: str, total: int) -> Iterator:
         bar.close()
 
 
-def _run_landscape(op, args) -> dict:
+def _run_landscape(op, args, show: bool = True) -> dict:
     from ..analysis import hessian_trace, spectral_density, top_eigenvalues
     out: dict = {}
     if args.top_k:
         budget = args.max_hvps or min(op.num_params, max(100, 30 * args.top_k))
-        with _progress(f"top-{args.top_k} eigenvalues", budget) as cb:
+        with _progress(f"top-{args.top_k} eigenvalues", budget, show) as cb:
             eig = top_eigenvalues(op, k=args.top_k, tol=args.tol, which=args.which, max_hvps=args.max_hvps,
                                   seed=args.seed, callback=cb)
         out["top_eigenvalues"] = eig.to_dict()
     if args.trace:
-        with _progress("trace", args.trace_max_hvps) as cb:
+        with _progress("trace", args.trace_max_hvps, show) as cb:
             tr = hessian_trace(op, method=args.trace_method, rtol=args.trace_rtol, max_hvps=args.trace_max_hvps,
                                seed=args.seed, callback=cb)
         out["trace"] = tr.to_dict()
     if args.density:
-        with _progress("density", args.density_probes * args.density_steps) as cb:
+        with _progress("density", args.density_probes * args.density_steps, show) as cb:
             rho = spectral_density(op, n_probes=args.density_probes, lanczos_steps=args.density_steps,
                                    sigma=args.sigma, seed=args.seed, callback=cb)
         out["density"] = rho.to_dict()
@@ -190,7 +201,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _check_args(args)
     plot = _plot_function() if args.plot else None
-    device = resolve_device(args.device)
+    world, device = resolve_world(args.device)
+    if world.active and args.backend == "pyhessian":
+        raise ConfigError("--backend pyhessian runs in one process; drop torchrun or use --backend landscape")
     ck = load_checkpoint(args.checkpoint, args.arch, args.dataset, device)
     ds = load_dataset(args.dataset or ck.dataset, args.split, args.data_dir, args.download)
     n = args.samples if args.samples is not None else min(DEFAULT_SAMPLES, len(ds))
@@ -202,7 +215,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                          step_size=args.step_size, bn=args.bn, batch_size=args.batch_size,
                                          seed=args.seed, device=device)
     setup_s = time.perf_counter() - t0
-    res = _run_pyhessian(op, ck.model, args) if args.backend == "pyhessian" else _run_landscape(op, args)
+    res = _run_pyhessian(op, ck.model, args) if args.backend == "pyhessian" else _run_landscape(op, args, world.main)
+    if not world.main:  # rank 0 reports and writes; the others computed the same numbers
+        return 0
 
     parts = [k for k in ("top_eigenvalues", "trace", "density") if k in res]
     hvps = {k: int(res[k]["hvps"]) for k in parts}
@@ -211,8 +226,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     seconds["total"] = time.perf_counter() - t_start
     desc = op.describe()
     adv = f" (eps {op.eps:g}, {op.steps} PGD steps of {op.step_size:.3g})" if args.loss == "adversarial" else ""
+    procs = f" x {world.size} processes" if world.active else ""
     header = (f"{ck.arch} on {ds.name}/{args.split}, {op.num_samples} samples, {args.loss} loss{adv}, "
-              f"{op.num_params:,} weights, bn={args.bn}, {device.type}, backend {args.backend}")
+              f"{op.num_params:,} weights, bn={args.bn}, {device.type}{procs}, backend {args.backend}")
     _print_table(res, header)
     print(f"total: {hvps['total']} HVPs, {seconds['total']:.2f} s")
 
@@ -221,6 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
            "settings": {**vars(args), "samples": n, "eps": op.eps, "steps": op.steps, "step_size": op.step_size},
            "checkpoint": str(args.checkpoint), "model": ck.arch, "dataset": ds.name, "split": args.split,
            "num_samples": op.num_samples, "num_params": op.num_params, "device": str(device),
+           "world_size": world.size,
            "backend": args.backend, "operator": desc, **res, "hvps": hvps, "seconds": seconds}
     if args.json:
         write_json(args.json, out)

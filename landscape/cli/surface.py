@@ -10,7 +10,7 @@ from ..checkpoint import load_checkpoint
 from ..data import load_dataset
 from ..errors import ConfigError
 from ..io import write_json
-from .common import Parser, add_checkpoint_source, add_device, cli, resolve_device
+from .common import TORCHRUN_HELP, Parser, add_checkpoint_source, add_device, cli, resolve_world
 
 DESCRIPTION = """\
 Loss and accuracy of a checkpoint at theta0 + a*d1 (+ b*d2) on a grid (Li et al. 2018), for the clean or
@@ -31,7 +31,11 @@ examples:
   landscape-surface runs/at/best.pt --dim 2 --directions eigen --loss adversarial --plot
   landscape-surface runs/at/best.pt --dim 1 --x -1:1:51 --loss adversarial --adv-mode reattack
   landscape-surface runs/at/best.pt --directions interpolate --to runs/sat/best.pt --plot
-  landscape-surface foreign.pt --arch cnn-small --dataset digits --out surf --resume"""
+  landscape-surface foreign.pt --arch cnn-small --dataset digits --out surf --resume
+
+""" + TORCHRUN_HELP.format(prog="landscape-surface") + """ Grid points are shared out dynamically (each
+process takes the next unfinished point); a run stopped under any number of processes resumes under any
+other with identical numbers."""
 
 DEFAULT_SAMPLES = 1000
 
@@ -183,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     y_spec = (args.y or "-1:1:21") if dim == 2 else None
     if y_spec is not None:
         parse_grid(y_spec, "--y")
-    device = resolve_device(args.device)
+    world, device = resolve_world(args.device)
     ck = load_checkpoint(args.checkpoint, args.arch, args.dataset, device)
     ds = load_dataset(args.dataset or ck.dataset, args.split, args.data_dir, args.download)
     n = args.samples if args.samples is not None else min(DEFAULT_SAMPLES, len(ds))
@@ -192,7 +196,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out) if args.out else _default_out(args, dim)
 
     spec = _direction_spec(args, dim, eps, steps, step_size)
-    directions = load_directions(out, device) if args.resume else None
+    from ..distributed import run_on_main
+    directions = run_on_main(load_directions, out, "cpu") if args.resume else None  # rank 0 owns the files
     if directions is not None and directions.meta.get("spec") != spec:
         old = directions.meta.get("spec") or {}
         diffs = [f"{k}: stored {old.get(k)!r}, now {spec.get(k)!r}" for k in sorted(set(old) | set(spec))
@@ -203,10 +208,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         directions = _directions(args, ck, x, y, dim, eps, steps, step_size, device)
         directions.meta["spec"] = spec
     meta = {"checkpoint": str(args.checkpoint), "arch": ck.arch, "dataset": ds.name, "split": args.split,
-            "device": str(device), "x_spec": x_spec, "y_spec": y_spec}
+            "device": str(device), "x_spec": x_spec, "y_spec": y_spec, "world_size": world.size}
 
     from tqdm.auto import tqdm
-    bar = tqdm(total=None, unit="pt", desc="surface", disable=None, file=sys.stderr)
+    bar = tqdm(total=None, unit="pt", desc="surface", disable=None if world.main else True, file=sys.stderr)
 
     def progress(done: int, total: int) -> None:
         if bar.total != total:
@@ -222,6 +227,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         bar.close()
 
+    if not world.main:  # rank 0 reports and writes
+        return 0
     figures = []
     if args.plot:
         from ..analysis.plots import plot_contourf, plot_curve, plot_surface3d
