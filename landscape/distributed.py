@@ -7,9 +7,10 @@ helpers unconditionally.
 Why a work queue on the process group's key-value store rather than collectives: surface points take unequal
 time (a reattack point runs PGD; a point far from theta0 may be slower on some hardware), and collectives
 would put every rank in lockstep with the slowest. The store (the TCPStore ``torchrun`` already runs) gives
-an atomic counter (``add``) from which each rank takes the next unfinished point, and a FIFO (``queue_push``/
-``queue_pop``) through which finished points travel to rank 0. ``torch.distributed`` exposes the default
-store only as ``_get_default_store``; it is wrapped here, in one place.
+an atomic counter (``add``) from which each rank takes the next unfinished point, and one key per finished
+point through which its result travels to rank 0 (``set``/``check``/``get``, which every store implements;
+the FileStore of ``init_method="file://..."`` has no queues). ``torch.distributed`` exposes the default store
+only as ``_get_default_store``; it is wrapped here, in one place.
 """
 from __future__ import annotations
 
@@ -175,8 +176,9 @@ class TaskQueue:
     """Tasks ``0..n-1`` shared out dynamically: ``claim()`` gives the next unclaimed task (or None), ``put()``
     sends a finished task's (JSON-able) result to rank 0, which ``drain()``s them as they come.
 
-    Single process: a plain counter and list. Distributed: an atomic counter and a FIFO on the process
-    group's store under a key unique to this queue (chosen by rank 0 and broadcast, the only collective).
+    Single process: a plain counter and list. Distributed: an atomic counter and one result key per task on
+    the process group's store, under a prefix unique to this queue (chosen by rank 0 and broadcast, the only
+    collective). Rank 0 polls only the tasks claimed and not yet received (about one per rank).
     """
 
     def __init__(self, n: int, name: str = "tasks"):
@@ -185,26 +187,27 @@ class TaskQueue:
         self._local: list[Any] = []
         self.received = 0
         if self.world.active:
-            key = broadcast_from_main(f"landscape/{name}/{uuid.uuid4().hex}" if self.world.main else None)
-            self._counter, self._results = f"{key}/next", f"{key}/results"
+            self._key = broadcast_from_main(f"landscape/{name}/{uuid.uuid4().hex}" if self.world.main else None)
             self._store = dist.distributed_c10d._get_default_store()
+            self._waiting: list[int] = []  # claimed tasks whose results rank 0 has not read yet
+            self._seen = 0                 # tasks 0 .. _seen-1 are in _waiting or received
 
     def claim(self) -> int | None:
         """The next unclaimed task, or None when all are claimed. One store round trip."""
         if self.world.active:
-            k = int(self._store.add(self._counter, 1)) - 1
+            k = int(self._store.add(f"{self._key}/next", 1)) - 1
         else:
             k, self._next = self._next, self._next + 1
         return k if k < self.n else None
 
     def claimed(self) -> int:
         """How many tasks have been claimed so far (all ranks)."""
-        return min(int(self._store.add(self._counter, 0)) if self.world.active else self._next, self.n)
+        return min(int(self._store.add(f"{self._key}/next", 0)) if self.world.active else self._next, self.n)
 
-    def put(self, result: Any) -> None:
-        """Send one finished task's result to rank 0 (exact for floats: JSON keeps repr round-trips)."""
+    def put(self, task: int, result: Any) -> None:
+        """Send finished ``task``'s result to rank 0 (exact for floats: JSON keeps repr round-trips)."""
         if self.world.active:
-            self._store.queue_push(self._results, json.dumps(result))
+            self._store.set(f"{self._key}/done/{task}", json.dumps(result))
         else:
             self._local.append(result)
 
@@ -216,8 +219,18 @@ class TaskQueue:
         out: list[Any] = []
         while True:
             if self.world.active:
-                for _ in range(int(self._store.queue_len(self._results))):
-                    out.append(json.loads(self._store.queue_pop(self._results, False)))
+                claimed = self.claimed()
+                self._waiting += range(self._seen, claimed)
+                self._seen = claimed
+                still = []
+                for k in self._waiting:
+                    key = f"{self._key}/done/{k}"
+                    if self._store.check([key]):
+                        out.append(json.loads(self._store.get(key)))
+                        self._store.delete_key(key)
+                    else:
+                        still.append(k)
+                self._waiting = still
             else:
                 out, self._local = out + self._local, []
             if wait_for is None or self.received + len(out) >= wait_for:

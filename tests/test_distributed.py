@@ -47,8 +47,8 @@ def test_single_process_world_and_queue():
     q = TaskQueue(3)
     got = [q.claim() for _ in range(5)]
     assert got == [0, 1, 2, None, None]
-    q.put("a")
-    q.put("b")
+    q.put(0, "a")
+    q.put(1, "b")
     assert q.drain() == ["a", "b"] and q.received == 2 and q.drain() == []
 
 

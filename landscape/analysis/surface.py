@@ -506,7 +506,7 @@ def loss_surface(model: nn.Module, data: Any, directions: Any, x_grid: Any, y_gr
                         ls, cor = _eval_sums(model, _batches(xa, y, batch_size))
                     else:
                         ls, cor = _sums(model, batches)
-                    queue.put([idx, float(ls.double()), int(cor)] if w.active else (idx, ls, cor))
+                    queue.put(k, [idx, float(ls.double()), int(cor)] if w.active else (idx, ls, cor))
                     if not w.main:
                         continue
                     pending.extend(queue.drain())
