@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
+import torch
 matplotlib.use("Agg")
 
 import landscape as ls  # noqa: E402
@@ -52,18 +53,22 @@ FULL = Scale(train_samples=6000, epochs=8, steps=7, val_samples=1000, test_sampl
              grid="-1:1:21", density_steps=40, track_probe=256, trace_hvps=200)
 SWEEP_EPS = (0.05, 0.1, 0.2, 0.3)
 LARGE_EPS = 0.3
-METHODS = ("at", "trades", "sat-eps", "p-sat", "h-sat")
+METHODS = ("at", "trades", "sat-eps", "p-sat", "h-sat", "h-sat-affine")
+# Labels that are a method with other settings: h-sat with the affine normalization of psi_H (see
+# landscape/training/hsat.py), added after the ratio form's curriculum degenerated in the first full run.
+VARIANTS = {"h-sat-affine": ("h-sat", {"hsat_normalize": "affine"})}
 
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def train_run(method: str, eps: float, s: Scale, runs: Path, seed: int, track: bool) -> Path:
+def train_run(label: str, eps: float, s: Scale, runs: Path, seed: int, track: bool) -> Path:
+    method, extra = VARIANTS.get(label, (label, {}))
     cfg = TrainConfig(method=method, dataset="fashion-mnist", model="cnn-small", eps=eps, steps=s.steps,
                       epochs=s.epochs, train_samples=s.train_samples, val_samples=s.val_samples, seed=seed,
                       track_hessian_every=1 if track else 0, track_probe=s.track_probe,
-                      name=f"{method}-eps{eps:g}")
+                      name=f"{label}-eps{eps:g}", **extra)
     run = runs / cfg.name
     if (run / "last.pt").exists():
         ck = ls.load_checkpoint(run / "last.pt")
@@ -78,7 +83,7 @@ def train_run(method: str, eps: float, s: Scale, runs: Path, seed: int, track: b
     return run
 
 
-def analyze(run: Path, eps: float, s: Scale, test: ls.Dataset, seed: int, full_spectrum: bool) -> dict:
+def analyze(run: Path, label: str, eps: float, s: Scale, test: ls.Dataset, seed: int, full_spectrum: bool) -> dict:
     """Test accuracy (clean, PGD-20) and the adversarial-loss spectrum of best.pt."""
     ck = ls.load_checkpoint(run / "best.pt")
     x, y = test.tensors(s.test_samples)
@@ -88,7 +93,7 @@ def analyze(run: Path, eps: float, s: Scale, test: ls.Dataset, seed: int, full_s
     op = HessianOperator(ck.model, (xh, yh), loss="adversarial", eps=eps, steps=20, step_size=eps / 4, seed=seed)
     eig = top_eigenvalues(op, k=5 if full_spectrum else 1, tol=1e-3, seed=seed)
     tr = hessian_trace(op, rtol=0.05, max_hvps=s.trace_hvps, seed=seed)
-    out = {"run": run.name, "method": ck.config["method"], "eps": eps, "best_epoch": ck.epoch,
+    out = {"run": run.name, "method": label, "eps": eps, "best_epoch": ck.epoch,
            "clean_acc": ev.clean_acc, "pgd20_acc": ev.pgd_acc, "n_test": ev.n,
            "top_eigenvalue": float(eig.values[0]), "top_eigenvalues": eig.to_dict(),
            "trace": tr.estimate, "trace_stderr": tr.stderr, "trace_hvps": tr.hvps, "hessian_samples": s.hessian_samples}
@@ -125,9 +130,13 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     test = ls.load_dataset("fashion-mnist", "test")
+    # Every invocation's wall time is kept (stages cached by an earlier invocation are not recomputed).
+    prev = read_json(out / "settings.json") if (out / "settings.json").exists() else {}
+    invocations = prev.get("invocations") or ([{"seconds": prev["seconds"]}] if "seconds" in prev else [])
     settings = {"scale": s.__dict__, "sweep_eps": SWEEP_EPS, "large_eps": LARGE_EPS, "methods": METHODS,
-                "seed": args.seed, "model": "cnn-small", "dataset": "fashion-mnist",
-                "landscape_version": ls.__version__}
+                "variants": VARIANTS, "seed": args.seed, "model": "cnn-small", "dataset": "fashion-mnist",
+                "landscape_version": ls.__version__, "threads": torch.get_num_threads(),
+                "invocations": invocations}
     write_json(out / "settings.json", settings)
 
     # a + b: training
@@ -146,11 +155,11 @@ def main() -> None:
         return res
 
     sweep = [cached(f"analysis_at-eps{eps:g}.json",
-                    lambda eps=eps: analyze(sweep_runs[eps], eps, s, test, args.seed, eps == LARGE_EPS))
+                    lambda eps=eps: analyze(sweep_runs[eps], "at", eps, s, test, args.seed, eps == LARGE_EPS))
              for eps in SWEEP_EPS]
     methods = [sweep[-1] if m == "at" else
                cached(f"analysis_{m}-eps{LARGE_EPS:g}.json",
-                      lambda m=m: analyze(method_runs[m], LARGE_EPS, s, test, args.seed, True)) for m in METHODS]
+                      lambda m=m: analyze(method_runs[m], m, LARGE_EPS, s, test, args.seed, True)) for m in METHODS]
     surfaces = [cached(f"surface_{m}.json", lambda m=m: surface(method_runs[m], LARGE_EPS, s, test, args.seed, out))
                 for m in METHODS]
 
@@ -184,7 +193,9 @@ def main() -> None:
     fig.tight_layout()
     fig.savefig(out / "eps_sweep.png", dpi=110)
     plt.close("all")
-    settings["seconds"] = time.perf_counter() - t_start
+    invocations.append({"started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(time.time() - (
+        time.perf_counter() - t_start))), "seconds": time.perf_counter() - t_start})
+    settings["seconds"] = sum(i["seconds"] for i in invocations)
     write_json(out / "settings.json", settings)
     print(pd.DataFrame(sweep)[cols].to_string(index=False))
     print(table.to_string(index=False))

@@ -62,6 +62,9 @@ def build_parser() -> Parser:
     p.add_argument("--hsat-every", type=int, help="H-SAT: iterations between eps calibrations (default: 1 epoch)")
     p.add_argument("--hsat-probe", type=int, default=d.hsat_probe, help="H-SAT: probe batch size")
     p.add_argument("--hsat-iters", type=int, default=d.hsat_iters, help="H-SAT: Lanczos steps per estimate")
+    p.add_argument("--hsat-normalize", choices=("ratio", "affine"), default=d.hsat_normalize,
+                   help="H-SAT difficulty: ratio = lam(eps)/lam(eps_max) (the paper's wording); affine = "
+                        "(lam(eps)-lam(0))/(lam(eps_max)-lam(0)), which is 0 at eps=0 (see hsat.py)")
     p.add_argument("--track-hessian-every", type=int, default=0,
                    help="log the top eigenvalue of the adversarial loss on a fixed probe set every N epochs")
     p.add_argument("--track-probe", type=int, default=d.track_probe, help="samples in the sharpness probe set")
@@ -94,6 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             val_samples=args.val_samples, val_steps=args.val_steps, augment=args.augment,
             split_seed=args.split_seed, data_dir=args.data_dir, download=args.download,
             save_every=args.save_every, hsat_every=args.hsat_every, hsat_probe=args.hsat_probe,
+            hsat_normalize=args.hsat_normalize,
             hsat_iters=args.hsat_iters, track_hessian_every=args.track_hessian_every,
             track_probe=args.track_probe, name=args.name)
         trainer = Trainer(cfg, args.out, device, progress, overwrite=args.overwrite)

@@ -16,6 +16,7 @@ DEFAULT_EPS = {"digits": 0.1, "mnist": 0.3, "fashion-mnist": 0.1, "cifar10": 8 /
                "imagenette": 16 / 255}
 DEFAULT_EPOCHS = {"digits": 20, "mnist": 10, "fashion-mnist": 5}
 LR_SCHEDULES = ("piecewise", "cosine", "constant")
+HSAT_NORMALIZE = ("ratio", "affine")
 
 
 @dataclass
@@ -50,6 +51,7 @@ class TrainConfig:
     hsat_probe: int = 128               # H-SAT: samples in the fixed probe batch
     hsat_iters: int = 8                 # H-SAT: Lanczos steps (HVPs) per sharpness estimate
     hsat_bisect: int = 5                # H-SAT: bisection steps per calibration
+    hsat_normalize: str = "ratio"       # H-SAT: psi_H = lam(eps)/lam(eps_max) | affine: (lam(eps)-lam(0))/(lam(eps_max)-lam(0))
     track_hessian_every: int = 0        # log the adversarial top eigenvalue every N epochs (0: never)
     track_probe: int = 256              # samples in the sharpness-tracking probe set
     name: str | None = None
@@ -73,6 +75,9 @@ class TrainConfig:
             c.step_size = 2.5 * c.eps / c.steps
         if c.step_size <= 0 and c.method != "standard":
             raise ConfigError(f"step size must be positive, got {c.step_size}")
+        if c.hsat_normalize not in HSAT_NORMALIZE:
+            raise ConfigError(f"unknown H-SAT normalization {c.hsat_normalize!r}; choose from "
+                              f"{', '.join(HSAT_NORMALIZE)}")
         if c.schedule not in SCHEDULES:
             raise ConfigError(f"unknown schedule {c.schedule!r}; choose from {', '.join(SCHEDULES)}")
         if c.lr_schedule not in LR_SCHEDULES:
