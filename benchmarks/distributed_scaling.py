@@ -94,7 +94,8 @@ def main() -> None:
             r = json.loads(result.read_text())
             r["launch_seconds"] = time.perf_counter() - t0
             rows.append(r)
-    base = rows[0]
+    rows.sort(key=lambda r: r["world_size"])
+    base = rows[0]  # speedups are relative to the fewest processes
     print(f"cnn-small ({base['num_params']:,} weights) on {base['samples']} {base['dataset']} test images, "
           f"adversarial loss (PGD-{args.steps}, eps {args.eps:g}); one thread per process; cores here: "
           f"{os.cpu_count()}")
@@ -106,7 +107,7 @@ def main() -> None:
     for r in rows[1:]:
         rel = max(abs(a - b) / abs(b) for a, b in zip(r["eigenvalues"], base["eigenvalues"]))
         same = r["surface_loss"] == base["surface_loss"]
-        print(f"{r['world_size']} processes vs 1: top-5 max relative difference {rel:.1e}; "
+        print(f"{r['world_size']} processes vs {base['world_size']}: top-5 max relative difference {rel:.1e}; "
               f"surface {'identical' if same else 'DIFFERENT'}")
 
 

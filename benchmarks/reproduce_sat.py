@@ -176,6 +176,9 @@ def main() -> None:
         df.insert(0, "method", m)
         sharp.append(df)
     pd.concat(sharp).to_csv(out / "training_curves.csv", index=False)
+    for m, run in method_runs.items():  # H-SAT's calibration logs (every (eps, lambda_max) evaluated)
+        if (run / "hsat.json").exists():
+            write_json(out / f"hsat_{m}.json", read_json(run / "hsat.json"))
 
     # figures
     fig = plots.plot_density([r["density"] for r in methods], labels=list(METHODS))
