@@ -11,10 +11,10 @@ Cost of one calibration: (1 + hsat_bisect) x (PGD on the probe + hsat_iters HVPs
 
 ``normalize="affine"`` uses psi_H(eps) = (lambda_max(eps) - lambda_max(0)) / (lambda_max(eps_max) -
 lambda_max(0)) instead (one more estimate per calibration, of the clean loss). Why: in our Fashion-MNIST
-runs (docs/reproduction.md) the clean curvature is already 60-90% of the curvature at eps_max, so the ratio
-stays above lam_t for any eps > 0 during most of the ramp; eps_t is then 0 until lam_t nears 1 and jumps to
-eps_max at once, an abrupt switch to full-budget AT (which made cnn-small collapse there). The affine form
-maps [0, eps_max] onto [0, 1] as the metric intends.
+runs (docs/reproduction.md) the curvature near eps = 0 was already 55-70% of the curvature at eps_max, so
+the ratio stays above lam_t for any eps > 0 during most of the ramp; eps_t is then 0 until lam_t nears 1
+and jumps to eps_max at once, an abrupt switch to full-budget AT (which made cnn-small collapse there).
+The affine form maps [0, eps_max] onto [0, 1] as the metric intends.
 """
 from __future__ import annotations
 
