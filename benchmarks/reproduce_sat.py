@@ -14,7 +14,6 @@ Checkpoints go to --runs (not committed); small JSON/CSV/PNG results to --out (c
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path

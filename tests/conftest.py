@@ -31,6 +31,31 @@ def assert_one_line_error(proc, code: int = 2, contains: str | None = None):
         assert contains.lower() in lines[0].lower(), lines[0]
 
 
+def sigkill_surface_run(cmd: list, out: Path, at_least: int, env: dict | None = None, timeout: float = 120):
+    """Start ``cmd`` (a surface run writing to ``out``) in its own process group and SIGKILL the whole group
+    once ``out/surface.json`` holds at least ``at_least`` points; returns the killed process."""
+    import json
+    import signal
+    import time
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline, done = time.time() + timeout, 0
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                done = json.loads((Path(out) / "surface.json").read_text())["points_done"]
+            except (OSError, ValueError, KeyError):
+                pass
+            if done >= at_least:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the run finished before it could be killed"
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    return proc
+
+
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
     """The test models are tiny: they run fastest, and steadiest on a shared machine, on one thread

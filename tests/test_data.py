@@ -1,10 +1,8 @@
-import os
-
 import pytest
 import torch
 
 from landscape import load_dataset
-from landscape.data import augment, dataset_info
+from landscape.data import augment
 from landscape.errors import DataError
 from conftest import have_fashion_mnist
 

@@ -8,13 +8,12 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
+from conftest import sigkill_surface_run
 from landscape import build_model, save_checkpoint
 from landscape.analysis import load_surface
 from landscape.data import dataset_info
@@ -108,27 +107,15 @@ _SURFACE_SCRIPT = textwrap.dedent("""
     d = random_directions(m, 2, seed=0)
     loss_surface(m, xy, d, "-1:1:6", "-1:1:4", loss="adversarial", adv_mode="reattack", eps=0.1, steps=2,
                  batch_size=16, seed=0, out=out, resume=True, save_every=1)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        dist.destroy_process_group()  # leaving with a live gloo group can abort at interpreter exit
 """)
 
 
 def _kill_when_started(cmd: list[str], out: Path, at_least: int) -> int:
-    """Start ``cmd`` (its own process group), SIGKILL the whole group once ``out`` holds >= at_least points."""
-    proc = subprocess.Popen(cmd, env=ENV, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
-        deadline, done = time.time() + 120, 0
-        while time.time() < deadline and proc.poll() is None:
-            try:
-                done = json.loads((out / "surface.json").read_text())["points_done"]
-            except (OSError, ValueError, KeyError):
-                pass
-            if done >= at_least:
-                break
-            time.sleep(0.05)
-        assert proc.poll() is None, "the run finished before it could be killed"
-        os.killpg(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait(timeout=30)
+    """SIGKILL ``cmd`` (torchrun and its workers) once ``out`` holds >= at_least points; points kept."""
+    proc = sigkill_surface_run(cmd, out, at_least, ENV)
+    assert proc.returncode == -signal.SIGKILL
     return int(load_surface(out).mask.sum())
 
 
@@ -145,7 +132,8 @@ def test_killed_distributed_surface_resumes_single_or_distributed(tmp_path):
         assert 4 <= done < 24
         cmd = (torchrun(str(script), str(out), "0") if resume_nproc == 2
                else [sys.executable, str(script), str(out), "0"])
-        subprocess.run(cmd, check=True, env=ENV, timeout=120, capture_output=True)
+        p = subprocess.run(cmd, env=ENV, timeout=120, capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr[-4000:]
         got = load_surface(out)
         assert got.complete
         np.testing.assert_array_equal(got.loss, expected.loss)

@@ -1,5 +1,4 @@
 """Execute the notebooks with LANDSCAPE_FAST=1 (tiny scale); any failing cell fails the test."""
-import os
 from pathlib import Path
 
 import pytest

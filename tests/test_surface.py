@@ -5,8 +5,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from conftest import sigkill_surface_run
 from landscape import build_model, load_dataset
 from landscape.analysis.directions import random_directions
 from landscape.analysis.surface import (evaluate, load_directions, load_surface, loss_surface, parse_grid,
@@ -247,22 +246,7 @@ def test_sigkill_then_resume_gives_identical_arrays(tmp_path):
     ref = tmp_path / "ref"
     subprocess.run([sys.executable, str(script), str(ref), "0"], check=True, env=env, timeout=120)
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, str(script), str(out), "0.3"], env=env)
-    try:
-        deadline = time.time() + 90
-        done = 0
-        while time.time() < deadline and proc.poll() is None:
-            try:
-                done = json.loads((out / "surface.json").read_text())["points_done"]
-            except (OSError, ValueError, KeyError):
-                pass
-            if done >= 4:
-                break
-            time.sleep(0.05)
-        assert proc.poll() is None, "the run finished before it could be killed"
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait(timeout=30)
+    proc = sigkill_surface_run([sys.executable, str(script), str(out), "0.3"], out, 4, env)
     assert proc.returncode == -signal.SIGKILL
     part = load_surface(out)
     assert 4 <= part.mask.sum() < 20

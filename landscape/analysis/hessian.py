@@ -36,7 +36,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch

@@ -32,7 +32,7 @@ import torch
 from scipy.linalg import eigh_tridiagonal
 
 from .. import __version__
-from ..errors import ConfigError, LandscapeError
+from ..errors import ConfigError
 
 WHICH = ("LA", "SA", "LM")
 TRACE_METHODS = ("hutch++", "hutchinson")
