@@ -40,6 +40,7 @@ bench: venv data
 	$(BIN)/python benchmarks/train_overhead.py
 	$(BIN)/python benchmarks/spectrum_vs_pyhessian.py
 	$(BIN)/python benchmarks/surface_cost.py
+	$(BIN)/python benchmarks/distributed_scaling.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -85,9 +85,14 @@ def init_from_env(device: torch.device) -> tuple[World, torch.device]:
     return world(), device
 
 
+def group_initialized() -> bool:
+    """True when this process is in a torch.distributed process group."""
+    return dist.is_available() and dist.is_initialized()
+
+
 def finish() -> None:
     """Leave the process group if one is initialized (end of a console script)."""
-    if dist.is_available() and dist.is_initialized():
+    if group_initialized():
         dist.destroy_process_group()
 
 
@@ -163,10 +168,10 @@ def run_on_main(fn, *args, **kwargs) -> Any:
         try:
             outcome = ("ok", fn(*args, **kwargs))
         except LandscapeError as e:
-            outcome = ("error", f"{type(e).__name__}: {e}")
+            outcome = ("error", str(e))
     kind, value = broadcast_from_main(outcome)
     if kind == "error":
-        raise LandscapeError(value.split(": ", 1)[1])
+        raise LandscapeError(value)
     return value
 
 
@@ -240,6 +245,6 @@ class TaskQueue:
         return out
 
 
-__all__ = ["World", "world", "launched_by_torchrun", "init_from_env", "finish", "shard_bounds", "shard_sizes",
-           "all_reduce_sum",
-           "all_gather_rows", "broadcast_from_main", "broadcast_tensor", "run_on_main", "TaskQueue"]
+__all__ = ["World", "world", "launched_by_torchrun", "init_from_env", "group_initialized", "finish",
+           "shard_bounds", "shard_sizes", "all_reduce_sum", "all_gather_rows", "broadcast_from_main",
+           "broadcast_tensor", "run_on_main", "TaskQueue"]

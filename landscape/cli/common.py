@@ -8,7 +8,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from ..distributed import World, finish, init_from_env
+from ..distributed import World, finish, group_initialized, init_from_env
 from ..errors import LandscapeError
 
 EXIT_BAD_INPUT = 2
@@ -27,10 +27,12 @@ class Parser(argparse.ArgumentParser):
 
 def cli(prog: str) -> Callable[[Callable[[Sequence[str] | None], int | None]], Callable[..., int]]:
     """Decorate a ``main(argv)``: a ``LandscapeError`` becomes ``prog: error: ...`` and exit status 2; a
-    process group joined under torchrun is left at the end, whatever happened."""
+    process group the command joined (under torchrun) is left at the end, whatever happened; one the caller
+    had already joined is left alone."""
     def deco(fn):
         @functools.wraps(fn)
         def main(argv: Sequence[str] | None = None) -> int:
+            had_group = group_initialized()
             try:
                 code = fn(argv) or 0
             except LandscapeError as e:
@@ -41,7 +43,8 @@ def cli(prog: str) -> Callable[[Callable[[Sequence[str] | None], int | None]], C
                 print(f"{prog}: interrupted", file=sys.stderr)
                 code = 130
             finally:
-                finish()
+                if not had_group:
+                    finish()
             return code
         return main
     return deco
