@@ -22,6 +22,18 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
                           capture_output=True, text=True, timeout=timeout)
 
 
+def run_main(main, argv, capsys) -> subprocess.CompletedProcess:
+    """Call a console script's ``main(argv)`` in-process; argparse's exit becomes the return code, and the
+    captured output is returned as a subprocess would return it (for ``assert_one_line_error``)."""
+    argv = [str(a) for a in argv]
+    try:
+        code = main(argv)
+    except SystemExit as e:
+        code = e.code
+    cap = capsys.readouterr()
+    return subprocess.CompletedProcess(argv, code, cap.out, cap.err)
+
+
 def assert_one_line_error(proc, code: int = 2, contains: str | None = None):
     assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
     lines = [l for l in proc.stderr.splitlines() if l.strip()]

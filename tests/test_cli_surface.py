@@ -9,7 +9,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from conftest import assert_one_line_error, run_cli  # noqa: E402
+from conftest import assert_one_line_error, run_cli, run_main  # noqa: E402
 from landscape import build_model, load_dataset  # noqa: E402
 from landscape.analysis.surface import evaluate, load_surface  # noqa: E402
 from landscape.checkpoint import save_checkpoint  # noqa: E402
@@ -31,21 +31,6 @@ def ckpt(tmp_path):
     return p
 
 
-class _Result:
-    def __init__(self, code, out, err):
-        self.returncode, self.stdout, self.stderr = code, out, err
-
-
-def _run(main, argv, capsys):
-    """Call a CLI's main in-process; argparse's exit becomes a return code, like a subprocess."""
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as e:
-        code = e.code
-    cap = capsys.readouterr()
-    return _Result(code, cap.out, cap.err)
-
-
 def _png(path):
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2000, path
@@ -53,7 +38,7 @@ def _png(path):
 
 def test_eigen_adversarial_end_to_end_on_own_checkpoint(ckpt, tmp_path, capsys):
     out, js = tmp_path / "surf", tmp_path / "s.json"
-    r = _run(surface_main, [ckpt, "--dim", "2", "--directions", "eigen", "--loss", "adversarial", "--plot",
+    r = run_main(surface_main, [ckpt, "--dim", "2", "--directions", "eigen", "--loss", "adversarial", "--plot",
                             "--y", "-1:1:3", "--eigen-tol", "1e-2", "--out", out, "--json", js, *SMALL], capsys)
     assert r.returncode == 0, r.stderr
     assert "eigen surface of the adversarial (eps 0.05, fixed) loss on 3x3 points" in r.stdout
@@ -70,7 +55,7 @@ def test_eigen_adversarial_end_to_end_on_own_checkpoint(ckpt, tmp_path, capsys):
     # landscape-plot draws it, in every surface kind that applies
     for kind in ("contour", "contourf", "surface3d"):
         png = tmp_path / f"{kind}.png"
-        r = _run(plot_main, [out / "surface.json", "--kind", kind, "--out", png], capsys)
+        r = run_main(plot_main, [out / "surface.json", "--kind", kind, "--out", png], capsys)
         assert r.returncode == 0, r.stderr
         _png(png)
 
@@ -80,7 +65,7 @@ def test_foreign_checkpoint_with_module_prefixes(tmp_path, capsys):
     p = tmp_path / "foreign.pt"
     torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, p)
     out = tmp_path / "f"
-    r = _run(surface_main, [p, "--arch", "mlp", "--dataset", "digits", "--dim", "2", "--directions", "eigen",
+    r = run_main(surface_main, [p, "--arch", "mlp", "--dataset", "digits", "--dim", "2", "--directions", "eigen",
                             "--loss", "adversarial", "--plot", "--y", "-1:1:3", "--eigen-tol", "1e-2", "--out", out,
                             *SMALL], capsys)
     assert r.returncode == 0, r.stderr
@@ -88,25 +73,25 @@ def test_foreign_checkpoint_with_module_prefixes(tmp_path, capsys):
     _png(out / "surface.png")
     res = load_surface(out)
     assert res.complete and res.settings["attack"]["eps"] == 0.1
-    r = _run(surface_main, [p, *SMALL], capsys)                               # no --arch: one-line error
+    r = run_main(surface_main, [p, *SMALL], capsys)                               # no --arch: one-line error
     assert_one_line_error(r, contains="--arch")
 
 
 def test_random_1d_resume_and_refusals(ckpt, tmp_path, capsys):
     out = tmp_path / "s"
     base = [ckpt, "--dim", "1", "--out", out, *SMALL]
-    assert _run(surface_main, base, capsys).returncode == 0
+    assert run_main(surface_main, base, capsys).returncode == 0
     first = load_surface(out)
     x, y = load_dataset("digits", "test").tensors(32)
     from landscape.checkpoint import load_checkpoint
     assert first.loss[1] == evaluate(load_checkpoint(ckpt).model, x, y)[0]      # centre: the model's own loss
-    assert_one_line_error(_run(surface_main, base, capsys), contains="--resume")
-    r = _run(surface_main, [*base, "--resume"], capsys)
+    assert_one_line_error(run_main(surface_main, base, capsys), contains="--resume")
+    r = run_main(surface_main, [*base, "--resume"], capsys)
     assert r.returncode == 0, r.stderr
     np.testing.assert_array_equal(load_surface(out).loss, first.loss)
-    r = _run(surface_main, [*base, "--resume", "--norm", "layer"], capsys)
+    r = run_main(surface_main, [*base, "--resume", "--norm", "layer"], capsys)
     assert_one_line_error(r, contains="different settings")
-    assert _run(surface_main, [*base, "--overwrite", "--norm", "layer"], capsys).returncode == 0
+    assert run_main(surface_main, [*base, "--overwrite", "--norm", "layer"], capsys).returncode == 0
 
 
 def test_interpolation_and_pca(ckpt, tmp_path, capsys):
@@ -114,7 +99,7 @@ def test_interpolation_and_pca(ckpt, tmp_path, capsys):
     m1 = build_model("mlp", "digits", seed=5)
     save_checkpoint(other, m1, _config())
     out = tmp_path / "i"
-    r = _run(surface_main, [ckpt, "--directions", "interpolate", "--to", other, "--out", out, "--plot",
+    r = run_main(surface_main, [ckpt, "--directions", "interpolate", "--to", other, "--out", out, "--plot",
                             "--samples", "32", "--x", "0:1:3"], capsys)
     assert r.returncode == 0, r.stderr
     res = load_surface(out)
@@ -128,7 +113,7 @@ def test_interpolation_and_pca(ckpt, tmp_path, capsys):
     for e in range(1, 4):
         save_checkpoint(traj / f"epoch_{e:03d}.pt", build_model("mlp", "digits", seed=10 + e), _config(), epoch=e)
     out = tmp_path / "p"
-    r = _run(surface_main, [ckpt, "--directions", "pca", "--y", "-1:1:2", "--out", out, *SMALL], capsys)
+    r = run_main(surface_main, [ckpt, "--directions", "pca", "--y", "-1:1:2", "--out", out, *SMALL], capsys)
     assert r.returncode == 0, r.stderr
     meta = load_surface(out).settings["directions"]
     assert meta["kind"] == "pca" and len(meta["coords"]) == 3
@@ -145,7 +130,7 @@ def test_interpolation_and_pca(ckpt, tmp_path, capsys):
     (["--directions", "pca", "--trajectory", "/nonexistent"], "trajectory"),
 ])
 def test_bad_input_is_one_line_exit_2(ckpt, tmp_path, capsys, argv, contains):
-    r = _run(surface_main, [ckpt, "--out", tmp_path / "o", "--device", "cpu", *argv], capsys)
+    r = run_main(surface_main, [ckpt, "--out", tmp_path / "o", "--device", "cpu", *argv], capsys)
     assert_one_line_error(r, contains=contains)
 
 
@@ -157,7 +142,7 @@ def test_console_behaviour_in_a_subprocess(ckpt, tmp_path):
 
 
 @pytest.mark.slow
-def test_end_to_end_on_a_trained_run(trained_digits, tmp_path):
+def test_end_to_end_on_a_trainedrun_main(trained_digits, tmp_path):
     """The issue's acceptance command on a checkpoint written by landscape-train (slow: trains first)."""
     best = trained_digits / "best.pt"
     r = run_cli("surface", str(best), "--dim", "2", "--directions", "eigen", "--loss", "adversarial", "--plot",

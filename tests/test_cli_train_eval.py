@@ -5,23 +5,7 @@ import torch
 
 from landscape.cli import eval as eval_cli
 from landscape.cli import train as train_cli
-from conftest import assert_one_line_error, run_cli
-
-
-def _one_line(capsys, code, expected_code=2, contains=None):
-    err = capsys.readouterr().err
-    lines = [l for l in err.splitlines() if l.strip()]
-    assert code == expected_code, err
-    assert len(lines) == 1 and "Traceback" not in err, err
-    if contains:
-        assert contains.lower() in lines[0].lower(), lines[0]
-
-
-def _exit_code(main, args):
-    try:
-        return main(args)
-    except SystemExit as e:  # argparse usage errors
-        return e.code
+from conftest import assert_one_line_error, run_cli, run_main
 
 
 @pytest.mark.parametrize("args,contains", [
@@ -35,8 +19,7 @@ def _exit_code(main, args):
     (["--resume", "/nonexistent/run"], "no run"),
 ])
 def test_train_bad_input(tmp_path, capsys, args, contains):
-    code = _exit_code(train_cli.main, [*args, "--out", str(tmp_path), "--quiet"])
-    _one_line(capsys, code, contains=contains)
+    assert_one_line_error(run_main(train_cli.main, [*args, "--out", tmp_path, "--quiet"], capsys), contains=contains)
 
 
 def test_eval_bad_input(tmp_path, capsys, trained_digits):
@@ -52,7 +35,7 @@ def test_eval_bad_input(tmp_path, capsys, trained_digits):
              ([ck, "--n-samples", "100000"], "samples"),
              ([ck, "--split", "dev"], "unknown split")]
     for args, contains in cases:
-        _one_line(capsys, _exit_code(eval_cli.main, args), contains=contains)
+        assert_one_line_error(run_main(eval_cli.main, args, capsys), contains=contains)
 
 
 def test_eval_json_and_foreign_checkpoint(tmp_path, capsys, trained_digits):
