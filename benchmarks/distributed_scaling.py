@@ -27,16 +27,18 @@ def worker(args: argparse.Namespace) -> None:
 
     import landscape as ls
     from landscape.analysis import HessianOperator, loss_surface, random_directions, top_eigenvalues
+    from landscape.distributed import finish, world as current_world
+    from landscape.io import write_json
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo")
-    rank = dist.get_rank()
+    dist.init_process_group("gloo")  # also for 1 process: the barriers below need a group
+    world = current_world()
     name = "fashion-mnist" if args.dataset == "auto" and _have_fmnist() else (
         "digits" if args.dataset == "auto" else args.dataset)
     data = ls.load_dataset(name, "test")
     x, y = data.tensors(min(args.samples, len(data)))
     model = ls.build_model("cnn-small", name, seed=0)
-    out: dict = {"world_size": dist.get_world_size(), "dataset": name, "samples": len(x),
+    out: dict = {"world_size": world.size, "dataset": name, "samples": len(x),
                  "num_params": sum(p.numel() for p in model.parameters())}
 
     dist.barrier()
@@ -57,9 +59,9 @@ def worker(args: argparse.Namespace) -> None:
     out["surface_seconds"] = time.perf_counter() - t0
     out["surface_points"] = int(res.mask.size)
     out["surface_loss"] = res.loss.tolist()
-    if rank == 0:
-        Path(args.result).write_text(json.dumps(out))
-    dist.destroy_process_group()
+    if world.main:
+        write_json(args.result, out)
+    finish()
 
 
 def _have_fmnist() -> bool:

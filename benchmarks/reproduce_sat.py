@@ -106,12 +106,12 @@ def analyze(run: Path, label: str, eps: float, s: Scale, test: ls.Dataset, seed:
 def surface(run: Path, eps: float, s: Scale, test: ls.Dataset, seed: int, out: Path) -> dict:
     ck = ls.load_checkpoint(run / "best.pt")
     xh, yh = test.tensors(s.hessian_samples)
-    dirs = eig_dirs = eigen_directions(ck.model, (xh, yh), loss="adversarial", eps=eps, steps=20,
-                                       step_size=eps / 4, k=2, seed=seed)
+    dirs = eigen_directions(ck.model, (xh, yh), loss="adversarial", eps=eps, steps=20, step_size=eps / 4, k=2,
+                            seed=seed)
     res = loss_surface(ck.model, (xh, yh), dirs, s.grid, s.grid, loss="adversarial", adv_mode="fixed", eps=eps,
                        steps=20, step_size=eps / 4, seed=seed, out=out / f"surface_{run.name}", overwrite=True,
                        meta={"checkpoint": str(run / "best.pt"), "method": ck.config["method"]})
-    return {"run": run.name, "eigenvalues": eig_dirs.meta["eigenvalues"], "loss_max": float(res.loss.max()),
+    return {"run": run.name, "eigenvalues": dirs.meta["eigenvalues"], "loss_max": float(res.loss.max()),
             "loss_center": float(res.loss[res.loss.shape[0] // 2, res.loss.shape[1] // 2])}
 
 

@@ -45,9 +45,14 @@ class World:
         return self.size > 1
 
 
+def group_initialized() -> bool:
+    """True when this process is in a torch.distributed process group."""
+    return dist.is_available() and dist.is_initialized()
+
+
 def world() -> World:
     """The current process group's rank and size, or ``World(0, 1)`` when none is initialized."""
-    if dist.is_available() and dist.is_initialized():
+    if group_initialized():
         return World(dist.get_rank(), dist.get_world_size())
     return World()
 
@@ -66,7 +71,7 @@ def init_from_env(device: torch.device) -> tuple[World, torch.device]:
     Backend: ``nccl`` for CUDA (each rank on ``cuda:LOCAL_RANK``), ``gloo`` on CPU. Returns the world and the
     device this rank should use. Cost: one rendezvous.
     """
-    if not launched_by_torchrun() or (dist.is_available() and dist.is_initialized()):
+    if not launched_by_torchrun() or group_initialized():
         return world(), device
     if not dist.is_available():
         raise LandscapeError("torch.distributed is not available in this PyTorch build; run without torchrun")
@@ -83,11 +88,6 @@ def init_from_env(device: torch.device) -> tuple[World, torch.device]:
     except (RuntimeError, ValueError) as e:
         raise LandscapeError(f"cannot join the torchrun process group ({backend}): {str(e).splitlines()[0]}") from e
     return world(), device
-
-
-def group_initialized() -> bool:
-    """True when this process is in a torch.distributed process group."""
-    return dist.is_available() and dist.is_initialized()
 
 
 def finish() -> None:

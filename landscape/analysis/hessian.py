@@ -73,6 +73,12 @@ def _select_params(model: nn.Module, param_filter: ParamFilter) -> list[tuple[st
     return keep
 
 
+def _chunk(x: torch.Tensor, y: torch.Tensor, batch_size: int | None) -> list[Batch]:
+    """(x, y) cut into batches of ``batch_size`` (one batch when None; none when empty)."""
+    bs = batch_size or max(len(x), 1)
+    return [(x[i:i + bs], y[i:i + bs]) for i in range(0, len(x), bs)]
+
+
 def _as_batches(data: Any, batch_size: int | None, device: torch.device) -> list[Batch]:
     """Normalize ``data`` ((x, y), a Dataset, or an iterable of (x, y) batches) to a list of batches on device.
 
@@ -87,8 +93,7 @@ def _as_batches(data: Any, batch_size: int | None, device: torch.device) -> list
         x, y = data
         if len(x) != len(y):
             raise DataError(f"{len(x)} inputs but {len(y)} labels")
-        bs = batch_size or max(len(x), 1)
-        batches = [(x[i:i + bs], y[i:i + bs]) for i in range(0, len(x), bs)]
+        batches = _chunk(x, y, batch_size)
     else:
         try:
             batches = [tuple(b) for b in data]
@@ -192,10 +197,8 @@ class HessianOperator:
                                   "split between ranks")
             unit = math.lcm(unit, self.batch_size)
         lo, hi = shard_bounds(self.num_samples, self.world, unit)
-        x = torch.cat([b[0] for b in self.batches])[lo:hi]
-        y = torch.cat([b[1] for b in self.batches])[lo:hi]
-        bs = self.batch_size or max(len(x), 1)
-        self.batches = [(x[i:i + bs], y[i:i + bs]) for i in range(0, len(x), bs)]
+        x, y = samples(self)
+        self.batches = _chunk(x[lo:hi], y[lo:hi], self.batch_size)
         return lo, hi
 
     def _attack(self, attack_batch_size: int) -> float:
@@ -205,8 +208,7 @@ class HessianOperator:
         t0 = time.perf_counter()
         if not self.batches:  # an empty shard
             return 0.0
-        x = torch.cat([b[0] for b in self.batches])
-        y = torch.cat([b[1] for b in self.batches])
+        x, y = samples(self)
         x_adv = adversarial_examples(self.model, x, y, self.eps, self.step_size, self.steps, self.norm,
                                      self.restarts, attack_batch_size, self.seed, start=self.shard[0])
         sizes = [len(b[0]) for b in self.batches]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import matplotlib
 import numpy as np
@@ -287,21 +287,21 @@ def plot_eigenvalues(results: Any, labels: Sequence[str] | None = None, log: boo
     objs = _many(results)
     fig = _figure(figsize=(6.0, 4.0), layout="constrained")
     ax = fig.add_subplot()
-    drawn = 0
+    drawn = kmax = 0
     for i, (o, name) in enumerate(zip(objs, _names(objs, labels))):
         values, _, _ = _spectrum_parts(o)
         if not values:
             continue
         ranks = np.arange(1, len(values) + 1)
         ax.plot(ranks + (i - (len(objs) - 1) / 2) * 0.08, values, "o-", color=f"C{i}", label=name)
-        drawn += 1
+        drawn, kmax = drawn + 1, max(kmax, len(values))
     if not drawn:
         raise LandscapeError("no eigenvalues in the result(s)")
     ax.set_xlabel("rank")
     ax.set_ylabel("eigenvalue")
     if log:
         ax.set_yscale("symlog")
-    ax.set_xticks(np.arange(1, max(len(_spectrum_parts(o)[0] or []) for o in objs) + 1))
+    ax.set_xticks(np.arange(1, kmax + 1))
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     ax.set_title("top Hessian eigenvalues")
@@ -518,13 +518,19 @@ def plot_result(obj: Any, kind: str | None = None, **kwargs: Any) -> Figure:
     (1D surface), contourf (2D surface), compare (several surfaces), spectrum, density (several spectra),
     sharpness (metrics with a sharpness column), else training. Keyword arguments (``field``, ``log``,
     ``labels``, ...) go to the plotting function when it takes them and are ignored otherwise."""
-    import inspect
     _, fn, arg = resolve_plot(obj, kind)
+    return draw(fn, arg, **kwargs)
+
+
+def draw(fn: Callable[..., Figure], arg: Any, **kwargs: Any) -> Figure:
+    """``fn(arg, **kwargs)`` with only the keyword arguments ``fn`` takes (None values dropped): the second
+    half of ``plot_result``, for a caller that already has ``resolve_plot``'s answer."""
+    import inspect
     accepted = inspect.signature(fn).parameters
     return fn(arg, **{k: v for k, v in kwargs.items() if k in accepted and v is not None})
 
 
 __all__ = ["plot_curve", "plot_contour", "plot_contourf", "plot_surface3d", "plot_compare", "plot_eigenvalues",
            "plot_density", "plot_spectrum", "plot_sharpness", "plot_training", "plot_result", "resolve_plot",
-           "detect_kind",
+           "draw", "detect_kind",
            "KINDS"]

@@ -32,6 +32,7 @@ import torch
 from scipy.linalg import eigh_tridiagonal
 
 from .. import __version__
+from ..attacks import eval_mode
 from ..errors import ConfigError
 
 WHICH = ("LA", "SA", "LM")
@@ -129,11 +130,8 @@ class _Lanczos:
 
     def ritz(self) -> tuple[np.ndarray, np.ndarray, float]:
         """Eigenvalues and eigenvectors of T (m x m), and the last off-diagonal (for residual bounds)."""
-        a = np.asarray(self.alphas, dtype=np.float64)
-        m = len(a)
-        if m == 1:
-            return a.copy(), np.ones((1, 1)), (self.betas[0] if self.betas else 0.0)
-        theta, S = eigh_tridiagonal(a, np.asarray(self.betas[:m - 1], dtype=np.float64))
+        m = len(self.alphas)
+        theta, S = _eigh_tri(self.alphas, self.betas[:m - 1])
         last = self.betas[m - 1] if len(self.betas) >= m else 0.0
         return theta, S, last
 
@@ -143,12 +141,23 @@ class _Lanczos:
         return torch.from_numpy(np.ascontiguousarray(S.T)).to(self.Q.device, self.Q.dtype) @ self.Q[:m]
 
 
+def _eigh_tri(alphas, betas) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues and eigenvectors of the symmetric tridiagonal matrix with diagonal ``alphas`` and
+    off-diagonal ``betas`` (float64; a 1 x 1 matrix too, which ``eigh_tridiagonal`` refuses)."""
+    a = np.asarray(alphas, dtype=np.float64)
+    if len(a) == 1:
+        return a.copy(), np.ones((1, 1))
+    return eigh_tridiagonal(a, np.asarray(betas, dtype=np.float64))
+
+
+def _key(theta: np.ndarray | float, which: str) -> np.ndarray | float:
+    """Sort key: smaller is wanted first."""
+    return -theta if which == "LA" else theta if which == "SA" else -np.abs(theta)
+
+
 def _order(theta: np.ndarray, which: str) -> np.ndarray:
-    if which == "LA":
-        return np.argsort(-theta, kind="stable")
-    if which == "SA":
-        return np.argsort(theta, kind="stable")
-    return np.argsort(-np.abs(theta), kind="stable")
+    """Indices of ``theta``, wanted first (``which``: LA, SA or LM)."""
+    return np.argsort(_key(theta, which), kind="stable")
 
 
 @dataclass
@@ -232,11 +241,6 @@ def top_eigenvalues(op: Operator, k: int = 1, tol: float = 1e-3, which: str = "L
     return res
 
 
-def _key(theta: np.ndarray | float, which: str) -> np.ndarray | float:
-    """Sort key: smaller is wanted first."""
-    return -theta if which == "LA" else theta if which == "SA" else -np.abs(theta)
-
-
 def _lanczos_top(op, k, tol, which, budget, gen, return_vectors, v0, atol, dtype, callback, settings):
     """Lanczos until the k wanted Ritz pairs converge.
 
@@ -264,8 +268,7 @@ def _lanczos_top(op, k, tol, which, budget, gen, return_vectors, v0, atol, dtype
         elif block == 0:
             done = fresh and wanted_ok
         elif wanted_ok:
-            a, b = np.asarray(lz.alphas[block:]), np.asarray(lz.betas[block:m - 1])
-            bt, bS = (a, np.ones((1, 1))) if len(a) == 1 else eigh_tridiagonal(a, b)
+            bt, bS = _eigh_tri(lz.alphas[block:], lz.betas[block:m - 1])
             best = int(_order(bt, which)[0])
             kth = theta[idx[-1]]
             block_conv = abs(beta * bS[-1, best]) <= max(tol * abs(bt[best]), atol)
@@ -480,10 +483,7 @@ def _slq_run(op: Operator, steps: int, gen: torch.Generator) -> tuple[np.ndarray
         hvps += 1
         if not fresh or lz.exhausted:
             break
-    m = len(lz.alphas)
-    a = np.asarray(lz.alphas)
-    b = np.asarray(lz.betas[:m - 1])
-    theta, S = (a, np.ones((1, 1))) if m == 1 else eigh_tridiagonal(a, b)
+    theta, S, _ = lz.ritz()
     return theta, S[0] ** 2, hvps
 
 
@@ -552,11 +552,10 @@ def pyhessian_spectrum(model: torch.nn.Module, batches: list, top_n: int = 1, tr
         return orig_loader(self, v)
 
     out: dict = {"backend": "pyhessian", "pyhessian_version": "0.1", "top_n": top_n, "seed": seed}
-    modes = [(m, m.training) for m in model.modules()]
     ph.hessian_vector_product, ph.hessian.dataloader_hv_product = counted_hvp, counted_loader
     devices = [device.index or 0] if device.type == "cuda" else []
     try:
-        with torch.random.fork_rng(devices=devices), warnings.catch_warnings():
+        with eval_mode(model), torch.random.fork_rng(devices=devices), warnings.catch_warnings():
             # its one-batch mode calls backward(create_graph=True), which warns about a reference cycle
             warnings.filterwarnings("ignore", message="Using backward", category=UserWarning)
             torch.manual_seed(int(seed))
@@ -574,8 +573,6 @@ def pyhessian_spectrum(model: torch.nn.Module, batches: list, top_n: int = 1, tr
     finally:
         ph.hessian_vector_product, ph.hessian.dataloader_hv_product = orig_hvp, orig_loader
         model.zero_grad(set_to_none=True)
-        for m, mode in modes:
-            m.training = mode
     return out
 
 

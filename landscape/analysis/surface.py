@@ -181,9 +181,7 @@ def surface_paths(out: str | os.PathLike) -> dict[str, Path]:
 
 def load_surface(path: str | os.PathLike) -> SurfaceResult:
     """Read a stored surface (its folder, JSON or NPZ); arrays come from the NPZ when it is there."""
-    paths = surface_paths(path)
-    if Path(path).suffix == ".npz":
-        paths["npz"] = Path(path)
+    paths = surface_paths(path)  # for a NAME.npz path, its own NPZ and sibling JSON
     d: dict = {}
     if paths["json"].is_file():
         try:
@@ -291,7 +289,7 @@ class _WeightMover:
         self.swaps: list[tuple[nn.Parameter, torch.Tensor, torch.Tensor, bool]] = []
         with torch.no_grad():
             for (dev, dt), members in groups.items():
-                theta0 = torch.cat([p.detach().reshape(-1) for _, p in members]).clone()
+                theta0 = torch.cat([p.detach().reshape(-1) for _, p in members])  # a new tensor
                 dirs = [torch.cat([d[n].detach().to(device=dev, dtype=dt).reshape(-1) for n, _ in members])
                         for d in directions]
                 if not all(bool(torch.isfinite(v).all()) for v in dirs):
@@ -541,7 +539,7 @@ def _prepare_storage(result: SurfaceResult, paths: dict[str, Path], directions: 
                              "resume it (--resume) or start over (--overwrite), or choose another --out")
     if exists and resume:
         try:
-            old = load_surface(paths["npz"] if paths["npz"].is_file() else paths["json"])
+            old = load_surface(paths["json"])  # its NPZ when there, else the JSON
         except LandscapeError as e:
             raise LandscapeError(f"cannot resume: {e}") from e
         stored = old.settings_hash

@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 import functools
 import sys
-from typing import Callable, Sequence
+from contextlib import contextmanager
+from typing import Callable, Iterator, Sequence
 
 import torch
 
@@ -48,6 +49,25 @@ def cli(prog: str) -> Callable[[Callable[[Sequence[str] | None], int | None]], C
             return code
         return main
     return deco
+
+
+@contextmanager
+def progress(desc: str, unit: str, total: int | None = None, show: bool = True,
+             leave: bool = True) -> Iterator[Callable[[int, int], None]]:
+    """A tqdm bar on stderr (hidden when stderr is not a terminal, or ``show`` is False); yields the
+    ``callback(done, total)`` that the analysis functions call."""
+    from tqdm import tqdm
+    bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=None if show else True, leave=leave)
+
+    def update(done: int, total: int) -> None:
+        if bar.total != total:
+            bar.total = total
+        bar.n = done
+        bar.refresh() if done == total else bar.update(0)
+    try:
+        yield update
+    finally:
+        bar.close()
 
 
 def resolve_device(name: str = "auto") -> torch.device:

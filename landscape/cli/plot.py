@@ -54,16 +54,16 @@ def _default_out(first: str, kind: str) -> Path:
 @cli("landscape-plot")
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from ..analysis.plots import plot_result, resolve_plot
+    from ..analysis.plots import draw, resolve_plot
     labels = [s.strip() for s in args.labels.split(",")] if args.labels else None
     if labels is not None and len(labels) != len(args.results):
         raise ConfigError(f"--labels gives {len(labels)} labels for {len(args.results)} results")
     obj = args.results if len(args.results) > 1 else args.results[0]
-    kind = resolve_plot(obj, args.kind)[0]
+    kind, fn, arg = resolve_plot(obj, args.kind)
     out = Path(args.out) if args.out else _default_out(args.results[0], kind)
     if out.suffix.lower() not in (".png", ".pdf", ".svg"):
         raise ConfigError(f"--out {out}: use a .png, .pdf or .svg file name")
-    fig = plot_result(obj, kind, field=args.field, log=args.log, labels=labels)
+    fig = draw(fn, arg, field=args.field, log=args.log, labels=labels)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=args.dpi)
     print(f"wrote {out} ({kind})")

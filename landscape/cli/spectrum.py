@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import sys
 import time
-from contextlib import contextmanager
-from typing import Iterator, Sequence
+from typing import Sequence
 
 from .. import __version__
 from ..attacks import check_eps
@@ -12,7 +11,7 @@ from ..checkpoint import load_checkpoint
 from ..data import load_dataset
 from ..errors import ConfigError
 from ..io import write_json
-from .common import TORCHRUN_HELP, Parser, add_checkpoint_source, add_device, cli, resolve_world
+from .common import TORCHRUN_HELP, Parser, add_checkpoint_source, add_device, cli, progress, resolve_world
 
 DEFAULT_SAMPLES = 512
 
@@ -102,39 +101,21 @@ def _plot_function():
     return fn
 
 
-@contextmanager
-def _progress(desc: str, total: int, show: bool = True) -> Iterator:
-    """A tqdm bar on stderr (hidden when stderr is not a terminal, or ``show`` is False); yields a
-    callback(done, total)."""
-    from tqdm import tqdm
-    bar = tqdm(total=total, desc=desc, unit="HVP", file=sys.stderr, disable=None if show else True, leave=False)
-
-    def update(done: int, budget: int) -> None:
-        bar.total = budget
-        bar.n = done
-        bar.refresh()
-    try:
-        yield update
-    finally:
-        bar.close()
-
-
 def _run_landscape(op, args, show: bool = True) -> dict:
     from ..analysis import hessian_trace, spectral_density, top_eigenvalues
     out: dict = {}
     if args.top_k:
-        budget = args.max_hvps or min(op.num_params, max(100, 30 * args.top_k))
-        with _progress(f"top-{args.top_k} eigenvalues", budget, show) as cb:
+        with progress(f"top-{args.top_k} eigenvalues", "HVP", args.max_hvps, show, leave=False) as cb:
             eig = top_eigenvalues(op, k=args.top_k, tol=args.tol, which=args.which, max_hvps=args.max_hvps,
                                   seed=args.seed, callback=cb)
         out["top_eigenvalues"] = eig.to_dict()
     if args.trace:
-        with _progress("trace", args.trace_max_hvps, show) as cb:
+        with progress("trace", "HVP", args.trace_max_hvps, show, leave=False) as cb:
             tr = hessian_trace(op, method=args.trace_method, rtol=args.trace_rtol, max_hvps=args.trace_max_hvps,
                                seed=args.seed, callback=cb)
         out["trace"] = tr.to_dict()
     if args.density:
-        with _progress("density", args.density_probes * args.density_steps, show) as cb:
+        with progress("density", "HVP", args.density_probes * args.density_steps, show, leave=False) as cb:
             rho = spectral_density(op, n_probes=args.density_probes, lanczos_steps=args.density_steps,
                                    sigma=args.sigma, seed=args.seed, callback=cb)
         out["density"] = rho.to_dict()

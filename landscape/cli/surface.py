@@ -10,7 +10,7 @@ from ..checkpoint import load_checkpoint
 from ..data import load_dataset
 from ..errors import ConfigError
 from ..io import write_json
-from .common import TORCHRUN_HELP, Parser, add_checkpoint_source, add_device, cli, resolve_world
+from .common import TORCHRUN_HELP, Parser, add_checkpoint_source, add_device, cli, progress, resolve_world
 
 DESCRIPTION = """\
 Loss and accuracy of a checkpoint at theta0 + a*d1 (+ b*d2) on a grid (Li et al. 2018), for the clean or
@@ -210,22 +210,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     meta = {"checkpoint": str(args.checkpoint), "arch": ck.arch, "dataset": ds.name, "split": args.split,
             "device": str(device), "x_spec": x_spec, "y_spec": y_spec, "world_size": world.size}
 
-    from tqdm.auto import tqdm
-    bar = tqdm(total=None, unit="pt", desc="surface", disable=None if world.main else True, file=sys.stderr)
-
-    def progress(done: int, total: int) -> None:
-        if bar.total != total:
-            bar.total = total
-        bar.n = done
-        bar.refresh() if done == total else bar.update(0)
-
-    try:
+    with progress("surface", "pt", show=world.main) as cb:
         res = loss_surface(ck.model, (x, y), directions, x_spec, y_spec, loss=args.loss, adv_mode=args.adv_mode,
                            eps=eps, steps=steps, step_size=step_size, restarts=args.restarts,
                            batch_size=args.batch_size, seed=args.seed, out=out, resume=args.resume,
-                           overwrite=args.overwrite, meta=meta, callback=progress)
-    finally:
-        bar.close()
+                           overwrite=args.overwrite, meta=meta, callback=cb)
 
     if not world.main:  # rank 0 reports and writes
         return 0

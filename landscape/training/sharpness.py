@@ -35,11 +35,8 @@ def adversarial_sharpness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ep
     ``max_hvps`` HVPs; ``v0`` warm-starts Lanczos (e.g. the previous estimate's eigenvector).
     """
     t0 = time.perf_counter()
-    if eps > 0:
-        op = HessianOperator(model, (x, y), loss="adversarial", eps=eps, steps=steps, distributed=False,
-                             step_size=step_size, seed=seed)
-    else:
-        op = HessianOperator(model, (x, y), loss="clean", seed=seed, distributed=False)
+    op = HessianOperator(model, (x, y), loss="adversarial" if eps > 0 else "clean", eps=eps if eps > 0 else None,
+                         steps=steps, step_size=step_size, seed=seed, distributed=False)
     res = top_eigenvalues(op, k=1, tol=tol, max_hvps=max_hvps, seed=seed, return_vectors=True, v0=v0)
     op.release_graph()
     vec = res.vectors[0].detach().float() if res.vectors is not None else None
