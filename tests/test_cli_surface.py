@@ -151,3 +151,13 @@ def test_end_to_end_on_a_trainedrun_main(trained_digits, tmp_path):
     _png(tmp_path / "s" / "surface.png")
     res = load_surface(tmp_path / "s")
     assert res.complete and res.settings["attack"]["eps"] > 0
+
+
+def test_explicit_eps_zero_is_kept(ckpt, tmp_path, capsys):
+    """--eps 0 is the user's choice, not a missing eps: no dataset default, no note."""
+    out = tmp_path / "e0"
+    r = run_main(surface_main, [ckpt, "--loss", "adversarial", "--eps", "0", "--dim", "1", "--out", out, *SMALL],
+                 capsys)
+    assert r.returncode == 0, r.stderr
+    assert "note" not in r.stderr
+    assert load_surface(out).settings["attack"]["eps"] == 0.0

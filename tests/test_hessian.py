@@ -235,6 +235,9 @@ def test_to_scipy_and_from_checkpoint(data):
     assert adv.describe()["eps"] == 0.05 and adv.describe()["num_samples"] == N
     adv2 = HessianOperator.from_checkpoint(ck, (x, y), loss="adversarial", eps=0.1, steps=1)
     assert (adv2.eps, adv2.steps) == (0.1, 1)
+    assert adv2.step_size == pytest.approx(2.5 * 0.1 / 1)  # the training step size was for eps 0.05, 4 steps
+    adv3 = HessianOperator.from_checkpoint(ck, (x, y), loss="adversarial", eps=0.1)
+    assert (adv3.steps, adv3.step_size) == (4, pytest.approx(2.5 * 0.1 / 4))
     with pytest.raises(ConfigError, match="eps"):
         HessianOperator.from_checkpoint(types.SimpleNamespace(model=net, config={}), (x, y), loss="adversarial")
 

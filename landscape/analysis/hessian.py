@@ -45,6 +45,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..attacks import adversarial_examples, check_eps
+from ..checkpoint import training_attack
 from ..data import Dataset
 from ..distributed import World, all_reduce_sum, shard_bounds, world
 from ..errors import ConfigError, DataError
@@ -175,15 +176,14 @@ class HessianOperator:
     def from_checkpoint(cls, ck: Any, data: Any, loss: str = "clean", eps: float | None = None,
                         steps: int | None = None, step_size: float | None = None, norm: str | None = None,
                         **kwargs: Any) -> "HessianOperator":
-        """An operator on ``ck.model``; eps, steps, step size and norm default to the checkpoint's config."""
+        """An operator on ``ck.model``; eps, steps, step size and norm default to the checkpoint's training
+        attack (``landscape.checkpoint.training_attack``)."""
         cfg = getattr(ck, "config", {}) or {}
         if loss == "adversarial":
-            eps = eps if eps is not None else cfg.get("eps")
+            eps, steps, step_size = training_attack(cfg, eps, steps, step_size)
             if eps is None:
                 raise ConfigError(f"the checkpoint's config has no eps (trained with method "
                                   f"{cfg.get('method', 'unknown')!r}); give eps explicitly (--eps)")
-            steps = steps if steps is not None else cfg.get("steps")
-            step_size = step_size if step_size is not None else cfg.get("step_size")
             norm = norm or cfg.get("norm")
         return cls(ck.model, data, loss=loss, eps=eps, steps=steps, step_size=step_size,
                    norm=norm or "linf", **kwargs)

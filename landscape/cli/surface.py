@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from ..checkpoint import load_checkpoint
+from ..checkpoint import load_checkpoint, training_attack
 from ..data import load_dataset
 from ..errors import ConfigError
 from ..io import write_json
@@ -86,17 +86,13 @@ def build_parser() -> Parser:
 
 def _attack_settings(args, ck) -> tuple[float | None, int, float | None]:
     """eps, steps, step size: from the arguments, else the checkpoint's training attack, else defaults."""
-    cfg = ck.config or {}
-    eps = args.eps if args.eps is not None else cfg.get("eps")
-    if args.loss == "adversarial" and not eps:
+    eps, steps, step_size = training_attack(ck.config, args.eps, args.steps, args.step_size)
+    if args.loss == "adversarial" and args.eps is None and not eps:
         from ..training.config import DEFAULT_EPS
         eps = DEFAULT_EPS.get(ck.dataset, 8 / 255)
         print(f"landscape-surface: note: the checkpoint records no training eps; using {eps:g} for "
               f"{ck.dataset} (set --eps)", file=sys.stderr)
-    steps = args.steps if args.steps is not None else int(cfg.get("steps") or 10)
-    same = args.eps is None and args.steps is None
-    step_size = args.step_size if args.step_size is not None else (cfg.get("step_size") if same else None)
-    return eps, steps, step_size
+    return eps, (args.steps if args.steps is not None else int(steps or 10)), step_size
 
 
 def _directions(args, ck, x, y, dim, eps, steps, step_size, device):
