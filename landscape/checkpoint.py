@@ -5,9 +5,18 @@ A landscape checkpoint is a plain dict of tensors and JSON-able values::
     {"format": "landscape-checkpoint", "format_version": 1, "landscape_version", "torch_version",
      "model_state", "config", "metrics", "epoch", "train_state" (optimizer, step counter, RNG states)}
 
-Foreign checkpoints (a bare state_dict, or one under ``state_dict`` / ``model`` / ``model_state`` /
-``net``, possibly with ``module.`` prefixes from DataParallel) load when ``arch`` and ``dataset`` say what
-they are.
+Every checkpoint source resolves here, so every CLI and ``ls.load_checkpoint`` accept the same ones:
+
+* a landscape checkpoint (it carries its config);
+* a foreign state_dict (``.pt``/``.pth`` read with ``weights_only=True``, or ``.safetensors``) with ``arch``
+  (a registry name, ``FILE.py:CLASS`` or ``package.module:CLASS`` with ``arch_kwargs``) and ``dataset``.
+  The weights may sit under ``state_dict`` / ``model_state_dict`` / ``model_state`` / ``model`` / ``net`` /
+  ``state`` (nested too); prefixes ``module.`` (DataParallel/DDP), ``model.`` (Lightning) and ``_orig_mod.``
+  (torch.compile), in any combination, are stripped when that matches the model's keys better; non-tensor
+  extras (``epoch``, ``optimizer`` ...) are ignored;
+* ``robustbench:NAME`` (``landscape.zoo``): RobustBench's layout ``model_dir/DATASET/THREAT/NAME.pt``.
+
+Loading never runs code from a checkpoint; importing ``FILE.py`` runs the user's own file.
 """
 from __future__ import annotations
 
@@ -26,11 +35,12 @@ from . import __version__
 from .data import DatasetInfo, dataset_info
 from .errors import CheckpointError
 from .io import atomic_torch_save
-from .models import build_model
+from .models import build_model, check_logits, is_user_arch
 
 FORMAT = "landscape-checkpoint"
 FORMAT_VERSION = 1
-_FOREIGN_KEYS = ("state_dict", "model_state", "model", "net", "model_state_dict")
+_FOREIGN_KEYS = ("state_dict", "model_state_dict", "model_state", "model", "net", "state")
+_PREFIXES = ("module.", "model.", "_orig_mod.")
 
 
 @dataclass
@@ -87,48 +97,102 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(f"{path} is corrupt or truncated ({first[:120]})") from e
 
 
-def _strip_prefix(state: dict, prefix: str = "module.") -> dict:
-    if state and all(k.startswith(prefix) for k in state):
-        return {k[len(prefix):]: v for k, v in state.items()}
-    return state
+def read_safetensors(path: str | os.PathLike) -> dict:
+    """The tensors of a ``.safetensors`` file (a format that cannot hold code), as a CPU state_dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+    except ImportError as e:
+        raise CheckpointError(f"reading {path.name} needs the safetensors package: pip install safetensors") from e
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        first = " ".join(str(e).split())[:120] or type(e).__name__
+        raise CheckpointError(f"{path} is corrupt or not a safetensors file ({first})") from e
+
+
+def read_weights(path: str | os.PathLike) -> Any:
+    """The object in a checkpoint file: ``.safetensors`` via safetensors, anything else via ``read_checkpoint``."""
+    return read_safetensors(path) if str(path).endswith(".safetensors") else read_checkpoint(path)
+
+
+def extract_state(obj: Any) -> dict[str, torch.Tensor] | None:
+    """The state_dict inside a checkpoint object: under the first wrapper key (``state_dict``, ``model``,
+    ... nested too) that holds tensors, else the object's own tensor entries (non-tensor extras dropped)."""
+    if not isinstance(obj, dict):
+        return None
+    for key in _FOREIGN_KEYS:
+        if isinstance(obj.get(key), dict):
+            found = extract_state(obj[key])
+            if found:
+                return found
+    tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+    return tensors or None
 
 
 def _extract_state(obj: Any, path: Path) -> dict:
-    if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-        return obj
-    if isinstance(obj, dict):
-        for key in _FOREIGN_KEYS:
-            if isinstance(obj.get(key), dict):
-                return _extract_state(obj[key], path)
-    raise CheckpointError(f"{path} holds no state_dict (looked for a dict of tensors, or one under "
-                          f"{', '.join(_FOREIGN_KEYS)})")
+    state = extract_state(obj)
+    if not state:
+        raise CheckpointError(f"{path} holds no state_dict (looked for a dict of tensors, or one under "
+                              f"{', '.join(_FOREIGN_KEYS)})")
+    return state
 
 
-def load_weights(model: nn.Module, state: dict, source: str = "checkpoint") -> None:
-    """Load ``state`` into ``model`` strictly; a mismatch becomes a one-line ``CheckpointError``.
+def _renamings(state: dict, own: dict) -> list[dict]:
+    """``state`` and its variants with wrapper prefixes stripped (``module.``, ``model.``, ``_orig_mod.``,
+    nested, up to 4 deep), plus, for our registry's ``Sequential(Normalize, net)``, the bare net's keys under
+    ``1.``; in order of preference (fewest changes first)."""
+    out, frontier = [state], [state]
+    for _ in range(4):
+        nxt = []
+        for s in frontier:
+            for p in _PREFIXES:
+                if any(k.startswith(p) or f".{p}" in k for k in s) and p == "_orig_mod.":
+                    c = {k.removeprefix(p).replace(f".{p}", "."): v for k, v in s.items()}
+                elif any(k.startswith(p) for k in s):
+                    c = {k.removeprefix(p): v for k, v in s.items()}
+                else:
+                    continue
+                if len(c) == len(s) and all(c.keys() != o.keys() for o in out + nxt):
+                    nxt.append(c)
+        out += nxt
+        frontier = nxt
+    norm = {k: v for k, v in own.items() if k.startswith("0.")}
+    if norm and all(k.startswith("1.") for k in own if not k.startswith("0.")):
+        out += [{**norm, **{f"1.{k}": v for k, v in s.items()}} for s in list(out)]
+    return out
 
-    Keys missing the model's ``Normalize`` wrapper prefix (``1.``) are matched too, so a foreign
-    state_dict of the bare network loads into our normalized model.
-    """
-    state = _strip_prefix(dict(state))
+
+def _few(keys: list[str], n: int = 3) -> str:
+    return ", ".join(keys[:n]) + (", ..." if len(keys) > n else "")
+
+
+def load_weights(model: nn.Module, state: dict, source: str = "checkpoint",
+                 optional: tuple[str, ...] = ()) -> None:
+    """Load ``state`` into ``model`` strictly, under the key renaming (see ``_renamings``) that matches the
+    model's keys best. A mismatch is a one-line ``CheckpointError`` naming a few missing and unexpected keys
+    with their counts. Keys in ``optional`` and BatchNorm's ``num_batches_tracked`` may be missing."""
     own = model.state_dict()
-    if not set(state) & set(own) and all(k.startswith("1.") for k in own if not k.startswith("0.")):
-        state = {**{k: v for k, v in own.items() if k.startswith("0.")}, **{f"1.{k}": v for k, v in state.items()}}
-    missing = [k for k in own if k not in state]
+    state = max(_renamings(dict(state), own), key=lambda c: len(c.keys() & own.keys()))
+    missing = [k for k in own if k not in state and k not in optional and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in own]
     wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
     if missing or unexpected or wrong:
         parts = []
         if wrong:
             k = wrong[0]
-            parts.append(f"{len(wrong)} shape mismatches (e.g. {k}: {tuple(state[k].shape)} vs model "
-                         f"{tuple(own[k].shape)})")
+            parts.append(f"{len(wrong)} shape mismatches (e.g. {k}: {tuple(state[k].shape)} in the file vs "
+                         f"{tuple(own[k].shape)} in the model)")
         if missing:
-            parts.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
+            parts.append(f"{len(missing)} missing keys ({_few(missing)})")
         if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
-        raise CheckpointError(f"the weights in {source} do not fit the model: " + "; ".join(parts))
-    model.load_state_dict(state)
+            parts.append(f"{len(unexpected)} unexpected keys ({_few(unexpected)})")
+        raise CheckpointError(f"the weights in {source} do not fit the model ({len(own)} keys; the file has "
+                              f"{len(state)}): " + "; ".join(parts))
+    model.load_state_dict(state, strict=False)
 
 
 def training_attack(config: dict | None, eps: float | None = None, steps: int | None = None,
@@ -143,15 +207,46 @@ def training_attack(config: dict | None, eps: float | None = None, steps: int | 
             step_size if step_size is not None else (cfg.get("step_size") if same else None))
 
 
-def load_checkpoint(path: str | os.PathLike, arch: str | None = None, dataset: str | None = None,
-                    device: str | torch.device = "cpu") -> Checkpoint:
-    """Load a checkpoint and rebuild its model in eval mode on ``device``.
+def _load_robustbench(name: str, dataset: str | None, threat_model: str, model_dir: str | os.PathLike,
+                      download: bool) -> tuple[nn.Module, dict, DatasetInfo, str]:
+    from .zoo import locate
+    info = dataset_info(dataset or "cifar10")
+    zm = locate(name, info.name, threat_model, model_dir, download)
+    state = _extract_state(read_checkpoint(zm.path), zm.path)
+    if zm.skip_prefixes:
+        state = {k: v for k, v in state.items()
+                 if not any(k.removeprefix(p).startswith(zm.skip_prefixes) for p in ("", *_PREFIXES))}
+    load_weights(zm.model, state, source=str(zm.path), optional=zm.optional)
+    check_logits(zm.model, info, f"robustbench:{name}")
+    config = {"model": f"robustbench:{name}", "dataset": info.name, "dataset_info": info.to_dict(),
+              "foreign": True, **zm.config}
+    return zm.model, config, info, str(zm.path)
 
-    Landscape checkpoints carry their config; foreign ones need ``arch`` (a registry name) and
-    ``dataset`` (which fixes the input shape and number of classes).
+
+def load_checkpoint(path: str | os.PathLike, arch: str | None = None, dataset: str | None = None,
+                    device: str | torch.device = "cpu", *, arch_kwargs: dict | str | None = None,
+                    threat_model: str = "Linf", model_dir: str | os.PathLike = "models",
+                    download: bool = False) -> Checkpoint:
+    """Load a checkpoint source and rebuild its model in eval mode on ``device``.
+
+    ``path``: a landscape checkpoint (carries its config); a foreign state_dict file (``.pt``, ``.pth``,
+    ``.safetensors``), which needs ``arch`` (a registry name, ``FILE.py:CLASS`` or ``package.module:CLASS``,
+    built with ``arch_kwargs``, a dict or a JSON object) and ``dataset`` (input shape, number of classes);
+    or ``robustbench:NAME`` (``dataset`` default cifar10, ``threat_model``, ``model_dir``; fetched only when
+    ``download``). A user class must take inputs in [0, 1] and normalize inside ``forward``; one forward
+    pass on 2 dummy inputs checks that it returns the dataset's number of logits.
     """
+    kwargs = _parse_kwargs(arch_kwargs)
+    src = str(path)
+    if src.startswith("robustbench:"):
+        if arch or kwargs:
+            raise CheckpointError("robustbench:NAME brings its own architecture; drop --arch/--arch-kwargs")
+        model, config, info, src = _load_robustbench(src[len("robustbench:"):], dataset, threat_model, model_dir,
+                                                     download)
+        model.to(device).eval()
+        return Checkpoint(model=model, config=config, path=src, info=info, foreign=True)
     path = Path(path)
-    obj = read_checkpoint(path)
+    obj = read_weights(path)
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         config = dict(obj.get("config") or {})
         try:
@@ -159,18 +254,41 @@ def load_checkpoint(path: str | os.PathLike, arch: str | None = None, dataset: s
             arch_name = config["model"]
         except (KeyError, TypeError) as e:
             raise CheckpointError(f"{path} is a landscape checkpoint with an incomplete config ({e})") from e
+        if is_user_arch(arch_name):  # never import a file because a checkpoint names it
+            if not arch:
+                raise CheckpointError(f"{path} was made with the class {arch_name}; pass --arch {arch_name} "
+                                      "to import it (a checkpoint alone never runs code)")
+            arch_name, kwargs = arch, kwargs or dict(config.get("arch_kwargs") or {})
         state, foreign = obj["model_state"], False
         metrics, epoch = obj.get("metrics") or {}, obj.get("epoch")
     else:
         if not arch or not dataset:
             raise CheckpointError(f"{path} is not a landscape checkpoint; say what it holds with "
-                                  "--arch NAME and --dataset NAME")
+                                  "--arch NAME|FILE.py:CLASS|package.module:CLASS and --dataset NAME")
         state, foreign = _extract_state(obj, path), True
         info, arch_name = dataset_info(dataset), arch
         config = {"model": arch, "dataset": info.name, "dataset_info": info.to_dict(), "foreign": True}
+        if kwargs:
+            config["arch_kwargs"] = kwargs
         metrics, epoch = {}, None
-    model = build_model(arch_name, info)
+    model = build_model(arch_name, info, kwargs=kwargs)
     load_weights(model, state, source=str(path))
     model.to(device).eval()
     return Checkpoint(model=model, config=config, metrics=metrics, epoch=epoch, path=str(path), info=info,
                       foreign=foreign)
+
+
+def _parse_kwargs(arch_kwargs: dict | str | None) -> dict:
+    """``arch_kwargs`` as a dict: a dict, a JSON object string, or None (no arguments)."""
+    if arch_kwargs is None or arch_kwargs == "":
+        return {}
+    if isinstance(arch_kwargs, str):
+        import json
+        try:
+            arch_kwargs = json.loads(arch_kwargs)
+        except ValueError as e:
+            raise CheckpointError(f"--arch-kwargs is not valid JSON ({e})") from e
+    if not isinstance(arch_kwargs, dict):
+        raise CheckpointError(f"--arch-kwargs must be a JSON object like '{{\"depth\": 34}}', "
+                              f"got {type(arch_kwargs).__name__}")
+    return dict(arch_kwargs)

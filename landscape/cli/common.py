@@ -99,10 +99,41 @@ def add_device(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (CUDA when available)")
 
 
+def _json_object(text: str) -> dict:
+    """argparse type: a JSON object (``--arch-kwargs '{"depth": 34}'``)."""
+    import json
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({e})") from e
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object like '{\"depth\": 34}'")
+    return value
+
+
 def add_checkpoint_source(p: argparse.ArgumentParser) -> None:
-    """CKPT plus what a foreign checkpoint needs (--arch, --dataset) and where data live."""
-    p.add_argument("checkpoint", metavar="CKPT", help="a landscape checkpoint (.pt) or a foreign state_dict")
-    p.add_argument("--arch", help="model name for a foreign checkpoint (see landscape.available_models())")
-    p.add_argument("--dataset", help="dataset of a foreign checkpoint, or another dataset with the same input shape")
+    """CKPT (any source that ``landscape.checkpoint.load_checkpoint`` resolves), what a foreign checkpoint
+    needs (--arch, --arch-kwargs, --dataset), RobustBench's --threat-model / --model-dir, and where data live.
+    Pass the new options on with ``**source_options(args)``."""
+    p.add_argument("checkpoint", metavar="CKPT",
+                   help="a landscape checkpoint (.pt), a foreign state_dict (.pt, .pth, .safetensors; needs --arch "
+                        "and --dataset), or robustbench:NAME (RobustBench's model zoo)")
+    p.add_argument("--arch", help="architecture of a foreign state_dict: a registry name (landscape.available_models()"
+                                  "), FILE.py:CLASS or package.module:CLASS (your nn.Module; inputs are in [0, 1], "
+                                  "so it must normalize inside forward)")
+    p.add_argument("--arch-kwargs", type=_json_object, metavar="JSON",
+                   help="keyword arguments for --arch CLASS, e.g. '{\"depth\": 34}' (default: none)")
+    p.add_argument("--dataset", help="dataset of a foreign checkpoint (input shape, classes; robustbench: default "
+                                     "cifar10), or another dataset with the same input shape")
+    p.add_argument("--threat-model", default="Linf", help="robustbench:NAME: Linf, L2 or corruptions")
+    p.add_argument("--model-dir", default="./models",
+                   help="robustbench:NAME: RobustBench's model folder (its layout DIR/DATASET/THREAT/NAME.pt)")
     p.add_argument("--data-dir", help="where datasets live (default: $LANDSCAPE_DATA or ./data)")
-    p.add_argument("--download", action="store_true", help="allow torchvision to download the dataset")
+    p.add_argument("--download", action="store_true",
+                   help="allow downloads: the dataset (torchvision) and a robustbench:NAME model")
+
+
+def source_options(args: argparse.Namespace) -> dict:
+    """The keyword arguments of ``load_checkpoint`` that ``add_checkpoint_source`` adds beyond arch/dataset."""
+    return {"arch_kwargs": args.arch_kwargs, "threat_model": args.threat_model, "model_dir": args.model_dir,
+            "download": args.download}

@@ -9,7 +9,7 @@ from ..data import load_dataset
 from ..errors import ConfigError
 from ..io import write_json
 from ..evaluate import evaluate
-from .common import Parser, add_checkpoint_source, add_device, cli, resolve_device
+from .common import Parser, add_checkpoint_source, add_device, cli, resolve_device, source_options
 
 DESCRIPTION = """\
 Clean and robust accuracy of a checkpoint: PGD-k with random start (default 20 steps of eps/4,
@@ -38,7 +38,7 @@ def build_parser() -> Parser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     device = resolve_device(args.device)
-    ck = load_checkpoint(args.checkpoint, args.arch, args.dataset, device)
+    ck = load_checkpoint(args.checkpoint, args.arch, args.dataset, device, **source_options(args))
     eps = args.eps if args.eps is not None else ck.config.get("eps")
     if eps is None and args.autoattack:
         raise ConfigError("this checkpoint records no eps; pass --eps")

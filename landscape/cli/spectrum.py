@@ -11,7 +11,8 @@ from ..checkpoint import load_checkpoint
 from ..data import load_dataset
 from ..errors import ConfigError
 from ..io import write_json
-from .common import TORCHRUN_HELP, Parser, add_checkpoint_source, add_device, cli, progress, resolve_world
+from .common import (TORCHRUN_HELP, Parser, add_checkpoint_source, add_device, cli, progress, resolve_world,
+                     source_options)
 
 DEFAULT_SAMPLES = 512
 
@@ -185,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     world, device = resolve_world(args.device)
     if world.active and args.backend == "pyhessian":
         raise ConfigError("--backend pyhessian runs in one process; drop torchrun or use --backend landscape")
-    ck = load_checkpoint(args.checkpoint, args.arch, args.dataset, device)
+    ck = load_checkpoint(args.checkpoint, args.arch, args.dataset, device, **source_options(args))
     ds = load_dataset(args.dataset or ck.dataset, args.split, args.data_dir, args.download)
     n = args.samples if args.samples is not None else min(DEFAULT_SAMPLES, len(ds))
     x, y = ds.tensors(n, device)

@@ -10,7 +10,8 @@ from ..checkpoint import load_checkpoint, training_attack
 from ..data import load_dataset
 from ..errors import ConfigError
 from ..io import write_json
-from .common import TORCHRUN_HELP, Parser, add_checkpoint_source, add_device, cli, progress, resolve_world
+from .common import (TORCHRUN_HELP, Parser, add_checkpoint_source, add_device, cli, progress, resolve_world,
+                     source_options)
 
 DESCRIPTION = """\
 Loss and accuracy of a checkpoint at theta0 + a*d1 (+ b*d2) on a grid (Li et al. 2018), for the clean or
@@ -107,7 +108,7 @@ def _directions(args, ck, x, y, dim, eps, steps, step_size, device):
         return D.eigen_directions(ck.model, (x, y), args.loss, eps=eps, steps=steps, step_size=step_size,
                                   k=dim, tol=args.eigen_tol, seed=args.seed, restarts=args.restarts)
     if args.directions == "interpolate":
-        other = load_checkpoint(args.to, args.arch, args.dataset, device)
+        other = load_checkpoint(args.to, args.arch, args.dataset, device, **source_options(args))
         return D.DirectionSet([D.interpolation_direction(ck.model, other.model)],
                               {"kind": "interpolate", "to": str(args.to)})
     folder = args.trajectory or str(Path(args.checkpoint).parent)
@@ -184,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if y_spec is not None:
         parse_grid(y_spec, "--y")
     world, device = resolve_world(args.device)
-    ck = load_checkpoint(args.checkpoint, args.arch, args.dataset, device)
+    ck = load_checkpoint(args.checkpoint, args.arch, args.dataset, device, **source_options(args))
     ds = load_dataset(args.dataset or ck.dataset, args.split, args.data_dir, args.download)
     n = args.samples if args.samples is not None else min(DEFAULT_SAMPLES, len(ds))
     x, y = ds.tensors(n, device)
