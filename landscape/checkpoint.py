@@ -35,7 +35,7 @@ from . import __version__
 from .data import DatasetInfo, dataset_info
 from .errors import CheckpointError
 from .io import atomic_torch_save
-from .models import build_model, check_logits, is_user_arch
+from .models import build_model, is_user_arch
 
 FORMAT = "landscape-checkpoint"
 FORMAT_VERSION = 1
@@ -217,7 +217,6 @@ def _load_robustbench(name: str, dataset: str | None, threat_model: str, model_d
         state = {k: v for k, v in state.items()
                  if not any(k.removeprefix(p).startswith(zm.skip_prefixes) for p in ("", *_PREFIXES))}
     load_weights(zm.model, state, source=str(zm.path), optional=zm.optional)
-    check_logits(zm.model, info, f"robustbench:{name}")
     config = {"model": f"robustbench:{name}", "dataset": info.name, "dataset_info": info.to_dict(),
               "foreign": True, **zm.config}
     return zm.model, config, info, str(zm.path)
