@@ -55,6 +55,7 @@ DATASETS: dict[str, DatasetInfo] = {
     "cifar10": DatasetInfo("cifar10", 3, 32, 10, _CIFAR_MEAN, _CIFAR_STD),
     "cifar100": DatasetInfo("cifar100", 3, 32, 100, _CIFAR_MEAN, _CIFAR_STD),
     "imagenette": DatasetInfo("imagenette", 3, 128, 10, _IMAGENET_MEAN, _IMAGENET_STD),
+    "synthetic-cifar10": DatasetInfo("synthetic-cifar10", 3, 32, 10, _CIFAR_MEAN, _CIFAR_STD),
 }
 AUGMENTED = {"cifar10", "cifar100", "imagenette"}
 
@@ -278,6 +279,18 @@ def _imagenette(part: str, data_dir, download) -> tuple[torch.Tensor, torch.Tens
     return _stack(ds)
 
 
+def _synthetic(part: str, n_train: int = 4096, n_test: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """CIFAR-shaped synthetic data (no files, no download): per class a fixed smooth random template plus
+    pixel noise, as uint8; learnable, and the same on every machine. For smoke tests and benchmarks."""
+    gen = torch.Generator().manual_seed(20240 if part == "train" else 20241)
+    templates = torch.nn.functional.interpolate(
+        torch.rand(10, 3, 8, 8, generator=torch.Generator().manual_seed(1234)), size=32, mode="bilinear")
+    n = n_train if part == "train" else n_test
+    y = torch.randint(0, 10, (n,), generator=gen)
+    x = (0.6 * templates[y] + 0.4 * torch.rand(n, 3, 32, 32, generator=gen)).mul_(255).round_().to(torch.uint8)
+    return x, y
+
+
 def _stack(ds) -> tuple[torch.Tensor, torch.Tensor]:
     xs, ys = [], []
     for img, label in ds:
@@ -320,4 +333,5 @@ _LOADERS = {
     "cifar10": lambda part, d, dl: _torchvision_arrays("CIFAR10", part, d, dl),
     "cifar100": lambda part, d, dl: _torchvision_arrays("CIFAR100", part, d, dl),
     "imagenette": _imagenette,
+    "synthetic-cifar10": lambda part, d, dl: _synthetic(part),
 }

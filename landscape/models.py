@@ -28,7 +28,8 @@ from .errors import ModelError
 ModelFactory = Callable[[DatasetInfo], nn.Module]
 _REGISTRY: dict[str, ModelFactory] = {}
 _AUTO = {"digits": "cnn-small", "mnist": "cnn-small", "fashion-mnist": "cnn-small",
-         "cifar10": "preact-resnet18", "cifar100": "preact-resnet18", "imagenette": "tv:resnet18"}
+         "cifar10": "preact-resnet18", "cifar100": "preact-resnet18", "imagenette": "tv:resnet18",
+         "synthetic-cifar10": "preact-resnet18"}
 
 
 def register(name: str) -> Callable[[ModelFactory], ModelFactory]:

@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# The CUDA path end to end in a few minutes, printing what it measured (seconds, GPU memory peaks):
+#   1. landscape-train: one epoch of PGD-AT, preact-resnet18 on synthetic CIFAR-shaped data (no download)
+#   2. landscape-spectrum: top-5 eigenvalues + trace + density of the checkpoint's adversarial loss
+#   3. landscape-surface: a 2D random-direction surface
+#   4. torchrun (nccl, one process per GPU present): the top-5 again, its HVPs all-reduced
+#   5. landscape-eval --autoattack on 64 samples
+#
+# Usage:  bash benchmarks/gpu_check.sh            (needs a CUDA GPU; fails at once without one)
+#         bash benchmarks/gpu_check.sh --cpu      (dry run of the same pipeline on the CPU, tiny settings,
+#                                                  gloo instead of nccl; checks the script, not CUDA)
+# Environment: PYTHON (default: python3), WORK (folder for runs and results; default: a fresh temp folder).
+# Run from the repository root (or with landscape installed); exit status: the first failing step's.
+set -euo pipefail
+
+MODE=gpu
+for a in "$@"; do
+  case "$a" in
+    --cpu) MODE=cpu ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    *) echo "gpu_check.sh: unknown argument $a (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+PY=${PYTHON:-python3}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+WORK=${WORK:-$(mktemp -d -t landscape-gpu-check.XXXXXX)}
+mkdir -p "$WORK"
+SUMMARY="$WORK/summary.txt"
+: > "$SUMMARY"
+
+NGPU=$("$PY" -c 'import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)')
+if [ "$MODE" = gpu ]; then
+  if [ "$NGPU" -lt 1 ]; then
+    echo "gpu_check.sh: error: no CUDA GPU visible to $PY (torch.cuda.is_available() is False); this check" \
+         "needs one. Use --cpu for a dry run of the pipeline on the CPU." >&2
+    exit 1
+  fi
+  DEVICE=cuda MODEL=preact-resnet18 NPROC=$NGPU BACKEND=nccl
+  TRAIN=(--train-samples 2048 --batch-size 128 --steps 3 --val-samples 256)
+  SPEC=(--samples 256 --top-k 5 --trace --trace-max-hvps 100 --density --density-probes 1 --density-steps 40)
+  SURF=(--samples 256 --x=-1:1:9 --y=-1:1:9)
+  DIST=(--samples 256 --top-k 5)
+  AA=64
+  "$PY" -c 'import torch; [print(f"GPU {i}: {torch.cuda.get_device_name(i)}, "
+            f"{torch.cuda.get_device_properties(i).total_memory / 2**30:.1f} GiB") for i in range(torch.cuda.device_count())]'
+else
+  DEVICE=cpu MODEL=cnn-small-bn NPROC=2 BACKEND=gloo
+  TRAIN=(--train-samples 128 --batch-size 64 --steps 1 --val-samples 32 --val-steps 1)
+  SPEC=(--samples 32 --top-k 1 --max-hvps 15 --trace --trace-max-hvps 8 --density --density-probes 1 --density-steps 6)
+  SURF=(--samples 32 --x=-1:1:3 --y=-1:1:3)
+  DIST=(--samples 32 --top-k 1 --max-hvps 10)
+  AA=8
+  export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+fi
+echo "gpu_check ($MODE): $MODEL on synthetic-cifar10, device $DEVICE, $NPROC process(es) with $BACKEND; files in $WORK"
+
+# step NAME CLI ARGS...: run landscape.cli.CLI's main(ARGS) in one process, then print (and add to the summary)
+# its wall time and the peak GPU memory that PyTorch allocated (torch.cuda.max_memory_allocated).
+step() {
+  local name=$1 cli=$2
+  shift 2
+  SUMMARY="$SUMMARY" "$PY" - "$name" "$cli" "$@" <<'PYEOF'
+import importlib, os, sys, time
+import torch
+name, cli, *argv = sys.argv[1:]
+main = importlib.import_module(f"landscape.cli.{cli}").main
+cuda = torch.cuda.is_available()
+if cuda:
+    torch.cuda.reset_peak_memory_stats()
+t = time.perf_counter()
+rc = main(argv)
+dt = time.perf_counter() - t
+peak = f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB" if cuda else "n/a (cpu)"
+line = f"{name:<36} exit {rc}  {dt:8.1f} s  GPU memory peak {peak}"
+print(f"[gpu_check] {line}", flush=True)
+with open(os.environ["SUMMARY"], "a") as f:
+    f.write(line + "\n")
+sys.exit(rc)
+PYEOF
+}
+
+RUN="$WORK/runs/gpu-check"
+step "train (1 epoch PGD-AT)" train --method at --dataset synthetic-cifar10 --model "$MODEL" --epochs 1 \
+  "${TRAIN[@]}" --out "$WORK/runs" --name gpu-check --overwrite --device "$DEVICE" --quiet --json "$WORK/train.json"
+CK="$RUN/last.pt"
+step "spectrum (top-k, trace, density)" spectrum "$CK" --loss adversarial "${SPEC[@]}" --device "$DEVICE" \
+  --json "$WORK/spectrum.json"
+step "surface (2D, clean)" surface "$CK" --dim 2 "${SURF[@]}" --device "$DEVICE" --out "$WORK/surface"
+
+echo "torchrun: $NPROC process(es), $BACKEND"
+t0=$(date +%s.%N)
+"$PY" -m torch.distributed.run --standalone --nproc-per-node "$NPROC" -m landscape.cli.spectrum "$CK" \
+  "${DIST[@]}" --device "$DEVICE" --json "$WORK/spectrum_dist.json"
+t1=$(date +%s.%N)
+printf '%-36s exit 0  %8.1f s  (%s processes, %s; wall time incl. start-up)\n' "torchrun spectrum (top-k)" \
+  "$(awk "BEGIN {print $t1 - $t0}")" "$NPROC" "$BACKEND" >> "$SUMMARY"
+
+step "eval (PGD-20 + AutoAttack, n=$AA)" eval "$CK" --autoattack --n-samples "$AA" --device "$DEVICE" \
+  --json "$WORK/eval.json"
+
+"$PY" - "$WORK" <<'PYEOF' >> "$SUMMARY" || echo "(could not read the result files; see $WORK)" >> "$SUMMARY"
+import json, sys
+from pathlib import Path
+w = Path(sys.argv[1])
+s, d, e = (json.loads((w / f).read_text()) for f in ("spectrum.json", "spectrum_dist.json", "eval.json"))
+fmt = lambda r: ", ".join(f"{v:.4g}" for v in (r.get("top_eigenvalues") or {}).get("values", []))
+print(f"top eigenvalues (1 process): {fmt(s)}")
+print(f"top eigenvalues (torchrun, world {d.get('world_size')}): {fmt(d)}")
+print(f"trace {(s.get('trace') or {}).get('estimate')}; HVPs {s.get('hvps')}; device {s.get('device')}")
+print(f"eval: clean {e.get('clean_acc')}, PGD {e.get('pgd_acc')}, AutoAttack {e.get('autoattack_acc')} (n={e.get('n')})")
+PYEOF
+echo
+echo "==== gpu_check ($MODE) summary ===="
+cat "$SUMMARY"
