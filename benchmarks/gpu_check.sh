@@ -30,11 +30,16 @@ mkdir -p "$WORK"
 SUMMARY="$WORK/summary.txt"
 : > "$SUMMARY"
 
-NGPU=$("$PY" -c 'import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)')
 if [ "$MODE" = gpu ]; then
+  if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L 2>/dev/null | grep -q '^GPU'; then
+    echo "gpu_check.sh: error: no NVIDIA GPU here (nvidia-smi is missing or lists none); this check needs one." \
+         "Use --cpu for a dry run of the pipeline on the CPU." >&2
+    exit 1
+  fi
+  NGPU=$("$PY" -c 'import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)')
   if [ "$NGPU" -lt 1 ]; then
-    echo "gpu_check.sh: error: no CUDA GPU visible to $PY (torch.cuda.is_available() is False); this check" \
-         "needs one. Use --cpu for a dry run of the pipeline on the CPU." >&2
+    echo "gpu_check.sh: error: nvidia-smi lists GPUs but torch.cuda.is_available() is False in $PY" \
+         "(a CPU-only torch build, or CUDA_VISIBLE_DEVICES hides them)." >&2
     exit 1
   fi
   DEVICE=cuda MODEL=preact-resnet18 NPROC=$NGPU BACKEND=nccl
