@@ -56,6 +56,7 @@ def user_net(tmp_path):
 def _variants(sd: dict) -> dict:
     return {
         "bare.pt": sd,
+        "extras.pt": {**sd, "epoch": 3, "best_acc": 0.5, "args": {"lr": 0.1}},  # non-tensor extras beside it
         "lightning.ckpt": {"state_dict": {f"model.{k}": v for k, v in sd.items()}, "epoch": 3,
                            "optimizer_states": [{"state": {}, "param_groups": [{"lr": 0.1}]}],
                            "hyper_parameters": {"width": 6}},
