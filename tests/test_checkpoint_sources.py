@@ -13,7 +13,7 @@ from landscape.checkpoint import save_checkpoint
 from landscape.cli import eval as eval_cli
 from landscape.cli import spectrum as spectrum_cli
 from landscape.data import dataset_info
-from landscape.errors import CheckpointError, ModelError
+from landscape.errors import CheckpointError
 from landscape.models import _PreActNet
 from landscape.zoo import TABLE, PreActResNet18, WideResNet
 
