@@ -150,12 +150,11 @@ def _renamings(state: dict, own: dict) -> list[dict]:
         nxt = []
         for s in frontier:
             for p in _PREFIXES:
-                if any(k.startswith(p) or f".{p}" in k for k in s) and p == "_orig_mod.":
-                    c = {k.removeprefix(p).replace(f".{p}", "."): v for k, v in s.items()}
-                elif any(k.startswith(p) for k in s):
-                    c = {k.removeprefix(p): v for k, v in s.items()}
-                else:
+                inner = p == "_orig_mod."  # torch.compile'd submodules carry it inside keys too
+                if not any(k.startswith(p) or (inner and f".{p}" in k) for k in s):
                     continue
+                c = {(k.removeprefix(p).replace(f".{p}", ".") if inner else k.removeprefix(p)): v
+                     for k, v in s.items()}
                 if len(c) == len(s) and all(c.keys() != o.keys() for o in out + nxt):
                     nxt.append(c)
         out += nxt
