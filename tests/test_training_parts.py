@@ -74,9 +74,16 @@ def reference_trades_attack(model, x, eps, step_size, steps, noise):
 
 @pytest.fixture(scope="module")
 def trades_setup():
-    """A fixed batch for the TRADES checks: 64 digits and an (untrained) cnn-small."""
+    """A fixed batch for the TRADES checks: 64 digits and a cnn-small fitted to them (so that the KL term
+    is of order 1, not 1e-6 as at initialization)."""
     x, y = load_dataset("digits", "train").tensors(64)
-    return build_model("cnn-small", "digits", seed=1), x, y
+    model = build_model("cnn-small", "digits", seed=1)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(40):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    return model, x, y
 
 
 def test_trades_attack_matches_the_reference_code(trades_setup):
@@ -92,13 +99,14 @@ def test_trades_attack_matches_the_reference_code(trades_setup):
 def test_trades_objective_equals_an_independent_computation(trades_setup):
     """The full TRADES objective: CE(f(x), y) + beta * KL(f(x) || f(x_adv)) / n at the reference x_adv."""
     model, x, y = trades_setup
-    beta, s = 6.0, Step(eps=0.1, lam=1, steps=3, step_size=0.025, beta=6.0)
+    beta, s = 6.0, Step(eps=0.2, lam=1, steps=5, step_size=0.05, beta=6.0)
     res = trades(model, x, y, s, torch.Generator().manual_seed(0))
     x_adv = reference_trades_attack(model, x, s.eps, s.step_size, s.steps,
                                     torch.randn(x.shape, generator=torch.Generator().manual_seed(0)))
     logits, logits_adv = model(x), model(x_adv)
     p, log_p, log_q = logits.softmax(1), logits.log_softmax(1), logits_adv.log_softmax(1)
     expected = F.cross_entropy(logits, y) + beta * (p * (log_p - log_q)).sum(1).mean()
+    assert beta * (p * (log_p - log_q)).sum(1).mean().item() > 0.1          # the KL term matters here
     assert res.loss.item() == pytest.approx(expected.item(), rel=1e-5)
     assert torch.equal(res.logits, logits)
 
