@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from ..data import available_datasets
@@ -98,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.resume:
         given = _given_flags(argv)
         misplaced = sorted({"out", "overwrite"} & given)
-        if misplaced:
+        if misplaced and Path(args.resume).is_dir():   # (no run at all: Trainer.resume says so first)
             raise ConfigError(f"--resume continues the run in its own folder; drop "
                               f"{', '.join('--' + f for f in misplaced)}")
         fields = {f.name for f in dataclasses.fields(TrainConfig)}
