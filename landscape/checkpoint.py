@@ -114,7 +114,7 @@ def load_weights(model: nn.Module, state: dict, source: str = "checkpoint") -> N
     bad = [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         raise CheckpointError(f"the weights in {source} are not finite (NaN or inf in {len(bad)} tensors, e.g. "
-                              f"{bad[0]}): the training diverged; refusing to use them")
+                              f"{bad[0]}); refusing to use them")
     own = model.state_dict()
     if not set(state) & set(own) and all(k.startswith("1.") for k in own if not k.startswith("0.")):
         state = {**{k: v for k, v in own.items() if k.startswith("0.")}, **{f"1.{k}": v for k, v in state.items()}}
