@@ -185,7 +185,9 @@ def trades_attack(model: nn.Module, x: torch.Tensor, eps: float, step_size: floa
                   steps: int = 10, generator: torch.Generator | None = None) -> torch.Tensor:
     """TRADES' inner maximization (Zhang et al. 2019): Linf PGD on KL(f(x) || f(x + delta)).
 
-    Starts at x + 0.001 * N(0, I) as in the reference code. Cost: 1 forward + steps forward+backward passes.
+    Starts at x + 0.001 * N(0, I), unclamped (the start may leave [0, 1] by up to ~0.004), exactly as the
+    reference code (trades.py) does; every step is then projected onto the eps-ball and into [0, 1].
+    Cost: 1 forward + steps forward+backward passes.
     """
     check_eps(eps, "linf")
     if eps == 0 or steps == 0:
@@ -194,7 +196,7 @@ def trades_attack(model: nn.Module, x: torch.Tensor, eps: float, step_size: floa
     with eval_mode(model):
         with torch.no_grad():
             p_clean = model(x).softmax(1)
-        delta = _project(x, 0.001 * _rand(x.shape, x, generator, normal=True), eps, "linf")
+        delta = 0.001 * _rand(x.shape, x, generator, normal=True)   # no projection: as the reference
         for _ in range(steps):
             delta.requires_grad_(True)
             loss = F.kl_div(F.log_softmax(model(x + delta), 1), p_clean, reduction="sum")

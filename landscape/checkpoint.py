@@ -173,7 +173,12 @@ def load_weights(model: nn.Module, state: dict, source: str = "checkpoint",
                  optional: tuple[str, ...] = ()) -> None:
     """Load ``state`` into ``model`` strictly, under the key renaming (see ``_renamings``) that matches the
     model's keys best. A mismatch is a one-line ``CheckpointError`` naming a few missing and unexpected keys
-    with their counts. Keys in ``optional`` and BatchNorm's ``num_batches_tracked`` may be missing."""
+    with their counts. Keys in ``optional`` and BatchNorm's ``num_batches_tracked`` may be missing. A NaN/inf
+    weight is refused: such a model would evaluate to a meaningless number."""
+    bad = [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"the weights in {source} are not finite (NaN or inf in {len(bad)} tensors, e.g. "
+                              f"{bad[0]}); refusing to use them")
     own = model.state_dict()
     state = max(_renamings(dict(state), own), key=lambda c: len(c.keys() & own.keys()))
     missing = [k for k in own if k not in state and k not in optional and not k.endswith("num_batches_tracked")]

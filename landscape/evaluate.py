@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -65,15 +66,42 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, ste
                       time.perf_counter() - t0)
 
 
+def _adversarial_inputs(out: object) -> torch.Tensor:
+    """The adversarial inputs from ``run_standard_evaluation``'s return value, whatever the package version:
+    a tensor (autoattack <= 0.1, pyautoattack < 0.2) or a tuple ``(x_adv, y_adv)`` (pyautoattack 0.2)."""
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        out = out[0]
+    if not isinstance(out, torch.Tensor):
+        raise ConfigError(f"AutoAttack returned a {type(out).__name__}, not adversarial inputs; "
+                          "this version of the AutoAttack package is not supported")
+    return out
+
+
 def autoattack_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
-                        batch_size: int = 256, seed: int = 0) -> float:
-    """Robust accuracy under AutoAttack (standard version, Linf) from the ``pyautoattack`` package."""
+                        batch_size: int = 256, seed: int = 0, attacks: Sequence[str] | None = None) -> float:
+    """Robust accuracy under AutoAttack (standard version, Linf) from the ``pyautoattack`` package;
+    ``attacks`` (e.g. ``("apgd-ce",)``) runs only those members of the ensemble instead.
+
+    Accepts both the old (``bs=``, returns ``x_adv``) and the 0.2 (``batch_size=``, returns
+    ``(x_adv, y_adv)``) interfaces. The returned inputs are checked to lie in the eps-ball and in [0, 1]
+    and re-classified here, so the accuracy is ours, not the package's bookkeeping.
+    Cost: the standard ensemble (APGD-CE, APGD-T, FAB-T, Square) on the samples still correct.
+    """
+    import inspect
     try:
         from pyautoattack import AutoAttack
     except ImportError as e:
         raise ConfigError("AutoAttack needs the optional extra: pip install 'landscape[autoattack]'") from e
     with eval_mode(model):
-        adversary = AutoAttack(model, eps=eps, norm="Linf", version="standard", seed=seed, device=x.device)
+        if attacks is None:
+            adversary = AutoAttack(model, eps=eps, norm="Linf", version="standard", seed=seed, device=x.device)
+        else:
+            adversary = AutoAttack(model, eps=eps, norm="Linf", version="custom", attacks=list(attacks),
+                                   seed=seed, device=x.device)
         adversary.verbose = False
-        x_adv = adversary.run_standard_evaluation(x, y, batch_size=batch_size)
-    return accuracy(model, x_adv, y, batch_size)
+        run = adversary.run_standard_evaluation
+        size = "batch_size" if "batch_size" in inspect.signature(run).parameters else "bs"
+        x_adv = _adversarial_inputs(run(x, y, **{size: batch_size}))
+    if x_adv.shape != x.shape or (x_adv - x).abs().max().item() > eps + 1e-5 or x_adv.min() < 0 or x_adv.max() > 1:
+        raise ConfigError("AutoAttack returned inputs outside the eps-ball or [0, 1]; refusing its accuracy")
+    return accuracy(model, x_adv.to(x.device), y, batch_size)

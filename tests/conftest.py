@@ -92,7 +92,8 @@ def tiny_cnn():
 
 @pytest.fixture(scope="session")
 def trained_digits(tmp_path_factory):
-    """A briefly trained p-sat checkpoint on digits (run dir), shared by the tests that need one."""
+    """A briefly trained PGD-AT (``method="at"``, eps 0.1, 3 epochs) run on digits: its run dir, shared by the
+    tests that need a robust checkpoint."""
     from landscape.training import TrainConfig, train
     out = tmp_path_factory.mktemp("runs")
     res = train(TrainConfig(method="at", epochs=3, lr=0.05, name="at-digits"), out=out)

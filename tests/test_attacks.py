@@ -110,6 +110,35 @@ def test_early_stop_respects_the_difficulty_constraint(setup, lam):
     assert psi_adv.mean() > psi_clean.mean()
 
 
+def test_early_stop_freezes_each_sample_at_its_last_feasible_iterate():
+    """A linear 2-class model with y = 0: every CE gradient has the sign of w, so PGD's k-th iterate is
+    delta_k = k * alpha * sign(w) and psi_P(x + delta_k) = sigmoid(w . (x + delta_k)). The expected output is
+    computed step by step here; samples freeze at k = 6 (never), 4, 1, and 0 (infeasible start: x itself)."""
+    w = torch.tensor([1.0, -2.0, 0.5, 1.5])
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2, bias=False))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.stack([torch.zeros(4), w]))
+    b = torch.tensor([-0.2, -0.1, -0.02, 0.2])                 # margins w.x = 0.5 + 5 b = -0.5, 0, 0.4, 1.5
+    x = (0.5 + b.view(-1, 1) * w.sign()).view(4, 1, 2, 2)
+    y = torch.zeros(4, dtype=torch.long)
+    eps, alpha, steps = 0.3, 0.03, 6
+    lam = float(torch.sigmoid(torch.tensor(0.62)))            # each step adds 0.15 to the margin
+    expected = []
+    for i in range(4):
+        kept = None
+        for k in range(steps + 1):
+            delta = (k * alpha * w.sign()).clamp(-eps, eps).view(1, 2, 2)
+            psi = torch.sigmoid((w * (x[i] + delta).flatten()).sum().double())
+            if psi > lam:
+                break
+            kept = delta
+        expected.append(x[i] if kept is None else x[i] + kept)
+    expected = torch.stack(expected)
+    assert [round(((e - x0).abs().max() / alpha).item()) for e, x0 in zip(expected, x)] == [6, 4, 1, 0]
+    got = attacks.pgd_early_stop(model, x, y, eps, lam, alpha, steps, random_init=False)
+    assert torch.allclose(got, expected, atol=1e-6)
+
+
 def test_early_stop_stops_more_with_smaller_lambda(setup):
     model, x, y = setup
     with torch.no_grad():

@@ -1,4 +1,5 @@
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -85,16 +86,102 @@ def test_sat_eps_ramps_eps_and_save_every(tmp_path):
     assert sorted(p.name for p in res.run_dir.glob("epoch_*.pt")) == ["epoch_001.pt", "epoch_002.pt", "epoch_003.pt"]
 
 
+TINY = dict(method="standard", train_samples=64, val_samples=16, batch_size=32, val_steps=2)
+
+
 def test_refuses_to_overwrite_and_resume_of_nothing(tmp_path):
     from landscape.errors import CheckpointError, ConfigError
-    train(TrainConfig(method="standard", epochs=1, train_samples=128, val_samples=32, name="x"), out=tmp_path)
+    train(TrainConfig(epochs=1, lr_schedule="constant", name="x", **TINY), out=tmp_path)
     with pytest.raises(ConfigError, match="--resume"):
         Trainer(TrainConfig(method="standard", epochs=1, name="x"), out=tmp_path)
     with pytest.raises(CheckpointError):
         resume(tmp_path / "nothing")
-    # extending a finished run with more epochs continues it
+    # a constant LR and no curriculum: more epochs change no schedule, so a finished run may be extended
     res = resume(tmp_path / "x", epochs=2)
     assert [r["epoch"] for r in res.history] == [1, 2]
+
+
+def test_resume_refuses_changed_settings_with_one_line(tmp_path, capsys):
+    """--resume used to ignore --lr / --method silently, and --epochs stretched a finished run's LR schedule."""
+    from landscape.cli.train import main
+    from landscape.errors import ConfigError
+    from conftest import run_main
+    res = train(TrainConfig(epochs=2, name="r", **TINY), out=tmp_path)        # piecewise LR
+    run = res.run_dir
+    proc = run_main(main, ["--resume", run, "--lr", "0.1", "--method", "at", "--quiet"], capsys)
+    assert_one_line_error(proc, contains="--lr 0.1 (run: 0.05)")
+    assert "--method at (run: standard)" in proc.stderr and "--device" in proc.stderr
+    with pytest.raises(ConfigError, match="--epochs 4 .run: 2; its piecewise LR schedule"):
+        resume(run, epochs=4)
+    assert_one_line_error(run_main(main, ["--resume", run, "--out", tmp_path], capsys), contains="--out")
+    # flags equal to the run's, and the safe ones, are accepted; nothing is left to train
+    ok = run_main(main, ["--resume", run, "--lr", "0.05", "--epochs", "2", "--quiet", "--device", "cpu",
+                         "--json", tmp_path / "r.json"], capsys)
+    assert ok.returncode == 0, ok.stderr
+    summary = json.loads((tmp_path / "r.json").read_text())
+    assert summary["kind"] == "training" and summary["settings"]["lr"] == 0.05
+    assert summary["best_epoch"] == res.best_epoch and len(summary["history"]) == 2
+
+
+def test_overwrite_removes_the_old_runs_files_and_pca_refuses_mixed_runs(tmp_path):
+    from landscape.analysis import pca_directions
+    from landscape.errors import CheckpointError
+    old = train(TrainConfig(epochs=3, save_every=1, name="o", **TINY), out=tmp_path).run_dir
+    (old / "hsat.json").write_text("{}")         # as an earlier h-sat run of this name leaves it
+    (old / "notes.txt").write_text("mine")       # not the trainer's: stays
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    (mixed / "epoch_003.pt").write_bytes((old / "epoch_003.pt").read_bytes())
+    new = train(TrainConfig(epochs=2, save_every=1, lr=0.02, name="o", **TINY), out=tmp_path, overwrite=True).run_dir
+    assert sorted(p.name for p in new.iterdir()) == ["best.pt", "config.json", "epoch_001.pt", "epoch_002.pt",
+                                                     "last.pt", "metrics.csv", "notes.txt"]
+    for f in ("epoch_001.pt", "epoch_002.pt"):
+        (mixed / f).write_bytes((new / f).read_bytes())
+    final = load_checkpoint(new / "last.pt").model
+    with pytest.raises(CheckpointError, match="different runs .* differ in epochs, lr"):
+        pca_directions(mixed, final, k=1)
+    assert len(pca_directions(new, final, k=1).meta["coords"]) == 2     # one run's trajectory is fine
+
+
+@pytest.mark.parametrize("rule", ["loss", "pgd"])
+def test_select_rule_picks_best_and_is_recorded(tmp_path, capsys, rule):
+    from landscape.cli.train import main
+    from conftest import run_main
+    cfg = dict(TINY, epochs=3, lr=0.2)
+    args = [f"--{k.replace('_', '-')}={v}" for k, v in cfg.items()]
+    proc = run_main(main, [*args, "--select", rule, "--out", tmp_path, "--name", "s", "--quiet"], capsys)
+    assert proc.returncode == 0, proc.stderr
+    rows = _read_csv(tmp_path / "s" / "metrics.csv")
+    assert [r["select"] for r in rows] == [rule] * 3
+    column = {"loss": "val_loss", "pgd": "val_pgd"}[rule]
+    values = [float(r[column]) for r in rows]
+    assert [float(r["select_score"]) for r in rows] == values
+    pick = (min if rule == "loss" else max)(range(3), key=lambda i: (values[i], i if rule == "loss" else -i))
+    assert load_checkpoint(tmp_path / "s" / "best.pt").epoch == pick + 1
+    assert json.loads((tmp_path / "s" / "config.json").read_text())["train"]["select"] == rule
+
+
+def test_select_rule_is_checked():
+    from landscape.errors import ConfigError
+    with pytest.raises(ConfigError, match="selection rule"):
+        TrainConfig(select="best").resolved()
+    with pytest.raises(ConfigError, match="--val-steps"):
+        TrainConfig(select="pgd", val_steps=0).resolved()
+
+
+def test_checkpoint_with_nan_weights_is_refused(tmp_path, capsys):
+    """It evaluated to ~9% accuracy (argmax of NaN logits) as if it were a model."""
+    from landscape.checkpoint import save_checkpoint
+    from landscape.cli.eval import main as eval_main
+    from landscape.errors import CheckpointError
+    from conftest import run_main
+    ck = load_checkpoint(train(TrainConfig(epochs=1, name="n", **TINY), out=tmp_path).run_dir / "last.pt")
+    with torch.no_grad():
+        next(ck.model.parameters())[0].fill_(float("nan"))
+    path = save_checkpoint(tmp_path / "nan.pt", ck.model, ck.config, epoch=1)
+    with pytest.raises(CheckpointError, match="not finite"):
+        load_checkpoint(path)
+    assert_one_line_error(run_main(eval_main, [path, "--n-samples", "32"], capsys), contains="not finite")
 
 
 def test_nan_loss_stops_with_one_line_and_keeps_last_good(tmp_path):

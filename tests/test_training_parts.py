@@ -52,9 +52,63 @@ def test_trades_loss_equals_its_formula():
     kl = (p_clean * (p_clean.log() - p_adv.log())).sum(1).mean()
     expected = F.cross_entropy(model(x), y) + beta * kl
     assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5)
-    # and the full objective uses an adversarial point that increases the KL term over the clean one
-    res = trades(model, x, y, Step(eps=0.1, lam=1, steps=5, step_size=0.025, beta=beta), torch.Generator().manual_seed(0))
-    assert res.loss.item() > F.cross_entropy(model(x), y).item()
+
+
+def reference_trades_attack(model, x, eps, step_size, steps, noise):
+    """Zhang et al.'s trades.py (Linf branch), transcribed: start at x + 0.001 * noise with NO clamp, then
+    sign steps on KL(f(x) || f(x_adv)), each followed by the eps-ball and [0, 1] clamps. In eval mode."""
+    model.eval()
+    with torch.no_grad():
+        p_clean = F.softmax(model(x), dim=1)
+    x_adv = x.detach() + 0.001 * noise
+    for _ in range(steps):
+        x_adv.requires_grad_()
+        loss_kl = F.kl_div(F.log_softmax(model(x_adv), dim=1), p_clean, reduction="sum")
+        grad = torch.autograd.grad(loss_kl, [x_adv])[0]
+        x_adv = x_adv.detach() + step_size * torch.sign(grad.detach())
+        x_adv = torch.min(torch.max(x_adv, x - eps), x + eps)
+        x_adv = torch.clamp(x_adv, 0.0, 1.0)
+    model.train()
+    return x_adv.detach()
+
+
+@pytest.fixture(scope="module")
+def trades_setup():
+    """A fixed batch for the TRADES checks: 64 digits and a cnn-small fitted to them (so that the KL term
+    is of order 1, not 1e-6 as at initialization)."""
+    x, y = load_dataset("digits", "train").tensors(64)
+    model = build_model("cnn-small", "digits", seed=1)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(40):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    return model, x, y
+
+
+def test_trades_attack_matches_the_reference_code(trades_setup):
+    """The start x + 0.001 N(0, I) is not clamped into [0, 1] (digits has many pixels at exactly 0)."""
+    from landscape.attacks import trades_attack
+    model, x, _ = trades_setup
+    eps, alpha, steps = 0.1, 0.01, 3
+    ours = trades_attack(model, x, eps, alpha, steps, generator=torch.Generator().manual_seed(5))
+    ref = reference_trades_attack(model, x, eps, alpha, steps, torch.randn(x.shape, generator=torch.Generator().manual_seed(5)))
+    assert (ours - ref).abs().max().item() <= 1e-6
+
+
+def test_trades_objective_equals_an_independent_computation(trades_setup):
+    """The full TRADES objective: CE(f(x), y) + beta * KL(f(x) || f(x_adv)) / n at the reference x_adv."""
+    model, x, y = trades_setup
+    beta, s = 6.0, Step(eps=0.2, lam=1, steps=5, step_size=0.05, beta=6.0)
+    res = trades(model, x, y, s, torch.Generator().manual_seed(0))
+    x_adv = reference_trades_attack(model, x, s.eps, s.step_size, s.steps,
+                                    torch.randn(x.shape, generator=torch.Generator().manual_seed(0)))
+    logits, logits_adv = model(x), model(x_adv)
+    p, log_p, log_q = logits.softmax(1), logits.log_softmax(1), logits_adv.log_softmax(1)
+    expected = F.cross_entropy(logits, y) + beta * (p * (log_p - log_q)).sum(1).mean()
+    assert beta * (p * (log_p - log_q)).sum(1).mean().item() > 0.1          # the KL term matters here
+    assert res.loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert torch.equal(res.logits, logits)
 
 
 def test_learning_rate_schedules():

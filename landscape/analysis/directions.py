@@ -244,7 +244,7 @@ def pca_directions(trajectory: Iterable[Any] | str | os.PathLike, final_model: n
     """Top-``k`` principal components of a training trajectory around the final model (Li et al. 2018, s. 7).
 
     ``trajectory`` is a folder of ``epoch_XXX.pt`` files, or a list of checkpoint paths, models or
-    state_dicts. The rows theta_i - theta_final go through scikit-learn's ``PCA`` (exact SVD, centered);
+    state_dicts; checkpoint files whose (training) configs differ are refused (two runs mixed). The rows theta_i - theta_final go through scikit-learn's ``PCA`` (exact SVD, centered);
     each component is a unit-norm direction (sign fixed: largest entry positive). ``meta`` holds the
     explained variance ratios and the trajectory's coordinates in the plane (``coords``, one row per
     checkpoint) for drawing the path. Cost: loads every checkpoint; memory n_checkpoints x n_params floats.
@@ -256,11 +256,19 @@ def pca_directions(trajectory: Iterable[Any] | str | os.PathLike, final_model: n
         trajectory = trajectory_files(trajectory)
     labels: list[str] = []
     rows: list[np.ndarray] = []
+    first: tuple[str, dict] | None = None   # (label, training config) of the first checkpoint file
     final = _flat(dict(final_model.named_parameters()), names)
     for item in trajectory:
         if isinstance(item, (str, os.PathLike)):
             ck = load_checkpoint(item, arch=arch, dataset=dataset)
             state, label = dict(ck.model.named_parameters()), str(item)
+            run = ck.config.get("train", ck.config)
+            if first is None:
+                first = (label, run)
+            elif run != first[1]:
+                keys = sorted(k for k in set(run) | set(first[1]) if run.get(k) != first[1].get(k))
+                raise CheckpointError(f"trajectory checkpoints {first[0]} and {label} come from different runs "
+                                      f"(their configs differ in {', '.join(keys[:5])}); refusing to mix them")
         else:
             state, label = _state_of(item), f"#{len(labels)}"
         missing = [n for n in names if n not in state]

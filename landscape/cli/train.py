@@ -1,14 +1,19 @@
 """landscape-train: train a model with standard training, PGD-AT, TRADES or a SAT curriculum."""
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from ..data import available_datasets
 from ..io import write_json
 from ..models import available_models
 from ..training import METHODS, TrainConfig, Trainer
-from ..training.config import DEFAULT_EPOCHS, DEFAULT_EPS, LR_SCHEDULES
+from ..errors import ConfigError
+from ..training.config import DEFAULT_EPOCHS, DEFAULT_EPS, LR_SCHEDULES, SELECT_RULES
+from ..training.trainer import RESUME_SAFE
 from ..training.curriculum import SCHEDULES
 from .common import Parser, add_device, cli, resolve_device
 
@@ -22,7 +27,9 @@ adversarial loss's top Hessian eigenvalue is lambda times its value at the full 
 --lam0 to 1 over the first --ramp fraction of the iterations.
 
 With no arguments: p-sat on the bundled digits data with a small CNN (under 2 minutes on 2 CPU cores).
-best.pt is the epoch with the highest validation clean + PGD accuracy (the paper's model selection).
+best.pt is the epoch with the highest validation clean + PGD accuracy (the paper's model selection);
+--select picks another rule. --resume continues a run exactly as configured: other training flags are
+refused unless they equal the run's (--epochs may grow only with a constant LR and no curriculum).
 """
 
 EPILOG = """examples:
@@ -56,6 +63,8 @@ def build_parser() -> Parser:
     p.add_argument("--train-samples", type=int, help="train on the first N samples of the training split")
     p.add_argument("--val-samples", type=int, default=d.val_samples, help="validation samples per epoch")
     p.add_argument("--val-steps", type=int, default=d.val_steps, help="PGD steps for validation (step eps/4)")
+    p.add_argument("--select", default=d.select, choices=tuple(SELECT_RULES),
+                   help="which epoch becomes best.pt: " + "; ".join(f"{k}: {v}" for k, v in SELECT_RULES.items()))
     p.add_argument("--augment", action="store_true", default=None, help="random crop + flip (default: CIFAR/Imagenette)")
     p.add_argument("--no-augment", dest="augment", action="store_false")
     p.add_argument("--save-every", type=int, default=0, help="also keep epoch_XXX.pt every K epochs (trajectory)")
@@ -71,7 +80,8 @@ def build_parser() -> Parser:
     p.add_argument("--name", help="run name (default: METHOD-DATASET-epsEPS-sSEED)")
     p.add_argument("--out", default="runs", help="folder holding run folders")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run of the same name")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt, as it "
+                   "was configured (only " + ", ".join("--" + f for f in RESUME_SAFE) + " may change)")
     p.add_argument("--data-dir", help="where datasets live (default: $LANDSCAPE_DATA or ./data)")
     p.add_argument("--download", action="store_true", help="allow torchvision to download the dataset")
     p.add_argument("--split-seed", type=int, default=0, help="seed of the 90/10 train/validation split")
@@ -87,7 +97,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = resolve_device(args.device)
     progress = not args.quiet
     if args.resume:
-        trainer = Trainer.resume(args.resume, device, progress, epochs=args.epochs)
+        given = _given_flags(argv)
+        misplaced = sorted({"out", "overwrite"} & given)
+        if misplaced and Path(args.resume).is_dir():   # (no run at all: Trainer.resume says so first)
+            raise ConfigError(f"--resume continues the run in its own folder; drop "
+                              f"{', '.join('--' + f for f in misplaced)}")
+        fields = {f.name for f in dataclasses.fields(TrainConfig)}
+        changes = {k: getattr(args, k) for k in given if k in fields}
+        trainer = Trainer.resume(args.resume, device, progress, changes=changes)
     else:
         cfg = TrainConfig(
             method=args.method, dataset=args.dataset, model=args.model, eps=args.eps, steps=args.steps,
@@ -99,18 +116,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             save_every=args.save_every, hsat_every=args.hsat_every, hsat_probe=args.hsat_probe,
             hsat_normalize=args.hsat_normalize,
             hsat_iters=args.hsat_iters, track_hessian_every=args.track_hessian_every,
-            track_probe=args.track_probe, name=args.name)
+            track_probe=args.track_probe, name=args.name, select=args.select)
         trainer = Trainer(cfg, args.out, device, progress, overwrite=args.overwrite)
     result = trainer.fit()
     last = result.history[-1]
     best = result.history[result.best_epoch - 1]
     print(f"{result.run_dir}: {len(result.history)} epochs; last val clean {last['val_clean']:.4f} "
-          f"PGD {last['val_pgd']:.4f}; best.pt = epoch {result.best_epoch} "
+          f"PGD {last['val_pgd']:.4f}; best.pt = epoch {result.best_epoch} by {result.config.select} "
           f"(val clean {best['val_clean']:.4f}, PGD {best['val_pgd']:.4f})")
     if args.json:
-        write_json(args.json, {"run_dir": str(result.run_dir), "config": trainer.checkpoint_config(),
-                               "best_epoch": result.best_epoch, "history": result.history})
+        write_json(args.json, {**result.to_dict(), "config": trainer.checkpoint_config()})
     return 0
+
+
+def _given_flags(argv: Sequence[str] | None) -> set[str]:
+    """The destinations of the flags given on the command line (not those left at their defaults)."""
+    p = build_parser()
+    for action in p._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(p.parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -10,13 +10,17 @@ from ..data import AUGMENTED, dataset_info
 from ..errors import ConfigError
 from ..models import resolve_model_name
 from .curriculum import SCHEDULES
-from .objectives import METHODS
+from .objectives import CURRICULUM_METHODS, METHODS
 
 DEFAULT_EPS = {"digits": 0.1, "mnist": 0.3, "fashion-mnist": 0.1, "cifar10": 8 / 255, "cifar100": 8 / 255,
                "imagenette": 16 / 255}
 DEFAULT_EPOCHS = {"digits": 20, "mnist": 10, "fashion-mnist": 5}
 LR_SCHEDULES = ("piecewise", "cosine", "constant")
 HSAT_NORMALIZE = ("ratio", "affine")
+# best.pt rules: the validation number each one ranks epochs by (the highest wins; "loss": the lowest)
+SELECT_RULES = {"clean+pgd": "validation clean + PGD accuracy (the paper's rule)",
+                "pgd": "validation PGD accuracy", "clean": "validation clean accuracy",
+                "loss": "validation (clean) cross-entropy, lowest"}
 
 
 @dataclass
@@ -42,6 +46,7 @@ class TrainConfig:
     train_samples: int | None = None    # train on the first N samples of the train split
     val_samples: int | None = 1000      # validate on the first N samples of the val split
     val_steps: int = 10                 # PGD steps for validation (step eps / 4)
+    select: str = "clean+pgd"           # which epoch becomes best.pt: one of SELECT_RULES
     augment: bool | None = None         # random crop + flip; default on for CIFAR / Imagenette
     split_seed: int = 0
     data_dir: str | None = None
@@ -84,6 +89,10 @@ class TrainConfig:
             raise ConfigError(f"unknown LR schedule {c.lr_schedule!r}; choose from {', '.join(LR_SCHEDULES)}")
         if not (0 <= c.lam0 <= 1 and 0 <= c.ramp <= 1):
             raise ConfigError("lam0 and ramp must lie in [0, 1]")
+        if c.select not in SELECT_RULES:
+            raise ConfigError(f"unknown selection rule {c.select!r}; choose from {', '.join(SELECT_RULES)}")
+        if c.select in ("pgd", "clean+pgd") and c.val_steps < 1:
+            raise ConfigError(f"--select {c.select} needs validation PGD: --val-steps must be at least 1")
         if c.epochs is None:
             c.epochs = DEFAULT_EPOCHS.get(c.dataset, 30)
         for key in ("epochs", "batch_size"):
@@ -99,6 +108,11 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def schedule_depends_on_epochs(self) -> bool:
+        """Whether the LR or lambda of an iteration depends on the total number of epochs (then a run
+        cannot be extended without changing the schedule of the epochs it already trained)."""
+        return self.lr_schedule != "constant" or self.method in CURRICULUM_METHODS
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":

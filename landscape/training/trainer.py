@@ -3,13 +3,16 @@
 Reproducibility: all randomness is drawn from CPU generators derived from (seed, purpose, epoch), never
 from global RNG state, so a run resumed from ``last.pt`` at an epoch boundary replays exactly what an
 uninterrupted run does (bit-identical weights on the same device and thread count).
-Files in ``out/NAME/``: config.json, metrics.csv, last.pt, best.pt, and epoch_XXX.pt with ``save_every``.
+Files in ``out/NAME/``: config.json, metrics.csv, last.pt, best.pt, epoch_XXX.pt with ``save_every`` and
+hsat.json for H-SAT (``RUN_FILES``); a fresh run (``overwrite``) deletes those of an earlier run first.
 """
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +33,10 @@ from .curriculum import eps_for_lambda, lam_schedule
 from .objectives import CURRICULUM_METHODS, OBJECTIVES, Step
 
 _SHUFFLE, _ATTACK, _AUGMENT = 1, 2, 3
+RUN_FILES = ("config.json", "metrics.csv", "last.pt", "best.pt", "hsat.json")   # + epoch_XXX.pt
+_EPOCH_FILE = re.compile(r"epoch_\d{3,}\.pt")
+# flags that may differ on --resume (they change no number); every TrainConfig field must match the run's
+RESUME_SAFE = ("device", "quiet", "json")
 
 
 def derived_generator(seed: int, purpose: int, epoch: int) -> torch.Generator:
@@ -47,18 +54,43 @@ def learning_rate(cfg: TrainConfig, step: int, total: int) -> float:
     return cfg.lr
 
 
+def run_files(run_dir: Path) -> list[Path]:
+    """The files of ``run_dir`` that the trainer writes (``RUN_FILES`` and epoch_XXX.pt), nothing else."""
+    if not run_dir.is_dir():
+        return []
+    return sorted(p for p in run_dir.iterdir() if p.is_file()
+                  and (p.name in RUN_FILES or _EPOCH_FILE.fullmatch(p.name)))
+
+
+def selection_score(rule: str, row: dict) -> tuple[float, float]:
+    """(the validation number ``rule`` ranks by, a key where higher is better) for one metrics row."""
+    pgd = row["val_pgd"] if row["val_pgd"] is not None else 0.0
+    value = {"clean+pgd": row["val_clean"] + pgd, "pgd": pgd, "clean": row["val_clean"],
+             "loss": row["val_loss"]}[rule]
+    return value, (-value if rule == "loss" else value)
+
+
 @dataclass
 class TrainResult:
-    """Where a run's files are and its per-epoch history."""
+    """Where a run's files are, its per-epoch history and which epoch is best.pt (by ``config.select``)."""
     run_dir: Path
     history: list[dict]
     best_epoch: int
     config: TrainConfig
     extra: dict = field(default_factory=dict)
+    seconds: float = 0.0
 
     def to_frame(self):
         import pandas as pd
         return pd.DataFrame(self.history)
+
+    def to_dict(self) -> dict:
+        """JSON-ready run summary (kind "training"): every setting, the best epoch's row and the history."""
+        best = self.history[self.best_epoch - 1] if 0 < self.best_epoch <= len(self.history) else None
+        return {"kind": "training", "landscape_version": __version__, "settings": self.config.to_dict(),
+                "seconds": self.seconds, "run_dir": str(self.run_dir), "epochs_done": len(self.history),
+                "select": self.config.select, "best_epoch": self.best_epoch, "best": best,
+                "history": self.history, **self.extra}
 
 
 def _write_metrics(path: Path, history: list[dict]) -> None:
@@ -86,17 +118,29 @@ class Trainer:
         self.device = torch.device(device)
         self.progress = progress
         self.run_dir = Path(out) / self.cfg.name
-        if (self.run_dir / "last.pt").exists() and not overwrite:
-            raise ConfigError(f"{self.run_dir} already holds a run; continue it with --resume {self.run_dir} "
-                              "or choose another --name")
+        stale = run_files(self.run_dir)
+        if stale and not overwrite:
+            if (self.run_dir / "last.pt").exists():
+                raise ConfigError(f"{self.run_dir} already holds a run; continue it with --resume {self.run_dir}, "
+                                  "replace it with --overwrite or choose another --name")
+            raise ConfigError(f"{self.run_dir} holds files of an earlier run ({', '.join(p.name for p in stale[:3])}"
+                              f"{' ...' if len(stale) > 3 else ''}); replace them with --overwrite or choose "
+                              "another --name")
         self._setup()
-        self.epoch, self.step, self.history, self.best = 0, 0, [], (-1.0, -1)
+        for p in stale:  # --overwrite: no epoch_XXX.pt / hsat.json of the old run may sit beside the new one
+            p.unlink(missing_ok=True)
+        self.epoch, self.step, self.history, self.best = 0, 0, [], (-math.inf, -1)
         self.state: dict = {}
 
     @classmethod
     def resume(cls, run_dir: str | Path, device: str | torch.device = "cpu", progress: bool = True,
-               epochs: int | None = None) -> "Trainer":
-        """Continue the run in ``run_dir`` from its ``last.pt`` (``epochs`` may extend it)."""
+               epochs: int | None = None, changes: dict | None = None) -> "Trainer":
+        """Continue the run in ``run_dir`` from its ``last.pt``, exactly as it was configured.
+
+        ``changes`` (TrainConfig fields, e.g. the flags given with --resume) and ``epochs`` must agree with
+        the run's config, else ``ConfigError`` names what differs; ``epochs`` may grow only where the LR and
+        lambda schedules do not depend on the total (constant LR, no curriculum).
+        """
         run_dir = Path(run_dir)
         if not run_dir.is_dir():
             raise CheckpointError(f"no run to resume at {run_dir}")
@@ -105,11 +149,12 @@ class Trainer:
         ck = read_checkpoint(run_dir / "last.pt")
         if not isinstance(ck, dict) or "train_state" not in ck or "config" not in ck:
             raise CheckpointError(f"{run_dir / 'last.pt'} is not a landscape training checkpoint")
-        cfg = TrainConfig.from_dict(ck["config"]["train"])
-        if epochs is not None:
-            cfg.epochs = epochs
+        cfg = TrainConfig.from_dict(ck["config"]["train"]).resolved()
+        changes = {**(changes or {}), **({"epochs": epochs} if epochs is not None else {})}
+        _check_resume_changes(cfg, changes, run_dir, int(ck.get("epoch") or 0))
         self = cls.__new__(cls)
-        self.cfg, self.device, self.progress, self.run_dir = cfg.resolved(), torch.device(device), progress, run_dir
+        self.cfg = dataclasses.replace(cfg, **changes).resolved()
+        self.device, self.progress, self.run_dir = torch.device(device), progress, run_dir
         self._setup()
         ts = ck["train_state"]
         load_weights(self.model, ck["model_state"], str(run_dir / "last.pt"))
@@ -172,7 +217,7 @@ class Trainer:
     # ----------------------------------------------------------------------------------------------
     def fit(self) -> TrainResult:
         """Train the remaining epochs, writing checkpoints and metrics after each one."""
-        c = self.cfg
+        c, t_fit = self.cfg, time.perf_counter()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         write_json(self.run_dir / "config.json", {"landscape_version": __version__, **self.checkpoint_config()})
         bar = tqdm(total=self.total_iters, initial=self.step, desc=c.name, unit="it", disable=not self.progress,
@@ -184,7 +229,7 @@ class Trainer:
                 bar.set_postfix({k: row[k] for k in ("train_loss", "val_clean", "val_pgd", "lam", "eps_t")})
         finally:
             bar.close()
-        return TrainResult(self.run_dir, self.history, self.best[1], self.cfg)
+        return TrainResult(self.run_dir, self.history, self.best[1], self.cfg, seconds=time.perf_counter() - t_fit)
 
     def _train_epoch(self, bar) -> dict:
         c, epoch = self.cfg, self.epoch
@@ -224,10 +269,11 @@ class Trainer:
         train_seconds = time.perf_counter() - t0
         t1 = time.perf_counter()
         val = evaluate(self.model, self.val_x, self.val_y, c.eps, steps=c.val_steps, seed=c.seed)
+        val_loss = _clean_loss(self.model, self.val_x, self.val_y)
         row = {"epoch": epoch + 1, "lr": learning_rate(c, self.step - 1, self.total_iters), "lam": lam,
                "eps_t": s.eps if s else c.eps, "train_loss": loss_sum.item() / seen,
                "train_acc": correct.item() / seen, "val_clean": val.clean_acc, "val_pgd": val.pgd_acc,
-               "train_seconds": train_seconds, "val_seconds": time.perf_counter() - t1}
+               "val_loss": val_loss, "train_seconds": train_seconds, "val_seconds": time.perf_counter() - t1}
         if self.tracker is not None and (epoch + 1) % c.track_hessian_every == 0:
             row.update(self.tracker.measure(self.model))
         row.update(extra)
@@ -238,13 +284,14 @@ class Trainer:
         c = self.cfg
         self.epoch += 1
         self.history.append(row)
+        value, key = selection_score(c.select, row)
+        row.update(select=c.select, select_score=value)
         metrics = dict(row)
-        score = row["val_clean"] + (row["val_pgd"] or 0.0)
         cfg = self.checkpoint_config()
         if c.save_every and self.epoch % c.save_every == 0:
             save_checkpoint(self.run_dir / f"epoch_{self.epoch:03d}.pt", self.model, cfg, metrics, self.epoch)
-        if score > self.best[0]:
-            self.best = (score, self.epoch)
+        if key > self.best[0]:
+            self.best = (key, self.epoch)
             save_checkpoint(self.run_dir / "best.pt", self.model, cfg, metrics, self.epoch)
         train_state = {"optimizer": self.optimizer.state_dict(), "step": self.step, "history": self.history,
                        "best": list(self.best), "extra": self.state}
@@ -255,6 +302,49 @@ class Trainer:
                                                     "calibrations": self.state["hsat_log"]})
 
 
+def _clean_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> float:
+    """Mean cross-entropy on (x, y) in eval mode, without gradients: one forward per batch."""
+    from ..attacks import eval_mode
+    with eval_mode(model), torch.inference_mode():
+        total = sum(torch.nn.functional.cross_entropy(model(x[i:i + batch_size]), y[i:i + batch_size],
+                                                      reduction="sum").item() for i in range(0, len(x), batch_size))
+    return total / max(len(y), 1)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _check_resume_changes(cfg: TrainConfig, changes: dict, run_dir: Path, done: int) -> None:
+    """Raise ``ConfigError`` (one line naming every difference) unless ``changes`` leave ``cfg`` as it is,
+    an ``epochs`` increase of a schedule that does not depend on it excepted."""
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(changes) - fields)
+    if unknown:
+        raise ConfigError(f"unknown training settings {', '.join(unknown)}")
+    new = dataclasses.replace(cfg, **changes).resolved()
+    diff = []
+    for name in sorted(changes):
+        old, now = getattr(cfg, name), getattr(new, name)
+        if old == now:
+            continue
+        if name == "epochs":
+            if now < done:
+                diff.append(f"--epochs {now} (run: {old}, of which {done} are trained)")
+                continue
+            if not cfg.schedule_depends_on_epochs():
+                continue
+            diff.append(f"--epochs {now} (run: {old}; its {cfg.lr_schedule} LR"
+                        f"{' and lambda' if cfg.method in CURRICULUM_METHODS else ''} schedule is "
+                        f"spread over the epochs, so more epochs would change it)")
+        else:
+            diff.append(f"{_flag(name)} {now} (run: {old})")
+    if diff:
+        raise ConfigError(f"--resume continues {run_dir} as it was configured, but {'; '.join(diff)}; only "
+                          f"{', '.join(_flag(f) for f in RESUME_SAFE)} may change on resume "
+                          "(start a new run with another --name for the rest)")
+
+
 def train(cfg: TrainConfig, out: str | Path = "runs", device: str | torch.device = "cpu",
           progress: bool = False, overwrite: bool = False) -> TrainResult:
     """Train a model from scratch with ``cfg``; see ``Trainer``."""
@@ -262,7 +352,7 @@ def train(cfg: TrainConfig, out: str | Path = "runs", device: str | torch.device
 
 
 def resume(run_dir: str | Path, device: str | torch.device = "cpu", progress: bool = False,
-           epochs: int | None = None) -> TrainResult:
-    """Continue an interrupted run from its ``last.pt``."""
-    return Trainer.resume(run_dir, device, progress, epochs).fit()
+           epochs: int | None = None, changes: dict | None = None) -> TrainResult:
+    """Continue an interrupted run from its ``last.pt`` (see ``Trainer.resume`` for what may change)."""
+    return Trainer.resume(run_dir, device, progress, epochs, changes).fit()
 
