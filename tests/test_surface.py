@@ -17,6 +17,7 @@ from landscape import build_model, load_dataset
 from landscape.analysis.directions import random_directions
 from landscape.analysis.surface import (evaluate, load_directions, load_surface, loss_surface, parse_grid,
                                         point_seed)
+from landscape.attack_spec import AttackSpec
 from landscape.attacks import adversarial_examples
 from landscape.errors import LandscapeError
 
@@ -200,15 +201,19 @@ def test_fixed_mode_centre_is_clean_loss_at_stored_examples(mlp, xy, tmp_path):
 def test_reattack_is_seeded_per_point(mlp, xy):
     x, y = xy
     d = random_directions(mlp, 1, seed=0)
-    kw = dict(loss="adversarial", adv_mode="reattack", eps=0.2, steps=3, seed=1, batch_size=32)
+    kw = dict(loss="adversarial", adv_mode="reattack", attack=AttackSpec(eps=0.2, steps=3, batch_size=32), seed=1,
+              batch_size=32)
     r = loss_surface(mlp, xy, d, "-1:1:3", **kw)
     x_adv = adversarial_examples(mlp, x, y, 0.2, None, 3, batch_size=32, seed=point_seed(1, 1))
     assert r.loss[1] == evaluate(mlp, x_adv, y, batch_size=32)[0]
     fixed = loss_surface(mlp, xy, d, "-1:1:3", **{**kw, "adv_mode": "fixed"})
     assert not np.array_equal(r.loss, fixed.loss)
-    # evaluating a sub-grid (other order, other indices) gives the same numbers where the index is the same
-    again = loss_surface(mlp, xy, d, "-1:1:3", **kw)
-    np.testing.assert_array_equal(again.loss, r.loss)
+    # a sub-grid, evaluated alone: points keep their index (0, 1) and so their attack seed and numbers ...
+    sub = loss_surface(mlp, xy, d, [-1.0, 0.0], **kw)
+    np.testing.assert_array_equal(sub.loss, r.loss[:2])
+    # ... while the same coordinate at another index is attacked with another seed (the seed is per index)
+    shifted = loss_surface(mlp, xy, d, [0.0], **kw)
+    assert shifted.loss[0] != r.loss[1]
 
 
 def test_bad_input(mlp, xy):
