@@ -110,7 +110,7 @@ def test_interpolation_and_pca(ckpt, tmp_path, capsys):
     from landscape.checkpoint import load_checkpoint
     assert res.loss[0] == evaluate(load_checkpoint(ckpt).model, x, y)[0]
     assert abs(res.loss[2] - evaluate(m1.eval(), x, y)[0]) < 1e-5
-    assert res.settings["directions"]["buffers"] == "interpolate" and res.settings["buffers"] == "moved"
+    assert res.settings["directions"]["buffers"] == "interpolate" and res.settings["buffers"] == "none"
     _png(out / "surface.png")
     # a trajectory: epoch files around the final model
     traj = ckpt.parent

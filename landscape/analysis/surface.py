@@ -412,7 +412,8 @@ def loss_surface(model: nn.Module, data: Any, directions: Any, x_grid: Any, y_gr
 
     ``directions``: one direction dict (1D) or a sequence of one or two (a ``DirectionSet`` adds its
     ``meta`` to the settings); entries for buffers (an interpolation's BatchNorm statistics) move the
-    buffers too (``settings["buffers"]``: "moved" or "fixed"). Grids: ``"start:stop:num"`` or sequences.
+    buffers too (``settings["buffers"]``: "moved", "fixed" (the model's everywhere) or "none").
+    Grids: ``"start:stop:num"`` or sequences.
     ``loss="adversarial"`` needs ``attack`` (an ``AttackSpec``; else one made from eps, steps, step_size,
     attack_norm and restarts, with the spec's default attack batch size): ``adv_mode="fixed"`` makes PGD
     examples once at theta0 (seed ``seed``; the very examples ``HessianOperator`` makes with the same spec
@@ -466,7 +467,8 @@ def loss_surface(model: nn.Module, data: Any, directions: Any, x_grid: Any, y_gr
     shape = (len(xs),) if ys is None else (len(ys), len(xs))
     settings = {"dim": dim, "x": xs.tolist(), "y": None if ys is None else ys.tolist(), "loss": loss,
                 "attack": {"mode": adv_mode, **attack.to_dict()} if attack else None,
-                "buffers": "moved" if mover.buffers else "fixed", "batch_size": int(batch_size), "seed": int(seed), "samples": len(x),
+                "buffers": "moved" if mover.buffers else "fixed" if any(True for _ in model.buffers()) else "none",
+                "batch_size": int(batch_size), "seed": int(seed), "samples": len(x),
                 "directions": dir_meta,
                 "digests": {"model": _digest_tensors([t for _, t in sorted(model.state_dict().items())]),
                             "data": _digest_tensors([x, y]),
