@@ -132,3 +132,14 @@ def test_eval_result_is_json_ready_with_kind_settings_and_the_attack(mlp):
     assert d["settings"]["samples"] == 8 and d["eps"] == 0.1 and d["steps"] == 2
     clean = evaluate(mlp, x, y).to_dict()                             # no attack: clean only
     assert clean["pgd_acc"] is None and clean["settings"]["attack"] is None
+
+
+def test_attack_bn_batch_uses_batch_statistics_and_leaves_the_buffers():
+    m = build_model("cnn-small-bn", "digits", seed=0).eval()
+    x, y = load_dataset("digits", "test").tensors(32)
+    state = {k: v.clone() for k, v in m.state_dict().items()}
+    a = AttackSpec(eps=0.1, steps=3)
+    x_eval, x_batch = a.examples(m, x, y), a.replace(bn="batch").examples(m, x, y)
+    assert not torch.equal(x_eval, x_batch)                           # other statistics, other gradients
+    assert all(torch.equal(v, m.state_dict()[k]) for k, v in state.items())
+    assert not m.training and all(getattr(b, "track_running_stats", True) for b in m.modules())
