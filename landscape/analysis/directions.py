@@ -330,6 +330,6 @@ def directions_digest(directions: Sequence[Mapping[str, torch.Tensor]]) -> str:
     return h.hexdigest()[:16]
 
 
-__all__ = ["Direction", "DirectionSet", "NORMS", "BUFFER_MODES", "random_direction", "random_directions", "orthogonalize",
-           "eigen_directions", "interpolation_direction", "pca_directions", "trajectory_files", "dot",
+__all__ = ["Direction", "DirectionSet", "NORMS", "BUFFER_MODES", "random_direction", "random_directions",
+           "orthogonalize", "eigen_directions", "interpolation_direction", "pca_directions", "trajectory_files", "dot",
            "direction_norm", "directions_digest"]
