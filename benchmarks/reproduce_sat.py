@@ -87,9 +87,9 @@ def analyze(run: Path, label: str, eps: float, s: Scale, test: ls.Dataset, seed:
     ck = ls.load_checkpoint(run / "best.pt")
     x, y = test.tensors(s.test_samples)
     t0 = time.perf_counter()
-    ev = ls.evaluate(ck.model, x, y, eps, steps=20, seed=seed)
+    ev = ls.evaluate(ck.model, x, y, attack=_attack(eps), seed=seed)
     xh, yh = test.tensors(s.hessian_samples)
-    op = HessianOperator(ck.model, (xh, yh), loss="adversarial", eps=eps, steps=20, step_size=eps / 4, seed=seed)
+    op = HessianOperator(ck.model, (xh, yh), loss="adversarial", attack=_attack(eps), seed=seed)
     eig = top_eigenvalues(op, k=5 if full_spectrum else 1, tol=1e-3, seed=seed)
     tr = hessian_trace(op, rtol=0.05, max_hvps=s.trace_hvps, seed=seed)
     out = {"run": run.name, "method": label, "eps": eps, "best_epoch": ck.epoch,
@@ -103,13 +103,17 @@ def analyze(run: Path, label: str, eps: float, s: Scale, test: ls.Dataset, seed:
     return out
 
 
+def _attack(eps: float) -> ls.AttackSpec:
+    """The one attack of every number here: PGD-20, step eps/4 (docs/reproduction.md)."""
+    return ls.AttackSpec(eps=eps, steps=20, step_size=eps / 4)
+
+
 def surface(run: Path, eps: float, s: Scale, test: ls.Dataset, seed: int, out: Path) -> dict:
     ck = ls.load_checkpoint(run / "best.pt")
     xh, yh = test.tensors(s.hessian_samples)
-    dirs = eigen_directions(ck.model, (xh, yh), loss="adversarial", eps=eps, steps=20, step_size=eps / 4, k=2,
-                            seed=seed)
-    res = loss_surface(ck.model, (xh, yh), dirs, s.grid, s.grid, loss="adversarial", adv_mode="fixed", eps=eps,
-                       steps=20, step_size=eps / 4, seed=seed, out=out / f"surface_{run.name}", overwrite=True,
+    dirs = eigen_directions(ck.model, (xh, yh), loss="adversarial", attack=_attack(eps), k=2, seed=seed)
+    res = loss_surface(ck.model, (xh, yh), dirs, s.grid, s.grid, loss="adversarial", adv_mode="fixed",
+                       attack=_attack(eps), seed=seed, out=out / f"surface_{run.name}", overwrite=True,
                        meta={"checkpoint": str(run / "best.pt"), "method": ck.config["method"]})
     return {"run": run.name, "eigenvalues": dirs.meta["eigenvalues"], "loss_max": float(res.loss.max()),
             "loss_center": float(res.loss[res.loss.shape[0] // 2, res.loss.shape[1] // 2])}

@@ -7,9 +7,10 @@ from .data import Dataset, DatasetInfo, available_datasets, load_dataset
 from .errors import LandscapeError
 from .models import available_models, build_model
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from .attack_spec import AttackSpec
 from .evaluate import EvalResult, evaluate
 from . import attacks, training
 
-__all__ = ["__version__", "Checkpoint", "Dataset", "DatasetInfo", "EvalResult", "LandscapeError", "attacks",
+__all__ = ["__version__", "AttackSpec", "Checkpoint", "Dataset", "DatasetInfo", "EvalResult", "LandscapeError", "attacks",
            "available_datasets", "available_models", "build_model", "evaluate", "load_checkpoint",
            "load_dataset", "save_checkpoint", "training"]

@@ -25,16 +25,26 @@ NORMS = ("linf", "l2")
 
 
 @contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Temporarily put ``model`` (and all submodules) in eval mode, with gradients enabled; restores the flags after."""
-    modes = [(m, m.training) for m in model.modules()]
+def eval_mode(model: nn.Module, bn: str = "eval") -> Iterator[nn.Module]:
+    """Temporarily put ``model`` (and all submodules) in eval mode, with gradients enabled; restores the flags after.
+
+    ``bn="batch"``: BatchNorm layers normalize with each batch's own statistics instead (train mode with
+    ``track_running_stats`` off, so the running statistics are neither read nor written)."""
+    modes = [(m, m.training, getattr(m, "track_running_stats", None)) for m in model.modules()]
     model.eval()
+    if bn == "batch":
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.train()
+                m.track_running_stats = False
     try:
         with torch.enable_grad():  # attacks need input gradients even when called under no_grad
             yield model
     finally:
-        for m, mode in modes:
+        for m, mode, track in modes:
             m.training = mode
+            if track is not None:
+                m.track_running_stats = track
 
 
 def check_eps(eps: float, norm: str = "linf") -> None:
@@ -84,8 +94,12 @@ def _ascent(x: torch.Tensor, delta: torch.Tensor, grad: torch.Tensor, eps: float
     return _project(x, delta + step, eps, norm)
 
 
-def _default_step(eps: float, steps: int, step_size: float | None) -> float:
+def default_step_size(eps: float, steps: int, step_size: float | None = None) -> float:
+    """THE step-size rule of every attack: ``step_size`` when given, else 2.5 * eps / steps (Madry et al.)."""
     return step_size if step_size is not None else 2.5 * eps / max(steps, 1)
+
+
+_default_step = default_step_size
 
 
 def _input_grad(loss: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
@@ -94,11 +108,11 @@ def _input_grad(loss: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
 
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step_size: float | None = None,
         steps: int = 10, norm: str = "linf", random_init: bool = True, restarts: int = 1,
-        generator: torch.Generator | None = None) -> torch.Tensor:
+        generator: torch.Generator | None = None, bn: str = "eval") -> torch.Tensor:
     """Projected gradient ascent on the cross-entropy (Madry et al. 2018); returns ``x + delta``, detached.
 
     ``step_size`` defaults to 2.5 * eps / steps. With ``restarts > 1`` each sample keeps its worst
-    restart: misclassified beats correct, then higher loss wins.
+    restart: misclassified beats correct, then higher loss wins. ``bn``: see ``eval_mode``.
     Cost: restarts * steps forward+backward passes, plus one forward per restart when restarts > 1.
     """
     check_eps(eps, norm)
@@ -106,7 +120,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step_siz
         return x.detach().clone()
     alpha = _default_step(eps, steps, step_size)
     best, best_key = x.detach().clone(), None
-    with eval_mode(model):
+    with eval_mode(model, bn):
         for _ in range(max(restarts, 1)):
             delta = random_start(x, eps, norm, generator) if random_init else torch.zeros_like(x)
             for _ in range(steps):
@@ -214,7 +228,8 @@ def batch_generator(seed: int, start: int) -> torch.Generator:
 
 def adversarial_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
                          step_size: float | None = None, steps: int = 10, norm: str = "linf",
-                         restarts: int = 1, batch_size: int = 256, seed: int = 0, start: int = 0) -> torch.Tensor:
+                         restarts: int = 1, batch_size: int = 256, seed: int = 0, start: int = 0,
+                         random_init: bool = True, bn: str = "eval") -> torch.Tensor:
     """PGD adversarial examples for a whole sample set, attacked in batches of ``batch_size``.
 
     Batch b (starting at sample i) uses ``batch_generator(seed, start + i)``, so results are reproducible;
@@ -225,5 +240,5 @@ def adversarial_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps
     out = torch.empty_like(x)
     for i in range(0, len(x), batch_size):
         out[i:i + batch_size] = pgd(model, x[i:i + batch_size], y[i:i + batch_size], eps, step_size, steps,
-                                    norm, True, restarts, batch_generator(seed, start + i))
+                                    norm, random_init, restarts, batch_generator(seed, start + i), bn)
     return out

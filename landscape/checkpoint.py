@@ -199,18 +199,6 @@ def load_weights(model: nn.Module, state: dict, source: str = "checkpoint",
     model.load_state_dict(state, strict=False)
 
 
-def training_attack(config: dict | None, eps: float | None = None, steps: int | None = None,
-                    step_size: float | None = None) -> tuple[float | None, int | None, float | None]:
-    """eps, PGD steps and step size for analysing a checkpoint: each given value wins, else the training
-    config's. The config's step size is taken only when neither eps nor steps was changed (it was chosen
-    for those); otherwise it stays None, so the attack's own default (2.5 eps / steps) applies."""
-    cfg = config or {}
-    same = eps is None and steps is None
-    return (eps if eps is not None else cfg.get("eps"),
-            steps if steps is not None else cfg.get("steps"),
-            step_size if step_size is not None else (cfg.get("step_size") if same else None))
-
-
 def _load_robustbench(name: str, dataset: str | None, threat_model: str, model_dir: str | os.PathLike,
                       download: bool) -> tuple[nn.Module, dict, DatasetInfo, str]:
     from .zoo import locate

@@ -2,33 +2,45 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
-from typing import Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar, Sequence
 
 import torch
 from torch import nn
 
 from . import __version__
-from .attacks import adversarial_examples, check_eps, eval_mode
+from .attack_spec import AttackSpec, MissingEpsError
+from .attacks import eval_mode
 from .errors import ConfigError
 
 
 @dataclass
 class EvalResult:
-    """Accuracies in [0, 1] on ``n`` samples, with the attack settings that produced them."""
+    """Accuracies in [0, 1] on ``n`` samples, with the attack (``AttackSpec``; None: clean only) that produced them."""
     n: int
     clean_acc: float
     pgd_acc: float | None
-    eps: float
-    steps: int
-    step_size: float | None
-    restarts: int
+    attack: AttackSpec | None
     seed: int
     autoattack_acc: float | None = None
     seconds: float = 0.0
+    settings: dict = field(default_factory=dict)
+    kind: ClassVar[str] = "evaluation"
+
+    eps = property(lambda self: self.attack.eps if self.attack else None)
+    steps = property(lambda self: self.attack.steps if self.attack else None)
+    step_size = property(lambda self: self.attack.alpha if self.attack else None)
+    restarts = property(lambda self: self.attack.restarts if self.attack else None)
 
     def to_dict(self) -> dict:
-        return {"landscape_version": __version__, **asdict(self)}
+        """JSON-ready: kind, version, every setting (the attack spec included), seconds, then the accuracies
+        (eps / steps / step_size / restarts repeated at the top for older readers)."""
+        settings = {"samples": self.n, "seed": self.seed, **self.settings,
+                    "attack": self.attack.to_dict() if self.attack else None}
+        return {"kind": self.kind, "landscape_version": __version__, "settings": settings, "seconds": self.seconds,
+                "n": self.n, "clean_acc": self.clean_acc, "pgd_acc": self.pgd_acc,
+                "autoattack_acc": self.autoattack_acc, "eps": self.eps, "steps": self.steps,
+                "step_size": self.step_size, "restarts": self.restarts, "seed": self.seed}
 
 
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
@@ -42,28 +54,30 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return (predict(model, x, batch_size) == y).float().mean().item() if len(y) else float("nan")
 
 
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int = 20,
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float | None = None, steps: int = 20,
              step_size: float | None = None, restarts: int = 1, batch_size: int = 256, seed: int = 0,
-             autoattack: bool = False) -> EvalResult:
-    """Clean accuracy and PGD-``steps`` accuracy (step ``eps/4`` by default), optionally AutoAttack (standard).
+             autoattack: bool = False, attack: AttackSpec | None = None) -> EvalResult:
+    """Clean accuracy and PGD accuracy under ``attack`` (default: ``AttackSpec`` from eps, steps, step_size
+    (None: 2.5 * eps / steps, the one rule), restarts, batch_size), optionally AutoAttack (standard).
+    No attack and no eps: clean accuracy only (``pgd_acc`` None).
 
-    Cost: one forward per batch for clean accuracy; restarts * steps forward+backward passes per batch
+    Cost: one forward per batch for clean accuracy; restarts * steps forward+backward passes per sample
     for PGD; AutoAttack's standard ensemble is far more expensive (thousands of passes per sample).
     """
-    check_eps(eps)
+    if attack is None and eps is not None:
+        attack = AttackSpec(eps=eps, steps=steps, step_size=step_size, restarts=restarts, batch_size=batch_size)
+    if autoattack and attack is None:
+        raise MissingEpsError("AutoAttack needs an eps")
     t0 = time.perf_counter()
-    step_size = eps / 4 if step_size is None else step_size
     clean = accuracy(model, x, y, batch_size)
     robust = None
-    if eps > 0 and steps > 0:
-        x_adv = adversarial_examples(model, x, y, eps, step_size, steps, restarts=restarts,
-                                     batch_size=batch_size, seed=seed)
-        robust = accuracy(model, x_adv, y, batch_size)
-    elif eps == 0:
-        robust = clean
-    aa = autoattack_accuracy(model, x, y, eps, batch_size, seed) if autoattack else None
-    return EvalResult(len(y), clean, robust, eps, steps, step_size, restarts, seed, aa,
-                      time.perf_counter() - t0)
+    if attack is not None and attack.active:
+        robust = accuracy(model, attack.examples(model, x, y, seed), y, batch_size)
+    elif attack is not None:
+        robust = clean  # eps 0 or no steps: the inputs stay as they are
+    aa = autoattack_accuracy(model, x, y, attack.eps, batch_size, seed) if autoattack else None
+    return EvalResult(len(y), clean, robust, attack, seed, aa, time.perf_counter() - t0,
+                      {"batch_size": batch_size, "autoattack": bool(autoattack)})
 
 
 def _adversarial_inputs(out: object) -> torch.Tensor:

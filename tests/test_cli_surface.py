@@ -41,7 +41,7 @@ def test_eigen_adversarial_end_to_end_on_own_checkpoint(ckpt, tmp_path, capsys):
     r = run_main(surface_main, [ckpt, "--dim", "2", "--directions", "eigen", "--loss", "adversarial", "--plot",
                             "--y", "-1:1:3", "--eigen-tol", "1e-2", "--out", out, "--json", js, *SMALL], capsys)
     assert r.returncode == 0, r.stderr
-    assert "eigen surface of the adversarial (eps 0.05, fixed) loss on 3x3 points" in r.stdout
+    assert "eigen surface of the adversarial (eps 0.05, 2 PGD steps of 0.03, fixed) loss on 3x3 points" in r.stdout
     for f in ("surface.json", "surface.npz", "directions.pt", "adversarial.npz"):
         assert (out / f).stat().st_size > 0
     _png(out / "surface.png")
@@ -50,6 +50,7 @@ def test_eigen_adversarial_end_to_end_on_own_checkpoint(ckpt, tmp_path, capsys):
     assert d["complete"] and d["points_done"] == 9 and d["dim"] == 2
     att = d["settings"]["attack"]
     assert (att["eps"], att["steps"], att["step_size"]) == (0.05, 2, 0.03)     # from the checkpoint's config
+    assert d["settings"]["directions"]["attack"] == {k: v for k, v in att.items() if k != "mode"}  # one attack
     assert d["settings"]["directions"]["kind"] == "eigen" and len(d["settings"]["directions"]["eigenvalues"]) == 2
     assert d["settings"]["info"]["checkpoint"] == str(ckpt)
     # landscape-plot draws it, in every surface kind that applies
@@ -65,11 +66,13 @@ def test_foreign_checkpoint_with_module_prefixes(tmp_path, capsys):
     p = tmp_path / "foreign.pt"
     torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, p)
     out = tmp_path / "f"
-    r = run_main(surface_main, [p, "--arch", "mlp", "--dataset", "digits", "--dim", "2", "--directions", "eigen",
-                            "--loss", "adversarial", "--plot", "--y", "-1:1:3", "--eigen-tol", "1e-2", "--out", out,
-                            *SMALL], capsys)
+    argv = [p, "--arch", "mlp", "--dataset", "digits", "--dim", "2", "--directions", "eigen", "--loss",
+            "adversarial", "--plot", "--y", "-1:1:3", "--eigen-tol", "1e-2", "--out", out, *SMALL]
+    r = run_main(surface_main, argv, capsys)                                     # no eps anywhere: ask for it
+    assert_one_line_error(r, contains="pass --eps")
+    assert not out.exists()
+    r = run_main(surface_main, [*argv, "--eps", "0.1"], capsys)
     assert r.returncode == 0, r.stderr
-    assert "records no training eps; using 0.1" in r.stderr                   # digits' default, said once
     _png(out / "surface.png")
     res = load_surface(out)
     assert res.complete and res.settings["attack"]["eps"] == 0.1
@@ -107,6 +110,7 @@ def test_interpolation_and_pca(ckpt, tmp_path, capsys):
     from landscape.checkpoint import load_checkpoint
     assert res.loss[0] == evaluate(load_checkpoint(ckpt).model, x, y)[0]
     assert abs(res.loss[2] - evaluate(m1.eval(), x, y)[0]) < 1e-5
+    assert res.settings["directions"]["buffers"] == "interpolate" and res.settings["buffers"] == "none"
     _png(out / "surface.png")
     # a trajectory: epoch files around the final model
     traj = ckpt.parent

@@ -17,6 +17,7 @@ from landscape import build_model, load_dataset
 from landscape.analysis.directions import random_directions
 from landscape.analysis.surface import (evaluate, load_directions, load_surface, loss_surface, parse_grid,
                                         point_seed)
+from landscape.attack_spec import AttackSpec
 from landscape.attacks import adversarial_examples
 from landscape.errors import LandscapeError
 
@@ -200,15 +201,19 @@ def test_fixed_mode_centre_is_clean_loss_at_stored_examples(mlp, xy, tmp_path):
 def test_reattack_is_seeded_per_point(mlp, xy):
     x, y = xy
     d = random_directions(mlp, 1, seed=0)
-    kw = dict(loss="adversarial", adv_mode="reattack", eps=0.2, steps=3, seed=1, batch_size=32)
+    kw = dict(loss="adversarial", adv_mode="reattack", attack=AttackSpec(eps=0.2, steps=3, batch_size=32), seed=1,
+              batch_size=32)
     r = loss_surface(mlp, xy, d, "-1:1:3", **kw)
     x_adv = adversarial_examples(mlp, x, y, 0.2, None, 3, batch_size=32, seed=point_seed(1, 1))
     assert r.loss[1] == evaluate(mlp, x_adv, y, batch_size=32)[0]
     fixed = loss_surface(mlp, xy, d, "-1:1:3", **{**kw, "adv_mode": "fixed"})
     assert not np.array_equal(r.loss, fixed.loss)
-    # evaluating a sub-grid (other order, other indices) gives the same numbers where the index is the same
-    again = loss_surface(mlp, xy, d, "-1:1:3", **kw)
-    np.testing.assert_array_equal(again.loss, r.loss)
+    # a sub-grid, evaluated alone: points keep their index (0, 1) and so their attack seed and numbers ...
+    sub = loss_surface(mlp, xy, d, [-1.0, 0.0], **kw)
+    np.testing.assert_array_equal(sub.loss, r.loss[:2])
+    # ... while the same coordinate at another index is attacked with another seed (the seed is per index)
+    shifted = loss_surface(mlp, xy, d, [0.0], **kw)
+    assert shifted.loss[0] != r.loss[1]
 
 
 def test_bad_input(mlp, xy):
@@ -255,3 +260,37 @@ def test_sigkill_then_resume_gives_identical_arrays(tmp_path):
     assert a.complete and b.complete
     np.testing.assert_array_equal(a.loss, b.loss)
     np.testing.assert_array_equal(a.accuracy, b.accuracy)
+
+
+def _bn_pair():
+    """Two cnn-small-bn models on digits with different weights AND different running statistics."""
+    x, y = load_dataset("digits", "train").tensors(96)
+    models = []
+    for seed, n in ((0, 1), (1, 3)):
+        m = build_model("cnn-small-bn", "digits", seed=seed).train()
+        with torch.no_grad():
+            [*m.modules()][-1].weight.mul_(30)      # confident logits: the loss feels the statistics
+            for i in range(n):                      # moves running_mean/var and num_batches_tracked
+                m(x[32 * i:32 * (i + 1)] * (1 + seed))
+        models.append(m.eval())
+    return models
+
+
+def test_interpolation_endpoints_are_the_two_models_with_batchnorm(xy):
+    """a = 0 and a = 1 give each model's own loss to float round-off: the BatchNorm buffers move too.
+    Before (weights only) a = 1 kept model 0's running statistics and missed model 1's loss by far."""
+    from landscape.analysis.directions import interpolation_direction
+    m0, m1 = _bn_pair()
+    x, y = xy
+    own0, own1 = evaluate(m0, x, y)[0], evaluate(m1, x, y)[0]
+    before = {k: v.clone() for k, v in m0.state_dict().items()}
+    d = interpolation_direction(m0, m1)
+    assert any(k.endswith("running_var") for k in d) and any(k.endswith("num_batches_tracked") for k in d)
+    r = loss_surface(m0, xy, [d], [-0.5, 0.0, 0.5, 1.0, 1.5])
+    assert r.settings["buffers"] == "moved" and np.isfinite(r.loss).all()
+    assert r.loss[1] == own0
+    assert abs(r.loss[3] - own1) <= 1e-5 * own1, (r.loss[3], own1)
+    assert all(torch.equal(v, m0.state_dict()[k]) for k, v in before.items())   # weights and buffers restored
+    # the old behaviour, still available, is not the other model at a = 1
+    fixed = loss_surface(m0, xy, [interpolation_direction(m0, m1, buffers="fixed")], [0.0, 1.0])
+    assert fixed.settings["buffers"] == "fixed" and abs(fixed.loss[1] - own1) > 1e-2

@@ -4,10 +4,13 @@
   (Li et al. 2018, "Visualizing the Loss Landscape of Neural Nets").
 * ``orthogonalize``: Gram-Schmidt of one direction against another (over all parameters at once).
 * ``eigen_directions``: top Hessian eigenvectors of the clean or adversarial loss (the spectrum engine).
-* ``interpolation_direction``: theta1 - theta0, the straight line to another checkpoint.
+* ``interpolation_direction``: theta1 - theta0, the straight line to another checkpoint; by default its
+  buffers too (BatchNorm running statistics), so that a = 1 is the other model exactly.
 * ``pca_directions``: top principal components of a training trajectory (scikit-learn PCA).
 
-Only parameters are moved, never buffers (BatchNorm running statistics stay those of the model).
+Random, eigen and PCA directions move only parameters: buffers (BatchNorm running statistics) stay those of
+the model. An interpolation direction also holds, for every buffer, buffer1 - buffer0 in float64; a surface
+then moves the buffers along with the weights (``surface._WeightMover``).
 Everything random is drawn on the CPU from a seeded ``torch.Generator``, so a seed gives the same
 direction on every device and without touching the global RNG.
 """
@@ -27,6 +30,7 @@ from ..errors import CheckpointError, ConfigError, LandscapeError
 
 Direction = dict[str, torch.Tensor]
 NORMS = ("filter", "layer", "none")
+BUFFER_MODES = ("interpolate", "fixed")
 
 
 @dataclass
@@ -153,12 +157,14 @@ def _fix_sign(v: torch.Tensor) -> torch.Tensor:
 
 def eigen_directions(model: nn.Module, data: Any, loss: str = "clean", eps: float | None = None,
                      steps: int = 10, step_size: float | None = None, k: int = 2, tol: float = 1e-3,
-                     seed: int = 0, **operator_kwargs: Any) -> DirectionSet:
+                     seed: int = 0, attack: Any = None, **operator_kwargs: Any) -> DirectionSet:
     """The top-``k`` Hessian eigenvectors of the clean or adversarial loss on ``data``, as directions.
 
     Uses ``HessianOperator`` and ``top_eigenvalues`` (Lanczos). Each vector has unit norm over all
     parameters; its sign is fixed so that its largest-magnitude entry is positive. ``meta["eigenvalues"]``
-    holds the eigenvalues. Cost: what ``top_eigenvalues`` needs (tens of Hessian-vector products, each
+    holds the eigenvalues. The adversarial loss uses ``attack`` (an ``AttackSpec``; else one made from eps,
+    steps, step_size and the operator keywords): with the same spec and seed, ``loss_surface`` attacks the
+    very same examples. Cost: what ``top_eigenvalues`` needs (tens of Hessian-vector products, each
     about two forward+backward passes over ``data``; plus one PGD attack for the adversarial loss).
     """
     from .hessian import HessianOperator
@@ -167,7 +173,7 @@ def eigen_directions(model: nn.Module, data: Any, loss: str = "clean", eps: floa
         raise ConfigError(f"unknown loss {loss!r}; choose clean or adversarial")
     kwargs = dict(operator_kwargs)
     if loss == "adversarial":
-        kwargs.update(eps=eps, steps=steps, step_size=step_size)
+        kwargs.update(eps=eps, steps=steps, step_size=step_size, attack=attack)
     op = HessianOperator(model, data, loss=loss, seed=seed, **kwargs)
     res = top_eigenvalues(op, k=k, tol=tol, seed=seed, return_vectors=True)
     vectors = res.vectors
@@ -187,15 +193,15 @@ def eigen_directions(model: nn.Module, data: Any, loss: str = "clean", eps: floa
     values = [float(v) for v in torch.as_tensor(res.values).flatten()[:k].tolist()]
     meta = {"kind": "eigen", "loss": loss, "k": k, "tol": tol, "seed": int(seed), "eigenvalues": values}
     if loss == "adversarial":
-        meta.update(eps=eps, steps=steps, step_size=step_size)
+        meta.update(eps=op.eps, steps=op.steps, step_size=op.step_size, attack=op.attack.to_dict())
     return DirectionSet(dirs, meta)
 
 
 def _state_of(obj: Any) -> Mapping[str, torch.Tensor]:
-    if isinstance(obj, nn.Module):
-        return dict(obj.named_parameters())
     if hasattr(obj, "model") and isinstance(obj.model, nn.Module):  # a Checkpoint
-        return dict(obj.model.named_parameters())
+        obj = obj.model
+    if isinstance(obj, nn.Module):
+        return {**dict(obj.named_buffers()), **dict(obj.named_parameters())}
     if isinstance(obj, Mapping):
         state = dict(obj)
         if state and all(k.startswith("module.") for k in state):
@@ -204,14 +210,36 @@ def _state_of(obj: Any) -> Mapping[str, torch.Tensor]:
     raise LandscapeError(f"cannot read weights from a {type(obj).__name__}")
 
 
-def interpolation_direction(model: nn.Module, other: Any) -> Direction:
+def _buffers(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """The model's persistent buffers (its state_dict entries that are not parameters)."""
+    params = {n for n, _ in model.named_parameters()}
+    return [(n, t) for n, t in model.state_dict().items() if n not in params]
+
+
+def interpolation_direction(model: nn.Module, other: Any, buffers: str = "interpolate") -> Direction:
     """theta1 - theta0: the direction from ``model``'s parameters to those of ``other``.
 
     ``other`` is a model, a ``Checkpoint`` or a state_dict (``module.`` prefixes are dropped); it must
     hold every parameter of ``model`` with the same shape. Along it, a = 0 is the model, a = 1 the other.
+    ``buffers="interpolate"`` (default) adds buffer1 - buffer0 (float64) for every buffer of the model
+    (BatchNorm running_mean / running_var / num_batches_tracked ...): a surface then sets each buffer to
+    buffer0 + a * (buffer1 - buffer0) (running_var clamped at 0 when extrapolating, integer buffers rounded),
+    so both endpoints are the two models exactly. ``"fixed"`` moves parameters only (the model's running
+    statistics everywhere, so a = 1 is NOT the other model when it has BatchNorm).
     """
+    if buffers not in BUFFER_MODES:
+        raise ConfigError(f"unknown buffer mode {buffers!r}; choose from {', '.join(BUFFER_MODES)}")
     theirs = _state_of(other)
     d: Direction = {}
+    for name, b in (_buffers(model) if buffers == "interpolate" else []):
+        if name not in theirs:
+            raise CheckpointError(f"the other model has no buffer {name} to interpolate (buffers='fixed' keeps "
+                                  "this model's)")
+        t = theirs[name]
+        if tuple(t.shape) != tuple(b.shape):
+            raise CheckpointError(f"buffer {name} has shape {tuple(t.shape)} in the other model, "
+                                  f"{tuple(b.shape)} in this one")
+        d[name] = t.detach().to(device=b.device, dtype=torch.float64) - b.detach().double()
     for name, p in _params(model):
         if name not in theirs:
             raise CheckpointError(f"the other model has no parameter {name}")
@@ -310,6 +338,6 @@ def directions_digest(directions: Sequence[Mapping[str, torch.Tensor]]) -> str:
     return h.hexdigest()[:16]
 
 
-__all__ = ["Direction", "DirectionSet", "NORMS", "random_direction", "random_directions", "orthogonalize",
-           "eigen_directions", "interpolation_direction", "pca_directions", "trajectory_files", "dot",
+__all__ = ["Direction", "DirectionSet", "NORMS", "BUFFER_MODES", "random_direction", "random_directions",
+           "orthogonalize", "eigen_directions", "interpolation_direction", "pca_directions", "trajectory_files", "dot",
            "direction_norm", "directions_digest"]

@@ -44,8 +44,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..attacks import adversarial_examples, check_eps
-from ..checkpoint import training_attack
+from ..attack_spec import DEFAULT_BATCH_SIZE, DEFAULT_STEPS, AttackSpec, resolve_attack
+from ..attacks import check_eps
 from ..data import Dataset
 from ..distributed import World, all_reduce_sum, shard_bounds, world
 from ..errors import ConfigError, DataError
@@ -127,8 +127,8 @@ class HessianOperator:
                  steps: int | None = None, step_size: float | None = None, norm: str = "linf",
                  bn: str = "running", param_filter: ParamFilter = None, batch_size: int | None = None,
                  seed: int = 0, device: str | torch.device | None = None, restarts: int = 1,
-                 hvp_method: str = "double-backward", attack_batch_size: int = 256,
-                 distributed: bool = True):
+                 hvp_method: str = "double-backward", attack_batch_size: int | None = None,
+                 distributed: bool = True, attack: AttackSpec | None = None):
         if loss not in LOSSES:
             raise ConfigError(f"unknown loss {loss!r}; choose from {', '.join(LOSSES)}")
         if bn not in BN_MODES:
@@ -145,29 +145,30 @@ class HessianOperator:
         self._shapes = [p.shape for _, p in self.params]
         self._numels = [p.numel() for _, p in self.params]
         self.num_params = int(sum(self._numels))
-        if attack_batch_size < 1:
-            raise ConfigError(f"attack_batch_size must be positive, got {attack_batch_size}")
+        self.attack = None  # the AttackSpec (loss='adversarial'); else None
+        if loss == "adversarial":
+            if attack is None and eps is None:
+                raise ConfigError("loss='adversarial' needs eps (or HessianOperator.from_checkpoint with a "
+                                  "checkpoint whose config has eps)")
+            self.attack = attack or AttackSpec(
+                eps=eps, norm=norm, steps=steps if steps is not None else DEFAULT_STEPS, step_size=step_size,
+                restarts=restarts, batch_size=attack_batch_size or DEFAULT_BATCH_SIZE)
+        elif eps is not None:
+            check_eps(float(eps), norm)
         self.batch_size = batch_size
         self.batches = _as_batches(data, batch_size, self.device)
         self.num_samples = int(sum(len(x) for x, _ in self.batches))
         self.world = world() if distributed else World()
         self.shard = (0, self.num_samples)
         if self.world.active:
-            self.shard = self._keep_shard(loss == "adversarial", attack_batch_size)
+            self.shard = self._keep_shard(self.attack is not None, self.attack.batch_size if self.attack else 1)
         self.eps = self.steps = self.step_size = None
         self.norm, self.restarts = norm, int(restarts)
-        if loss == "adversarial":
-            if eps is None:
-                raise ConfigError("loss='adversarial' needs eps (or HessianOperator.from_checkpoint with a "
-                                  "checkpoint whose config has eps)")
-            check_eps(float(eps), norm)
-            self.eps, self.steps = float(eps), int(steps if steps is not None else 10)
-            self.step_size = float(step_size) if step_size is not None else 2.5 * self.eps / max(self.steps, 1)
-            self.attack_seconds = self._attack(attack_batch_size)
-        else:
-            if eps is not None:
-                check_eps(float(eps), norm)
-            self.attack_seconds = 0.0
+        self.attack_seconds = 0.0
+        if self.attack is not None:
+            a = self.attack
+            self.eps, self.steps, self.step_size, self.norm, self.restarts = a.eps, a.steps, a.alpha, a.norm, a.restarts
+            self.attack_seconds = self._attack()
         self.hvp_count = 0
         self._graph: list[torch.Tensor | None] | None = None  # cached gradient graph (one batch)
 
@@ -175,18 +176,14 @@ class HessianOperator:
     @classmethod
     def from_checkpoint(cls, ck: Any, data: Any, loss: str = "clean", eps: float | None = None,
                         steps: int | None = None, step_size: float | None = None, norm: str | None = None,
-                        **kwargs: Any) -> "HessianOperator":
-        """An operator on ``ck.model``; eps, steps, step size and norm default to the checkpoint's training
-        attack (``landscape.checkpoint.training_attack``)."""
-        cfg = getattr(ck, "config", {}) or {}
-        if loss == "adversarial":
-            eps, steps, step_size = training_attack(cfg, eps, steps, step_size)
-            if eps is None:
-                raise ConfigError(f"the checkpoint's config has no eps (trained with method "
-                                  f"{cfg.get('method', 'unknown')!r}); give eps explicitly (--eps)")
-            norm = norm or cfg.get("norm")
-        return cls(ck.model, data, loss=loss, eps=eps, steps=steps, step_size=step_size,
-                   norm=norm or "linf", **kwargs)
+                        attack: AttackSpec | None = None, **kwargs: Any) -> "HessianOperator":
+        """An operator on ``ck.model``; for the adversarial loss the attack is ``attack``, else the one rule
+        ``attack_spec.resolve_attack`` (given values, else the checkpoint's training attack; no eps: refused)."""
+        if loss == "adversarial" and attack is None:
+            attack = resolve_attack(getattr(ck, "config", {}) or {}, eps=eps, steps=steps, step_size=step_size,
+                                    norm=norm, restarts=kwargs.pop("restarts", None),
+                                    batch_size=kwargs.pop("attack_batch_size", None))
+        return cls(ck.model, data, loss=loss, eps=eps if loss != "adversarial" else None, attack=attack, **kwargs)
 
     def _keep_shard(self, adversarial: bool, attack_batch_size: int) -> tuple[int, int]:
         """Keep this rank's contiguous shard of the samples (re-cut into ``batch_size`` batches)."""
@@ -201,7 +198,7 @@ class HessianOperator:
         self.batches = _chunk(x[lo:hi], y[lo:hi], self.batch_size)
         return lo, hi
 
-    def _attack(self, attack_batch_size: int) -> float:
+    def _attack(self) -> float:
         """Replace the inputs by PGD adversarial examples, made on all samples (of this rank's shard) at once
         in fixed attack batches seeded by their global position (so the examples depend neither on how the
         Hessian batches are cut nor on the number of ranks)."""
@@ -209,8 +206,7 @@ class HessianOperator:
         if not self.batches:  # an empty shard
             return 0.0
         x, y = samples(self)
-        x_adv = adversarial_examples(self.model, x, y, self.eps, self.step_size, self.steps, self.norm,
-                                     self.restarts, attack_batch_size, self.seed, start=self.shard[0])
+        x_adv = self.attack.examples(self.model, x, y, self.seed, start=self.shard[0])
         sizes = [len(b[0]) for b in self.batches]
         self.batches = list(zip(torch.split(x_adv, sizes), torch.split(y, sizes)))
         return time.perf_counter() - t0
@@ -354,6 +350,7 @@ class HessianOperator:
         return {"loss": self.loss, "eps": self.eps, "steps": self.steps, "step_size": self.step_size,
                 "norm": self.norm if self.loss == "adversarial" else None,
                 "restarts": self.restarts if self.loss == "adversarial" else None,
+                "attack": self.attack.to_dict() if self.attack else None,
                 "bn": self.bn, "num_params": self.num_params, "num_samples": self.num_samples,
                 "num_batches": len(self.batches), "batch_sizes": sorted({len(x) for x, _ in self.batches}),
                 "batch_size": self.batch_size, "seed": self.seed, "hvp_method": self.hvp_method,

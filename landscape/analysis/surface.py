@@ -37,7 +37,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import __version__
-from ..attacks import adversarial_examples, check_eps, eval_mode
+from ..attack_spec import AttackSpec
+from ..attacks import eval_mode
 from ..distributed import (TaskQueue, all_gather_rows, broadcast_from_main, broadcast_tensor, run_on_main,
                            shard_bounds, shard_sizes, world)
 from ..errors import ConfigError, LandscapeError
@@ -267,21 +268,37 @@ def point_seed(seed: int, index: int) -> int:
 
 
 class _WeightMover:
-    """Context manager pointing the model's parameters at theta0 + a*d1 + b*d2 (one flat buffer per dtype)."""
+    """Context manager pointing the model's parameters at theta0 + a*d1 + b*d2 (one flat buffer per dtype).
+
+    Directions may also hold entries for buffers (an interpolation's BatchNorm running statistics): each such
+    buffer is set to b0 + a*d1[b] (+ b*d2[b]), computed in float64 from a saved b0 (running_var clamped at 0,
+    integer buffers rounded), and put back on exit."""
 
     def __init__(self, model: nn.Module, directions: Sequence[Mapping[str, torch.Tensor]]):
         params = list(model.named_parameters())
         names = {n for n, _ in params}
+        buffers = dict(model.named_buffers())
         for k, d in enumerate(directions):
             missing = [n for n in names if n not in d]
-            extra = [n for n in d if n not in names]
+            extra = [n for n in d if n not in names and n not in buffers]
             if missing or extra:
                 what = f"lacks parameter {missing[0]}" if missing else f"has an unknown entry {extra[0]}"
                 raise LandscapeError(f"direction {k + 1} does not fit the model: it {what}")
-            for n, p in params:
+            for n, p in [*params, *((b, t) for b, t in buffers.items() if b in d)]:
                 if tuple(d[n].shape) != tuple(p.shape):
                     raise LandscapeError(f"direction {k + 1} has shape {tuple(d[n].shape)} for {n}, the model "
                                          f"{tuple(p.shape)}")
+        self.buffers: list[tuple[str, torch.Tensor, torch.Tensor, list[torch.Tensor]]] = []
+        with torch.no_grad():
+            for n, b in buffers.items():
+                if not any(n in d for d in directions):
+                    continue
+                base = b.detach().double().clone()
+                ds = [d[n].detach().to(device=b.device, dtype=torch.float64) if n in d else torch.zeros_like(base)
+                      for d in directions]
+                if not all(bool(torch.isfinite(v).all()) for v in ds):
+                    raise LandscapeError(f"a direction holds NaN or infinite entries (buffer {n})")
+                self.buffers.append((n, b, b.detach().clone(), ds))
         groups: dict[tuple, list[tuple[str, nn.Parameter]]] = {}
         for n, p in params:
             groups.setdefault((p.device, p.dtype), []).append((n, p))
@@ -312,6 +329,9 @@ class _WeightMover:
         for p, original, _, rg in self.swaps:
             p.data = original
             p.requires_grad_(rg)
+        with torch.no_grad():
+            for _, b, original, _ in self.buffers:
+                b.copy_(original)
 
     def move(self, coords: Sequence[float]) -> None:
         """Set the weights to theta0 + sum_k coords[k] * d_k (from the saved theta0, not cumulatively).
@@ -320,6 +340,13 @@ class _WeightMover:
             torch.add(theta0, dirs[0], alpha=coords[0], out=work)
             for c, d in zip(coords[1:], dirs[1:]):
                 work.add_(d, alpha=c)
+        for name, b, b0, dirs in self.buffers:
+            v = b0.double()
+            for c, d in zip(coords, dirs):
+                v = v + c * d
+            if name.endswith("running_var"):
+                v = v.clamp_min(0.0)  # extrapolating a variance past an endpoint can go negative
+            b.copy_(v if b.is_floating_point() else v.round())
 
 
 # --- settings, hashing, storage ----------------------------------------------------------------------
@@ -379,14 +406,20 @@ def loss_surface(model: nn.Module, data: Any, directions: Any, x_grid: Any, y_gr
                  batch_size: int = 512, seed: int = 0, out: str | os.PathLike | None = None,
                  resume: bool = False, overwrite: bool = False, save_every: int | None = None,
                  save_seconds: float = 10.0, meta: Mapping[str, Any] | None = None,
-                 callback: Callable[[int, int], None] | None = None) -> SurfaceResult:
+                 callback: Callable[[int, int], None] | None = None,
+                 attack: AttackSpec | None = None) -> SurfaceResult:
     """Loss and accuracy of ``model`` at theta0 + a*d1 (+ b*d2) for a in ``x_grid`` (and b in ``y_grid``).
 
     ``directions``: one direction dict (1D) or a sequence of one or two (a ``DirectionSet`` adds its
-    ``meta`` to the settings). Grids: ``"start:stop:num"`` or sequences. ``loss="adversarial"`` needs
-    ``eps``: ``adv_mode="fixed"`` makes PGD examples once at theta0 (seed ``seed``) and evaluates every point
-    on them; ``"reattack"`` re-runs PGD against the moved model at each point, seeded by
-    ``point_seed(seed, index)`` so that any order of evaluation (and a resume) gives the same numbers.
+    ``meta`` to the settings); entries for buffers (an interpolation's BatchNorm statistics) move the
+    buffers too (``settings["buffers"]``: "moved", "fixed" (the model's everywhere) or "none").
+    Grids: ``"start:stop:num"`` or sequences.
+    ``loss="adversarial"`` needs ``attack`` (an ``AttackSpec``; else one made from eps, steps, step_size,
+    attack_norm and restarts, with the spec's default attack batch size): ``adv_mode="fixed"`` makes PGD
+    examples once at theta0 (seed ``seed``; the very examples ``HessianOperator`` makes with the same spec
+    and seed) and evaluates every point on them; ``"reattack"`` re-runs PGD against the moved model at each
+    point, seeded by ``point_seed(seed, index)`` so that any order of evaluation (and a resume) gives the same
+    numbers. ``batch_size`` is the forward batch of the evaluation, independent of the attack's batches.
     The model is evaluated in eval mode under ``torch.inference_mode`` on ``data`` moved to its device.
 
     ``meta`` (e.g. the checkpoint's path, the dataset) is recorded in ``settings["info"]`` but not hashed.
@@ -416,16 +449,15 @@ def loss_surface(model: nn.Module, data: Any, directions: Any, x_grid: Any, y_gr
     if dim == 1 and y_grid is not None:
         raise ConfigError("a y grid was given but only one direction")
     ys = parse_grid(y_grid, "y grid") if dim == 2 else None
-    attack: dict[str, Any] | None = None
     if loss == "adversarial":
-        if eps is None:
-            raise ConfigError("the adversarial loss needs eps")
-        check_eps(float(eps), attack_norm)
-        if steps < 1:
-            raise ConfigError(f"PGD needs at least one step, got {steps}")
-        attack = {"mode": adv_mode, "eps": float(eps), "steps": int(steps),
-                  "step_size": float(step_size) if step_size is not None else 2.5 * float(eps) / int(steps),
-                  "norm": attack_norm, "restarts": int(restarts)}
+        if attack is None:
+            if eps is None:
+                raise ConfigError("the adversarial loss needs eps")
+            attack = AttackSpec(eps=eps, norm=attack_norm, steps=steps, step_size=step_size, restarts=restarts)
+        if attack.steps < 1:
+            raise ConfigError(f"PGD needs at least one step, got {attack.steps}")
+    else:
+        attack = None
     try:
         device = next(model.parameters()).device
     except StopIteration:
@@ -434,7 +466,9 @@ def loss_surface(model: nn.Module, data: Any, directions: Any, x_grid: Any, y_gr
     mover = _WeightMover(model, directions)  # validates the directions
     shape = (len(xs),) if ys is None else (len(ys), len(xs))
     settings = {"dim": dim, "x": xs.tolist(), "y": None if ys is None else ys.tolist(), "loss": loss,
-                "attack": attack, "batch_size": int(batch_size), "seed": int(seed), "samples": len(x),
+                "attack": {"mode": adv_mode, **attack.to_dict()} if attack else None,
+                "buffers": "moved" if mover.buffers else "fixed" if any(True for _ in model.buffers()) else "none",
+                "batch_size": int(batch_size), "seed": int(seed), "samples": len(x),
                 "directions": dir_meta,
                 "digests": {"model": _digest_tensors([t for _, t in sorted(model.state_dict().items())]),
                             "data": _digest_tensors([x, y]),
@@ -455,7 +489,7 @@ def loss_surface(model: nn.Module, data: Any, directions: Any, x_grid: Any, y_gr
     with eval_mode(model):
         # Inputs every point is evaluated on: clean data, or PGD examples made once at theta0.
         if attack is not None and adv_mode == "fixed":
-            x_eval = _fixed_adversarial(model, x, y, attack, batch_size, seed, paths, shash)
+            x_eval = _fixed_adversarial(model, x, y, attack, seed, paths, shash)
         else:
             x_eval = x
         batches = _batches(x_eval, y, batch_size)
@@ -498,9 +532,7 @@ def loss_surface(model: nn.Module, data: Any, directions: Any, x_grid: Any, y_gr
                     mover.move((float(xs[idx % len(xs)]),) if ys is None else
                                (float(xs[idx % len(xs)]), float(ys[idx // len(xs)])))
                     if reattack:
-                        xa = adversarial_examples(model, x, y, attack["eps"], attack["step_size"], attack["steps"],
-                                                  attack["norm"], attack["restarts"], batch_size,
-                                                  point_seed(seed, idx))
+                        xa = attack.examples(model, x, y, point_seed(seed, idx))
                         ls, cor = _eval_sums(model, _batches(xa, y, batch_size))
                     else:
                         ls, cor = _sums(model, batches)
@@ -577,8 +609,8 @@ def _stored_adversarial(p: Path | None, shash: str, x: torch.Tensor) -> torch.Te
     return None
 
 
-def _fixed_adversarial(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: dict, batch_size: int,
-                       seed: int, paths: dict[str, Path] | None, shash: str) -> torch.Tensor:
+def _fixed_adversarial(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: AttackSpec, seed: int,
+                       paths: dict[str, Path] | None, shash: str) -> torch.Tensor:
     """PGD examples at theta0 (seeded); stored with the surface and reused on resume. Under torchrun rank 0
     reads the stored ones and broadcasts them, or each rank attacks its shard of attack batches and the
     shards are gathered (one all-gather)."""
@@ -587,11 +619,10 @@ def _fixed_adversarial(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attac
     stored = _stored_adversarial(p, shash, x) if w.main else None
     if broadcast_from_main(stored is not None):
         return broadcast_tensor(stored if stored is not None else torch.empty_like(x))
-    lo, hi = shard_bounds(len(x), w, batch_size)
-    x_adv = adversarial_examples(model, x[lo:hi], y[lo:hi], attack["eps"], attack["step_size"], attack["steps"],
-                                 attack["norm"], attack["restarts"], batch_size, seed, start=lo)
+    lo, hi = shard_bounds(len(x), w, attack.batch_size)
+    x_adv = attack.examples(model, x[lo:hi], y[lo:hi], seed, start=lo)
     if w.active:
-        x_adv = all_gather_rows(x_adv, shard_sizes(len(x), w.size, batch_size))
+        x_adv = all_gather_rows(x_adv, shard_sizes(len(x), w.size, attack.batch_size))
     if p is not None and w.main:
         save_npz(p, x_adv=x_adv.cpu().numpy(), y=y.cpu().numpy(), settings_hash=np.asarray(shash))
     return x_adv

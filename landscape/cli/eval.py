@@ -6,24 +6,22 @@ from typing import Sequence
 
 from ..checkpoint import load_checkpoint
 from ..data import load_dataset
-from ..errors import ConfigError
 from ..io import write_json
 from ..evaluate import evaluate
+from .attack_args import add_attack_arguments, attack_from_args, describe_attack
 from .common import Parser, add_checkpoint_source, add_device, cli, resolve_device, source_options
 
 DESCRIPTION = """\
-Clean and robust accuracy of a checkpoint: PGD-k with random start (default 20 steps of eps/4,
+Clean and robust accuracy of a checkpoint: PGD-k with random start (default 20 steps of 2.5*eps/steps,
 --restarts keeps each sample's worst case) and, with --autoattack, the standard AutoAttack ensemble
-(pyautoattack package; install the extra landscape[autoattack]). eps defaults to the training eps."""
+(pyautoattack package; install the extra landscape[autoattack]). eps defaults to the training eps; a
+checkpoint without one (a standard run, a foreign state_dict) needs --eps."""
 
 
 def build_parser() -> Parser:
     p = Parser(prog="landscape-eval", description=DESCRIPTION)
     add_checkpoint_source(p)
-    p.add_argument("--eps", type=float, help="Linf budget (default: the checkpoint's training eps)")
-    p.add_argument("--steps", type=int, default=20, help="PGD steps")
-    p.add_argument("--step-size", type=float, help="PGD step size (default eps / 4)")
-    p.add_argument("--restarts", type=int, default=1, help="PGD random restarts")
+    add_attack_arguments(p, steps=20)
     p.add_argument("--autoattack", action="store_true", help="also run AutoAttack (standard version)")
     p.add_argument("--split", default="test", help="train, val, train-full or test")
     p.add_argument("--n-samples", type=int, help="evaluate the first N samples of the split (default: all)")
@@ -39,17 +37,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     device = resolve_device(args.device)
     ck = load_checkpoint(args.checkpoint, args.arch, args.dataset, device, **source_options(args))
-    eps = args.eps if args.eps is not None else ck.config.get("eps")
-    if eps is None and args.autoattack:
-        raise ConfigError("this checkpoint records no eps; pass --eps")
-    eps = 0.0 if eps is None else eps  # no attack budget known: clean accuracy only
+    attack = attack_from_args(args, ck.config)  # no eps anywhere: one line asking for --eps
     ds = load_dataset(args.dataset or ck.dataset, args.split, args.data_dir, args.download)
     x, y = ds.tensors(args.n_samples, device)
-    res = evaluate(ck.model, x, y, eps, args.steps, args.step_size, args.restarts, args.batch_size, args.seed,
-                   args.autoattack)
+    res = evaluate(ck.model, x, y, batch_size=args.batch_size, seed=args.seed, autoattack=args.autoattack,
+                   attack=attack)
     line = f"{args.checkpoint}: {ds.name}/{args.split} n={res.n}  clean {res.clean_acc:.4f}"
     if res.pgd_acc is not None:
-        line += f"  PGD-{res.steps} (eps {eps:g}) {res.pgd_acc:.4f}"
+        line += f"  PGD-{attack.steps} ({describe_attack(attack)}) {res.pgd_acc:.4f}"
     if res.autoattack_acc is not None:
         line += f"  AutoAttack {res.autoattack_acc:.4f}"
     print(line)

@@ -11,6 +11,7 @@ from ..checkpoint import load_checkpoint
 from ..data import load_dataset
 from ..errors import ConfigError
 from ..io import write_json
+from .attack_args import add_attack_arguments, attack_from_args
 from .common import (TORCHRUN_HELP, Parser, add_checkpoint_source, add_device, cli, progress, resolve_world,
                      source_options)
 
@@ -52,9 +53,7 @@ def build_parser() -> Parser:
     p.add_argument("--density-steps", type=int, default=80, help="Lanczos steps (HVPs) per probe")
     p.add_argument("--sigma", type=float, help="Gaussian broadening of the density (default 1%% of the range)")
     p.add_argument("--loss", choices=("clean", "adversarial"), default="clean")
-    p.add_argument("--eps", type=float, help="attack budget (default: the checkpoint's training eps)")
-    p.add_argument("--steps", type=int, help="PGD steps (default: the checkpoint's, else 10)")
-    p.add_argument("--step-size", type=float, help="PGD step size (default: the checkpoint's, else 2.5 eps / steps)")
+    add_attack_arguments(p)
     p.add_argument("--bn", choices=("running", "batch"), default="running",
                    help="BatchNorm statistics: running (eval mode, never updated) or per batch")
     p.add_argument("--split", default="test", help="train, val, train-full or test")
@@ -193,9 +192,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from ..analysis.hessian import HessianOperator
     t0 = time.perf_counter()
-    op = HessianOperator.from_checkpoint(ck, (x, y), loss=args.loss, eps=args.eps, steps=args.steps,
-                                         step_size=args.step_size, bn=args.bn, batch_size=args.batch_size,
-                                         seed=args.seed, device=device)
+    attack = attack_from_args(args, ck.config) if args.loss == "adversarial" else None  # no eps: exit 2
+    op = HessianOperator.from_checkpoint(ck, (x, y), loss=args.loss, attack=attack, bn=args.bn,
+                                         batch_size=args.batch_size, seed=args.seed, device=device)
     setup_s = time.perf_counter() - t0
     res = _run_pyhessian(op, ck.model, args) if args.backend == "pyhessian" else _run_landscape(op, args, world.main)
     if not world.main:  # rank 0 reports and writes; the others computed the same numbers
@@ -216,7 +215,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     out = {"landscape_version": __version__, "command": "landscape-spectrum",
            "argv": list(sys.argv[1:] if argv is None else argv),
-           "settings": {**vars(args), "samples": n, "eps": op.eps, "steps": op.steps, "step_size": op.step_size},
+           "settings": {**vars(args), "samples": n, "eps": op.eps, "steps": op.steps, "step_size": op.step_size,
+                        "attack": desc["attack"]},
            "checkpoint": str(args.checkpoint), "model": ck.arch, "dataset": ds.name, "split": args.split,
            "num_samples": op.num_samples, "num_params": op.num_params, "device": str(device),
            "world_size": world.size,

@@ -6,10 +6,11 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from ..checkpoint import load_checkpoint, training_attack
+from ..checkpoint import load_checkpoint
 from ..data import load_dataset
 from ..errors import ConfigError
 from ..io import write_json
+from .attack_args import add_attack_arguments, attack_from_args, describe_attack
 from .common import (TORCHRUN_HELP, Parser, add_checkpoint_source, add_device, cli, progress, resolve_world,
                      source_options)
 
@@ -18,10 +19,12 @@ Loss and accuracy of a checkpoint at theta0 + a*d1 (+ b*d2) on a grid (Li et al.
 the adversarial (PGD) loss. Directions: 'random' (Gaussian, filter-normalized by default: each filter of
 the direction has the norm of the same filter of the weights; biases and BatchNorm get zero unless
 --include-bn), 'eigen' (top Hessian eigenvectors of the chosen loss, unit norm), 'interpolate' (towards
---to CKPT2: a=0 is CKPT, a=1 is CKPT2; 1D), 'pca' (top principal components of the epoch_XXX.pt files of
-a training run, --trajectory DIR). Adversarial loss: --adv-mode fixed makes PGD examples once at theta0
-and keeps them; reattack re-runs PGD at every grid point (seeded per point). eps, steps and step size
-default to the checkpoint's training attack.
+--to CKPT2: a=0 is CKPT, a=1 is CKPT2, BatchNorm running statistics interpolated too unless --bn-buffers
+fixed; 1D), 'pca' (top principal components of the epoch_XXX.pt files of a training run, --trajectory
+DIR). Adversarial loss: --adv-mode fixed makes PGD examples once at theta0 and keeps them (the same
+examples landscape-spectrum and --directions eigen take the Hessian over); reattack re-runs PGD at every
+grid point (seeded per point). eps, steps and step size default to the checkpoint's training attack; a
+checkpoint without an eps needs --eps.
 
 Results go to --out DIR (surface.npz + surface.json, saved every few seconds; --resume continues an
 interrupted run with identical numbers; --plot adds surface.png). Cost per grid point: one forward pass
@@ -61,14 +64,14 @@ def build_parser() -> Parser:
     g.add_argument("--orthogonalize", action="store_true",
                    help="make the second random direction exactly orthogonal to the first")
     g.add_argument("--eigen-tol", type=float, default=1e-3, help="relative residual tolerance of eigenvectors")
+    g.add_argument("--bn-buffers", choices=("interpolate", "fixed"), default="interpolate",
+                   help="interpolate: buffers (BatchNorm running statistics) move along the interpolation too, "
+                        "so a=1 is CKPT2 exactly; fixed: CKPT's buffers everywhere")
     a = p.add_argument_group("loss")
     a.add_argument("--loss", default="clean", choices=("clean", "adversarial"))
     a.add_argument("--adv-mode", default="fixed", choices=("fixed", "reattack"),
                    help="adversarial examples made once at theta0, or re-made at every point")
-    a.add_argument("--eps", type=float, help="Linf budget (default: the checkpoint's training eps)")
-    a.add_argument("--steps", type=int, help="PGD steps (default: the checkpoint's, else 10)")
-    a.add_argument("--step-size", type=float, help="PGD step size (default: the checkpoint's, else 2.5*eps/steps)")
-    a.add_argument("--restarts", type=int, default=1, help="PGD random restarts")
+    add_attack_arguments(a)
     d = p.add_argument_group("data and run")
     d.add_argument("--split", default="test", help="train, val, train-full or test")
     d.add_argument("--samples", "--n-samples", dest="samples", type=int,
@@ -85,18 +88,7 @@ def build_parser() -> Parser:
     return p
 
 
-def _attack_settings(args, ck) -> tuple[float | None, int, float | None]:
-    """eps, steps, step size: from the arguments, else the checkpoint's training attack, else defaults."""
-    eps, steps, step_size = training_attack(ck.config, args.eps, args.steps, args.step_size)
-    if args.loss == "adversarial" and args.eps is None and not eps:
-        from ..training.config import DEFAULT_EPS
-        eps = DEFAULT_EPS.get(ck.dataset, 8 / 255)
-        print(f"landscape-surface: note: the checkpoint records no training eps; using {eps:g} for "
-              f"{ck.dataset} (set --eps)", file=sys.stderr)
-    return eps, (args.steps if args.steps is not None else int(steps or 10)), step_size
-
-
-def _directions(args, ck, x, y, dim, eps, steps, step_size, device):
+def _directions(args, ck, x, y, dim, attack, device):
     from ..analysis import directions as D
     if args.directions == "random":
         ds = D.random_directions(ck.model, dim, norm=args.norm, include_bn=args.include_bn, seed=args.seed)
@@ -105,17 +97,17 @@ def _directions(args, ck, x, y, dim, eps, steps, step_size, device):
             ds.meta["orthogonalized"] = True
         return ds
     if args.directions == "eigen":
-        return D.eigen_directions(ck.model, (x, y), args.loss, eps=eps, steps=steps, step_size=step_size,
-                                  k=dim, tol=args.eigen_tol, seed=args.seed, restarts=args.restarts)
+        return D.eigen_directions(ck.model, (x, y), args.loss, attack=attack, k=dim, tol=args.eigen_tol,
+                                  seed=args.seed)
     if args.directions == "interpolate":
         other = load_checkpoint(args.to, args.arch, args.dataset, device, **source_options(args))
-        return D.DirectionSet([D.interpolation_direction(ck.model, other.model)],
-                              {"kind": "interpolate", "to": str(args.to)})
+        return D.DirectionSet([D.interpolation_direction(ck.model, other.model, buffers=args.bn_buffers)],
+                              {"kind": "interpolate", "to": str(args.to), "buffers": args.bn_buffers})
     folder = args.trajectory or str(Path(args.checkpoint).parent)
     return D.pca_directions(folder, ck.model, k=dim, arch=args.arch, dataset=args.dataset)
 
 
-def _direction_spec(args, dim: int, eps, steps, step_size) -> dict:
+def _direction_spec(args, dim: int, attack) -> dict:
     """The arguments that define the directions (a resume must repeat them)."""
     spec: dict = {"directions": args.directions, "dim": dim}
     if args.directions == "random":
@@ -124,9 +116,9 @@ def _direction_spec(args, dim: int, eps, steps, step_size) -> dict:
     elif args.directions == "eigen":
         spec.update(loss=args.loss, tol=args.eigen_tol, seed=args.seed)
         if args.loss == "adversarial":
-            spec.update(eps=eps, steps=steps, step_size=step_size, restarts=args.restarts)
+            spec.update(attack=attack.to_dict())
     elif args.directions == "interpolate":
-        spec.update(to=str(Path(args.to).resolve()))
+        spec.update(to=str(Path(args.to).resolve()), buffers=args.bn_buffers)
     else:
         spec.update(trajectory=str(Path(args.trajectory or Path(args.checkpoint).parent).resolve()))
     return spec
@@ -156,7 +148,7 @@ def _check(args, dim: int) -> None:
         raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.resume and args.overwrite:
         raise ConfigError("--resume and --overwrite exclude each other")
-    if args.restarts < 1:
+    if args.restarts is not None and args.restarts < 1:
         raise ConfigError(f"--restarts must be at least 1, got {args.restarts}")
 
 
@@ -189,10 +181,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ds = load_dataset(args.dataset or ck.dataset, args.split, args.data_dir, args.download)
     n = args.samples if args.samples is not None else min(DEFAULT_SAMPLES, len(ds))
     x, y = ds.tensors(n, device)
-    eps, steps, step_size = _attack_settings(args, ck)
+    attack = attack_from_args(args, ck.config) if args.loss == "adversarial" else None  # no eps: exit 2
     out = Path(args.out) if args.out else _default_out(args, dim)
 
-    spec = _direction_spec(args, dim, eps, steps, step_size)
+    spec = _direction_spec(args, dim, attack)
     from ..distributed import run_on_main
     directions = run_on_main(load_directions, out, "cpu") if args.resume else None  # rank 0 owns the files
     if directions is not None and directions.meta.get("spec") != spec:
@@ -202,15 +194,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise ConfigError(f"cannot resume {out}: its directions were made with different settings "
                           f"({'; '.join(diffs[:4])}); use the same settings, or --overwrite / another --out")
     if directions is None:
-        directions = _directions(args, ck, x, y, dim, eps, steps, step_size, device)
+        directions = _directions(args, ck, x, y, dim, attack, device)
         directions.meta["spec"] = spec
     meta = {"checkpoint": str(args.checkpoint), "arch": ck.arch, "dataset": ds.name, "split": args.split,
             "device": str(device), "x_spec": x_spec, "y_spec": y_spec, "world_size": world.size}
 
     with progress("surface", "pt", show=world.main) as cb:
         res = loss_surface(ck.model, (x, y), directions, x_spec, y_spec, loss=args.loss, adv_mode=args.adv_mode,
-                           eps=eps, steps=steps, step_size=step_size, restarts=args.restarts,
-                           batch_size=args.batch_size, seed=args.seed, out=out, resume=args.resume,
+                           attack=attack, batch_size=args.batch_size, seed=args.seed, out=out, resume=args.resume,
                            overwrite=args.overwrite, meta=meta, callback=cb)
 
     if not world.main:  # rank 0 reports and writes
@@ -226,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             figures.append(str(out / "surface_3d.png"))
     summary = res.to_dict()
     shape = "x".join(str(s) for s in reversed(res.loss.shape))
-    what = args.loss + (f" (eps {eps:g}, {args.adv_mode})" if args.loss == "adversarial" else "")
+    what = args.loss + (f" ({describe_attack(attack)}, {args.adv_mode})" if attack else "")
     line = f"{args.checkpoint}: {res.dim}D {args.directions} surface of the {what} loss on {shape} points, n={n}"
     if "center" in summary:
         line += f"; at the model: loss {summary['center']['loss']:.4g}, accuracy {summary['center']['accuracy']:.4f}"

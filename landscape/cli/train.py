@@ -46,7 +46,7 @@ def build_parser() -> Parser:
     p.add_argument("--method", default=d.method, help=f"one of {', '.join(METHODS)}")
     p.add_argument("--dataset", default=d.dataset, help=f"one of {', '.join(available_datasets())}")
     p.add_argument("--model", default=d.model, help=f"one of {', '.join(available_models())}")
-    p.add_argument("--eps", type=float, help=f"Linf budget; default per dataset {DEFAULT_EPS}")
+    p.add_argument("--eps", type=float, help=f"Linf budget; default per dataset {DEFAULT_EPS} (standard: none)")
     p.add_argument("--steps", type=int, default=d.steps, help="PGD steps of the training attack")
     p.add_argument("--step-size", type=float, help="PGD step size (default 2.5 * eps / steps)")
     p.add_argument("--beta", type=float, default=d.beta, help="TRADES trade-off weight")
@@ -62,7 +62,7 @@ def build_parser() -> Parser:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--train-samples", type=int, help="train on the first N samples of the training split")
     p.add_argument("--val-samples", type=int, default=d.val_samples, help="validation samples per epoch")
-    p.add_argument("--val-steps", type=int, default=d.val_steps, help="PGD steps for validation (step eps/4)")
+    p.add_argument("--val-steps", type=int, default=d.val_steps, help="PGD steps for validation (step 2.5*eps/steps)")
     p.add_argument("--select", default=d.select, choices=tuple(SELECT_RULES),
                    help="which epoch becomes best.pt: " + "; ".join(f"{k}: {v}" for k, v in SELECT_RULES.items()))
     p.add_argument("--augment", action="store_true", default=None, help="random crop + flip (default: CIFAR/Imagenette)")

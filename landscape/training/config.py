@@ -5,7 +5,8 @@ import dataclasses
 import math
 from dataclasses import asdict, dataclass, field
 
-from ..attacks import check_eps
+from ..attack_spec import DEFAULT_BATCH_SIZE, AttackSpec
+from ..attacks import check_eps, default_step_size
 from ..data import AUGMENTED, dataset_info
 from ..errors import ConfigError
 from ..models import resolve_model_name
@@ -29,7 +30,7 @@ class TrainConfig:
     method: str = "p-sat"
     dataset: str = "digits"
     model: str = "auto"
-    eps: float | None = None            # default: DEFAULT_EPS[dataset]
+    eps: float | None = None            # default: DEFAULT_EPS[dataset]; a standard run keeps None (no attack)
     steps: int = 10                     # PGD steps of the training attack
     step_size: float | None = None      # default 2.5 * eps / steps; scales with eps_t for sat-eps / h-sat
     beta: float = 6.0                   # TRADES
@@ -45,7 +46,7 @@ class TrainConfig:
     seed: int = 0
     train_samples: int | None = None    # train on the first N samples of the train split
     val_samples: int | None = 1000      # validate on the first N samples of the val split
-    val_steps: int = 10                 # PGD steps for validation (step eps / 4)
+    val_steps: int = 10                 # PGD steps for validation (step 2.5 * eps / val_steps)
     select: str = "clean+pgd"           # which epoch becomes best.pt: one of SELECT_RULES
     augment: bool | None = None         # random crop + flip; default on for CIFAR / Imagenette
     split_seed: int = 0
@@ -69,16 +70,19 @@ class TrainConfig:
             raise ConfigError(f"unknown method {c.method!r}; choose from {', '.join(METHODS)}")
         info = dataset_info(c.dataset, c.data_dir)
         c.model = resolve_model_name(c.model, c.dataset)
-        if c.eps is None:
+        if c.eps is None and c.method != "standard":
             c.eps = DEFAULT_EPS.get(c.dataset, 8 / 255)
-        check_eps(c.eps)
+        if c.eps is not None:
+            check_eps(c.eps)
+        elif c.track_hessian_every:
+            raise ConfigError("--track-hessian-every measures the adversarial loss: a standard run needs --eps")
         if c.method != "standard" and c.eps == 0:
             raise ConfigError(f"--method {c.method} needs eps > 0")
         if c.steps < 1:
             raise ConfigError(f"steps must be at least 1, got {c.steps}")
-        if c.step_size is None:
-            c.step_size = 2.5 * c.eps / c.steps
-        if c.step_size <= 0 and c.method != "standard":
+        if c.step_size is None and c.eps is not None:
+            c.step_size = default_step_size(c.eps, c.steps)
+        if c.step_size is not None and c.step_size <= 0 and c.method != "standard":
             raise ConfigError(f"step size must be positive, got {c.step_size}")
         if c.hsat_normalize not in HSAT_NORMALIZE:
             raise ConfigError(f"unknown H-SAT normalization {c.hsat_normalize!r}; choose from "
@@ -103,8 +107,18 @@ class TrainConfig:
         if c.augment is None:
             c.augment = info.name in AUGMENTED
         if c.name is None:
-            c.name = f"{c.method}-{c.dataset.replace(':', '_').replace('/', '_')}-eps{c.eps:g}-s{c.seed}"
+            eps = "" if c.eps is None else f"-eps{c.eps:g}"
+            c.name = f"{c.method}-{c.dataset.replace(':', '_').replace('/', '_')}{eps}-s{c.seed}"
         return c
+
+    def attack(self, steps: int | None = None) -> AttackSpec | None:
+        """The training attack of a resolved config as an ``AttackSpec`` (None: a standard run without eps;
+        batch_size: the training batch, which each training attack takes whole). With ``steps``: validation's
+        PGD, those steps under the default step rule, in the default attack batches."""
+        if self.eps is None:
+            return None
+        spec = AttackSpec(eps=self.eps, steps=self.steps, step_size=self.step_size, batch_size=self.batch_size)
+        return spec if steps is None else spec.replace(steps=steps, step_size=None, batch_size=DEFAULT_BATCH_SIZE)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -195,6 +195,7 @@ class Trainer:
         c = self.cfg
         return {"model": c.model, "dataset": self.info.name, "dataset_info": self.info.to_dict(),
                 "method": c.method, "eps": c.eps, "steps": c.steps, "step_size": c.step_size,
+                "attack": c.attack().to_dict() if c.eps is not None else None,
                 "landscape_version": __version__, "train": c.to_dict()}
 
     def _lam(self, step: int) -> float:
@@ -211,7 +212,7 @@ class Trainer:
             eps_t = c.eps if lam >= 1.0 else self.state.get("hsat_eps", c.eps * lam)
         else:
             eps_t = c.eps
-        step_size = c.step_size * (eps_t / c.eps) if c.eps > 0 else 0.0
+        step_size = c.step_size * (eps_t / c.eps) if c.eps else 0.0
         return Step(eps=eps_t, lam=lam, steps=c.steps, step_size=step_size, beta=c.beta)
 
     # ----------------------------------------------------------------------------------------------
@@ -268,7 +269,7 @@ class Trainer:
             bar.update(1)
         train_seconds = time.perf_counter() - t0
         t1 = time.perf_counter()
-        val = evaluate(self.model, self.val_x, self.val_y, c.eps, steps=c.val_steps, seed=c.seed)
+        val = evaluate(self.model, self.val_x, self.val_y, attack=c.attack(steps=c.val_steps), seed=c.seed)
         val_loss = _clean_loss(self.model, self.val_x, self.val_y)
         row = {"epoch": epoch + 1, "lr": learning_rate(c, self.step - 1, self.total_iters), "lam": lam,
                "eps_t": s.eps if s else c.eps, "train_loss": loss_sum.item() / seen,

@@ -1,0 +1,169 @@
+"""One attack specification (``AttackSpec``) shared by training, evaluation, the Hessian and the surfaces.
+
+A spec holds every setting that decides which adversarial examples an attack makes: eps, norm, PGD steps,
+step size (``None``: the one default rule, ``attacks.default_step_size`` = 2.5 * eps / steps), random
+start, restarts, the attack batch size (batch b of a sample set is seeded by its position, so the batch
+size changes the examples) and the BatchNorm mode during the attack (``eval``: running statistics;
+``batch``: each attack batch's own statistics, running statistics untouched). Every result records it
+(``to_dict()``), and two callers with equal specs and seeds make identical examples.
+
+``resolve_attack`` is the one rule for analysing a checkpoint: each given value wins, else the checkpoint's
+training attack, else the defaults; a checkpoint without an eps (a ``standard`` run, a foreign state_dict)
+makes ``MissingEpsError`` unless eps is given.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from .attacks import NORMS, adversarial_examples, check_eps, default_step_size
+from .errors import ConfigError
+
+ATTACK_BN = ("eval", "batch")
+DEFAULT_STEPS = 10
+DEFAULT_BATCH_SIZE = 256
+
+
+class MissingEpsError(ConfigError):
+    """An attack is needed but neither the user nor the checkpoint gives an eps."""
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """PGD settings; validated on construction (``ConfigError``). ``alpha`` is the step size in force."""
+    eps: float
+    norm: str = "linf"
+    steps: int = DEFAULT_STEPS
+    step_size: float | None = None      # None: 2.5 * eps / steps (attacks.default_step_size)
+    random_start: bool = True
+    restarts: int = 1
+    batch_size: int = DEFAULT_BATCH_SIZE
+    bn: str = "eval"
+
+    def __post_init__(self) -> None:
+        if self.eps is None:
+            raise MissingEpsError("the attack needs an eps")
+        try:
+            object.__setattr__(self, "eps", float(self.eps))
+        except (TypeError, ValueError):
+            raise ConfigError(f"eps must be a number, got {self.eps!r}") from None
+        check_eps(self.eps, self.norm)
+        for name in ("steps", "restarts", "batch_size"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ConfigError(f"attack {name} must be an integer, got {v!r}")
+        if self.steps < 0:
+            raise ConfigError(f"PGD steps must be >= 0, got {self.steps}")
+        if self.restarts < 1:
+            raise ConfigError(f"restarts must be at least 1, got {self.restarts}")
+        if self.batch_size < 1:
+            raise ConfigError(f"attack batch size must be at least 1, got {self.batch_size}")
+        if self.step_size is not None:
+            object.__setattr__(self, "step_size", float(self.step_size))
+            if not (math.isfinite(self.step_size) and self.step_size > 0):
+                raise ConfigError(f"PGD step size must be positive, got {self.step_size}")
+        if self.bn not in ATTACK_BN:
+            raise ConfigError(f"unknown attack BatchNorm mode {self.bn!r}; choose from {', '.join(ATTACK_BN)}")
+        object.__setattr__(self, "random_start", bool(self.random_start))
+
+    @property
+    def alpha(self) -> float:
+        """The step size in force: ``step_size``, or the default rule 2.5 * eps / steps."""
+        return default_step_size(self.eps, self.steps, self.step_size)
+
+    @property
+    def active(self) -> bool:
+        """False when the attack leaves inputs unchanged (eps 0 or no steps)."""
+        return self.eps > 0 and self.steps > 0
+
+    def replace(self, **changes: Any) -> "AttackSpec":
+        """A copy with ``changes`` (validated). Changing eps or steps keeps an explicit step size; pass
+        ``step_size=None`` to return to the default rule."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        """JSON-ready: every field, ``step_size`` as the number in force and ``step_size_default`` saying
+        whether it came from the rule (``from_dict`` restores the spec exactly)."""
+        d = dataclasses.asdict(self)
+        d["step_size"] = self.alpha
+        d["step_size_default"] = self.step_size is None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "AttackSpec":
+        """The spec ``to_dict`` wrote (unknown keys ignored; missing ones take the defaults)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        kw = {k: v for k, v in d.items() if k in names}
+        if d.get("step_size_default"):
+            kw["step_size"] = None
+        return cls(**kw)
+
+    def examples(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int = 0,
+                 start: int = 0) -> torch.Tensor:
+        """Adversarial examples of the whole set ``(x, y)`` under this spec (``attacks.adversarial_examples``:
+        batches of ``batch_size`` seeded by (seed, start + position)). Cost: restarts * steps forward+backward
+        passes per sample."""
+        return adversarial_examples(model, x, y, self.eps, self.step_size, self.steps, self.norm, self.restarts,
+                                    self.batch_size, seed, start, random_init=self.random_start, bn=self.bn)
+
+
+def config_attack(config: Mapping[str, Any] | None) -> dict:
+    """The training attack a checkpoint config records, as AttackSpec fields ({} when it records none).
+
+    New configs hold ``attack`` (a spec dict, or null for a standard run without eps). Older ones hold
+    eps / steps / step_size (/ norm) at the top; a ``standard`` run recorded the dataset's default eps there
+    although it trained on no attack, so it counts as no eps.
+    """
+    cfg = dict(config or {})
+    if "attack" in cfg:
+        att = cfg["attack"]
+        if not att:
+            return {}
+        out = {k: v for k, v in dict(att).items() if k != "step_size_default"}
+        if att.get("step_size_default"):
+            out["step_size"] = None
+        return out
+    if cfg.get("method") == "standard" or cfg.get("eps") is None:
+        return {}
+    return {k: cfg[k] for k in ("eps", "steps", "step_size", "norm") if cfg.get(k) is not None}
+
+
+def resolve_attack(config: Mapping[str, Any] | None = None, *, eps: float | None = None,
+                   steps: int | None = None, step_size: float | None = None, norm: str | None = None,
+                   random_start: bool | None = None, restarts: int | None = None, batch_size: int | None = None,
+                   bn: str | None = None) -> AttackSpec:
+    """The attack for analysing a checkpoint: each given value wins, else the config's training attack
+    (``config_attack``), else the defaults. The config's step size is taken only when neither eps nor steps
+    was given (it was chosen for those); otherwise the rule 2.5 * eps / steps applies. Batch size and
+    BatchNorm mode are analysis settings: not taken from training (which attacks whole training batches).
+
+    Raises ``MissingEpsError`` (one line: pass --eps) when no eps is given and the config records none.
+    """
+    cfg = dict(config or {})
+    train = config_attack(cfg)
+    same = eps is None and steps is None
+    if eps is None:
+        eps = train.get("eps")
+    if eps is None:
+        method = cfg.get("method")
+        why = f"it was trained with method {method!r}" if method else "it records no training attack"
+        raise MissingEpsError(f"the checkpoint has no eps ({why}); pass --eps")
+    given = {"norm": norm, "random_start": random_start, "restarts": restarts}
+    kw: dict[str, Any] = {k: (v if v is not None else train[k]) for k, v in given.items()
+                          if v is not None or train.get(k) is not None}
+    kw["steps"] = steps if steps is not None else int(train.get("steps") or DEFAULT_STEPS)
+    kw["step_size"] = step_size if step_size is not None else (train.get("step_size") if same else None)
+    if batch_size is not None:
+        kw["batch_size"] = batch_size
+    if bn is not None:
+        kw["bn"] = bn
+    return AttackSpec(eps=eps, **kw)
+
+
+__all__ = ["AttackSpec", "ATTACK_BN", "DEFAULT_STEPS", "DEFAULT_BATCH_SIZE", "MissingEpsError", "NORMS",
+           "config_attack", "resolve_attack"]

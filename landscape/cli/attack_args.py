@@ -1,0 +1,46 @@
+"""The attack flags every analysis CLI shares (eval, spectrum, surface), and the ``AttackSpec`` they make.
+
+The one eps rule: a flag wins, else the checkpoint's training attack; no eps from either, where an attack
+is needed, is a one-line error asking for --eps (``attack_spec.MissingEpsError``, exit 2).
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Mapping
+
+from ..attack_spec import ATTACK_BN, DEFAULT_BATCH_SIZE, AttackSpec, resolve_attack
+from ..attacks import NORMS
+
+
+def add_attack_arguments(p: argparse.ArgumentParser | argparse._ArgumentGroup, steps: int | None = None) -> None:
+    """--eps, --steps (default ``steps``, else the checkpoint's, else 10), --step-size, --restarts,
+    --attack-norm, --attack-batch-size, --attack-bn, --no-random-start."""
+    p.add_argument("--eps", type=float, help="attack budget (default: the checkpoint's training eps; a "
+                                             "checkpoint without one needs --eps)")
+    p.add_argument("--steps", type=int, default=steps,
+                   help=f"PGD steps (default {steps})" if steps is not None
+                   else "PGD steps (default: the checkpoint's, else 10)")
+    p.add_argument("--step-size", type=float,
+                   help="PGD step size (default: the checkpoint's when eps and steps are its own, else 2.5*eps/steps)")
+    p.add_argument("--restarts", type=int, help="PGD random restarts, each sample keeps its worst (default 1)")
+    p.add_argument("--attack-norm", choices=NORMS, help="attack norm (default: the checkpoint's, else linf)")
+    p.add_argument("--attack-batch-size", type=int,
+                   help=f"samples per attack batch; each is seeded by its position (default {DEFAULT_BATCH_SIZE})")
+    p.add_argument("--attack-bn", choices=ATTACK_BN,
+                   help="BatchNorm during the attack: eval (running statistics, default) or batch statistics")
+    p.add_argument("--no-random-start", dest="random_start", action="store_false", default=None,
+                   help="start PGD at the input instead of a random point of the eps-ball")
+
+
+def attack_from_args(args: argparse.Namespace, config: Mapping | None) -> AttackSpec:
+    """The ``AttackSpec`` the flags ask for on a checkpoint with ``config`` (``resolve_attack``)."""
+    return resolve_attack(config, eps=args.eps, steps=args.steps, step_size=args.step_size,
+                          norm=args.attack_norm, random_start=args.random_start, restarts=args.restarts,
+                          batch_size=args.attack_batch_size, bn=args.attack_bn)
+
+
+def describe_attack(a: AttackSpec) -> str:
+    """A short human description, e.g. ``eps 0.1, 20 PGD steps of 0.0125``."""
+    extra = "" if a.norm == "linf" else f" {a.norm}"
+    extra += "" if a.restarts == 1 else f", {a.restarts} restarts"
+    return f"eps {a.eps:g}{extra}, {a.steps} PGD steps of {a.alpha:.3g}"
