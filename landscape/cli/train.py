@@ -92,6 +92,12 @@ def build_parser() -> Parser:
 
 
 @cli("landscape-train")
+def _accuracies(row: dict) -> str:
+    """'clean 0.9000 PGD 0.5000' (a standard run has no PGD accuracy)."""
+    pgd = row.get("val_pgd")
+    return f"clean {row['val_clean']:.4f}" + (f" PGD {pgd:.4f}" if pgd is not None else "")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     device = resolve_device(args.device)
@@ -121,9 +127,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = trainer.fit()
     last = result.history[-1]
     best = result.history[result.best_epoch - 1]
-    print(f"{result.run_dir}: {len(result.history)} epochs; last val clean {last['val_clean']:.4f} "
-          f"PGD {last['val_pgd']:.4f}; best.pt = epoch {result.best_epoch} by {result.config.select} "
-          f"(val clean {best['val_clean']:.4f}, PGD {best['val_pgd']:.4f})")
+    print(f"{result.run_dir}: {len(result.history)} epochs; last val {_accuracies(last)}; best.pt = epoch "
+          f"{result.best_epoch} by {result.config.select} (val {_accuracies(best)})")
     if args.json:
         write_json(args.json, {**result.to_dict(), "config": trainer.checkpoint_config()})
     return 0

@@ -95,6 +95,8 @@ class TrainConfig:
             raise ConfigError("lam0 and ramp must lie in [0, 1]")
         if c.select not in SELECT_RULES:
             raise ConfigError(f"unknown selection rule {c.select!r}; choose from {', '.join(SELECT_RULES)}")
+        if c.select == "pgd" and c.eps is None:
+            raise ConfigError("--select pgd needs an attack: a standard run without --eps has no PGD accuracy")
         if c.select in ("pgd", "clean+pgd") and c.val_steps < 1:
             raise ConfigError(f"--select {c.select} needs validation PGD: --val-steps must be at least 1")
         if c.epochs is None:
