@@ -149,7 +149,8 @@ def test_select_rule_picks_best_and_is_recorded(tmp_path, capsys, rule):
     from conftest import run_main
     cfg = dict(TINY, epochs=3, lr=0.2)
     args = [f"--{k.replace('_', '-')}={v}" for k, v in cfg.items()]
-    proc = run_main(main, [*args, "--select", rule, "--out", tmp_path, "--name", "s", "--quiet"], capsys)
+    eps = ["--eps", "0.1"] if rule == "pgd" else []      # a standard run measures PGD only with an eps
+    proc = run_main(main, [*args, *eps, "--select", rule, "--out", tmp_path, "--name", "s", "--quiet"], capsys)
     assert proc.returncode == 0, proc.stderr
     rows = _read_csv(tmp_path / "s" / "metrics.csv")
     assert [r["select"] for r in rows] == [rule] * 3
@@ -167,6 +168,8 @@ def test_select_rule_is_checked():
         TrainConfig(select="best").resolved()
     with pytest.raises(ConfigError, match="--val-steps"):
         TrainConfig(select="pgd", val_steps=0).resolved()
+    with pytest.raises(ConfigError, match="needs an attack"):
+        TrainConfig(method="standard", select="pgd").resolved()
 
 
 def test_checkpoint_with_nan_weights_is_refused(tmp_path, capsys):

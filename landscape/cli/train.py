@@ -91,13 +91,13 @@ def build_parser() -> Parser:
     return p
 
 
-@cli("landscape-train")
 def _accuracies(row: dict) -> str:
     """'clean 0.9000 PGD 0.5000' (a standard run has no PGD accuracy)."""
     pgd = row.get("val_pgd")
     return f"clean {row['val_clean']:.4f}" + (f" PGD {pgd:.4f}" if pgd is not None else "")
 
 
+@cli("landscape-train")
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     device = resolve_device(args.device)
