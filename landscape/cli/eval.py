@@ -5,11 +5,15 @@ import sys
 from typing import Sequence
 
 from ..checkpoint import load_checkpoint
-from ..data import load_dataset
+from ..data import dataset_info, load_dataset
 from ..errors import ConfigError
 from ..io import write_json
 from ..evaluate import evaluate
-from .common import Parser, add_checkpoint_source, add_device, cli, resolve_device
+from .common import (Parser, add_checkpoint_source, add_device, check_compatible, check_output, cli, int_range,
+                     nonneg_float, positive_float, positive_int, resolve_device, set_types)
+
+TYPES = {"--eps": nonneg_float, "--steps": positive_int, "--step-size": positive_float, "--restarts": positive_int,
+         "--n-samples": positive_int, "--batch-size": positive_int, "--seed": int_range(0, 2 ** 63 - 1)}
 
 DESCRIPTION = """\
 Clean and robust accuracy of a checkpoint: PGD-k with random start (default 20 steps of eps/4,
@@ -31,14 +35,17 @@ def build_parser() -> Parser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", metavar="PATH", help="write the result as JSON")
     add_device(p)
-    return p
+    return set_types(p, TYPES)
 
 
 @cli("landscape-eval")
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.json:
+        check_output(args.json, "--json")
     device = resolve_device(args.device)
     ck = load_checkpoint(args.checkpoint, args.arch, args.dataset, device)
+    check_compatible(ck, dataset_info(args.dataset or ck.dataset, args.data_dir))
     eps = args.eps if args.eps is not None else ck.config.get("eps")
     if eps is None and args.autoattack:
         raise ConfigError("this checkpoint records no eps; pass --eps")
