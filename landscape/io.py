@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 
-from .errors import BusyError, LandscapeError
+from .errors import BusyError, ConfigError
 
 LOCK_NAME = ".landscape.lock"
 
@@ -113,7 +113,7 @@ def safe_name(name: str, what: str = "--name") -> str:
     bad = (not name or name in (".", "..") or "/" in name or "\\" in name or os.sep in name
            or (os.altsep and os.altsep in name) or name.startswith((".", "-")) or not name.isprintable())
     if bad:
-        raise LandscapeError(f"{what} {name!r} is not a plain name: use letters, digits, '-', '_' or '.', "
+        raise ConfigError(f"{what} {name!r} is not a plain name: use letters, digits, '-', '_' or '.', "
                              "without '/' and not starting with '.' or '-'")
     return name
 

@@ -102,7 +102,7 @@ def _grid(spec: str, name: str):
     if len(parts) == 3 and parts[2].strip().lstrip("+").isdigit():
         _check_points(int(parts[2]), f"{name} {spec}")
     g = parse_grid(spec, name)
-    if abs(g).max() > MAX_COORD:
+    if not (abs(g) <= MAX_COORD).all():
         raise ConfigError(f"{name} {spec}: coordinates must lie within +-{MAX_COORD:g} (multiples of the "
                           "direction; 1 is the size of the weights for filter-normalized directions)")
     return g

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from ..attacks import check_eps
 from ..data import AUGMENTED, dataset_info
 from ..errors import ConfigError
+from ..io import safe_name
 from ..models import resolve_model_name
 from .curriculum import SCHEDULES
 from .objectives import METHODS
@@ -95,6 +96,7 @@ class TrainConfig:
             c.augment = info.name in AUGMENTED
         if c.name is None:
             c.name = f"{c.method}-{c.dataset.replace(':', '_').replace('/', '_')}-eps{c.eps:g}-s{c.seed}"
+        safe_name(c.name, "name")  # a run folder is out/NAME: a name must not lead out of out
         return c
 
     def to_dict(self) -> dict:
