@@ -13,14 +13,14 @@ from ..data import dataset_info, load_dataset
 from ..errors import ConfigError, ResourceError
 from ..io import save_figure, write_json
 from .common import (TORCHRUN_HELP, Parser, add_checkpoint_source, add_device, check_compatible, check_output, cli,
-                     image_formats, int_range, nonneg_float, nonneg_int, positive_float, positive_int, progress,
+                     finite_float, image_formats, int_range, nonneg_int, positive_float, positive_int, progress,
                      resolve_world, set_types)
 
 DEFAULT_SAMPLES = 512
 MIN_DENSITY_STEPS = 5  # SLQ with m steps gives m nodes per probe: fewer than 5 is a few spikes, not a density
 TYPES = {"--top-k": nonneg_int, "--tol": positive_float, "--max-hvps": positive_int, "--trace-rtol": positive_float,
          "--trace-max-hvps": positive_int, "--density-probes": positive_int,
-         "--density-steps": int_range(MIN_DENSITY_STEPS), "--sigma": positive_float, "--eps": nonneg_float,
+         "--density-steps": int_range(MIN_DENSITY_STEPS), "--sigma": positive_float, "--eps": finite_float,
          "--steps": nonneg_int, "--step-size": positive_float, "--samples": positive_int,
          "--batch-size": positive_int, "--seed": int_range(0, 2 ** 63 - 1)}
 
