@@ -421,3 +421,43 @@ def test_nan_loss_names_a_checkpoint_that_exists(bad_epoch, tmp_path, capsys, mo
         assert "no checkpoint was written" in proc.stderr and not named
     else:
         assert named and all(os.path.exists(p) for p in named), proc.stderr
+
+
+# --- outputs: folders made the same way for every output; a read-only folder refused up front -----------
+
+def test_plot_and_json_outputs_create_their_folders(files, tmp_path, capsys):
+    png, js = tmp_path / "a" / "b" / "p.png", tmp_path / "c" / "d" / "p.json"
+    proc = run_main(plot_cli.main, [files / "surf", "--out", png, "--json", js], capsys)
+    assert proc.returncode == 0, proc.stderr
+    assert png.read_bytes()[:4] == b"\x89PNG" and json.loads(js.read_text())["out"] == str(png)
+
+
+def test_read_only_folder_is_refused_before_work(files, tmp_path, capsys, monkeypatch, no_work):
+    """A read-only folder: really one when not root; as root (for whom it is writable) the failed write is
+    simulated where check_output tries it."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    if os.geteuid() == 0:
+        import landscape.cli.common as common
+
+        def denied(*a, **k):
+            raise PermissionError(13, "Permission denied")
+        monkeypatch.setattr(common.tempfile, "mkstemp", denied)
+    else:
+        ro.chmod(0o555)
+    no_work("out")
+    try:
+        proc = run_main(spectrum_cli.main, [files / "run" / "best.pt", "--json", ro / "s.json"], capsys)
+        assert_one_line_error(proc, contains="not writable (Permission denied)")
+    finally:
+        ro.chmod(0o755)
+
+
+def test_training_progress_in_a_log(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("LANDSCAPE_PROGRESS_SECONDS", "0")
+    argv = [a for a in _tiny_train(tmp_path, "--epochs", "1") if a != "--quiet"]
+    proc = run_main(train_cli.main, argv, capsys)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) >= 2 and all(line.startswith("r: ") for line in lines), proc.stderr
+    assert lines[-1].startswith("r: 2/2 it (100%)") and "val_clean=" in lines[-1]

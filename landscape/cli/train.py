@@ -107,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.json:
         check_output(args.json, "--json")
-    if args.resume is None or not args.resume:
+    if not args.resume:
         check_output(args.out, "--out", folder=True)
     elif Path(args.resume).is_dir():
         check_output(args.resume, "--resume", folder=True)
