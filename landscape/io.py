@@ -109,7 +109,7 @@ def save_figure(fig: Any, path: str | os.PathLike, dpi: float | None = None) -> 
 
 def safe_name(name: str, what: str = "--name") -> str:
     """``name`` if it is a plain file name (no path separator, not ``.``/``..``, not hidden, printable),
-    else a ``LandscapeError``: a name must never lead out of the folder it is joined to."""
+    else a ``ConfigError``: a name must never lead out of the folder it is joined to."""
     bad = (not name or name in (".", "..") or "/" in name or "\\" in name or os.sep in name
            or (os.altsep and os.altsep in name) or name.startswith((".", "-")) or not name.isprintable())
     if bad:
