@@ -92,7 +92,8 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             raise CheckpointError(f"refusing to load {path}: it holds objects other than tensors and plain "
                                   f"data, which could run code ({what})") from e
         raise CheckpointError(f"{path} is corrupt or not a PyTorch checkpoint ({first[:120]})") from e
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, AttributeError) as e:
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, AttributeError, LookupError,
+            TypeError) as e:  # a text or other non-checkpoint file fails in the unpickler with a KeyError etc.
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path} is corrupt or truncated ({first[:120]})") from e
 
@@ -250,7 +251,9 @@ def load_checkpoint(path: str | os.PathLike, arch: str | None = None, dataset: s
                 raise CheckpointError(f"{path} was made with the class {arch_name}; pass --arch {arch_name} "
                                       "to import it (a checkpoint alone never runs code)")
             arch_name, kwargs = arch, kwargs or dict(config.get("arch_kwargs") or {})
-        state, foreign = obj["model_state"], False
+        state, foreign = obj.get("model_state"), False
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{path} is a landscape checkpoint without its weights (no 'model_state')")
         metrics, epoch = obj.get("metrics") or {}, obj.get("epoch")
     else:
         if not arch or not dataset:

@@ -28,3 +28,16 @@ class ConfigError(LandscapeError):
 
 class NonFiniteLossError(LandscapeError):
     """Training produced a NaN or infinite loss; the last good checkpoint is kept."""
+
+
+class OutputError(LandscapeError):
+    """An output path that cannot be written (a folder where a file is wanted, a parent that is a file,
+    no permission, an unknown image type); checked before any work starts."""
+
+
+class BusyError(LandscapeError):
+    """Another process is writing to the same output folder (it holds the folder's lock)."""
+
+
+class ResourceError(LandscapeError):
+    """A request that cannot finish: it would need more memory or time than is sensible or available."""

@@ -187,13 +187,24 @@ def test_checkpoint_with_nan_weights_is_refused(tmp_path, capsys):
     assert_one_line_error(run_main(eval_main, [path, "--n-samples", "32"], capsys), contains="not finite")
 
 
-def test_nan_loss_stops_with_one_line_and_keeps_last_good(tmp_path):
-    proc = run_cli("train", "--method", "standard", "--lr", "1e30", *SMALL, "--out", str(tmp_path), "--name", "n")
+def test_nan_loss_stops_with_one_line_and_keeps_last_good(tmp_path, capsys, monkeypatch):
+    # --lr is bounded now (issue 12), so the loss is made NaN in epoch 3 (iterations 13+ of 6 per epoch)
+    import landscape.training.trainer as trainer
+    from landscape.cli.train import main
+    from conftest import run_main
+    real, calls = trainer.OBJECTIVES["standard"], []
+
+    def nan_later(model, x, y, s, g):
+        out = real(model, x, y, s, g)
+        calls.append(1)
+        return type(out)(out.loss * float("nan"), out.logits) if len(calls) > 12 else out
+    monkeypatch.setitem(trainer.OBJECTIVES, "standard", nan_later)
+    proc = run_main(main, ["--method", "standard", *SMALL, "--out", str(tmp_path), "--name", "n"], capsys)
     assert_one_line_error(proc, contains="loss became")
     last = tmp_path / "n" / "last.pt"
-    if last.exists():  # an epoch may have finished before the loss blew up: it must be loadable and finite
-        ck = load_checkpoint(last)
-        assert all(torch.isfinite(v).all() for v in ck.model.state_dict().values())
+    assert str(last) in proc.stderr  # the message names the checkpoint that was kept
+    ck = load_checkpoint(last)
+    assert ck.epoch == 2 and all(torch.isfinite(v).all() for v in ck.model.state_dict().values())
 
 
 def test_hsat_and_sharpness_tracking_complete_and_log(tmp_path):

@@ -27,6 +27,7 @@ import json
 import math
 import os
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -195,7 +196,7 @@ def load_surface(path: str | os.PathLike) -> SurfaceResult:
         try:
             with np.load(paths["npz"], allow_pickle=False) as z:
                 arrays = {k: z[k] for k in z.files}
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # e.g. a truncated file
             raise LandscapeError(f"cannot read {paths['npz']}: {e}") from e
         for key in ("x", "loss", "accuracy", "mask"):
             if key not in arrays:
@@ -604,7 +605,7 @@ def _stored_adversarial(p: Path | None, shash: str, x: torch.Tensor) -> torch.Te
         with np.load(p, allow_pickle=False) as z:
             if str(z["settings_hash"]) == shash and z["x_adv"].shape == tuple(x.shape):
                 return torch.from_numpy(z["x_adv"]).to(device=x.device, dtype=x.dtype)
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         pass
     return None
 

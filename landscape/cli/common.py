@@ -1,16 +1,22 @@
-"""Pieces shared by the console scripts: one-line errors with exit status 2, device choice, output files."""
+"""Pieces shared by the console scripts: one-line errors with exit status 2, argument types that refuse
+nonsense numbers, output checks before any work, device choice, progress, interrupts that say how to resume."""
 from __future__ import annotations
 
 import argparse
 import functools
+import math
+import os
+import shlex
 import sys
+import tempfile
 from contextlib import contextmanager
-from typing import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
 from ..distributed import World, finish, group_initialized, init_from_env
-from ..errors import LandscapeError
+from ..errors import LandscapeError, ModelError, OutputError
 
 EXIT_BAD_INPUT = 2
 
@@ -26,9 +32,163 @@ class Parser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")
 
 
+# --- argument types (argparse ``type=``): a bad number is a one-line usage error, before any work -----------
+
+def _number(kind: type, lo: float | None = None, hi: float | None = None, lo_open: bool = False,
+            name: str | None = None) -> Callable[[str], Any]:
+    """An argparse type: a finite ``kind`` (int or float) in [lo, hi] (``lo_open``: (lo, hi])."""
+    def parse(text: str):
+        v = kind(text)  # a ValueError becomes argparse's "invalid int value: 'x'"
+        if kind is float and not math.isfinite(v):
+            raise argparse.ArgumentTypeError(f"{text!r}: must be a finite number")
+        if lo is not None and (v <= lo if lo_open else v < lo):
+            raise argparse.ArgumentTypeError(f"{text}: must be {'>' if lo_open else '>='} {lo:g}")
+        if hi is not None and v > hi:
+            raise argparse.ArgumentTypeError(f"{text}: must be at most {hi:g}")
+        return v
+    parse.__name__ = name or kind.__name__  # argparse names the type in "invalid X value" messages
+    return parse
+
+
+def int_range(lo: int | None = None, hi: int | None = None) -> Callable[[str], int]:
+    """An integer in [lo, hi]."""
+    return _number(int, lo, hi)
+
+
+def float_range(lo: float | None = None, hi: float | None = None, lo_open: bool = False) -> Callable[[str], float]:
+    """A finite float in [lo, hi] (or (lo, hi] with ``lo_open``)."""
+    return _number(float, lo, hi, lo_open)
+
+
+positive_int = int_range(1)
+nonneg_int = int_range(0)
+finite_float = float_range()
+positive_float = float_range(0.0, lo_open=True)
+nonneg_float = float_range(0.0)
+unit_interval = float_range(0.0, 1.0)
+MAX_LR = 10.0  # SGD beyond this diverges at once; a typo (1e300) is refused rather than run into NaN
+learning_rate = float_range(0.0, MAX_LR, lo_open=True)
+dpi = int_range(10, 1200)  # a 6.4 x 4.8 in figure at 1200 dpi is 7680 x 5760 pixels
+
+
+def set_types(p: argparse.ArgumentParser, types: dict[str, Callable[[str], Any]]) -> argparse.ArgumentParser:
+    """Give the options named in ``types`` (e.g. ``{"--steps": positive_int}``) their validating types, in
+    one table per script; options the parser lacks are skipped. ``tests/test_bad_inputs.py`` checks that no
+    int/float option of any script is left without a range."""
+    for action in p._actions:
+        for opt in action.option_strings:
+            if opt in types:
+                action.type = types[opt]
+    return p
+
+
+def plain_name(text: str) -> str:
+    """An argparse type for names joined to a folder (``--name``): no path separators, no ``..``."""
+    from ..io import safe_name
+    try:
+        return safe_name(text, "name")
+    except LandscapeError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+# --- outputs: checked before the work ------------------------------------------------------------------
+
+def image_formats() -> tuple[str, ...]:
+    """The file suffixes matplotlib can save (png, pdf, svg, jpg, ...)."""
+    from matplotlib.backend_bases import FigureCanvasBase
+    return tuple(sorted(FigureCanvasBase.get_supported_filetypes()))
+
+
+def check_output(path: str | os.PathLike, what: str, suffixes: Sequence[str] | None = None,
+                 folder: bool = False) -> Path:
+    """Make sure ``path`` can be written before any work starts, or raise ``OutputError``: a file path must not
+    be an existing folder, a folder path (``folder=True``) not an existing file, no parent may be a file, the
+    suffix must be one of ``suffixes`` (without dots) when given, and the nearest existing folder must accept
+    a new file (tried by creating and removing one, so it holds for root and read-only file systems too,
+    where ``os.access`` says yes). Creates nothing: missing folders are made when the file is written
+    (``landscape.io`` does so for every output). Returns ``path``. Cost: a few system calls."""
+    p = Path(path)
+    if str(path) == "":
+        raise OutputError(f"{what}: empty path")
+    if folder:
+        if p.exists() and not p.is_dir():
+            raise OutputError(f"{what} {p} exists and is not a folder")
+        target = p
+    else:
+        if p.is_dir():
+            raise OutputError(f"{what} {p} is a folder; give a file name")
+        if suffixes is not None and p.suffix.lower().lstrip(".") not in suffixes:
+            raise OutputError(f"{what} {p}: unknown file type {p.suffix or '(no suffix)'}; use one of "
+                              f"{', '.join('.' + x for x in suffixes)}")
+        target = p.parent
+    anc = target
+    while not anc.exists() and anc != anc.parent:
+        anc = anc.parent
+    if anc.exists() and not anc.is_dir():
+        raise OutputError(f"{what} {p}: {anc} is a file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".landscape-probe-", dir=anc)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise OutputError(f"cannot write {what} {p}: {anc} is not writable ({e.strerror or e})") from None
+    return p
+
+
+def check_compatible(ck: Any, info: Any) -> None:
+    """Refuse data the checkpoint's model cannot take: input channels, size and number of classes of the
+    dataset ``info`` must match those the model was built for (``ck.info``). Cost: none."""
+    mine = getattr(ck, "info", None)
+    if mine is None or info is None:
+        return
+    have = (info.channels, info.size, info.size, info.num_classes)
+    want = (mine.channels, mine.size, mine.size, mine.num_classes)
+    if have != want:
+        raise ModelError(f"{info.name} has {info.channels}x{info.size}x{info.size} inputs and {info.num_classes} "
+                         f"classes, but the model in {ck.path} was built for {mine.name} "
+                         f"({mine.channels}x{mine.size}x{mine.size}, {mine.num_classes} classes); "
+                         "use a dataset of the same shape")
+
+
+# --- interrupts -------------------------------------------------------------------------------------
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, with what to do next (the ``cli`` decorator prints it on the same line)."""
+
+
+@contextmanager
+def on_interrupt(hint: str | Callable[[], str]) -> Iterator[None]:
+    """Turn a ``KeyboardInterrupt`` in the block into ``Interrupted(hint)`` (a callable is asked then)."""
+    try:
+        yield
+    except Interrupted:
+        raise
+    except KeyboardInterrupt:
+        raise Interrupted(hint() if callable(hint) else hint) from None
+
+
+def resume_command(prog: str, argv: Sequence[str], drop: Sequence[str] = ("--overwrite",),
+                   add: Sequence[str] = ("--resume",), values: dict[str, str] | None = None) -> str:
+    """The command line that continues a run: ``argv`` without the flags in ``drop``, with those in ``add``,
+    and each option in ``values`` set (appended when absent), shell-quoted."""
+    toks = [t for t in argv if t not in drop]
+    for opt, val in (values or {}).items():
+        if not any(t == opt or t.startswith(opt + "=") for t in toks):
+            toks += [opt, str(val)]
+    toks += [a for a in add if a not in toks]
+    return shlex.join([prog, *toks])
+
+
+def _memory_hint(e: BaseException) -> str:
+    where = "GPU" if "cuda" in str(e).lower() or "gpu" in str(e).lower() else "memory"
+    return (f"out of {where} ({' '.join(str(e).split())[:100] or type(e).__name__}); use fewer --samples, a "
+            "smaller --batch-size or grid, or --device cpu")
+
+
 def cli(prog: str) -> Callable[[Callable[[Sequence[str] | None], int | None]], Callable[..., int]]:
-    """Decorate a ``main(argv)``: a ``LandscapeError`` becomes ``prog: error: ...`` and exit status 2; a
-    process group the command joined (under torchrun) is left at the end, whatever happened; one the caller
+    """Decorate a ``main(argv)``: a ``LandscapeError`` becomes ``prog: error: ...`` and exit status 2, and so
+    does running out of memory (CPU or GPU: one line saying what to reduce); any other exception is a bug and
+    keeps its traceback. Ctrl-C is one line, with the ``Interrupted`` hint (how to resume), and exit 130. A process group the command joined (under torchrun) is left at the end, whatever happened; one the caller
     had already joined is left alone."""
     def deco(fn):
         @functools.wraps(fn)
@@ -40,8 +200,12 @@ def cli(prog: str) -> Callable[[Callable[[Sequence[str] | None], int | None]], C
                 msg = " ".join(str(e).split())
                 print(f"{prog}: error: {msg}", file=sys.stderr)
                 code = EXIT_BAD_INPUT
-            except KeyboardInterrupt:
-                print(f"{prog}: interrupted", file=sys.stderr)
+            except (MemoryError, torch.OutOfMemoryError) as e:
+                print(f"{prog}: error: {_memory_hint(e)}", file=sys.stderr)
+                code = EXIT_BAD_INPUT
+            except KeyboardInterrupt as e:
+                hint = " ".join(str(e).split())
+                print(f"{prog}: interrupted" + (f"; {hint}" if hint else ""), file=sys.stderr)
                 code = 130
             finally:
                 if not had_group:
@@ -54,10 +218,10 @@ def cli(prog: str) -> Callable[[Callable[[Sequence[str] | None], int | None]], C
 @contextmanager
 def progress(desc: str, unit: str, total: int | None = None, show: bool = True,
              leave: bool = True) -> Iterator[Callable[[int, int], None]]:
-    """A tqdm bar on stderr (hidden when stderr is not a terminal, or ``show`` is False); yields the
-    ``callback(done, total)`` that the analysis functions call."""
-    from tqdm import tqdm
-    bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=None if show else True, leave=leave)
+    """A tqdm bar on stderr (a line every LANDSCAPE_PROGRESS_SECONDS when stderr is not a terminal; nothing
+    when ``show`` is False); yields the ``callback(done, total)`` that the analysis functions call."""
+    from ..progress import progress_bar
+    bar = progress_bar(total, desc, unit, show=show, leave=leave)
 
     def update(done: int, total: int) -> None:
         if bar.total != total:

@@ -5,11 +5,16 @@ import sys
 from typing import Sequence
 
 from ..checkpoint import load_checkpoint
-from ..data import load_dataset
+from ..data import dataset_info, load_dataset
 from ..io import write_json
 from ..evaluate import evaluate
 from .attack_args import add_attack_arguments, attack_from_args, describe_attack
-from .common import Parser, add_checkpoint_source, add_device, cli, resolve_device, source_options
+from .common import (Parser, add_checkpoint_source, add_device, check_compatible, check_output, cli, int_range,
+                     nonneg_float, positive_float, positive_int, resolve_device, set_types, source_options)
+
+TYPES = {"--eps": nonneg_float, "--steps": positive_int, "--step-size": positive_float, "--restarts": positive_int,
+         "--n-samples": positive_int, "--batch-size": positive_int, "--attack-batch-size": positive_int,
+         "--seed": int_range(0, 2 ** 63 - 1)}
 
 DESCRIPTION = """\
 Clean and robust accuracy of a checkpoint: PGD-k with random start (default 20 steps of 2.5*eps/steps,
@@ -29,14 +34,17 @@ def build_parser() -> Parser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", metavar="PATH", help="write the result as JSON")
     add_device(p)
-    return p
+    return set_types(p, TYPES)
 
 
 @cli("landscape-eval")
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.json:
+        check_output(args.json, "--json")
     device = resolve_device(args.device)
     ck = load_checkpoint(args.checkpoint, args.arch, args.dataset, device, **source_options(args))
+    check_compatible(ck, dataset_info(args.dataset or ck.dataset, args.data_dir))
     attack = attack_from_args(args, ck.config)  # no eps anywhere: one line asking for --eps
     ds = load_dataset(args.dataset or ck.dataset, args.split, args.data_dir, args.download)
     x, y = ds.tensors(args.n_samples, device)

@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import ConfigError
-from ..io import write_json
-from .common import Parser, cli
+from ..io import save_figure, write_json
+from .common import Parser, check_output, cli, dpi, image_formats, set_types
 
 DESCRIPTION = """\
 Draw any result of the toolkit: a loss surface (its folder, surface.json or surface.npz), a spectrum JSON
@@ -41,7 +41,7 @@ def build_parser() -> Parser:
     p.add_argument("--labels", help="comma-separated labels, one per result")
     p.add_argument("--dpi", type=int, default=150)
     p.add_argument("--json", metavar="PATH", help="write {kind, out, results} as JSON")
-    return p
+    return set_types(p, {"--dpi": dpi})
 
 
 def _default_out(first: str, kind: str) -> Path:
@@ -54,6 +54,10 @@ def _default_out(first: str, kind: str) -> Path:
 @cli("landscape-plot")
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.json:
+        check_output(args.json, "--json")
+    if args.out:
+        check_output(args.out, "--out", image_formats())
     from ..analysis.plots import draw, resolve_plot
     labels = [s.strip() for s in args.labels.split(",")] if args.labels else None
     if labels is not None and len(labels) != len(args.results):
@@ -61,11 +65,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     obj = args.results if len(args.results) > 1 else args.results[0]
     kind, fn, arg = resolve_plot(obj, args.kind)
     out = Path(args.out) if args.out else _default_out(args.results[0], kind)
-    if out.suffix.lower() not in (".png", ".pdf", ".svg"):
-        raise ConfigError(f"--out {out}: use a .png, .pdf or .svg file name")
+    check_output(out, "--out", image_formats())
     fig = draw(fn, arg, field=args.field, log=args.log, labels=labels)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=args.dpi)
+    save_figure(fig, out, dpi=args.dpi)
     print(f"wrote {out} ({kind})")
     if args.json:
         write_json(args.json, {"kind": kind, "out": str(out), "results": list(args.results)})

@@ -1,6 +1,7 @@
 """landscape-spectrum: top-k Hessian eigenvalues, trace and spectral density of a checkpoint's loss."""
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import Sequence
@@ -8,14 +9,21 @@ from typing import Sequence
 from .. import __version__
 from ..attacks import check_eps
 from ..checkpoint import load_checkpoint
-from ..data import load_dataset
-from ..errors import ConfigError
-from ..io import write_json
+from ..data import dataset_info, load_dataset
+from ..errors import ConfigError, ResourceError
+from ..io import save_figure, write_json
 from .attack_args import add_attack_arguments, attack_from_args
-from .common import (TORCHRUN_HELP, Parser, add_checkpoint_source, add_device, cli, progress, resolve_world,
-                     source_options)
+from .common import (TORCHRUN_HELP, Parser, add_checkpoint_source, add_device, check_compatible, check_output, cli,
+                     finite_float, image_formats, int_range, nonneg_int, positive_float, positive_int, progress,
+                     resolve_world, set_types, source_options)
 
 DEFAULT_SAMPLES = 512
+MIN_DENSITY_STEPS = 5  # SLQ with m steps gives m nodes per probe: fewer than 5 is a few spikes, not a density
+TYPES = {"--top-k": nonneg_int, "--tol": positive_float, "--max-hvps": positive_int, "--trace-rtol": positive_float,
+         "--trace-max-hvps": positive_int, "--density-probes": positive_int,
+         "--density-steps": int_range(MIN_DENSITY_STEPS), "--sigma": positive_float, "--eps": finite_float,
+         "--steps": nonneg_int, "--step-size": positive_float, "--samples": positive_int,
+         "--batch-size": positive_int, "--attack-batch-size": positive_int, "--seed": int_range(0, 2 ** 63 - 1)}
 
 DESCRIPTION = """\
 Curvature of a checkpoint's loss over the first N samples of a split: the Hessian with respect to the
@@ -65,7 +73,24 @@ def build_parser() -> Parser:
     add_device(p)
     p.add_argument("--json", metavar="PATH", help="write settings, results, HVP counts and seconds as JSON")
     p.add_argument("--plot", metavar="PATH", help="save a figure of the eigenvalues and density")
-    return p
+    return set_types(p, TYPES)
+
+
+def _check_top_k(k: int, num_params: int, max_hvps: int | None) -> None:
+    """Refuse a top-k request that cannot finish: k must be below the number of weights, and the Lanczos
+    basis (budget x weights float64 numbers) must fit in this machine's memory. Cost: none."""
+    if k >= num_params:
+        raise ConfigError(f"--top-k {k}: the model has only {num_params:,} weights; ask for fewer eigenvalues")
+    budget = max_hvps if max_hvps is not None else min(num_params, max(100, 30 * k))
+    need = budget * num_params * 8
+    try:
+        have = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return
+    if need > have:
+        raise ResourceError(f"--top-k {k} needs a Lanczos basis of {budget} x {num_params:,} numbers "
+                            f"(~{need / 2 ** 30:.0f} GiB) but this machine has {have / 2 ** 30:.0f} GiB; ask for "
+                            "fewer eigenvalues or set a smaller --max-hvps")
 
 
 def _check_args(args) -> None:
@@ -182,10 +207,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _check_args(args)
     plot = _plot_function() if args.plot else None
+    if args.json:
+        check_output(args.json, "--json")
+    if args.plot:
+        check_output(args.plot, "--plot", image_formats())
     world, device = resolve_world(args.device)
     if world.active and args.backend == "pyhessian":
         raise ConfigError("--backend pyhessian runs in one process; drop torchrun or use --backend landscape")
     ck = load_checkpoint(args.checkpoint, args.arch, args.dataset, device, **source_options(args))
+    check_compatible(ck, dataset_info(args.dataset or ck.dataset, args.data_dir))
+    if args.top_k:
+        _check_top_k(args.top_k, sum(p.numel() for p in ck.model.parameters()), args.max_hvps)
     ds = load_dataset(args.dataset or ck.dataset, args.split, args.data_dir, args.download)
     n = args.samples if args.samples is not None else min(DEFAULT_SAMPLES, len(ds))
     x, y = ds.tensors(n, device)
@@ -224,8 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         write_json(args.json, out)
     if plot is not None:
-        fig = plot(out)
-        fig.savefig(args.plot)
+        save_figure(plot(out), args.plot)
     return 0
 
 

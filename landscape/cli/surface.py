@@ -1,18 +1,20 @@
 """landscape-surface: 1D / 2D loss and accuracy surfaces of a checkpoint, clean or adversarial, resumable."""
 from __future__ import annotations
 
+import contextlib
 import re
 import sys
 from pathlib import Path
 from typing import Sequence
 
 from ..checkpoint import load_checkpoint
-from ..data import load_dataset
-from ..errors import ConfigError
-from ..io import write_json
+from ..data import dataset_info, load_dataset
+from ..errors import ConfigError, ResourceError
+from ..io import lock_folder, save_figure, write_json
 from .attack_args import add_attack_arguments, attack_from_args, describe_attack
-from .common import (TORCHRUN_HELP, Parser, add_checkpoint_source, add_device, cli, progress, resolve_world,
-                     source_options)
+from .common import (TORCHRUN_HELP, Parser, add_checkpoint_source, add_device, check_compatible, check_output, cli,
+                     int_range, nonneg_float, on_interrupt, positive_float, positive_int, progress, resume_command,
+                     resolve_world, set_types, source_options)
 
 DESCRIPTION = """\
 Loss and accuracy of a checkpoint at theta0 + a*d1 (+ b*d2) on a grid (Li et al. 2018), for the clean or
@@ -42,6 +44,12 @@ process takes the next unfinished point); a run stopped under any number of proc
 other with identical numbers."""
 
 DEFAULT_SAMPLES = 1000
+MAX_POINTS = 1_000_000  # arrays + surface.json (rewritten every few seconds) grow ~100 bytes per point
+MAX_COORD = 1000.0      # grid coordinates are multiples of a direction (filter-normalized: 1 = the weights' size)
+TYPES = {"--eigen-tol": positive_float, "--eps": nonneg_float, "--steps": positive_int,
+         "--step-size": positive_float, "--restarts": positive_int, "--samples": positive_int,
+         "--batch-size": positive_int, "--attack-batch-size": positive_int, "--seed": int_range(0, 2 ** 63 - 1),
+         "--max-hours": positive_float}
 
 
 def build_parser() -> Parser:
@@ -84,8 +92,49 @@ def build_parser() -> Parser:
     d.add_argument("--overwrite", action="store_true", help="replace a run stored in --out")
     d.add_argument("--plot", action="store_true", help="also write surface.png (and surface_3d.png in 2D)")
     d.add_argument("--json", metavar="PATH", help="write the result as JSON")
+    d.add_argument("--max-hours", type=float, default=24.0,
+                   help="refuse a grid whose estimated time (timed on one point) exceeds this")
     add_device(d)
-    return p
+    return set_types(p, TYPES)
+
+
+def _grid(spec: str, name: str):
+    """``parse_grid`` after refusing what cannot be computed: more than MAX_POINTS points (checked before the
+    grid is made) or coordinates beyond +-MAX_COORD (the weights would be swamped, the numbers meaningless)."""
+    from ..analysis.surface import parse_grid
+    parts = spec.split(":") if isinstance(spec, str) else []
+    if len(parts) == 3 and parts[2].strip().lstrip("+").isdigit():
+        _check_points(int(parts[2]), f"{name} {spec}")
+    g = parse_grid(spec, name)
+    if not (abs(g) <= MAX_COORD).all():
+        raise ConfigError(f"{name} {spec}: coordinates must lie within +-{MAX_COORD:g} (multiples of the "
+                          "direction; 1 is the size of the weights for filter-normalized directions)")
+    return g
+
+
+def _check_points(points: int, what: str) -> None:
+    if points > MAX_POINTS:
+        gib = points * 100 / 2 ** 30
+        raise ResourceError(f"{what}: {points:,} grid points is more than {MAX_POINTS:,} (their arrays and "
+                            f"surface.json would take ~{gib:,.1f} GiB, and a forward pass each); use fewer points")
+
+
+def _check_time(ck, x, y, args, points: int, attack) -> None:
+    """Time one grid point (a forward pass over the samples; a PGD attack's worth for reattack) and refuse
+    when ``points`` of them would take longer than ``--max-hours``. Runs only for grids over 1000 points."""
+    import time
+    from ..analysis.surface import evaluate
+    if points <= 1000:
+        return
+    t0 = time.perf_counter()
+    evaluate(ck.model, x, y, args.batch_size)
+    per = time.perf_counter() - t0
+    if attack is not None and args.adv_mode == "reattack":
+        per *= 1 + 3 * attack.steps * attack.restarts  # a PGD step is a forward and a backward pass
+    hours = per * points / 3600
+    if hours > args.max_hours:
+        raise ResourceError(f"{points:,} grid points x ~{per:.3g} s each is ~{hours:,.1f} hours, more than "
+                            f"--max-hours {args.max_hours:g}; use fewer points or --samples, or raise --max-hours")
 
 
 def _directions(args, ck, x, y, dim, attack, device):
@@ -168,21 +217,38 @@ def _glue_grids(argv: Sequence[str]) -> list[str]:
 @cli("landscape-surface")
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(_glue_grids(list(sys.argv[1:] if argv is None else argv)))
-    from ..analysis.surface import load_directions, loss_surface, parse_grid
     dim = args.dim or (1 if args.directions == "interpolate" else 2)
     _check(args, dim)
     x_spec = args.x or ("-0.5:1.5:21" if args.directions == "interpolate" else "-1:1:21")
-    parse_grid(x_spec, "--x")
+    points = len(_grid(x_spec, "--x"))
     y_spec = (args.y or "-1:1:21") if dim == 2 else None
     if y_spec is not None:
-        parse_grid(y_spec, "--y")
+        points *= len(_grid(y_spec, "--y"))
+        _check_points(points, f"--x {x_spec} --y {y_spec}")
+    out = Path(args.out) if args.out else _default_out(args, dim)
+    check_output(out, "--out", folder=True)
+    if args.json:
+        check_output(args.json, "--json")
     world, device = resolve_world(args.device)
     ck = load_checkpoint(args.checkpoint, args.arch, args.dataset, device, **source_options(args))
+    check_compatible(ck, dataset_info(args.dataset or ck.dataset, args.data_dir))
     ds = load_dataset(args.dataset or ck.dataset, args.split, args.data_dir, args.download)
     n = args.samples if args.samples is not None else min(DEFAULT_SAMPLES, len(ds))
     x, y = ds.tensors(n, device)
     attack = attack_from_args(args, ck.config) if args.loss == "adversarial" else None  # no eps: exit 2
-    out = Path(args.out) if args.out else _default_out(args, dim)
+    _check_time(ck, x, y, args, points, attack)
+    with contextlib.ExitStack() as stack:
+        from ..distributed import run_on_main  # rank 0 owns the files; a second run on them is refused
+        run_on_main(stack.enter_context, lock_folder(out))
+        hint = resume_command("landscape-surface", list(sys.argv[1:] if argv is None else argv),
+                              values={"--out": str(out)})
+        stack.enter_context(on_interrupt("the points done are saved; continue with: " + hint))
+        return _run(args, ck, ds, x, y, n, dim, x_spec, y_spec, attack, out, world, device)
+
+
+def _run(args, ck, ds, x, y, n, dim, x_spec, y_spec, attack, out, world, device) -> int:
+    """Directions, the surface, figures and the report, under the folder's lock."""
+    from ..analysis.surface import load_directions, loss_surface
 
     spec = _direction_spec(args, dim, attack)
     from ..distributed import run_on_main
@@ -210,10 +276,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.plot:
         from ..analysis.plots import plot_contourf, plot_curve, plot_surface3d
         fig = plot_curve(res) if res.dim == 1 else plot_contourf(res)
-        fig.savefig(out / "surface.png", dpi=120)
+        save_figure(fig, out / "surface.png", dpi=120)
         figures.append(str(out / "surface.png"))
         if res.dim == 2:
-            plot_surface3d(res).savefig(out / "surface_3d.png", dpi=120)
+            save_figure(plot_surface3d(res), out / "surface_3d.png", dpi=120)
             figures.append(str(out / "surface_3d.png"))
     summary = res.to_dict()
     shape = "x".join(str(s) for s in reversed(res.loss.shape))

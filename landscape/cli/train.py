@@ -15,7 +15,17 @@ from ..errors import ConfigError
 from ..training.config import DEFAULT_EPOCHS, DEFAULT_EPS, LR_SCHEDULES, SELECT_RULES
 from ..training.trainer import RESUME_SAFE
 from ..training.curriculum import SCHEDULES
-from .common import Parser, add_device, cli, resolve_device
+from .common import (Parser, add_device, check_output, cli, int_range, learning_rate, nonneg_float, nonneg_int,
+                     on_interrupt, plain_name, positive_float, positive_int, resolve_device, set_types,
+                     unit_interval)
+
+TYPES = {"--eps": nonneg_float, "--steps": positive_int, "--step-size": positive_float, "--beta": nonneg_float,
+         "--ramp": unit_interval, "--lam0": unit_interval, "--epochs": positive_int, "--batch-size": positive_int,
+         "--lr": learning_rate, "--weight-decay": nonneg_float, "--seed": int_range(0, 2 ** 63 - 1),
+         "--train-samples": positive_int, "--val-samples": positive_int, "--val-steps": positive_int,
+         "--save-every": nonneg_int, "--hsat-every": positive_int, "--hsat-probe": positive_int,
+         "--hsat-iters": int_range(2), "--track-hessian-every": nonneg_int, "--track-probe": positive_int,
+         "--split-seed": int_range(0, 2 ** 63 - 1), "--name": plain_name}
 
 DESCRIPTION = """\
 Train a classifier, robustly or not, and write runs/NAME/{config.json, metrics.csv, last.pt, best.pt}.
@@ -88,7 +98,17 @@ def build_parser() -> Parser:
     p.add_argument("--json", metavar="PATH", help="write the final metrics and config as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_device(p)
-    return p
+    return set_types(p, TYPES)
+
+
+def _resume_hint(trainer, args) -> str:
+    """What to type to continue ``trainer``'s run after Ctrl-C (or why there is nothing to continue)."""
+    if not (trainer.run_dir / "last.pt").exists():
+        return f"no epoch finished, so {trainer.run_dir} holds nothing to resume; start it again"
+    extra = (["--epochs", str(args.epochs)] if args.epochs else []) + \
+        (["--device", args.device] if args.device != "auto" else [])
+    import shlex
+    return "continue with: " + shlex.join(["landscape-train", "--resume", str(trainer.run_dir), *extra])
 
 
 def _accuracies(row: dict) -> str:
@@ -100,6 +120,12 @@ def _accuracies(row: dict) -> str:
 @cli("landscape-train")
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.json:
+        check_output(args.json, "--json")
+    if not args.resume:
+        check_output(args.out, "--out", folder=True)
+    elif Path(args.resume).is_dir():
+        check_output(args.resume, "--resume", folder=True)
     device = resolve_device(args.device)
     progress = not args.quiet
     if args.resume:
@@ -124,7 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             hsat_iters=args.hsat_iters, track_hessian_every=args.track_hessian_every,
             track_probe=args.track_probe, name=args.name, select=args.select)
         trainer = Trainer(cfg, args.out, device, progress, overwrite=args.overwrite)
-    result = trainer.fit()
+    with on_interrupt(lambda: _resume_hint(trainer, args)):
+        result = trainer.fit()
     last = result.history[-1]
     best = result.history[result.best_epoch - 1]
     print(f"{result.run_dir}: {len(result.history)} epochs; last val {_accuracies(last)}; best.pt = epoch "

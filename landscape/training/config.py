@@ -9,6 +9,7 @@ from ..attack_spec import DEFAULT_BATCH_SIZE, AttackSpec
 from ..attacks import check_eps, default_step_size
 from ..data import AUGMENTED, dataset_info
 from ..errors import ConfigError
+from ..io import safe_name
 from ..models import resolve_model_name
 from .curriculum import SCHEDULES
 from .objectives import CURRICULUM_METHODS, METHODS
@@ -111,6 +112,7 @@ class TrainConfig:
         if c.name is None:
             eps = "" if c.eps is None else f"-eps{c.eps:g}"
             c.name = f"{c.method}-{c.dataset.replace(':', '_').replace('/', '_')}{eps}-s{c.seed}"
+        safe_name(c.name, "name")  # a run folder is out/NAME: a name must not lead out of out
         return c
 
     def attack(self, steps: int | None = None) -> AttackSpec | None:

@@ -19,14 +19,14 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from .. import __version__
 from ..checkpoint import load_weights, read_checkpoint, save_checkpoint
 from ..data import Dataset, augment, load_dataset
 from ..errors import CheckpointError, ConfigError, NonFiniteLossError
 from ..evaluate import evaluate
-from ..io import write_json, write_text
+from ..io import lock_folder, write_json, write_text
+from ..progress import progress_bar
 from ..models import build_model
 from .config import TrainConfig
 from .curriculum import eps_for_lambda, lam_schedule
@@ -219,10 +219,11 @@ class Trainer:
     def fit(self) -> TrainResult:
         """Train the remaining epochs, writing checkpoints and metrics after each one."""
         c, t_fit = self.cfg, time.perf_counter()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        lock = lock_folder(self.run_dir)  # a second process training into this folder is refused
+        lock.__enter__()
         write_json(self.run_dir / "config.json", {"landscape_version": __version__, **self.checkpoint_config()})
-        bar = tqdm(total=self.total_iters, initial=self.step, desc=c.name, unit="it", disable=not self.progress,
-                   dynamic_ncols=True, leave=True)
+        bar = progress_bar(self.total_iters, c.name, "it", initial=self.step, show=self.progress,
+                           dynamic_ncols=True)
         try:
             while self.epoch < c.epochs:
                 row = self._train_epoch(bar)
@@ -230,6 +231,7 @@ class Trainer:
                 bar.set_postfix({k: row[k] for k in ("train_loss", "val_clean", "val_pgd", "lam", "eps_t")})
         finally:
             bar.close()
+            lock.__exit__(None, None, None)
         return TrainResult(self.run_dir, self.history, self.best[1], self.cfg, seconds=time.perf_counter() - t_fit)
 
     def _train_epoch(self, bar) -> dict:
@@ -256,9 +258,11 @@ class Trainer:
                 group["lr"] = learning_rate(c, self.step, self.total_iters)
             out = self.objective(self.model, x, y, s, g_attack)
             if not torch.isfinite(out.loss):
-                raise NonFiniteLossError(
-                    f"loss became {out.loss.item()} at epoch {epoch + 1}, iteration {i + 1}; stopped, the last "
-                    f"good checkpoint is {self.run_dir / 'last.pt'} (try a smaller --lr)")
+                last = self.run_dir / "last.pt"
+                kept = (f"the last good checkpoint is {last} (epoch {epoch})" if epoch and last.exists() else
+                        "no checkpoint was written (it failed in the first epoch)")
+                raise NonFiniteLossError(f"loss became {out.loss.item()} at epoch {epoch + 1}, iteration {i + 1}; "
+                                         f"stopped, {kept}; try a smaller --lr")
             self.optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
             self.optimizer.step()
