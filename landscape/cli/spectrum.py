@@ -23,7 +23,8 @@ TYPES = {"--top-k": nonneg_int, "--tol": positive_float, "--max-hvps": positive_
          "--trace-max-hvps": positive_int, "--density-probes": positive_int,
          "--density-steps": int_range(MIN_DENSITY_STEPS), "--sigma": positive_float, "--eps": finite_float,
          "--steps": nonneg_int, "--step-size": positive_float, "--samples": positive_int,
-         "--batch-size": positive_int, "--attack-batch-size": positive_int, "--seed": int_range(0, 2 ** 63 - 1)}
+         "--batch-size": positive_int, "--attack-batch-size": positive_int, "--restarts": positive_int,
+         "--seed": int_range(0, 2 ** 63 - 1)}
 
 DESCRIPTION = """\
 Curvature of a checkpoint's loss over the first N samples of a split: the Hessian with respect to the
