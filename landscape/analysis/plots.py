@@ -105,8 +105,13 @@ def _find(d: Any, *keys: str) -> Any:
             for node in level:
                 if isinstance(node, dict) and node.get(k) is not None and not isinstance(node.get(k), dict):
                     return node[k]
-        level = [v for node in level if isinstance(node, dict) for v in node.values() if isinstance(v, dict)]
+        level = [v for node in level if isinstance(node, dict) for k, v in node.items()
+                 if isinstance(v, dict) and k not in ("digests", "files")]
     return None
+
+
+def _is_surface_dir(p: Path) -> bool:
+    return p.is_dir() and ((p / "surface.json").is_file() or (p / "surface.npz").is_file())
 
 
 def result_kind(obj: Any) -> str:
@@ -120,7 +125,7 @@ def result_kind(obj: Any) -> str:
     if isinstance(obj, (str, os.PathLike)):
         p = Path(obj)
         if p.is_dir():
-            if (p / "surface.json").is_file() or (p / "surface.npz").is_file():
+            if _is_surface_dir(p):
                 return "surface"
             if (p / "metrics.csv").is_file():
                 return "training"
@@ -200,11 +205,13 @@ def describe(obj: Any) -> dict:
     n = _find(d, "num_samples", "samples", "hessian_samples", "n", "n_test")
     name = run or method or ""
     if run:   # "at-eps0.3", "p-sat-digits-eps0.1-s0" -> "at", "p-sat": the rest goes to the title
-        dataset = str(_find(d, "dataset") or "")
+        from ..data import available_datasets   # the trainer's default name: METHOD-DATASET-epsEPS-sSEED
         name = re.sub(r"-eps[\d.e-]+$|-s\d+$", "", run)
         name = re.sub(r"-eps[\d.e-]+$|-s\d+$", "", name)
-        if dataset and name.endswith("-" + dataset):
-            name = name[:-len(dataset) - 1]
+        for ds in sorted({str(_find(d, "dataset") or ""), *available_datasets()} - {""}, key=len, reverse=True):
+            if name.endswith("-" + ds.replace(":", "_").replace("/", "_")):
+                name = name[:-len(ds) - 1]
+                break
     return {"name": pretty_method(name) if name else "", "run": run, "method": method, "eps": eps,
             "loss": loss if isinstance(loss, str) else None, "dataset": _find(d, "dataset"),
             "n": int(n) if isinstance(n, (int, float)) and not isinstance(n, bool) else None,
