@@ -153,7 +153,7 @@ def test_assigned_figures_display_once_in_jupyter():
 def _texts(fig):
     """Every piece of text in a figure: titles, axis labels, legend entries, tick labels after a draw."""
     fig.canvas.draw()
-    return " | ".join(t.get_text() for t in fig.findobj(matplotlib.text.Text) if t.get_text())
+    return " | ".join(t.get_text() for t in fig.findobj(matplotlib.text.Text) if t.get_text()).replace("\u00a0", " ")
 
 
 def _spec(path, loss="adversarial", eps=0.1, checkpoint="runs/at-digits-eps0.1-s0/best.pt", converged=None):

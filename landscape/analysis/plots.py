@@ -30,6 +30,7 @@ import matplotlib
 import numpy as np
 from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties
 from matplotlib.lines import Line2D
 from matplotlib.ticker import LogLocator, MaxNLocator, NullLocator
 
@@ -79,6 +80,31 @@ def _figure(w: float, h: float, **kwargs: Any) -> Figure:
         import matplotlib.pyplot as plt
         return plt.figure(**kwargs)
     return Figure(**kwargs)
+
+
+def _title(obj: Any, text: str) -> None:
+    """Set an axes' title or a figure's suptitle, wrapped to the width it has (narrow paper figures)."""
+    import textwrap
+    fig = obj if isinstance(obj, Figure) else obj.figure
+    width_in = fig.get_size_inches()[0] * (1.0 if obj is fig else obj.get_position().width + 0.1)
+    size = FontProperties(size=matplotlib.rcParams["font.size"]).get_size_in_points()
+    chars = max(20, int(width_in * 72 / (0.52 * size)))
+    text = text.replace(" = ", "\u00a0=\u00a0")      # never break "ε = 0.3"
+    text = textwrap.fill(text, chars) if len(text) > chars else text
+    if obj is fig:
+        fig.suptitle(text, fontsize="medium")
+    else:
+        obj.set_title(text, fontsize="medium")
+
+
+def _legend(obj: Any, handles: list, **kwargs: Any) -> Any:
+    """A legend in a font and a number of columns that fit the figure (two columns on a narrow one)."""
+    fig = obj if isinstance(obj, Figure) else obj.figure
+    narrow = fig.get_size_inches()[0] < 4.5
+    kwargs.setdefault("fontsize", "x-small" if narrow else "small")
+    if narrow and len(handles) > 3:
+        kwargs["ncols"] = max(kwargs.get("ncols", 1), 2)
+    return obj.legend(handles=handles, **kwargs)
 
 
 # --- what a result is, and what it says about itself -------------------------------------------------------
@@ -417,11 +443,12 @@ def _mark(ax: Any, r: SurfaceResult, z: np.ndarray, field: str) -> bool:
     t = _trajectory(r)
     if t is not None:
         ax.plot(t[:, 0], t[:, 1], "-o", color="w", ms=4, mfc="w", mec="k", lw=1.2, zorder=4)
-    ax.plot([0], [0], "P", mfc="w", mec="k", ms=9, zorder=6)
+    ms = 1.4 * float(matplotlib.rcParams["lines.markersize"])
+    ax.plot([0], [0], "P", mfc="w", mec="k", ms=ms, zorder=6)
     if np.isfinite(z).any():
         j, i = np.unravel_index(np.nanargmin(z) if field == "loss" else np.nanargmax(z), z.shape)
         if not (r.x[i] == 0 and r.y[j] == 0):  # type: ignore[index]
-            ax.plot([r.x[i]], [r.y[j]], "X", mfc="w", mec="k", ms=8, zorder=6)  # type: ignore[index]
+            ax.plot([r.x[i]], [r.y[j]], "X", mfc="w", mec="k", ms=ms, zorder=6)  # type: ignore[index]
     return t is not None
 
 
@@ -456,8 +483,10 @@ def plot_curve(results: Any, labels: Sequence[str] | None = None, log: bool = Fa
     h2, l2 = ax2.get_legend_handles_labels()
     h1.append(Line2D([], [], color="0.5", lw=0.6, ls=":"))
     l1.append("model (origin)")
-    fig.legend(h1 + h2, l1 + l2, fontsize="small", loc="outside lower center", ncols=2)
-    ax.set_title(title, fontsize="medium")
+    for h, lab in zip(h1 + h2, l1 + l2):
+        h.set_label(lab)
+    _legend(fig, h1 + h2, loc="outside lower center", ncols=2)
+    _title(ax, title)
     return fig
 
 
@@ -481,8 +510,8 @@ def plot_contour(result: Any, field: str = "loss", levels: int = 20, log: bool =
     ax.set_ylabel(yn)
     ax.xaxis.set_major_locator(MaxNLocator(5))
     ax.yaxis.set_major_locator(MaxNLocator(5))
-    ax.set_title(_surface_title(r, field), fontsize="medium")
-    fig.legend(handles=_legend_handles(field, traj), loc="outside lower center", ncols=3, fontsize="small")
+    _title(ax, _surface_title(r, field))
+    _legend(fig, _legend_handles(field, traj), loc="outside lower center", ncols=3)
     return fig
 
 
@@ -518,7 +547,7 @@ def plot_surface3d(result: Any, field: str = "loss", log: bool = False, elev: fl
     ax.view_init(elev=elev, azim=azim)
     cb = fig.colorbar(surf, ax=ax, shrink=0.6, pad=0.08)
     cb.set_label(zl)
-    ax.set_title(_surface_title(r, field), fontsize="medium")
+    _title(ax, _surface_title(r, field))
     return fig
 
 
@@ -574,8 +603,8 @@ def plot_compare(results: Any, labels: Sequence[str] | None = None, field: str =
     cb.set_ticklabels([f"{t:g}" for t in ticks])
     cb.ax.yaxis.set_minor_locator(NullLocator())
     cb.set_label(field + (" (log scale)" if use_log else ""))
-    fig.legend(handles=_legend_handles(field, traj), loc="outside lower center", ncols=3, fontsize="small")
-    fig.suptitle(title if n > 1 else _surface_title(rs[0], field), fontsize="medium")
+    _legend(fig, _legend_handles(field, traj), loc="outside lower center", ncols=3)
+    _title(fig, title if n > 1 else _surface_title(rs[0], field))
     if n == 1:
         axes[0].set_title("")
     return fig
@@ -687,8 +716,8 @@ def plot_eigenvalues(results: Any, labels: Sequence[str] | None = None, log: boo
     h, lab = ax.get_legend_handles_labels()
     if any_unconv:
         h.append(_unconverged_handle())
-    ax.legend(handles=h, fontsize="small")
-    ax.set_title(title, fontsize="medium")
+    _legend(ax, h)
+    _title(ax, title)
     return fig
 
 
@@ -709,13 +738,13 @@ def _density_axis(ax: Any, series: list[tuple[dict, dict | None, str, str]], log
         ax.set_ylim(floor, peak * 3)
         ax.yaxis.set_major_locator(LogLocator(numticks=8))
     ax.set_xlabel("eigenvalue")
-    ax.set_ylabel("density" + (f" (log, from {DENSITY_FLOOR:g} of the peak)" if log else ""))
+    ax.set_ylabel("density (log scale)" if log else "density")
     ax.xaxis.set_major_locator(MaxNLocator(8))
     ax.grid(alpha=0.3)
     h, _ = ax.get_legend_handles_labels()
     if rug:
         h.append(Line2D([], [], ls="", marker="|", color="k", ms=10, mew=1.2, label="top-k eigenvalues (Lanczos)"))
-    ax.legend(handles=h, fontsize="small")
+    _legend(ax, h)
 
 
 def plot_density(results: Any, labels: Sequence[str] | None = None, log: bool = True) -> Figure:
@@ -731,7 +760,7 @@ def plot_density(results: Any, labels: Sequence[str] | None = None, log: bool = 
     fig = _figure(6.4, 4.2)
     ax = fig.add_subplot()
     _density_axis(ax, series, log)
-    ax.set_title(title, fontsize="medium")
+    _title(ax, title)
     return fig
 
 
@@ -754,7 +783,7 @@ def plot_spectrum(result: Any, log: bool = True) -> Figure:
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
             h, _ = ax.get_legend_handles_labels()
-            ax.legend(handles=h + ([_unconverged_handle()] if unconv else []), fontsize="small")
+            _legend(ax, h + ([_unconverged_handle()] if unconv else []))
             ax.set_title("top eigenvalues")
         else:
             _density_axis(ax, [(dens, eig, "C0", "density (SLQ)")], log)  # type: ignore[list-item]
@@ -762,7 +791,7 @@ def plot_spectrum(result: Any, log: bool = True) -> Figure:
     head = " ".join(x for x in (info["name"], _what(info)) if x)
     tr = f"trace = {format_trace(trace)}" if trace else ""
     if head or tr:
-        fig.suptitle("; ".join(x for x in (head, tr) if x), fontsize="medium")
+        _title(fig, "; ".join(x for x in (head, tr) if x))
     return fig
 
 
@@ -873,17 +902,17 @@ def plot_sharpness(metrics: Any, labels: Sequence[str] | None = None) -> Figure:
         ax.plot(x[ok], df[col].to_numpy()[ok], "o-", color=f"C{i}", ms=4, label=name or COLUMN_NAMES.get(col, col))
         b = best_epoch(df, meta)
         if b is not None and ok[x == b].any():
-            ax.plot([b], df[col].to_numpy()[x == b], "*", color=f"C{i}", ms=13, mec="k", mew=0.6, zorder=5)
+            ax.plot([b], df[col].to_numpy()[x == b], "*", color=f"C{i}", mec="k", mew=0.6, zorder=5,
+                    ms=2.2 * float(matplotlib.rcParams["lines.markersize"]))
     _epoch_axis(ax)
     ax.set_ylabel("sharpness (top eigenvalue)")
     h, _ = ax.get_legend_handles_labels()
     if any(best_epoch(df, m) is not None for df, m in runs):
         h.append(Line2D([], [], ls="", marker="*", color="0.6", mec="k", mew=0.6, ms=11, label="best epoch"))
-    ax.legend(handles=h, fontsize="small")
+    _legend(ax, h)
     infos = [describe(m) for _, m in runs]
-    ax.set_title("sharpness during training" + (f" (ε = {_fmt(infos[0]['eps'])})" if infos[0]["eps"] is not None
-                                                 and len({str(i['eps']) for i in infos}) == 1 else ""),
-                 fontsize="medium")
+    _title(ax, "sharpness during training" + (f" (ε = {_fmt(infos[0]['eps'])})" if infos[0]["eps"] is not None
+                                                 and len({str(i['eps']) for i in infos}) == 1 else ""))
     return fig
 
 
@@ -925,7 +954,8 @@ def plot_training(metrics: Any, labels: Sequence[str] | None = None) -> Figure:
                 ax.plot(x, df[c], ls, color=color, marker="." if len(x) <= 30 else None,
                         label=(name if k == 0 and g == panels[0] else None) if many else label)
                 if b is not None and g == "accuracy" and (c == "val_pgd" or (c == "val_clean" and "val_pgd" not in df)):
-                    ax.plot([b], df[c].to_numpy()[x == b], "*", color=color, ms=12, mec="k", mew=0.6, zorder=5)
+                    ax.plot([b], df[c].to_numpy()[x == b], "*", color=color, mec="k", mew=0.6, zorder=5,
+                            ms=2.0 * float(matplotlib.rcParams["lines.markersize"]))
             if b is not None and not many:
                 ax.axvline(b, color="0.4", ls=":", lw=1)
     for g, ax in axes.items():
@@ -942,15 +972,15 @@ def plot_training(metrics: Any, labels: Sequence[str] | None = None) -> Figure:
         if g == "accuracy":
             ax.set_ylim(-0.02, 1.02)
         if g == "curriculum":
-            ax.set_ylabel("λ (fraction of the curriculum) / ε_t")
+            ax.set_ylabel("λ / ε_t")
         if h:
-            ax.legend(handles=h, fontsize="x-small" if many else "small")
+            _legend(ax, h, **({"fontsize": "x-small"} if many else {}))
     infos = [describe(m) for _, m in runs]
     head = names[0] if len(runs) == 1 and names[0] else ""
     eps = infos[0]["eps"] if len({str(i['eps']) for i in infos}) == 1 else None
     ds = infos[0]["dataset"] if len({str(i['dataset']) for i in infos}) == 1 else None
     sub = ", ".join(x for x in (f"ε = {_fmt(eps)}" if eps is not None else "", str(ds or "")) if x)
-    fig.suptitle("training" + (f" — {head}" if head else "") + (f" ({sub})" if sub else ""), fontsize="medium")
+    _title(fig, "training" + (f" — {head}" if head else "") + (f" ({sub})" if sub else ""))
     return fig
 
 
