@@ -472,7 +472,11 @@ def plot_curve(results: Any, labels: Sequence[str] | None = None, log: bool = Fa
                 label=f"{lab}: loss")
         ax2.plot(r.x, _field(r, "accuracy"), "--", color=color, label=f"{lab}: accuracy")
     ax.axvline(0, color="0.5", lw=0.6, ls=":")
-    ax.set_xlabel(axis_names(rs[0])[0])
+    xnames = list(dict.fromkeys(axis_names(r)[0] for r in rs))
+    ev = [(_directions(r).get("eigenvalues") or [None])[0] for r in rs]
+    if len(xnames) > 1 and all(_directions(r).get("kind") == "eigen" for r in rs) and None not in ev:
+        xnames = ["eigvec 1 of each model (λ = " + ", ".join(f"{v:.3g}" for v in ev) + ")"]
+    ax.set_xlabel(xnames[0] if len(xnames) == 1 else "direction 1 (" + "; ".join(xnames) + ")")
     ax.set_ylabel("loss (solid)")
     ax2.set_ylabel("accuracy (dashed)")
     ax2.set_ylim(-0.02, 1.02)
