@@ -326,6 +326,7 @@ def table_html(entries: Sequence[RunEntry]) -> str:
             f"ε = {i['eps']:g}" if isinstance(i.get("eps"), (int, float)) else "",
             f"{i['loss']} loss" if i.get("loss") else "",
             f"n = {i['n']}" if i.get("n") else "",
+            f"accuracies on {ev['n']} samples" if ev.get("n") and ev.get("n") != i.get("n") else "",
             str(i["dataset"]) if i.get("dataset") else "", str(i["model"]) if i.get("model") else "") if x)
         cells = [e.label, _pct(ev.get("clean")), _pct(ev.get("pgd")), _pct(ev.get("autoattack")), top,
                  P.format_trace(e.trace) if e.trace else "–",
