@@ -17,13 +17,20 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-# Debian's Fashion-MNIST IDX files, when missing and we are root (tests that need them skip otherwise).
+# Debian's Fashion-MNIST IDX files, when missing and we are root (tests that need them skip otherwise);
+# Debian's chromium, the headless browser that tests/test_report.py renders the HTML report in.
 data:
 	@if [ ! -f $(FMNIST)/train-images-idx3-ubyte.gz ] && [ ! -f $(FMNIST)/train-images-idx3-ubyte ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null 2>&1 \
 	      || echo "warning: could not install dataset-fashion-mnist; Fashion-MNIST tests will skip"; \
 	  else echo "note: not root, Fashion-MNIST not installed; its tests will skip"; fi; \
+	fi
+	@if ! command -v chromium >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null 2>&1 \
+	      || echo "warning: could not install chromium; the report's browser test will skip"; \
+	  else echo "note: not root, chromium not installed; the report's browser test will skip"; fi; \
 	fi
 
 test: venv data

@@ -119,16 +119,47 @@ def surface(run: Path, eps: float, s: Scale, test: ls.Dataset, seed: int, out: P
             "loss_center": float(res.loss[res.loss.shape[0] // 2, res.loss.shape[1] // 2])}
 
 
+def figures(out: Path) -> None:
+    """The committed figures, from the committed results alone (``--figures-only`` redraws them)."""
+    fig = plots.plot_density([out / f"analysis_{m}-eps{LARGE_EPS:g}.json" for m in METHODS])
+    fig.savefig(out / "density.png", dpi=110)
+    fig = plots.plot_compare([out / f"surface_{m}-eps{LARGE_EPS:g}" for m in METHODS])
+    fig.savefig(out / "surfaces.png", dpi=110)
+    fig = plots.plot_sharpness(out / "training_curves.csv")
+    fig.savefig(out / "sharpness.png", dpi=110)
+    sweep = [read_json(out / f"analysis_at-eps{eps:g}.json") for eps in SWEEP_EPS]
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(9, 3.6), layout="constrained")
+    ax = fig.subplots(1, 2)
+    top = [r["top_eigenvalues"] for r in sweep]
+    ax[0].plot(SWEEP_EPS, [t["values"][0] for t in top], "o-", label="top eigenvalue (Lanczos)")
+    ax[0].set(xlabel="training and attack ε", ylabel="top eigenvalue", xticks=SWEEP_EPS)
+    tr = [plots.trace_interval({"estimate": r["trace"], "stderr": r["trace_stderr"]}) for r in sweep]
+    ax[1].errorbar(SWEEP_EPS, [t["estimate"] for t in tr], yerr=[t["half_width_95"] for t in tr], fmt="o-",
+                   capsize=3, label="trace ± 95% half-width (Hutch++)")
+    ax[1].set(xlabel="training and attack ε", ylabel="Hessian trace", xticks=SWEEP_EPS)
+    n = sweep[0].get("hessian_samples")
+    for a, loc in zip(ax, ("upper left", "lower center")):
+        a.grid(alpha=0.3)
+        a.legend(fontsize="small", loc=loc)
+    fig.suptitle(f"AT on fashion-mnist: curvature of the adversarial loss (ε as trained, n = {n}) vs ε")
+    fig.savefig(out / "eps_sweep.png", dpi=110)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="tiny scale: a few minutes")
     p.add_argument("--out", help="results folder (default results/sat, or results/sat-quick with --quick)")
     p.add_argument("--runs", help="checkpoint folder (default runs/sat or runs/sat-quick)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--figures-only", action="store_true", help="redraw the figures from the results in --out")
     args = p.parse_args()
     s = QUICK if args.quick else FULL
     tag = "sat-quick" if args.quick else "sat"
     out = Path(args.out or f"results/{tag}")
+    if args.figures_only:
+        figures(out)
+        return
     runs = Path(args.runs or f"runs/{tag}")
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
@@ -183,22 +214,7 @@ def main() -> None:
         if (run / "hsat.json").exists():
             write_json(out / f"hsat_{m}.json", read_json(run / "hsat.json"))
 
-    # figures
-    fig = plots.plot_density([r["density"] for r in methods], labels=list(METHODS))
-    fig.savefig(out / "density.png", dpi=110)
-    fig = plots.plot_compare([out / f"surface_{method_runs[m].name}" for m in METHODS], labels=list(METHODS))
-    fig.savefig(out / "surfaces.png", dpi=110)
-    fig = plots.plot_sharpness([run / "metrics.csv" for run in method_runs.values()], labels=list(METHODS))
-    fig.savefig(out / "sharpness.png", dpi=110)
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(1, 2, figsize=(9, 3.5))
-    ax[0].plot(SWEEP_EPS, [r["top_eigenvalue"] for r in sweep], "o-")
-    ax[0].set(xlabel="eps", ylabel="top eigenvalue", title="AT: adversarial-loss sharpness vs eps")
-    ax[1].errorbar(SWEEP_EPS, [r["trace"] for r in sweep], yerr=[2 * r["trace_stderr"] for r in sweep], fmt="o-")
-    ax[1].set(xlabel="eps", ylabel="Hessian trace")
-    fig.tight_layout()
-    fig.savefig(out / "eps_sweep.png", dpi=110)
-    plt.close("all")
+    figures(out)
     invocations.append({"started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(time.time() - (
         time.perf_counter() - t_start))), "seconds": time.perf_counter() - t_start})
     settings["seconds"] = sum(i["seconds"] for i in invocations)

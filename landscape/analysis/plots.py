@@ -1,5 +1,5 @@
 """Figures for every result file of the toolkit. Each function returns a ``matplotlib.figure.Figure`` and never
-calls ``plt.show()``. Save with ``fig.savefig("x.png")``.
+calls ``plt.show()``. Save with ``fig.savefig("x.png")`` (or ``.pdf``).
 
 Where figures live: in scripts, tests and the CLIs they are bare ``Figure`` objects (no pyplot registry,
 nothing to close, nothing leaks in loops). Under Jupyter's inline or widget backends they are made through
@@ -7,21 +7,32 @@ pyplot, so that ``fig = plot_contourf(surf)`` shows at the end of the cell like 
 the cell's last expression it then shows twice, as ``plt.gcf()`` would: end the line with ``;``).
 
 Surfaces: ``plot_curve`` (1D loss and accuracy), ``plot_contour`` (2D contour lines), ``plot_contourf``
-(filled, log-spaced levels), ``plot_surface3d``, ``plot_compare`` (clean vs adversarial side by side on one
-colour scale). Spectra: ``plot_eigenvalues``, ``plot_density``, ``plot_spectrum``. Training runs:
-``plot_sharpness``, ``plot_training``. ``plot_result(path_or_obj, kind=None)`` picks one by content.
+(filled, log-spaced levels; a PCA surface shows the training trajectory), ``plot_surface3d``,
+``plot_compare`` (several surfaces side by side on one colour scale; refuses different direction kinds or
+grids unless ``mismatch="warn"``). Spectra: ``plot_eigenvalues``, ``plot_density``, ``plot_spectrum``.
+Training runs: ``plot_sharpness``, ``plot_training`` (loss, accuracy and the curriculum, best epoch marked).
+``plot_result(path_or_obj, kind=None)`` picks one from the result's ``kind`` (inferred for older files).
+
+Titles, legends and axis names come from the results' settings (method, eps, loss, dataset, number of
+samples, direction kind), never from file names. ``with paper_style(): fig = ...`` (or ``landscape-plot
+--style paper``) makes single-column figures (3.3 in wide) with matching font sizes.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import warnings
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import matplotlib
 import numpy as np
 from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
-from matplotlib.ticker import FormatStrFormatter, MaxNLocator, NullLocator
+from matplotlib.font_manager import FontProperties
+from matplotlib.lines import Line2D
+from matplotlib.ticker import LogLocator, MaxNLocator, NullLocator
 
 from ..errors import LandscapeError
 from ..io import read_json
@@ -31,10 +42,39 @@ SURFACE_KINDS = ("curve", "contour", "contourf", "surface3d", "compare")
 SPECTRUM_KINDS = ("spectrum", "eigenvalues", "density")
 RUN_KINDS = ("sharpness", "training")
 KINDS = SURFACE_KINDS + SPECTRUM_KINDS + RUN_KINDS
+RESULT_KINDS = ("surface", "spectrum", "eigenvalues", "trace", "density", "evaluation", "training")
+DENSITY_FLOOR = 1e-6          # the density's log axis starts at this fraction of its peak
+LINEAR_BELOW = 3.0            # colour scales are linear when max / min is below this
+METHOD_NAMES = {"standard": "standard", "at": "AT", "trades": "TRADES", "sat-eps": "SAT-ε", "p-sat": "P-SAT",
+                "h-sat": "H-SAT"}
+COLUMN_NAMES = {"train_loss": "training loss", "train_acc": "training accuracy", "val_clean": "clean accuracy (val.)",
+                "val_pgd": "PGD accuracy (val.)", "val_loss": "validation loss", "lam": "λ (curriculum)",
+                "eps_t": "ε_t (training budget)", "lr": "learning rate", "sharpness": "top eigenvalue"}
+STYLES = {
+    "default": {},
+    "paper": {"figure.figsize": (3.3, 2.5), "font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8,
+              "xtick.labelsize": 7, "ytick.labelsize": 7, "legend.fontsize": 6.5, "lines.linewidth": 1.0,
+              "lines.markersize": 3.5, "axes.linewidth": 0.6, "xtick.major.width": 0.6,
+              "ytick.major.width": 0.6, "savefig.dpi": 300, "pdf.fonttype": 42, "ps.fonttype": 42,
+              "figure.constrained_layout.h_pad": 0.02, "figure.constrained_layout.w_pad": 0.02},
+}
 
 
-def _figure(**kwargs: Any) -> Figure:
-    """A new Figure: through pyplot under a Jupyter inline/widget backend (so it displays), else bare."""
+@contextlib.contextmanager
+def paper_style(name: str = "paper") -> Iterator[None]:
+    """Matplotlib settings of a named style (``paper``: single-column width 3.3 in, 8 pt fonts, 300 dpi, PDF
+    fonts embedded as TrueType) for the figures made inside the block."""
+    if name not in STYLES:
+        raise LandscapeError(f"unknown style {name!r}; choose from {', '.join(STYLES)}")
+    with matplotlib.rc_context(STYLES[name]):
+        yield
+
+
+def _figure(w: float, h: float, **kwargs: Any) -> Figure:
+    """A new Figure of ``w`` x ``h`` inches at the default style (scaled to the style's width), constrained
+    layout; through pyplot under a Jupyter inline/widget backend (so it displays), else bare."""
+    scale = min(1.0, float(matplotlib.rcParams["figure.figsize"][0]) / 6.4)
+    kwargs = {"figsize": (w * scale, h * scale), "layout": "constrained", **kwargs}
     backend = str(matplotlib.rcParams._get_backend_or_none() or "").lower()
     if any(k in backend for k in ("inline", "ipympl", "widget", "nbagg")):
         import matplotlib.pyplot as plt
@@ -42,190 +82,32 @@ def _figure(**kwargs: Any) -> Figure:
     return Figure(**kwargs)
 
 
-# --- inputs -------------------------------------------------------------------------------------------
-
-def _surface(obj: Any) -> SurfaceResult:
-    if isinstance(obj, SurfaceResult):
-        return obj
-    if isinstance(obj, dict):
-        if obj.get("kind") not in (None, "surface") or "loss" not in obj or "x" not in obj:
-            raise LandscapeError("not a surface result (needs x and loss)")
-        return SurfaceResult.from_dict(obj)
-    return load_surface(obj)
-
-
-def _surfaces(objs: Any) -> list[SurfaceResult]:
-    return [_surface(o) for o in (objs if isinstance(objs, (list, tuple)) else [objs])]
-
-
-def _label(r: SurfaceResult, i: int = 0) -> str:
-    s = r.settings or {}
-    if not s:
-        return f"#{i + 1}"
-    att = s.get("attack") or {}
-    lab = s.get("loss", "loss")
-    if att:
-        lab += f" (eps {att.get('eps'):g}, {att.get('mode')})"
-    src = (s.get("info") or {}).get("checkpoint")
-    return f"{Path(src).stem}: {lab}" if src else lab
-
-
-def _field(r: SurfaceResult, field: str) -> np.ndarray:
-    if field not in ("loss", "accuracy"):
-        raise LandscapeError(f"unknown field {field!r}; choose loss or accuracy")
-    z = np.asarray(r.loss if field == "loss" else r.accuracy, dtype=np.float64)
-    return np.where(r.mask, z, np.nan)
-
-
-def _axis_names(r: SurfaceResult) -> tuple[str, str]:
-    kind = ((r.settings or {}).get("directions") or {}).get("kind")
-    names = {"eigen": ("eigenvector 1", "eigenvector 2"), "pca": ("PC 1", "PC 2"),
-             "interpolate": ("interpolation coefficient", "direction 2")}
-    return names.get(kind, ("direction 1", "direction 2"))
-
-
-def _need_2d(r: SurfaceResult, what: str) -> None:
-    if r.dim != 2:
-        raise LandscapeError(f"a {what} needs a 2D surface; this one is 1D (use kind 'curve')")
-
-
-def _log_levels(lo: float, hi: float, n: int) -> np.ndarray:
-    lo = max(lo, hi * 1e-6, 1e-12) if hi > 0 else 1e-12
-    hi = max(hi, lo * 1.0001)
-    return np.geomspace(lo, hi, n)
-
-
-def _finite_range(zs: Sequence[np.ndarray]) -> tuple[float, float]:
-    vals = np.concatenate([z[np.isfinite(z)].ravel() for z in zs]) if zs else np.zeros(0)
-    if vals.size == 0:
-        raise LandscapeError("the surface holds no computed points yet")
-    return float(vals.min()), float(vals.max())
-
-
-# --- surfaces -----------------------------------------------------------------------------------------
-
-def plot_curve(results: Any, labels: Sequence[str] | None = None, log: bool = False) -> Figure:
-    """1D surfaces: loss (left axis, solid) and accuracy (right axis, dashed) along the direction; several
-    results (e.g. clean and adversarial) are overlaid on the same axes."""
-    rs = _surfaces(results)
-    fig = _figure(figsize=(6.4, 4.2), layout="constrained")
-    ax = fig.add_subplot()
-    ax2 = ax.twinx()
-    for i, r in enumerate(rs):
-        if r.dim != 1:
-            raise LandscapeError("a curve needs a 1D surface; this one is 2D (use contour, contourf or surface3d)")
-        lab = labels[i] if labels else _label(r, i)
-        color = f"C{i}"
-        ax.plot(r.x, _field(r, "loss"), "-", color=color, marker="." if len(r.x) <= 60 else None, label=f"{lab} loss")
-        ax2.plot(r.x, _field(r, "accuracy"), "--", color=color, label=f"{lab} accuracy")
-    ax.set_xlabel(_axis_names(rs[0])[0])
-    ax.set_ylabel("loss")
-    ax2.set_ylabel("accuracy")
-    ax2.set_ylim(-0.02, 1.02)
-    if log:
-        ax.set_yscale("log")
-    h1, l1 = ax.get_legend_handles_labels()
-    h2, l2 = ax2.get_legend_handles_labels()
-    fig.legend(h1 + h2, l1 + l2, fontsize="small", loc="outside lower center", ncols=2)
-    ax.set_title("loss and accuracy along the direction")
-    return fig
-
-
-def _mark(ax: Any, r: SurfaceResult, z: np.ndarray) -> None:
-    ax.plot([0], [0], "w+", markersize=10, markeredgewidth=1.5)
-    if np.isfinite(z).any():
-        j, i = np.unravel_index(np.nanargmin(z), z.shape)
-        ax.plot([r.x[i]], [r.y[j]], "wx", markersize=7)  # type: ignore[index]
-
-
-def plot_contour(result: Any, field: str = "loss", levels: int = 20, log: bool = True) -> Figure:
-    """2D contour lines (log-spaced levels for the loss when ``log``), with labels; + marks the model, x the
-    lowest point."""
-    r = _surface(result)
-    _need_2d(r, "contour plot")
-    z = _field(r, field)
-    lo, hi = _finite_range([z])
-    use_log = log and field == "loss" and hi > 0
-    lv = _log_levels(lo, hi, levels) if use_log else np.linspace(lo, hi if hi > lo else lo + 1e-9, levels)
-    fig = _figure(figsize=(5.6, 4.8), layout="constrained")
-    ax = fig.add_subplot()
-    cs = ax.contour(r.x, r.y, np.ma.masked_invalid(z), levels=lv, cmap="viridis",
-                    norm=LogNorm(lv[0], lv[-1]) if use_log else None)
-    ax.clabel(cs, cs.levels[::max(1, len(cs.levels) // 6)], fontsize=7, fmt="%.3g")
-    ax.plot([0], [0], "k+", markersize=10)
-    ax.set_xlabel(_axis_names(r)[0])
-    ax.set_ylabel(_axis_names(r)[1])
-    ax.set_title(f"{_label(r)}: {field}")
-    ax.set_aspect("auto")
-    return fig
-
-
-def plot_contourf(result: Any, field: str = "loss", levels: int = 30, log: bool = True) -> Figure:
-    """Filled 2D contours; for the loss, levels are log-spaced (``LogNorm``) so low basins stay visible."""
-    return plot_compare([result], field=field, levels=levels, log=log)
-
-
-def plot_surface3d(result: Any, field: str = "loss", log: bool = False, elev: float = 35, azim: float = -60) -> Figure:
-    """3D surface of the loss (or accuracy) over the 2D grid."""
-    r = _surface(result)
-    _need_2d(r, "3D surface")
-    z = _field(r, field)
-    X, Y = np.meshgrid(r.x, r.y)
-    shown = np.log10(np.clip(z, 1e-12, None)) if log and field == "loss" else z
-    fig = _figure(figsize=(6.4, 5.2), layout="constrained")
-    ax = fig.add_subplot(projection="3d")
-    ax.plot_surface(X, Y, np.ma.masked_invalid(shown), cmap="viridis", linewidth=0, antialiased=True,
-                    rstride=1, cstride=1)
-    ax.set_xlabel(_axis_names(r)[0])
-    ax.set_ylabel(_axis_names(r)[1])
-    ax.set_zlabel(f"log10 {field}" if log and field == "loss" else field)
-    ax.view_init(elev=elev, azim=azim)
-    ax.set_title(f"{_label(r)}: {field}")
-    return fig
-
-
-def plot_compare(results: Any, labels: Sequence[str] | None = None, field: str = "loss", levels: int = 30,
-                 log: bool = True) -> Figure:
-    """Surfaces side by side on ONE colour scale (shared levels and norm, one colour bar), e.g. clean vs
-    adversarial, or AT vs SAT. 1D surfaces are overlaid on shared axes instead."""
-    rs = _surfaces(results)
-    if all(r.dim == 1 for r in rs):
-        return plot_curve(rs, labels=labels, log=log)
-    for r in rs:
-        _need_2d(r, "side-by-side comparison")
-    zs = [_field(r, field) for r in rs]
-    lo, hi = _finite_range(zs)
-    use_log = log and field == "loss" and hi > 0
-    if use_log:
-        lv = _log_levels(lo, hi, levels)
-        norm: Normalize = LogNorm(lv[0], lv[-1])
+def _title(obj: Any, text: str) -> None:
+    """Set an axes' title or a figure's suptitle, wrapped to the width it has (narrow paper figures)."""
+    import textwrap
+    fig = obj if isinstance(obj, Figure) else obj.figure
+    width_in = fig.get_size_inches()[0] * (1.0 if obj is fig else obj.get_position().width + 0.1)
+    size = FontProperties(size=matplotlib.rcParams["font.size"]).get_size_in_points()
+    chars = max(20, int(width_in * 72 / (0.52 * size)))
+    text = text.replace(" = ", "\u00a0=\u00a0")      # never break "ε = 0.3"
+    text = textwrap.fill(text, chars) if len(text) > chars else text
+    if obj is fig:
+        fig.suptitle(text, fontsize="medium")
     else:
-        lv = np.linspace(lo, hi if hi > lo else lo + 1e-9, levels)
-        norm = Normalize(lv[0], lv[-1])
-    n = len(rs)
-    fig = _figure(figsize=(4.6 * n + 1.0, 4.3), layout="constrained")
-    axes = fig.subplots(1, n, squeeze=False, sharex=False, sharey=True)[0]
-    cf = None
-    for i, (ax, r, z) in enumerate(zip(axes, rs, zs)):
-        zz = np.clip(z, lv[0], lv[-1]) if use_log else z
-        cf = ax.contourf(r.x, r.y, np.ma.masked_invalid(zz), levels=lv, norm=norm, cmap="viridis", extend="neither")
-        ax.contour(r.x, r.y, np.ma.masked_invalid(zz), levels=lv[::max(1, levels // 8)], colors="k",
-                   linewidths=0.4)
-        _mark(ax, r, z)
-        ax.set_xlabel(_axis_names(r)[0])
-        if i == 0:
-            ax.set_ylabel(_axis_names(r)[1])
-        ax.set_title(labels[i] if labels else _label(r, i), fontsize="medium")
-    cb = fig.colorbar(cf, ax=list(axes), shrink=0.9)
-    if use_log:
-        cb.set_ticks(np.geomspace(lv[0], lv[-1], 6))
-        cb.ax.yaxis.set_major_formatter(FormatStrFormatter("%.3g"))
-        cb.ax.yaxis.set_minor_locator(NullLocator())
-    cb.set_label(field + (" (log scale)" if use_log else ""))
-    return fig
+        obj.set_title(text, fontsize="medium")
 
 
-# --- spectra ------------------------------------------------------------------------------------------
+def _legend(obj: Any, handles: list, **kwargs: Any) -> Any:
+    """A legend in a font and a number of columns that fit the figure (two columns on a narrow one)."""
+    fig = obj if isinstance(obj, Figure) else obj.figure
+    narrow = fig.get_size_inches()[0] < 4.5
+    kwargs.setdefault("fontsize", "x-small" if narrow else "small")
+    if narrow and len(handles) > 3:
+        kwargs["ncols"] = max(kwargs.get("ncols", 1), 2)
+    return obj.legend(handles=handles, **kwargs)
+
+
+# --- what a result is, and what it says about itself -------------------------------------------------------
 
 def _load_json_like(obj: Any) -> Any:
     if isinstance(obj, (str, os.PathLike)):
@@ -241,22 +123,521 @@ def _load_json_like(obj: Any) -> Any:
     return obj
 
 
-def _spectrum_parts(d: Any) -> tuple[list[float] | None, dict | None, dict | None]:
-    """(top eigenvalues, density {grid, density}, trace dict) from any spectrum-like JSON, tolerantly."""
+def _find(d: Any, *keys: str) -> Any:
+    """The value of the first of ``keys`` found in ``d`` or its nested dicts, shallowest first (None if absent)."""
+    level = [d]
+    while level:
+        for k in keys:
+            for node in level:
+                if isinstance(node, dict) and node.get(k) is not None and not isinstance(node.get(k), dict):
+                    return node[k]
+        level = [v for node in level if isinstance(node, dict) for k, v in node.items()
+                 if isinstance(v, dict) and k not in ("digests", "files")]
+    return None
+
+
+def _is_surface_dir(p: Path) -> bool:
+    return p.is_dir() and ((p / "surface.json").is_file() or (p / "surface.npz").is_file())
+
+
+def result_kind(obj: Any) -> str:
+    """The ``kind`` of a result (one of ``RESULT_KINDS``): its ``kind`` field, else inferred from its keys
+    (older files), a ``SurfaceResult``, a DataFrame / metrics.csv / run folder ("training")."""
+    import pandas as pd
+    if isinstance(obj, SurfaceResult):
+        return "surface"
+    if isinstance(obj, pd.DataFrame):
+        return "training"
+    if isinstance(obj, (str, os.PathLike)):
+        p = Path(obj)
+        if p.is_dir():
+            if _is_surface_dir(p):
+                return "surface"
+            if (p / "metrics.csv").is_file():
+                return "training"
+            raise LandscapeError(f"{p}: a folder without surface.json or metrics.csv")
+        if p.suffix == ".csv":
+            return "training"
+        if p.suffix == ".npz":
+            return "surface"
+        obj = _load_json_like(p)
+    obj = _load_json_like(obj)
+    if not isinstance(obj, dict):
+        raise LandscapeError("cannot tell what this result is (expected a JSON object)")
+    kind = obj.get("kind")
+    if kind in RESULT_KINDS:
+        return kind
+    if "x" in obj and "loss" in obj:
+        return "surface"
+    if "history" in obj and isinstance(obj["history"], list):
+        return "training"
+    eig, dens, trace = _spectrum_parts(obj)
+    parts = [name for name, v in (("eigenvalues", eig), ("density", dens), ("trace", trace)) if v]
+    if len(parts) > 1 or any(k in obj for k in ("top_eigenvalues", "top_eigenvalue")):
+        return "spectrum" if parts else "evaluation"
+    if parts:
+        return parts[0]
+    if any(k in obj for k in ("clean_acc", "pgd_acc", "autoattack_acc", "clean", "robust")):
+        return "evaluation"
+    raise LandscapeError("cannot tell what this result is (expected a surface, a spectrum, an evaluation "
+                         "or a metrics.csv)")
+
+
+def _run_name(d: dict) -> str | None:
+    """The run's name: a ``run`` field, else the folder of the checkpoint the result was computed from."""
+    if isinstance(d.get("run"), str):
+        return d["run"]
+    ck = _find(d, "checkpoint")
+    if isinstance(ck, str) and ck:
+        p = Path(ck)
+        return p.parent.name if p.suffix in (".pt", ".pth", ".safetensors", ".bin") and p.parent.name else p.stem
+    return None
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, (int, float)) else str(v)
+
+
+def pretty_method(name: str | None) -> str:
+    """``h-sat-affine`` -> ``H-SAT-affine``, ``at`` -> ``AT``: the house's display names of the methods."""
+    if not name:
+        return ""
+    for key in sorted(METHOD_NAMES, key=len, reverse=True):
+        if name == key or name.startswith(key + "-"):
+            return METHOD_NAMES[key] + name[len(key):]
+    return name
+
+
+def describe(obj: Any) -> dict:
+    """What produced a result, from its settings: ``name`` (method or run, for legends), ``method``, ``eps``,
+    ``loss``, ``dataset``, ``n`` (samples), ``model`` (None where the result does not say)."""
+    if isinstance(obj, SurfaceResult):
+        d: Any = {"settings": obj.settings}
+    else:
+        d = _load_json_like(obj) if not _is_frame_like(obj) else {}
+    if not isinstance(d, dict):
+        d = {}
+    run = _run_name(d)
+    method = _find(d, "method")
+    if method in ("lanczos", "eigsh", "hutch++", "hutchinson", "xtrace", "slq"):   # an estimator, not training
+        method = None
+    if method is None and run:
+        method = next((m for m in sorted(METHOD_NAMES, key=len, reverse=True)
+                       if run == m or run.startswith(m + "-")), None)
+    loss = _find(d, "loss")
+    eps = _find(d, "eps")
+    if loss == "clean":
+        eps = None
+    n = _find(d, "num_samples", "samples", "hessian_samples", "n", "n_test")
+    name = run or method or ""
+    if run:   # "at-eps0.3", "p-sat-digits-eps0.1-s0" -> "at", "p-sat": the rest goes to the title
+        from ..data import available_datasets   # the trainer's default name: METHOD-DATASET-epsEPS-sSEED
+        name = re.sub(r"-eps[\d.e-]+$|-s\d+$", "", run)
+        name = re.sub(r"-eps[\d.e-]+$|-s\d+$", "", name)
+        for ds in sorted({str(_find(d, "dataset") or ""), *available_datasets()} - {""}, key=len, reverse=True):
+            if name.endswith("-" + ds.replace(":", "_").replace("/", "_")):
+                name = name[:-len(ds) - 1]
+                break
+    return {"name": pretty_method(name) if name else "", "run": run, "method": method, "eps": eps,
+            "loss": loss if isinstance(loss, str) else None, "dataset": _find(d, "dataset"),
+            "n": int(n) if isinstance(n, (int, float)) and not isinstance(n, bool) else None,
+            "model": _find(d, "model", "arch")}
+
+
+def _is_frame_like(obj: Any) -> bool:
+    import pandas as pd
+    return isinstance(obj, pd.DataFrame) or (isinstance(obj, (str, os.PathLike)) and
+                                             (Path(obj).suffix == ".csv" or Path(obj).is_dir()))
+
+
+def _what(info: dict, with_eps: bool = True, noun: str = "loss") -> str:
+    """``adversarial loss (ε = 0.3), n = 512, fashion-mnist`` from ``describe``'s fields (``noun``: what is
+    measured, e.g. ``accuracy`` -> ``adversarial accuracy (ε = 0.3)``)."""
+    parts = []
+    if info.get("loss"):
+        loss = f"{info['loss']} {noun}"
+        if with_eps and info.get("eps") is not None:
+            loss += f" (ε = {_fmt(info['eps'])})"
+        parts.append(loss)
+    if info.get("n"):
+        parts.append(f"n = {info['n']}")
+    if info.get("dataset"):
+        parts.append(str(info["dataset"]))
+    return ", ".join(parts)
+
+
+def _labels_and_title(infos: list[dict], what: str, labels: Sequence[str] | None = None,
+                      noun: str = "loss") -> tuple[list[str], str]:
+    """One legend label per result (its method / run name, plus whatever differs between them) and a title
+    ``what — the settings they share``."""
+    if labels is not None:
+        if len(labels) != len(infos):
+            raise LandscapeError(f"{len(labels)} labels for {len(infos)} results")
+        out = list(labels)
+    else:
+        out = [i["name"] or f"result {k + 1}" for k, i in enumerate(infos)]
+        for key, fmt in (("eps", lambda v: f"ε = {_fmt(v)}"), ("loss", str), ("n", lambda v: f"n = {v}")):
+            vals = {str(i.get(key)) for i in infos}
+            if len(vals) > 1:
+                out = [f"{o}, {fmt(i[key])}" if i.get(key) is not None else o for o, i in zip(out, infos)]
+        if len(set(out)) < len(out):
+            out = [f"{o} ({k + 1})" for k, o in enumerate(out)]
+    shared = {k: infos[0].get(k) for k in ("loss", "eps", "n", "dataset")
+              if len({str(i.get(k)) for i in infos}) == 1}
+    rest = _what(shared, noun=noun)
+    return out, (f"{what} — {rest}" if what else rest) if rest else what
+
+
+# --- surfaces -----------------------------------------------------------------------------------------------
+
+def _surface(obj: Any) -> SurfaceResult:
+    if isinstance(obj, SurfaceResult):
+        return obj
+    if isinstance(obj, dict):
+        if obj.get("kind") not in (None, "surface") or "loss" not in obj or "x" not in obj:
+            raise LandscapeError("not a surface result (needs x and loss)")
+        return SurfaceResult.from_dict(obj)
+    return load_surface(obj)
+
+
+def _surfaces(objs: Any) -> list[SurfaceResult]:
+    return [_surface(o) for o in (objs if isinstance(objs, (list, tuple)) else [objs])]
+
+
+def _field(r: SurfaceResult, field: str) -> np.ndarray:
+    if field not in ("loss", "accuracy"):
+        raise LandscapeError(f"unknown field {field!r}; choose loss or accuracy")
+    z = np.asarray(r.loss if field == "loss" else r.accuracy, dtype=np.float64)
+    return np.where(r.mask, z, np.nan)
+
+
+def _directions(r: SurfaceResult) -> dict:
+    return dict((r.settings or {}).get("directions") or {})
+
+
+def axis_names(r: SurfaceResult) -> tuple[str, str]:
+    """Axis names from the directions' settings: ``eigvec 1 (λ = 13.3)``, ``filter-normalized random dir. 1``,
+    ``PC 1 (62% of variance)``, ``interpolation to RUN``; ``direction 1`` when the surface does not say."""
+    d = _directions(r)
+    kind = d.get("kind")
+    names = []
+    for i in range(2):
+        if kind == "eigen":
+            ev = d.get("eigenvalues") or []
+            names.append(f"eigvec {i + 1}" + (f" (λ = {ev[i]:.3g})" if i < len(ev) else ""))
+        elif kind == "random":
+            norm = d.get("norm", "filter")
+            names.append(("random dir." if norm in (None, "none") else f"{norm}-normalized random dir.")
+                         + f" {i + 1}")
+        elif kind == "pca":
+            evr = d.get("explained_variance_ratio") or []
+            names.append(f"PC {i + 1}" + (f" ({100 * evr[i]:.0f}% of variance)" if i < len(evr) else ""))
+        elif kind == "interpolate":
+            to = d.get("to")
+            names.append("interpolation α" + (f" (α = 1: {_run_name({'checkpoint': to})})" if to else "")
+                         if i == 0 else "direction 2")
+        else:
+            names.append(f"direction {i + 1}")
+    return names[0], names[1]
+
+
+def _surface_title(r: SurfaceResult, field: str) -> str:
+    """``AT: adversarial loss (ε = 0.3), n = 512`` (or ``... accuracy ...``) from the surface's settings."""
+    info = describe(r)
+    what = _what(info, noun=field) or field
+    return f"{info['name']}: {what}" if info["name"] else what
+
+
+def _need_2d(r: SurfaceResult, what: str) -> None:
+    if r.dim != 2:
+        raise LandscapeError(f"a {what} needs a 2D surface; this one is 1D (use kind 'curve')")
+
+
+def _finite_range(zs: Sequence[np.ndarray]) -> tuple[float, float]:
+    vals = np.concatenate([z[np.isfinite(z)].ravel() for z in zs]) if zs else np.zeros(0)
+    if vals.size == 0:
+        raise LandscapeError("the surface holds no computed points yet")
+    return float(vals.min()), float(vals.max())
+
+
+def colour_scale(lo: float, hi: float, log: bool, levels: int) -> tuple[np.ndarray, Normalize, np.ndarray, bool]:
+    """(fill levels, norm, colour-bar ticks at round values, is_log) for values in [lo, hi]: log-spaced when
+    ``log`` and max/min >= ``LINEAR_BELOW`` (positive values), else linear."""
+    use_log = bool(log and lo > 0 and hi / lo >= LINEAR_BELOW)
+    if use_log:
+        lv = np.geomspace(lo, hi, levels)
+        ticks = LogLocator(subs=(1.0, 2.0, 5.0)).tick_values(lo, hi)
+        ticks = ticks[(ticks >= lo * 0.999) & (ticks <= hi * 1.001)]
+        if len(ticks) < 3:
+            ticks = LogLocator(subs=(1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0)).tick_values(lo, hi)
+            ticks = ticks[(ticks >= lo * 0.999) & (ticks <= hi * 1.001)]
+            if len(ticks) > 7:
+                ticks = ticks[::2]
+        return lv, LogNorm(lo, hi), ticks, True
+    hi = hi if hi > lo else lo + 1e-9
+    lv = np.linspace(lo, hi, levels)
+    ticks = MaxNLocator(6).tick_values(lo, hi)
+    return lv, Normalize(lo, hi), ticks[(ticks >= lo - 1e-12) & (ticks <= hi + 1e-12)], False
+
+
+def _round_levels(lo: float, hi: float, use_log: bool, n: int = 8) -> np.ndarray:
+    """Contour-line levels at round values (1, 2, 5 x 10^k on a log scale) strictly inside (lo, hi)."""
+    if use_log:
+        lv = LogLocator(subs=(1.0, 2.0, 5.0)).tick_values(lo, hi)
+        if np.sum((lv > lo) & (lv < hi)) < 4:
+            lv = LogLocator(subs=tuple(range(1, 10))).tick_values(lo, hi)
+    else:
+        lv = MaxNLocator(n).tick_values(lo, hi)
+    return lv[(lv > lo) & (lv < hi)]
+
+
+def _check_comparable(rs: Sequence[SurfaceResult], mismatch: str) -> None:
+    """Refuse (``mismatch="refuse"``) or warn (``"warn"``) when surfaces drawn together differ in direction
+    kind or grid; ``"ignore"`` draws them silently."""
+    if mismatch not in ("refuse", "warn", "ignore"):
+        raise LandscapeError(f"mismatch must be refuse, warn or ignore, got {mismatch!r}")
+    problems = []
+    kinds = [_directions(r).get("kind") or "unknown" for r in rs]
+    norms = [_directions(r).get("norm") for r in rs]
+    if len(set(kinds)) > 1 or len(set(map(str, norms))) > 1:
+        problems.append("different direction kinds (" + ", ".join(
+            k + (f"/{n}" if n else "") for k, n in zip(kinds, norms)) + ")")
+    grids = [(tuple(np.round(r.x, 9)), None if r.y is None else tuple(np.round(r.y, 9))) for r in rs]
+    if len(set(grids)) > 1:
+        problems.append("different grids (" + ", ".join(
+            f"{len(r.x)}" + (f"x{len(r.y)}" if r.y is not None else "") + f" on [{r.x.min():g}, {r.x.max():g}]"
+            for r in rs) + ")")
+    if not problems or mismatch == "ignore":
+        return
+    msg = "the surfaces are not comparable: " + "; ".join(problems)
+    if mismatch == "refuse":
+        raise LandscapeError(msg + " (draw them separately, or allow it with mismatch='warn' / --allow-mismatch)")
+    warnings.warn(msg, stacklevel=3)
+
+
+def _legend_handles(field: str, trajectory: bool) -> list[Line2D]:
+    best = "lowest loss" if field == "loss" else "highest accuracy"
+    h = [Line2D([], [], ls="", marker="P", mfc="w", mec="k", ms=9, label="model (origin)"),
+         Line2D([], [], ls="", marker="X", mfc="w", mec="k", ms=8, label=f"{best} (when not at the model)")]
+    if trajectory:
+        h.append(Line2D([], [], color="w", marker="o", ms=4, mfc="w", mec="k", lw=1.2,
+                        label="training trajectory (checkpoints)"))
+    return h
+
+
+def _trajectory(r: SurfaceResult) -> np.ndarray | None:
+    """The training trajectory's coordinates in a PCA plane (checkpoints, then the model at the origin)."""
+    d = _directions(r)
+    coords = d.get("coords")
+    if d.get("kind") != "pca" or not coords:
+        return None
+    c = np.asarray(coords, dtype=np.float64)
+    if c.ndim != 2 or c.shape[1] < (2 if r.dim == 2 else 1):
+        return None
+    return np.vstack([c[:, :r.dim], np.zeros((1, r.dim))])
+
+
+def _mark(ax: Any, r: SurfaceResult, z: np.ndarray, field: str) -> bool:
+    """Mark the model (filled +), the best point (filled x: lowest loss / highest accuracy) unless it is the
+    model, and on a PCA plane the training trajectory; True if a trajectory was drawn."""
+    t = _trajectory(r)
+    if t is not None:
+        ax.plot(t[:, 0], t[:, 1], "-o", color="w", ms=4, mfc="w", mec="k", lw=1.2, zorder=4)
+    ms = 1.4 * float(matplotlib.rcParams["lines.markersize"])
+    ax.plot([0], [0], "P", mfc="w", mec="k", ms=ms, zorder=6)
+    if np.isfinite(z).any():
+        j, i = np.unravel_index(np.nanargmin(z) if field == "loss" else np.nanargmax(z), z.shape)
+        if not (r.x[i] == 0 and r.y[j] == 0):  # type: ignore[index]
+            ax.plot([r.x[i]], [r.y[j]], "X", mfc="w", mec="k", ms=ms, zorder=6)  # type: ignore[index]
+    return t is not None
+
+
+def plot_curve(results: Any, labels: Sequence[str] | None = None, log: bool = False,
+               mismatch: str = "refuse") -> Figure:
+    """1D surfaces: loss (left axis, solid) and accuracy (right axis, dashed) along the direction; several
+    results (e.g. clean and adversarial) are overlaid on the same axes."""
+    rs = _surfaces(results)
+    for r in rs:
+        if r.dim != 1:
+            raise LandscapeError("a curve needs a 1D surface; this one is 2D (use contour, contourf or surface3d)")
+    if len(rs) > 1:
+        _check_comparable(rs, mismatch)
+    names, title = _labels_and_title([describe(r) for r in rs], "loss and accuracy along the direction", labels)
+    fig = _figure(6.4, 4.4)
+    ax = fig.add_subplot()
+    ax2 = ax.twinx()
+    for i, (r, lab) in enumerate(zip(rs, names)):
+        color = f"C{i}"
+        ax.plot(r.x, _field(r, "loss"), "-", color=color, marker="." if len(r.x) <= 60 else None,
+                label=f"{lab}: loss")
+        ax2.plot(r.x, _field(r, "accuracy"), "--", color=color, label=f"{lab}: accuracy")
+    ax.axvline(0, color="0.5", lw=0.6, ls=":")
+    xnames = list(dict.fromkeys(axis_names(r)[0] for r in rs))
+    ev = [(_directions(r).get("eigenvalues") or [None])[0] for r in rs]
+    if len(xnames) > 1 and all(_directions(r).get("kind") == "eigen" for r in rs) and None not in ev:
+        xnames = ["eigvec 1 of each model (λ = " + ", ".join(f"{v:.3g}" for v in ev) + ")"]
+    ax.set_xlabel(xnames[0] if len(xnames) == 1 else "direction 1 (" + "; ".join(xnames) + ")")
+    ax.set_ylabel("loss (solid)")
+    ax2.set_ylabel("accuracy (dashed)")
+    ax2.set_ylim(-0.02, 1.02)
+    ax.xaxis.set_major_locator(MaxNLocator(6))
+    if log:
+        ax.set_yscale("log")
+    h1, l1 = ax.get_legend_handles_labels()
+    h2, l2 = ax2.get_legend_handles_labels()
+    h1.append(Line2D([], [], color="0.5", lw=0.6, ls=":"))
+    l1.append("model (origin)")
+    for h, lab in zip(h1 + h2, l1 + l2):
+        h.set_label(lab)
+    _legend(fig, h1 + h2, loc="outside lower center", ncols=2)
+    _title(ax, title)
+    return fig
+
+
+def plot_contour(result: Any, field: str = "loss", levels: int = 20, log: bool = True) -> Figure:
+    """2D contour lines at round values (log-spaced for the loss when ``log`` and it spans a factor 3 or more),
+    labelled; + marks the model, x the lowest point, and a PCA plane shows the training trajectory."""
+    r = _surface(result)
+    _need_2d(r, "contour plot")
+    z = _field(r, field)
+    lo, hi = _finite_range([z])
+    _, norm, _, use_log = colour_scale(lo, hi, log and field == "loss", levels)
+    lv = _round_levels(lo, hi, use_log, levels)
+    fig = _figure(5.6, 5.0)
+    ax = fig.add_subplot()
+    if len(lv):
+        cs = ax.contour(r.x, r.y, np.ma.masked_invalid(z), levels=lv, cmap="viridis", norm=norm)
+        ax.clabel(cs, cs.levels[::max(1, len(cs.levels) // 5)], fontsize="x-small", fmt="%g", inline_spacing=2)
+    traj = _mark(ax, r, z, field)
+    xn, yn = axis_names(r)
+    ax.set_xlabel(xn)
+    ax.set_ylabel(yn)
+    ax.xaxis.set_major_locator(MaxNLocator(5))
+    ax.yaxis.set_major_locator(MaxNLocator(5))
+    _title(ax, _surface_title(r, field))
+    _legend(fig, _legend_handles(field, traj), loc="outside lower center", ncols=3)
+    return fig
+
+
+def plot_contourf(result: Any, field: str = "loss", levels: int = 30, log: bool = True) -> Figure:
+    """Filled 2D contours; for the loss, levels are log-spaced (``LogNorm``) so low basins stay visible."""
+    return plot_compare([result], field=field, levels=levels, log=log)
+
+
+def plot_surface3d(result: Any, field: str = "loss", log: bool = False, elev: float = 35, azim: float = -60) -> Figure:
+    """3D surface of the loss (or accuracy) over the 2D grid, with a colour bar. One surface drawn as a
+    single mesh (no second artist to interleave with), so matplotlib's painter ordering has nothing to get
+    wrong; masked (not computed) points are left out."""
+    r = _surface(result)
+    _need_2d(r, "3D surface")
+    z = _field(r, field)
+    X, Y = np.meshgrid(r.x, r.y)
+    lo, hi = _finite_range([z])
+    use_log = log and field == "loss" and lo > 0
+    shown = np.log10(z) if use_log else z
+    fig = _figure(6.4, 5.2)
+    ax = fig.add_subplot(projection="3d")
+    slo, shi = _finite_range([shown])
+    norm = Normalize(slo, shi if shi > slo else slo + 1e-9)
+    surf = ax.plot_surface(X, Y, np.ma.masked_invalid(shown), cmap="viridis", norm=norm, linewidth=0,
+                           antialiased=False, rstride=1, cstride=1, shade=False)
+    xn, yn = axis_names(r)
+    ax.set_xlabel(xn, fontsize="small")
+    ax.set_ylabel(yn, fontsize="small")
+    zl = f"log10 {field}" if use_log else field
+    ax.set_zlabel(zl, fontsize="small")
+    for a in (ax.xaxis, ax.yaxis, ax.zaxis):
+        a.set_major_locator(MaxNLocator(5))
+    ax.view_init(elev=elev, azim=azim)
+    cb = fig.colorbar(surf, ax=ax, shrink=0.6, pad=0.08)
+    cb.set_label(zl)
+    _title(ax, _surface_title(r, field))
+    return fig
+
+
+def plot_compare(results: Any, labels: Sequence[str] | None = None, field: str = "loss", levels: int = 30,
+                 log: bool = True, mismatch: str = "refuse") -> Figure:
+    """Surfaces side by side on ONE colour scale (shared levels and norm, one colour bar with ticks at round
+    values), e.g. clean vs adversarial, or AT vs SAT; up to 3 per row. 1D surfaces are overlaid on shared
+    axes instead. Surfaces with different direction kinds or grids are refused (``mismatch="warn"``: drawn
+    with a warning)."""
+    rs = _surfaces(results)
+    if all(r.dim == 1 for r in rs):
+        return plot_curve(rs, labels=labels, log=log, mismatch=mismatch)
+    for r in rs:
+        _need_2d(r, "side-by-side comparison")
+    if len(rs) > 1:
+        _check_comparable(rs, mismatch)
+    zs = [_field(r, field) for r in rs]
+    lo, hi = _finite_range(zs)
+    lv, norm, ticks, use_log = colour_scale(lo, hi, log and field == "loss", levels)
+    lines = _round_levels(lo, hi, use_log)
+    infos = [describe(r) for r in rs]
+    names, title = _labels_and_title(infos, "", labels, noun=field)
+    title = title or field
+    n = len(rs)
+    ncols = min(n, 3)
+    nrows = (n + ncols - 1) // ncols
+    fig = _figure(3.9 * ncols + 1.4, 3.6 * nrows + 0.9)
+    axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True, sharey=True).ravel()
+    cf = None
+    traj = False
+    for i, (ax, r, z) in enumerate(zip(axes, rs, zs)):
+        zz = np.clip(z, lv[0], lv[-1])
+        cf = ax.contourf(r.x, r.y, np.ma.masked_invalid(zz), levels=lv, norm=norm, cmap="viridis")
+        if len(lines):
+            ax.contour(r.x, r.y, np.ma.masked_invalid(zz), levels=lines, colors="k", linewidths=0.4, alpha=0.6)
+        traj = _mark(ax, r, z, field) or traj
+        xn, yn = axis_names(r)
+        ax.set_xlabel(xn)
+        ax.set_ylabel(yn)
+        ax.label_outer()
+        if n > 1 and len({axis_names(q) for q in rs}) > 1:   # eigvec axes of different models: label each panel
+            ax.set_xlabel(xn, fontsize="small")
+            ax.set_ylabel(yn, fontsize="small")
+            ax.xaxis.label.set_visible(True)
+            ax.yaxis.label.set_visible(True)
+        ax.xaxis.set_major_locator(MaxNLocator(5))
+        ax.yaxis.set_major_locator(MaxNLocator(5))
+        ax.set_title(names[i] if n > 1 or labels else (infos[0]["name"] or field), fontsize="medium")
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    cb = fig.colorbar(cf, ax=list(axes[:n]), shrink=0.9)
+    cb.set_ticks(ticks)
+    cb.set_ticklabels([f"{t:g}" for t in ticks])
+    cb.ax.yaxis.set_minor_locator(NullLocator())
+    cb.set_label(field + (" (log scale)" if use_log else ""))
+    _legend(fig, _legend_handles(field, traj), loc="outside lower center", ncols=3)
+    _title(fig, title if n > 1 else _surface_title(rs[0], field))
+    if n == 1:
+        axes[0].set_title("")
+    return fig
+
+
+# --- spectra ------------------------------------------------------------------------------------------------
+
+def _spectrum_parts(d: Any) -> tuple[dict | None, dict | None, dict | None]:
+    """(eigenvalues {values, converged}, density {grid, density}, trace {estimate, half_width_95}) from any
+    spectrum-like JSON (new ``kind`` files, landscape-spectrum's, older analysis files), tolerantly."""
     d = _load_json_like(d)
     if not isinstance(d, dict):
         raise LandscapeError("not a spectrum result")
-    values = None
+    eig = None
     for key in ("top_eigenvalues", "eigenvalues", "top_k", "eigen"):
         e = d.get(key)
-        if isinstance(e, dict) and "values" in e:
-            values = e["values"]
+        if isinstance(e, dict) and isinstance(e.get("values"), list):
+            eig = e
             break
         if isinstance(e, list) and e and isinstance(e[0], (int, float)):
-            values = e
+            eig = {"values": e}
             break
-    if values is None and isinstance(d.get("values"), list):
-        values = d["values"]
+    if eig is None and isinstance(d.get("values"), list) and d.get("kind") in (None, "eigenvalues"):
+        eig = d
+    if eig is not None:
+        values = [float(v) for v in eig["values"]]
+        conv = eig.get("converged")
+        eig = {"values": values, "converged": [bool(c) for c in conv] if isinstance(conv, list) and
+               len(conv) == len(values) else None}
     dens = None
     for key in ("density", "spectral_density", "esd"):
         e = d.get(key)
@@ -265,122 +646,223 @@ def _spectrum_parts(d: Any) -> tuple[list[float] | None, dict | None, dict | Non
             break
     if dens is None and isinstance(d.get("grid"), (list, np.ndarray)) and isinstance(d.get("density"), (list, np.ndarray)):
         dens = d
-    trace = d.get("trace") if isinstance(d.get("trace"), dict) else None
-    return ([float(v) for v in values] if values is not None else None), dens, trace
+    trace = None
+    t = d.get("trace")
+    if isinstance(t, dict) and t.get("estimate") is not None:
+        trace = trace_interval(t)
+    elif isinstance(t, (int, float)) and not isinstance(t, bool):
+        trace = trace_interval({"estimate": t, "stderr": d.get("trace_stderr")})
+    elif d.get("kind") == "trace" and d.get("estimate") is not None:
+        trace = trace_interval(d)
+    return eig, dens, trace
+
+
+def trace_interval(t: dict) -> dict:
+    """{estimate, half_width_95}: the house's one confidence convention (a 95% interval, as landscape-spectrum
+    prints it). Older results with only a standard error get 1.96 x stderr."""
+    est = float(t["estimate"])
+    hw = t.get("half_width_95")
+    if hw is None and t.get("stderr") is not None:
+        hw = 1.96 * float(t["stderr"])
+    return {"estimate": est, "half_width_95": None if hw is None else float(hw)}
+
+
+def format_trace(t: dict) -> str:
+    """``72.8 ± 3.15 (95%)``."""
+    t = trace_interval(t)
+    return f"{t['estimate']:.4g}" + (f" ± {t['half_width_95']:.3g} (95%)" if t["half_width_95"] is not None else "")
 
 
 def _many(obj: Any) -> list:
     return list(obj) if isinstance(obj, (list, tuple)) else [obj]
 
 
-def _names(objs: list, labels: Sequence[str] | None) -> list[str]:
-    if labels:
-        return list(labels)
-    out = []
-    for i, o in enumerate(objs):
-        out.append(Path(o).parent.name + "/" + Path(o).stem if isinstance(o, (str, os.PathLike)) else f"#{i + 1}")
-    return out
+def _eig_markers(ax: Any, x: np.ndarray, values: list[float], conv: list[bool] | None, color: str,
+                 label: str) -> bool:
+    """Eigenvalues as markers: filled where converged, open (and ringed) where not; True if any is not."""
+    ok = np.ones(len(values), bool) if conv is None else np.asarray(conv, bool)
+    v = np.asarray(values)
+    ax.plot(x[ok], v[ok], "o", color=color, label=label, ls="")
+    if (~ok).any():
+        ax.plot(x[~ok], v[~ok], "o", mfc="none", mec=color, ls="", label=None if ok.any() else label)
+        return True
+    return False
+
+
+def _unconverged_handle() -> Line2D:
+    return Line2D([], [], ls="", marker="o", mfc="none", mec="k", label="not converged (residual > tol)")
 
 
 def plot_eigenvalues(results: Any, labels: Sequence[str] | None = None, log: bool = False) -> Figure:
-    """Top-k Hessian eigenvalues by rank, one marker series per result (e.g. AT vs SAT)."""
+    """Top-k Hessian eigenvalues by rank as markers, one series per result (e.g. AT vs SAT); open markers
+    are pairs whose residual did not reach the tolerance."""
     objs = _many(results)
-    fig = _figure(figsize=(6.0, 4.0), layout="constrained")
+    parts = [(_spectrum_parts(o)[0], describe(o)) for o in objs]
+    names, title = _labels_and_title([p[1] for p in parts], "top Hessian eigenvalues", labels)
+    fig = _figure(6.0, 4.2)
     ax = fig.add_subplot()
     drawn = kmax = 0
-    for i, (o, name) in enumerate(zip(objs, _names(objs, labels))):
-        values, _, _ = _spectrum_parts(o)
-        if not values:
+    any_unconv = False
+    for i, ((eig, _), name) in enumerate(zip(parts, names)):
+        if not eig or not eig["values"]:
             continue
-        ranks = np.arange(1, len(values) + 1)
-        ax.plot(ranks + (i - (len(objs) - 1) / 2) * 0.08, values, "o-", color=f"C{i}", label=name)
-        drawn, kmax = drawn + 1, max(kmax, len(values))
+        ranks = np.arange(1, len(eig["values"]) + 1) + (i - (len(objs) - 1) / 2) * 0.08
+        any_unconv |= _eig_markers(ax, ranks, eig["values"], eig["converged"], f"C{i}", name)
+        drawn, kmax = drawn + 1, max(kmax, len(eig["values"]))
     if not drawn:
         raise LandscapeError("no eigenvalues in the result(s)")
     ax.set_xlabel("rank")
     ax.set_ylabel("eigenvalue")
     if log:
         ax.set_yscale("symlog")
-    ax.set_xticks(np.arange(1, kmax + 1))
+    ax.set_xticks(np.arange(1, kmax + 1) if kmax <= 12 else MaxNLocator(10, integer=True).tick_values(1, kmax))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
-    ax.set_title("top Hessian eigenvalues")
+    h, lab = ax.get_legend_handles_labels()
+    if any_unconv:
+        h.append(_unconverged_handle())
+    _legend(ax, h)
+    _title(ax, title)
     return fig
 
 
-def plot_density(results: Any, labels: Sequence[str] | None = None, log: bool = True) -> Figure:
-    """Spectral density (SLQ) of the Hessian, log-scaled density axis by default; several results overlaid."""
-    objs = _many(results)
-    fig = _figure(figsize=(6.0, 4.0), layout="constrained")
-    ax = fig.add_subplot()
-    drawn = 0
-    for i, (o, name) in enumerate(zip(objs, _names(objs, labels))):
-        _, dens, _ = _spectrum_parts(o)
-        if not dens:
-            continue
+def _density_axis(ax: Any, series: list[tuple[dict, dict | None, str, str]], log: bool) -> None:
+    """Densities (floored at DENSITY_FLOOR of the peak on a log axis) with the top-k eigenvalues as rug ticks."""
+    peak = max(float(np.max(d["density"])) for d, _, _, _ in series)
+    floor = peak * DENSITY_FLOOR if peak > 0 else 1e-12
+    rug = False
+    for dens, eig, color, name in series:
         grid, rho = np.asarray(dens["grid"], float), np.asarray(dens["density"], float)
-        if log:
-            rho = np.clip(rho, max(rho.max() * 1e-12, 1e-300) if rho.size and rho.max() > 0 else 1e-300, None)
-        ax.plot(grid, rho, color=f"C{i}", label=name)
-        drawn += 1
-    if not drawn:
-        raise LandscapeError("no spectral density in the result(s)")
+        ax.plot(grid, np.clip(rho, floor * 0.5, None) if log else rho, color=color, label=name)
+        if eig and eig["values"]:
+            ax.plot(eig["values"], np.full(len(eig["values"]), 0.0), "|", color=color, ms=10, mew=1.2,
+                    transform=ax.get_xaxis_transform(), clip_on=False)
+            rug = True
     if log:
         ax.set_yscale("log")
+        ax.set_ylim(floor, peak * 3)
+        ax.yaxis.set_major_locator(LogLocator(numticks=8))
     ax.set_xlabel("eigenvalue")
-    ax.set_ylabel("density")
+    ax.set_ylabel("density (log scale)" if log else "density")
+    ax.xaxis.set_major_locator(MaxNLocator(8))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
-    ax.set_title("Hessian eigenvalue density")
+    h, _ = ax.get_legend_handles_labels()
+    if rug:
+        h.append(Line2D([], [], ls="", marker="|", color="k", ms=10, mew=1.2, label="top-k eigenvalues (Lanczos)"))
+    _legend(ax, h)
+
+
+def plot_density(results: Any, labels: Sequence[str] | None = None, log: bool = True) -> Figure:
+    """Spectral density (SLQ) of the Hessian; several results overlaid. The log axis starts at
+    ``DENSITY_FLOOR`` (1e-6) of the highest peak; a result that also holds top-k eigenvalues shows them as rug
+    ticks along the bottom."""
+    objs = _many(results)
+    parts = [(_spectrum_parts(o), describe(o)) for o in objs]
+    names, title = _labels_and_title([p[1] for p in parts], "Hessian eigenvalue density", labels)
+    series = [(p[0][1], p[0][0], f"C{i}", name) for i, (p, name) in enumerate(zip(parts, names)) if p[0][1]]
+    if not series:
+        raise LandscapeError("no spectral density in the result(s)")
+    fig = _figure(6.4, 4.2)
+    ax = fig.add_subplot()
+    _density_axis(ax, series, log)
+    _title(ax, title)
     return fig
 
 
 def plot_spectrum(result: Any, log: bool = True) -> Figure:
-    """Whatever a spectrum JSON holds: eigenvalues and/or density, side by side (trace in the title)."""
-    values, dens, trace = _spectrum_parts(result)
-    panels = [p for p, present in (("eig", values), ("dens", dens)) if present]
+    """Whatever one spectrum JSON holds: eigenvalues (markers, open where not converged) and/or the density
+    (with the eigenvalues as rug ticks), side by side; the trace ± its 95% half-width in the title."""
+    eig, dens, trace = _spectrum_parts(result)
+    info = describe(result)
+    panels = [p for p, present in (("eig", eig), ("dens", dens)) if present]
     if not panels:
         raise LandscapeError("the spectrum result holds neither eigenvalues nor a density")
-    fig = _figure(figsize=(5.2 * len(panels), 4.0), layout="constrained")
+    fig = _figure(5.2 * len(panels), 4.2)
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, p in zip(axes, panels):
         if p == "eig":
-            ax.plot(np.arange(1, len(values) + 1), values, "o-")  # type: ignore[arg-type]
+            unconv = _eig_markers(ax, np.arange(1, len(eig["values"]) + 1), eig["values"],  # type: ignore[index]
+                                  eig["converged"], "C0", "eigenvalue (converged)")  # type: ignore[index]
             ax.set_xlabel("rank")
             ax.set_ylabel("eigenvalue")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.grid(alpha=0.3)
+            h, _ = ax.get_legend_handles_labels()
+            _legend(ax, h + ([_unconverged_handle()] if unconv else []))
             ax.set_title("top eigenvalues")
         else:
-            grid, rho = np.asarray(dens["grid"], float), np.asarray(dens["density"], float)  # type: ignore[index]
-            if log and rho.size and rho.max() > 0:
-                rho = np.clip(rho, rho.max() * 1e-12, None)
-                ax.set_yscale("log")
-            ax.plot(grid, rho)
-            ax.set_xlabel("eigenvalue")
-            ax.set_ylabel("density")
+            _density_axis(ax, [(dens, eig, "C0", "density (SLQ)")], log)  # type: ignore[list-item]
             ax.set_title("spectral density")
-        ax.grid(alpha=0.3)
-    if trace and trace.get("estimate") is not None:
-        fig.suptitle(f"trace = {float(trace['estimate']):.4g}"
-                     + (f" (standard error {float(trace['stderr']):.2g})" if trace.get("stderr") is not None else ""))
+    head = " ".join(x for x in (info["name"], _what(info)) if x)
+    tr = f"trace = {format_trace(trace)}" if trace else ""
+    if head or tr:
+        _title(fig, "; ".join(x for x in (head, tr) if x))
     return fig
 
 
-# --- training runs ------------------------------------------------------------------------------------
+# --- training runs ------------------------------------------------------------------------------------------
 
-def _frame(obj: Any):
+def _run_config(folder: Path) -> dict:
+    for name in ("summary.json", "training.json", "config.json"):
+        p = folder / name
+        if p.is_file():
+            try:
+                d = read_json(p)
+            except (OSError, ValueError):
+                continue
+            if isinstance(d, dict):
+                return d
+    return {}
+
+
+def _frames(obj: Any) -> list[tuple[Any, dict]]:
+    """[(metrics DataFrame, settings dict)] for a DataFrame, metrics.csv, run folder, training JSON (with a
+    ``history``), or a CSV of several runs (a ``method`` or ``run`` column): one entry per run."""
     import pandas as pd
+    meta: dict = {}
     if isinstance(obj, pd.DataFrame):
-        return obj
-    p = Path(obj)
-    if p.is_dir():
-        p = p / "metrics.csv"
-    if not p.is_file():
-        raise LandscapeError(f"metrics file not found: {p}")
-    try:
-        return pd.read_csv(p)
-    except (OSError, ValueError) as e:
-        raise LandscapeError(f"cannot read {p} as CSV ({e})") from e
+        df = obj
+    elif isinstance(obj, dict) or (isinstance(obj, (str, os.PathLike)) and Path(obj).suffix == ".json"):
+        d = _load_json_like(obj)
+        if not isinstance(d, dict) or not isinstance(d.get("history"), list):
+            raise LandscapeError("a training result needs a 'history' (one row per epoch)")
+        df, meta = pd.DataFrame(d["history"]), d
+    else:
+        p = Path(obj)
+        if p.is_dir():
+            meta = _run_config(p)
+            meta.setdefault("run", p.name)
+            p = p / "metrics.csv"
+        elif p.name == "metrics.csv":
+            meta = _run_config(p.parent)
+            meta.setdefault("run", p.parent.name)
+        if not p.is_file():
+            raise LandscapeError(f"metrics file not found: {p}")
+        try:
+            df = pd.read_csv(p)
+        except (OSError, ValueError) as e:
+            raise LandscapeError(f"cannot read {p} as CSV ({e})") from e
+    for col in ("run", "method"):
+        if col in df.columns and df[col].nunique() > 1 or (col in df.columns and not meta):
+            return [(g.drop(columns=[col]).reset_index(drop=True), {**meta, col: k, "run": k} if col == "run"
+                     else {**meta, "method": k, "run": k})
+                    for k, g in df.groupby(col, sort=False)]
+    return [(df, meta)]
+
+
+def _epochs(df) -> np.ndarray:
+    return np.asarray(df["epoch"] if "epoch" in df.columns else np.arange(1, len(df) + 1))
+
+
+def best_epoch(df, meta: dict | None = None) -> int | None:
+    """The best epoch: the run's own record (``best_epoch``), else the trainer's rule (highest val_clean +
+    val_pgd, the first such epoch); None without validation columns."""
+    meta = meta or {}
+    if isinstance(meta.get("best_epoch"), int):
+        return meta["best_epoch"]
+    if "val_clean" not in df.columns:
+        return None
+    score = df["val_clean"].fillna(0) + (df["val_pgd"].fillna(0) if "val_pgd" in df.columns else 0)
+    return int(_epochs(df)[int(np.argmax(score.to_numpy()))])
 
 
 def _sharp_column(df) -> str | None:
@@ -390,82 +872,134 @@ def _sharp_column(df) -> str | None:
     for c in df.columns:
         lc = c.lower()
         if ("sharp" in lc or "top_eig" in lc or "lambda_max" in lc or "eigenvalue" in lc) and \
-                np.issubdtype(df[c].dtype, np.number):
+                np.issubdtype(df[c].dtype, np.number) and not lc.endswith(("_hvps", "_seconds", "_converged")):
             return c
     return None
 
 
+def _run_frames(metrics: Any) -> list[tuple[Any, dict]]:
+    out: list = []
+    for o in _many(metrics):
+        out += _frames(o)
+    return out
+
+
+def _epoch_axis(ax: Any) -> None:
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=10))
+    ax.grid(alpha=0.3)
+
+
 def plot_sharpness(metrics: Any, labels: Sequence[str] | None = None) -> Figure:
-    """Sharpness (top Hessian eigenvalue) per epoch from a metrics DataFrame or a run's metrics.csv; several
-    runs overlaid. Rows without a sharpness value are skipped."""
-    objs = _many(metrics)
-    fig = _figure(figsize=(6.0, 4.0), layout="constrained")
+    """Sharpness (top Hessian eigenvalue) per epoch from metrics DataFrames, metrics.csv files, run folders
+    or a CSV of several runs (``method`` column); several runs overlaid, each run's best epoch starred."""
+    runs = _run_frames(metrics)
+    names, _ = _labels_and_title([describe(m) for _, m in runs], "", labels)
+    fig = _figure(6.4, 4.2)
     ax = fig.add_subplot()
-    for i, (o, name) in enumerate(zip(objs, _names(objs, labels))):
-        df = _frame(o)
+    for i, ((df, meta), name) in enumerate(zip(runs, names)):
         col = _sharp_column(df)
         if col is None:
-            raise LandscapeError(f"{name}: no sharpness column (columns: {', '.join(map(str, df.columns))})")
-        x = df["epoch"] if "epoch" in df.columns else np.arange(1, len(df) + 1)
-        ok = df[col].notna()
-        ax.plot(np.asarray(x)[ok], df[col][ok], "o-", color=f"C{i}", label=name if len(objs) > 1 else col)
-    ax.set_xlabel("epoch")
+            raise LandscapeError(f"{name or 'run'}: no sharpness column (columns: {', '.join(map(str, df.columns))})")
+        x = _epochs(df)
+        ok = df[col].notna().to_numpy()
+        ax.plot(x[ok], df[col].to_numpy()[ok], "o-", color=f"C{i}", ms=4, label=name or COLUMN_NAMES.get(col, col))
+        b = best_epoch(df, meta)
+        if b is not None and ok[x == b].any():
+            ax.plot([b], df[col].to_numpy()[x == b], "*", color=f"C{i}", mec="k", mew=0.6, zorder=5,
+                    ms=2.2 * float(matplotlib.rcParams["lines.markersize"]))
+    _epoch_axis(ax)
     ax.set_ylabel("sharpness (top eigenvalue)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
-    ax.set_title("sharpness during training")
+    h, _ = ax.get_legend_handles_labels()
+    if any(best_epoch(df, m) is not None for df, m in runs):
+        h.append(Line2D([], [], ls="", marker="*", color="0.6", mec="k", mew=0.6, ms=11, label="best epoch"))
+    _legend(ax, h)
+    infos = [describe(m) for _, m in runs]
+    _title(ax, "sharpness during training" + (f" (ε = {_fmt(infos[0]['eps'])})" if infos[0]["eps"] is not None
+                                                 and len({str(i['eps']) for i in infos}) == 1 else ""))
     return fig
 
 
-def plot_training(metrics: Any) -> Figure:
-    """Training curves from a metrics DataFrame / metrics.csv: loss columns on the left, accuracy columns
-    (val_clean, val_pgd, ...) on the right, by epoch."""
-    df = _frame(metrics)
-    x = df["epoch"] if "epoch" in df.columns else np.arange(1, len(df) + 1)
-    num = [c for c in df.columns if c != "epoch" and np.issubdtype(df[c].dtype, np.number) and df[c].notna().any()]
-    losses = [c for c in num if "loss" in c.lower()]
-    accs = [c for c in num if any(k in c.lower() for k in ("acc", "clean", "pgd", "robust", "aa"))
-            and c not in losses]
-    if not losses and not accs:
-        raise LandscapeError(f"no loss or accuracy columns to plot (columns: {', '.join(map(str, df.columns))})")
-    fig = _figure(figsize=(10.0, 4.0), layout="constrained")
-    a1, a2 = fig.subplots(1, 2)
-    for i, c in enumerate(losses):
-        a1.plot(x, df[c], "-", color=f"C{i}", label=c)
-    for i, c in enumerate(accs):
-        a2.plot(x, df[c], "-", color=f"C{i}", label=c)
-    for ax, t in ((a1, "loss"), (a2, "accuracy")):
-        ax.set_xlabel("epoch")
-        ax.set_title(t)
-        ax.grid(alpha=0.3)
-        if ax.lines:
-            ax.legend(fontsize="small")
+def plot_training(metrics: Any, labels: Sequence[str] | None = None) -> Figure:
+    """Training curves by epoch: losses, accuracies (training, validation clean and PGD) and, when the run
+    records them, the curriculum (λ and ε_t) in a third panel; the best epoch is marked (dotted line, star).
+    One run: a colour per quantity; several runs (or a CSV with a ``method`` column): a colour per run and a
+    line style per quantity."""
+    runs = _run_frames(metrics)
+    names, _ = _labels_and_title([describe(m) for _, m in runs], "", labels)
+    cols: dict[str, list[str]] = {"loss": [], "accuracy": [], "curriculum": []}
+    for df, _ in runs:
+        num = [c for c in df.columns if c != "epoch" and np.issubdtype(df[c].dtype, np.number)
+               and df[c].notna().any() and not c.endswith(("_seconds", "_hvps", "_converged")) and c != "seconds"]
+        for c in num:
+            lc = c.lower()
+            group = ("curriculum" if c in ("lam", "eps_t") else "loss" if "loss" in lc else
+                     "accuracy" if any(k in lc for k in ("acc", "clean", "pgd", "robust", "aa")) else None)
+            if group and c not in cols[group]:
+                cols[group].append(c)
+    if not cols["loss"] and not cols["accuracy"]:
+        raise LandscapeError("no loss or accuracy columns to plot (columns: "
+                             f"{', '.join(map(str, runs[0][0].columns))})")
+    panels = [g for g in ("loss", "accuracy", "curriculum") if cols[g]]
+    fig = _figure(4.2 * len(panels) + 0.6, 4.2)
+    axes = dict(zip(panels, fig.subplots(1, len(panels), squeeze=False)[0]))
+    styles = ["-", "--", ":", "-."]
+    many = len(runs) > 1
+    for r, ((df, meta), name) in enumerate(zip(runs, names)):
+        x = _epochs(df)
+        b = best_epoch(df, meta)
+        for g in panels:
+            ax = axes[g]
+            for k, c in enumerate(cols[g]):
+                if c not in df.columns:
+                    continue
+                color, ls = (f"C{r}", styles[k % 4]) if many else (f"C{k}", "-")
+                label = COLUMN_NAMES.get(c, c.replace("_", " "))
+                ax.plot(x, df[c], ls, color=color, marker="." if len(x) <= 30 else None,
+                        label=(name if k == 0 and g == panels[0] else None) if many else label)
+                if b is not None and g == "accuracy" and (c == "val_pgd" or (c == "val_clean" and "val_pgd" not in df)):
+                    ax.plot([b], df[c].to_numpy()[x == b], "*", color=color, mec="k", mew=0.6, zorder=5,
+                            ms=2.0 * float(matplotlib.rcParams["lines.markersize"]))
+            if b is not None and not many:
+                ax.axvline(b, color="0.4", ls=":", lw=1)
+    for g, ax in axes.items():
+        _epoch_axis(ax)
+        ax.set_title({"loss": "loss", "accuracy": "accuracy",
+                      "curriculum": "curriculum: λ and ε_t"}[g], fontsize="medium")
+        h, _ = ax.get_legend_handles_labels()
+        if many:
+            h = [Line2D([], [], color="0.3", ls=styles[k % 4], label=COLUMN_NAMES.get(c, c.replace("_", " ")))
+                 for k, c in enumerate(cols[g])] + (h if g == panels[0] else [])
+        if g == "accuracy" and any(best_epoch(df, m) is not None for df, m in runs):
+            h.append(Line2D([], [], ls="" if many else ":", marker="*", color="0.4", mfc="0.6", mec="k", mew=0.6,
+                            ms=10, label="best epoch"))
+        if g == "accuracy":
+            ax.set_ylim(-0.02, 1.02)
+        if g == "curriculum":
+            ax.set_ylabel("λ / ε_t")
+        if h:
+            _legend(ax, h, **({"fontsize": "x-small"} if many else {}))
+    infos = [describe(m) for _, m in runs]
+    head = names[0] if len(runs) == 1 and names[0] else ""
+    eps = infos[0]["eps"] if len({str(i['eps']) for i in infos}) == 1 else None
+    ds = infos[0]["dataset"] if len({str(i['dataset']) for i in infos}) == 1 else None
+    sub = ", ".join(x for x in (f"ε = {_fmt(eps)}" if eps is not None else "", str(ds or "")) if x)
+    _title(fig, "training" + (f" — {head}" if head else "") + (f" ({sub})" if sub else ""))
     return fig
 
 
-# --- dispatch -----------------------------------------------------------------------------------------
+# --- dispatch -----------------------------------------------------------------------------------------------
 
 def detect_kind(obj: Any) -> str:
-    """What a result is: ``surface``, ``spectrum`` or ``run`` (metrics table)."""
-    import pandas as pd
-    if isinstance(obj, SurfaceResult):
+    """The family of figures a result takes: ``surface``, ``spectrum`` or ``run`` (training metrics)."""
+    kind = result_kind(obj)
+    if kind in ("surface",):
         return "surface"
-    if isinstance(obj, pd.DataFrame):
+    if kind in ("spectrum", "eigenvalues", "density", "trace"):
+        return "spectrum"
+    if kind == "training":
         return "run"
-    if isinstance(obj, (str, os.PathLike)):
-        p = Path(obj)
-        if p.suffix == ".csv" or (p.is_dir() and (p / "metrics.csv").is_file() and not (p / "surface.json").is_file()):
-            return "run"
-        if p.suffix == ".npz" or (p.is_dir() and (p / "surface.json").is_file()):
-            return "surface"
-        obj = _load_json_like(p)
-    if isinstance(obj, dict):
-        if obj.get("kind") == "surface" or ("x" in obj and "loss" in obj):
-            return "surface"
-        values, dens, trace = _spectrum_parts(obj)
-        if values or dens or trace:
-            return "spectrum"
-    raise LandscapeError("cannot tell what this result is (expected a surface, a spectrum, or a metrics.csv)")
+    raise LandscapeError(f"nothing to draw for a result of kind {kind!r} (landscape-report tabulates it)")
 
 
 def resolve_plot(obj: Any, kind: str | None = None) -> tuple[str, Any, Any]:
@@ -502,22 +1036,19 @@ def resolve_plot(obj: Any, kind: str | None = None) -> tuple[str, Any, Any]:
             return kind, plot_spectrum, objs[0]
         return kind, (plot_density if kind == "density" else plot_eigenvalues), objs
     if kind is None:
-        kind = "sharpness" if all(_sharp_column(_frame(o)) for o in objs) else "training"
+        kind = "sharpness" if all(_sharp_column(df) for df, _ in _run_frames(objs)) else "training"
     if kind not in RUN_KINDS:
         raise LandscapeError(f"kind {kind!r} does not apply to training metrics; choose from {', '.join(RUN_KINDS)}")
-    if kind == "training":
-        if len(objs) > 1:
-            raise LandscapeError("kind 'training' draws one run")
-        return kind, plot_training, objs[0]
-    return kind, plot_sharpness, objs
+    return kind, (plot_training if kind == "training" else plot_sharpness), objs
 
 
 def plot_result(obj: Any, kind: str | None = None, **kwargs: Any) -> Figure:
     """A figure for any result: a path (surface folder/JSON/NPZ, spectrum JSON, metrics.csv or run folder),
-    a dict, a result object, or a list of them (compared on shared scales). ``kind`` defaults to: curve
-    (1D surface), contourf (2D surface), compare (several surfaces), spectrum, density (several spectra),
-    sharpness (metrics with a sharpness column), else training. Keyword arguments (``field``, ``log``,
-    ``labels``, ...) go to the plotting function when it takes them and are ignored otherwise."""
+    a dict, a result object, or a list of them (compared on shared scales). The result's ``kind`` (inferred
+    for older files) picks the family; ``kind`` here defaults to: curve (1D surface), contourf (2D surface),
+    compare (several surfaces), spectrum, density (several spectra), sharpness (metrics with a sharpness
+    column), else training. Keyword arguments (``field``, ``log``, ``labels``, ``mismatch``, ...) go to the
+    plotting function when it takes them and are ignored otherwise."""
     _, fn, arg = resolve_plot(obj, kind)
     return draw(fn, arg, **kwargs)
 
@@ -532,5 +1063,5 @@ def draw(fn: Callable[..., Figure], arg: Any, **kwargs: Any) -> Figure:
 
 __all__ = ["plot_curve", "plot_contour", "plot_contourf", "plot_surface3d", "plot_compare", "plot_eigenvalues",
            "plot_density", "plot_spectrum", "plot_sharpness", "plot_training", "plot_result", "resolve_plot",
-           "draw", "detect_kind",
-           "KINDS"]
+           "draw", "detect_kind", "result_kind", "describe", "axis_names", "paper_style", "trace_interval",
+           "format_trace", "best_epoch", "colour_scale", "KINDS", "RESULT_KINDS", "STYLES", "DENSITY_FLOOR"]

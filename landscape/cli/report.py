@@ -1,0 +1,56 @@
+"""landscape-report: one self-contained HTML page comparing runs side by side."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from ..errors import ConfigError
+from ..io import write_json
+from .common import Parser, cli
+
+DESCRIPTION = """\
+One HTML page that compares runs side by side: a table (clean / PGD / AutoAttack accuracy, top Hessian
+eigenvalue, trace ± 95% half-width, best epoch, settings) and interactive figures: 3D loss surfaces that
+rotate, top eigenvalues and eigenvalue densities, training curves with the curriculum (λ, ε_t) and
+sharpness over training. plotly's JavaScript is embedded, so the page works offline and can be mailed
+as one file (about 5 MB). Needs plotly: pip install 'landscape[report]'.
+
+Each argument is a run folder (metrics.csv, config.json, surfaces/*, result JSONs in it), a result file
+of any kind (surface, spectrum, evaluation, training; older files without a `kind` are recognised by
+content) or a folder of results (e.g. results/sat). Results of the same run (same method or run name
+and eps, read from their settings) are grouped into one row."""
+
+EPILOG = """\
+examples:
+  landscape-report runs/at-digits-eps0.1-s0 runs/p-sat-digits-eps0.1-s0 --out report.html
+  landscape-report results/sat --out sat.html --title "SAT on Fashion-MNIST"
+  landscape-report at/spec.json at/eval.json at/surfaces/best-eigen-adversarial-2d --out at.html"""
+
+
+def build_parser() -> Parser:
+    p = Parser(prog="landscape-report", description=DESCRIPTION, epilog=EPILOG)
+    p.add_argument("paths", nargs="+", metavar="RUN_DIR_OR_RESULT", help="run folders, result files or folders")
+    p.add_argument("--out", metavar="FILE.html", default="report.html", help="the page to write")
+    p.add_argument("--title", default="landscape report", help="the page's title")
+    p.add_argument("--json", metavar="PATH", help="write {out, runs: [{name, sources}]} as JSON")
+    return p
+
+
+@cli("landscape-report")
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    out = Path(args.out)
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise ConfigError(f"--out {out}: use a .html file name")
+    from ..report import write_report
+    out, entries = write_report(args.paths, out, args.title)
+    size = out.stat().st_size / 1e6
+    print(f"wrote {out} ({len(entries)} runs: {', '.join(e.label for e in entries)}; {size:.1f} MB)")
+    if args.json:
+        write_json(args.json, {"out": str(out), "runs": [{"name": e.label, "sources": e.sources} for e in entries]})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

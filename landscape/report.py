@@ -1,0 +1,382 @@
+"""One self-contained HTML page that compares runs side by side (``landscape-report``).
+
+``collect(paths)`` reads run folders (metrics.csv, config.json, surfaces/*, result JSONs inside), result
+files of any ``kind`` (surface, spectrum, eigenvalues, trace, density, evaluation, training; older files
+without ``kind`` are recognised by content) and folders of results (e.g. ``results/sat``), and groups what
+belongs to one run (same method / run name and eps, from the results' settings) into a ``RunEntry``.
+``build_report(entries)`` returns the page: a table (clean / PGD / AutoAttack accuracy, top eigenvalue,
+trace ± 95% half-width, settings) and interactive plotly figures (3D surfaces that rotate, eigenvalues,
+densities, training curves with the curriculum, sharpness over training). plotly's JavaScript is embedded
+once, so the page works offline. Needs the optional ``plotly`` package (``pip install 'landscape[report]'``).
+"""
+from __future__ import annotations
+
+import html
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from . import __version__
+from .analysis import plots as P
+from .analysis.surface import SurfaceResult
+from .errors import LandscapeError
+from .io import _atomic
+
+SKIP_JSON = {"config.json", "settings.json", "hsat.json"}
+
+
+@dataclass
+class RunEntry:
+    """Everything known about one run: its label, settings and the results found for it."""
+    key: tuple
+    name: str
+    info: dict = field(default_factory=dict)
+    evaluation: dict = field(default_factory=dict)     # clean / pgd / autoattack accuracies, n, eps
+    eigen: dict | None = None                          # {values, converged}
+    density: dict | None = None                        # {grid, density}
+    trace: dict | None = None                          # {estimate, half_width_95}
+    surfaces: list[SurfaceResult] = field(default_factory=list)
+    metrics: list[tuple[Any, dict]] = field(default_factory=list)   # (DataFrame, meta) per training history
+    sources: list[str] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return self.name or "run"
+
+
+def _plotly():
+    try:
+        import plotly.graph_objects as go
+        import plotly.offline
+        from plotly.subplots import make_subplots
+    except ImportError as e:
+        raise LandscapeError("landscape-report needs plotly: pip install 'landscape[report]'") from e
+    return go, make_subplots, plotly.offline
+
+
+# --- collecting ---------------------------------------------------------------------------------------------
+
+def _items(path: Path) -> list[Path]:
+    """The result files/folders a path stands for: itself, or for a plain folder (a run folder, a folder of
+    results) its metrics.csv, surface folders (also under surfaces/), JSON results and CSVs of epochs."""
+    if path.is_file() or (path / "surface.json").is_file() or (path / "surface.npz").is_file():
+        return [path]
+    if not path.is_dir():
+        raise LandscapeError(f"no such result or run folder: {path}")
+    out: list[Path] = []
+    subs = sorted(path.iterdir()) + (sorted((path / "surfaces").iterdir()) if (path / "surfaces").is_dir() else [])
+    for p in subs:
+        if p.is_dir() and ((p / "surface.json").is_file() or (p / "surface.npz").is_file()):
+            out.append(p)
+        elif p.is_file() and p.suffix == ".json" and p.name not in SKIP_JSON and ".directions" not in p.name:
+            out.append(p)
+        elif p.is_file() and p.suffix == ".csv" and _has_epochs(p):
+            out.append(p)
+    if not out:
+        raise LandscapeError(f"{path}: no results found (metrics.csv, surface folders, result JSON files)")
+    return out
+
+
+def _has_epochs(p: Path) -> bool:
+    try:
+        with open(p) as f:
+            head = f.readline().strip().split(",")
+    except OSError:
+        return False
+    return "epoch" in head
+
+
+def _key(info: dict) -> tuple:
+    eps = info.get("eps")
+    return (info.get("run") or info.get("name") or "", None if eps is None else round(float(eps), 6))
+
+
+def _accuracies(d: dict) -> dict:
+    """clean / PGD / AutoAttack accuracies wherever a result keeps them."""
+    out = {}
+    for key, names in (("clean", ("clean_acc", "clean_accuracy", "clean")),
+                       ("pgd", ("pgd_acc", "pgd20_acc", "robust_acc", "pgd_accuracy", "pgd")),
+                       ("autoattack", ("autoattack_acc", "aa_acc", "autoattack"))):
+        for n in names:
+            v = d.get(n)
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                out[key] = float(v)
+                break
+    for n in ("n", "n_test"):
+        if isinstance(d.get(n), int):
+            out["n"] = d[n]
+    return out
+
+
+def collect(paths: Iterable[str | os.PathLike]) -> list[RunEntry]:
+    """Read every result under ``paths`` and group them by run (see the module docstring)."""
+    entries: dict[tuple, RunEntry] = {}
+    order: list[tuple] = []
+
+    def entry(info: dict, source: str) -> RunEntry:
+        """The run ``info`` belongs to: the same run name and eps; else the one run with the same run name,
+        or else the same method, whose eps does not contradict it; else a new run."""
+        key = _key(info)
+        if key not in entries:
+            def fits(k: tuple) -> bool:
+                return key[1] is None or k[1] is None or k[1] == key[1]
+            for same in (lambda e: bool(info.get("run")) and e.info.get("run") == info.get("run"),
+                         lambda e: bool(info.get("name")) and e.name == info.get("name")):
+                matches = [k for k, e in entries.items() if same(e) and fits(k)]
+                if len(matches) == 1:
+                    key = matches[0]
+                    break
+            else:
+                entries[key] = RunEntry(key, info.get("name") or info.get("run") or f"run {len(entries) + 1}",
+                                        dict(info))
+                order.append(key)
+        e = entries[key]
+        for k, v in info.items():
+            if e.info.get(k) is None and v is not None:
+                e.info[k] = v
+        e.sources.append(source)
+        return e
+
+    paths = list(paths)
+    if not paths:
+        raise LandscapeError("nothing to report: give run folders or result files")
+    for raw in paths:
+        scanned = Path(raw).is_dir() and not P._is_surface_dir(Path(raw))
+        for item in _items(Path(raw)):
+            try:
+                kind = P.result_kind(item)
+            except LandscapeError:
+                if scanned:     # a file in a scanned folder that is no result (a log, a summary): left out
+                    continue
+                raise
+            if kind == "surface":
+                r = P._surface(item)
+                entry(P.describe(r), str(item)).surfaces.append(r)
+            elif kind == "training":
+                for df, meta in P._frames(item):
+                    info = P.describe(meta)
+                    if info["eps"] is None and "eps_t" in df.columns and df["eps_t"].notna().any():
+                        info["eps"] = float(df["eps_t"].max())
+                    b = P.best_epoch(df, meta)
+                    e = entry({**info, "best_epoch": b}, str(item))
+                    e.metrics.append((df, meta))
+            else:
+                d = P._load_json_like(item)
+                e = entry(P.describe(d), str(item))
+                e.evaluation.update({k: v for k, v in _accuracies(d).items() if k not in e.evaluation})
+                if isinstance(d.get("best_epoch"), int):
+                    e.info.setdefault("best_epoch", d["best_epoch"])
+                eig, dens, trace = P._spectrum_parts(d)
+                e.eigen, e.density, e.trace = e.eigen or eig, e.density or dens, e.trace or trace
+    out = [entries[k] for k in order]
+    names = [e.name for e in out]   # labels: name, plus eps where one name appears with several
+    for e in out:
+        eps = e.info.get("eps") if e.key[1] is None else e.key[1]
+        if names.count(e.name) > 1 and isinstance(eps, (int, float)):
+            e.name = f"{e.name} (ε = {eps:g})"
+    return out
+
+
+# --- figures ------------------------------------------------------------------------------------------------
+
+def _colour(i: int) -> str:
+    import matplotlib
+    return matplotlib.colors.to_hex(f"C{i % 10}")
+
+
+def _layout(fig, title: str, height: int) -> None:
+    fig.update_layout(title=dict(text=title, x=0.01), height=height, template="plotly_white",
+                      margin=dict(l=60, r=20, t=60, b=50), legend=dict(orientation="h", y=-0.15))
+
+
+def surfaces_figure(entries: Sequence[RunEntry], field: str = "loss"):
+    """3D surfaces (rotatable), one scene per run with a 2D surface, on one colour scale."""
+    go, make_subplots, _ = _plotly()
+    items = [(e, r) for e in entries for r in e.surfaces if r.dim == 2][:9]
+    if not items:
+        return None
+    zs = [P._field(r, field) for _, r in items]
+    lo, hi = P._finite_range(zs)
+    ncols = min(3, len(items))
+    nrows = (len(items) + ncols - 1) // ncols
+    fig = make_subplots(rows=nrows, cols=ncols, specs=[[{"type": "surface"}] * ncols] * nrows,
+                        subplot_titles=[e.label for e, _ in items], horizontal_spacing=0.02, vertical_spacing=0.06)
+    for i, ((e, r), z) in enumerate(zip(items, zs)):
+        xn, yn = P.axis_names(r)
+        fig.add_trace(go.Surface(x=r.x, y=r.y, z=np.where(np.isfinite(z), z, None).tolist(), cmin=lo, cmax=hi,
+                                 colorscale="Viridis", showscale=(i == 0), name=e.label,
+                                 colorbar=dict(title=field, len=0.8),
+                                 hovertemplate=f"{xn}: %{{x:.3g}}<br>{yn}: %{{y:.3g}}<br>{field}: %{{z:.4g}}"
+                                               f"<extra>{html.escape(e.label)}</extra>"),
+                      row=i // ncols + 1, col=i % ncols + 1)
+        scene = "scene" if i == 0 else f"scene{i + 1}"
+        fig.update_layout({scene: dict(xaxis_title=xn, yaxis_title=yn, zaxis_title=field,
+                                       zaxis=dict(range=[lo, hi]), aspectmode="cube")})
+    info = P.describe(items[0][1])
+    _layout(fig, f"{field} surfaces (drag to rotate) — {P._what(info, noun=field)}", 430 * nrows + 80)
+    return fig
+
+
+def spectrum_figure(entries: Sequence[RunEntry]):
+    """Top eigenvalues (markers, open where not converged) and densities (log, floored at 1e-6 of the
+    peak, top-k eigenvalues as rug ticks) side by side."""
+    go, make_subplots, _ = _plotly()
+    if not any(e.eigen or e.density for e in entries):
+        return None
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("top Hessian eigenvalues", "eigenvalue density (SLQ)"),
+                        column_widths=[0.35, 0.65])
+    peak = max([float(np.max(e.density["density"])) for e in entries if e.density] or [1.0])
+    floor = peak * P.DENSITY_FLOOR
+    for i, e in enumerate(entries):
+        c = _colour(i)
+        if e.eigen:
+            v = e.eigen["values"]
+            conv = e.eigen["converged"] or [True] * len(v)
+            fig.add_trace(go.Scatter(x=list(range(1, len(v) + 1)), y=v, mode="markers", name=e.label,
+                                     legendgroup=e.label, marker=dict(
+                                         color=[c if ok else "white" for ok in conv], size=9,
+                                         line=dict(color=c, width=2), symbol="circle"),
+                                     hovertemplate="rank %{x}: %{y:.4g}"), row=1, col=1)
+        if e.density:
+            rho = np.clip(np.asarray(e.density["density"], float), floor * 0.5, None)
+            fig.add_trace(go.Scatter(x=e.density["grid"], y=rho, mode="lines", line=dict(color=c), name=e.label,
+                                     legendgroup=e.label, showlegend=not e.eigen), row=1, col=2)
+            if e.eigen:
+                fig.add_trace(go.Scatter(x=e.eigen["values"], y=[floor * 1.5] * len(e.eigen["values"]),
+                                         mode="markers", marker=dict(symbol="line-ns", size=14, color=c,
+                                                                     line=dict(width=2, color=c)),
+                                         legendgroup=e.label, showlegend=False, hoverinfo="x"), row=1, col=2)
+    fig.update_xaxes(title_text="rank", dtick=1, row=1, col=1)
+    fig.update_yaxes(title_text="eigenvalue", row=1, col=1)
+    fig.update_xaxes(title_text="eigenvalue", row=1, col=2)
+    fig.update_yaxes(title_text="density (log)", type="log", range=[np.log10(floor), np.log10(peak * 3)],
+                     row=1, col=2)
+    _layout(fig, "Hessian spectrum — open markers: not converged; ticks on the density: top-k eigenvalues", 460)
+    return fig
+
+
+def training_figure(entries: Sequence[RunEntry]):
+    """Training curves: loss, validation accuracies (clean solid, PGD dashed), the curriculum (λ solid,
+    ε_t dashed) and sharpness, one colour per run; the best epoch starred."""
+    go, make_subplots, _ = _plotly()
+    runs = [(i, e, df, meta) for i, e in enumerate(entries) for df, meta in e.metrics]
+    if not runs:
+        return None
+    has_sharp = any(P._sharp_column(df) for _, _, df, _ in runs)
+    titles = ["loss", "accuracy (val.: clean solid, PGD dashed)", "curriculum: λ solid, ε_t dashed"]
+    titles += ["sharpness (top eigenvalue)"] if has_sharp else []
+    fig = make_subplots(rows=1, cols=len(titles), subplot_titles=titles, horizontal_spacing=0.06)
+    for i, e, df, meta in runs:
+        c = _colour(i)
+        x = P._epochs(df).tolist()
+        b = P.best_epoch(df, meta)
+        first = True
+
+        def line(col: str, panel: int, dash: str = "solid") -> None:
+            nonlocal first
+            if col not in df.columns or not df[col].notna().any():
+                return
+            fig.add_trace(go.Scatter(x=x, y=df[col].tolist(), mode="lines+markers", name=e.label,
+                                     legendgroup=e.label, showlegend=first, line=dict(color=c, dash=dash),
+                                     marker=dict(size=5), hovertemplate=f"{P.COLUMN_NAMES.get(col, col)}"
+                                     " epoch %{x}: %{y:.4g}"), row=1, col=panel)
+            first = False
+        line("train_loss", 1)
+        line("val_clean", 2)
+        line("val_pgd", 2, "dash")
+        line("lam", 3)
+        line("eps_t", 3, "dash")
+        sc = P._sharp_column(df)
+        if has_sharp and sc:
+            line(sc, 4)
+        if b is not None and "val_pgd" in df.columns:
+            fig.add_trace(go.Scatter(x=[b], y=df["val_pgd"][P._epochs(df) == b].tolist(), mode="markers",
+                                     marker=dict(symbol="star", size=14, color=c, line=dict(color="black", width=1)),
+                                     legendgroup=e.label, showlegend=False,
+                                     hovertemplate=f"best epoch {b}<extra>{html.escape(e.label)}</extra>"),
+                          row=1, col=2)
+    for k in range(1, len(titles) + 1):
+        fig.update_xaxes(title_text="epoch", dtick=1, row=1, col=k)
+    _layout(fig, "training — stars: best epoch", 430)
+    return fig
+
+
+# --- the page -----------------------------------------------------------------------------------------------
+
+def _pct(v: Any) -> str:
+    return "–" if v is None else f"{100 * v:.1f}%"
+
+
+def table_html(entries: Sequence[RunEntry]) -> str:
+    """The comparison table: accuracies, curvature and the settings of each run."""
+    head = ["run", "clean", "PGD", "AutoAttack", "top eigenvalue", "trace (± 95%)", "best epoch", "settings"]
+    rows = []
+    for e in entries:
+        ev, i = e.evaluation, e.info
+        top = "–"
+        if e.eigen and e.eigen["values"]:
+            conv = e.eigen["converged"]
+            top = f"{e.eigen['values'][0]:.4g}" + (" (not converged)" if conv and not conv[0] else "")
+        settings = ", ".join(x for x in (
+            f"method {i['method']}" if i.get("method") else "",
+            f"ε = {i['eps']:g}" if isinstance(i.get("eps"), (int, float)) else "",
+            f"{i['loss']} loss" if i.get("loss") else "",
+            f"n = {i['n']}" if i.get("n") else "",
+            f"accuracies on {ev['n']} samples" if ev.get("n") and ev.get("n") != i.get("n") else "",
+            str(i["dataset"]) if i.get("dataset") else "", str(i["model"]) if i.get("model") else "") if x)
+        cells = [e.label, _pct(ev.get("clean")), _pct(ev.get("pgd")), _pct(ev.get("autoattack")), top,
+                 P.format_trace(e.trace) if e.trace else "–",
+                 str(i["best_epoch"]) if i.get("best_epoch") is not None else "–", settings]
+        rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+    return ("<table class='runs'><thead><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr></thead><tbody>"
+            + "".join(rows) + "</tbody></table>")
+
+
+CSS = """body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:24px;color:#222;max-width:1500px}
+h1{font-size:22px;margin:0 0 4px} h2{font-size:17px;margin:28px 0 6px} .meta{color:#666;font-size:13px}
+table.runs{border-collapse:collapse;font-size:13px;margin-top:8px}
+table.runs th,table.runs td{border-bottom:1px solid #ddd;padding:4px 10px;text-align:right}
+table.runs th:first-child,table.runs td:first-child,table.runs td:last-child{text-align:left}
+table.runs th{background:#f4f4f4} details{font-size:12px;color:#555;margin-top:16px}"""
+
+
+def build_report(entries: Sequence[RunEntry], title: str = "landscape report") -> str:
+    """The HTML page (a string) comparing ``entries``; plotly's JavaScript is embedded once."""
+    go, _, offline = _plotly()
+    if not entries:
+        raise LandscapeError("nothing to report")
+    sections = [("Loss surfaces", surfaces_figure(entries)), ("Hessian spectrum", spectrum_figure(entries)),
+                ("Training", training_figure(entries))]
+    body = [f"<h1>{html.escape(title)}</h1>",
+            f"<div class='meta'>{len(entries)} runs · landscape {__version__} · "
+            f"{time.strftime('%Y-%m-%d %H:%M')}</div>", "<h2>Summary</h2>", table_html(entries)]
+    for name, fig in sections:
+        if fig is None:
+            continue
+        body.append(f"<h2>{name}</h2>")
+        body.append(fig.to_html(full_html=False, include_plotlyjs=False,
+                                config={"displaylogo": False, "responsive": True}))
+    sources = "".join(f"<li>{html.escape(e.label)}: {html.escape(', '.join(e.sources))}</li>" for e in entries)
+    body.append(f"<details><summary>sources</summary><ul>{sources}</ul></details>")
+    return ("<!DOCTYPE html><html><head><meta charset='utf-8'>"
+            f"<title>{html.escape(title)}</title><style>{CSS}</style>"
+            f"<script type='text/javascript'>{offline.get_plotlyjs()}</script></head><body>"
+            + "\n".join(body) + "</body></html>")
+
+
+def write_report(paths: Iterable[str | os.PathLike], out: str | os.PathLike, title: str = "landscape report") -> \
+        tuple[Path, list[RunEntry]]:
+    """Collect ``paths``, build the page and write it (atomically) to ``out``; returns (out, entries)."""
+    entries = collect(paths)
+    out = Path(out)
+    page = build_report(entries, title).encode("utf-8")   # UTF-8 whatever the locale (the page says so)
+    _atomic(out, lambda f: f.write(page))
+    return out, entries
+
+
+__all__ = ["RunEntry", "collect", "build_report", "write_report", "table_html", "surfaces_figure",
+           "spectrum_figure", "training_figure"]
