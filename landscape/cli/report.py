@@ -7,7 +7,7 @@ from typing import Sequence
 
 from ..errors import ConfigError
 from ..io import write_json
-from .common import Parser, cli
+from .common import Parser, check_output, cli
 
 DESCRIPTION = """\
 One HTML page that compares runs side by side: a table (clean / PGD / AutoAttack accuracy, top Hessian
@@ -41,8 +41,9 @@ def build_parser() -> Parser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out = Path(args.out)
-    if out.suffix.lower() not in (".html", ".htm"):
-        raise ConfigError(f"--out {out}: use a .html file name")
+    check_output(out, "--out", ("html", "htm"))
+    if args.json:
+        check_output(args.json, "--json")
     from ..report import write_report
     out, entries = write_report(args.paths, out, args.title)
     size = out.stat().st_size / 1e6
