@@ -5,7 +5,6 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from ..errors import ConfigError
 from ..io import write_json
 from .common import Parser, check_output, cli
 
