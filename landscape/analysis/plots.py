@@ -859,10 +859,20 @@ def best_epoch(df, meta: dict | None = None) -> int | None:
     meta = meta or {}
     if isinstance(meta.get("best_epoch"), int):
         return meta["best_epoch"]
+    if "select_score" in df.columns and df["select_score"].notna().any():  # the run's own --select rule
+        score = df["select_score"].to_numpy(dtype=float)
+        lowest = "select" in df.columns and str(df["select"].iloc[-1]) == "loss"
+        return int(_epochs(df)[int(np.nanargmin(score) if lowest else np.nanargmax(score))])
     if "val_clean" not in df.columns:
         return None
     score = df["val_clean"].fillna(0) + (df["val_pgd"].fillna(0) if "val_pgd" in df.columns else 0)
     return int(_epochs(df)[int(np.argmax(score.to_numpy()))])
+
+
+def _numeric(series) -> bool:
+    """Whether a pandas column holds numbers (pandas 3 stores text in a dtype numpy cannot interpret)."""
+    import pandas as pd
+    return pd.api.types.is_numeric_dtype(series)
 
 
 def _sharp_column(df) -> str | None:
@@ -872,7 +882,7 @@ def _sharp_column(df) -> str | None:
     for c in df.columns:
         lc = c.lower()
         if ("sharp" in lc or "top_eig" in lc or "lambda_max" in lc or "eigenvalue" in lc) and \
-                np.issubdtype(df[c].dtype, np.number) and not lc.endswith(("_hvps", "_seconds", "_converged")):
+                _numeric(df[c]) and not lc.endswith(("_hvps", "_seconds", "_converged")):
             return c
     return None
 
@@ -929,7 +939,7 @@ def plot_training(metrics: Any, labels: Sequence[str] | None = None) -> Figure:
     names, _ = _labels_and_title([describe(m) for _, m in runs], "", labels)
     cols: dict[str, list[str]] = {"loss": [], "accuracy": [], "curriculum": []}
     for df, _ in runs:
-        num = [c for c in df.columns if c != "epoch" and np.issubdtype(df[c].dtype, np.number)
+        num = [c for c in df.columns if c != "epoch" and _numeric(df[c])
                and df[c].notna().any() and not c.endswith(("_seconds", "_hvps", "_converged")) and c != "seconds"]
         for c in num:
             lc = c.lower()

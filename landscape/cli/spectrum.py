@@ -19,7 +19,7 @@ from .common import (TORCHRUN_HELP, Parser, add_checkpoint_source, add_device, c
 
 DEFAULT_SAMPLES = 512
 MIN_DENSITY_STEPS = 5  # SLQ with m steps gives m nodes per probe: fewer than 5 is a few spikes, not a density
-TYPES = {"--top-k": nonneg_int, "--tol": positive_float, "--max-hvps": positive_int, "--trace-rtol": positive_float,
+TYPES = {"--top-k": nonneg_int, "--tol": positive_float, "--max-hvps": positive_int, "--trace-rtol": nonneg_float,
          "--trace-max-hvps": positive_int, "--density-probes": positive_int,
          "--density-steps": int_range(MIN_DENSITY_STEPS), "--sigma": positive_float, "--eps": finite_float,
          "--steps": nonneg_int, "--step-size": positive_float, "--samples": positive_int,
