@@ -250,7 +250,8 @@ def test_matmat_equals_exact_hessian(data, bn_hessian, batch_size, method):
     op = HessianOperator(net, (x, y), batch_size=batch_size, hvp_method=method)
     H = bn_hessian("running")
     V = torch.randn(op.num_params, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
-    for block in (1, 3, 7, None):
+    for block, vmap in ((1, False), (3, False), (3, True), (7, True), (None, False)):
+        op.matmat_vmap = vmap
         before = op.hvp_count
         out = op.matmat(V, block=block)
         assert out.shape == (op.num_params, 7) and op.hvp_count == before + 7

@@ -114,7 +114,8 @@ def _as_batches(data: Any, batch_size: int | None, device: torch.device) -> list
 
 GRAPH_MEMORY_FRACTION = 0.25  # default graph budget: this fraction of the memory free on the device at construction
 # columns per vmapped double-backward pass in ``matmat``, by device type (measured: benchmarks/hvp_matmat.py)
-MATMAT_BLOCK = {"cpu": 1, "cuda": 8}
+MATMAT_BLOCK = {"cpu": 16, "cuda": 16}
+MATMAT_VMAP = {"cpu": False, "cuda": True}  # one vmapped pass per block (True) or one pass per column
 
 
 def available_memory(device: torch.device) -> int:
@@ -278,6 +279,7 @@ class HessianOperator:
         self.hvp_count = 0
         self._graphs = _GraphCache(self, max_graph_memory)
         self.matmat_block = MATMAT_BLOCK.get(self.device.type, 1)
+        self.matmat_vmap = MATMAT_VMAP.get(self.device.type, False)
 
     # --- construction helpers ----------------------------------------------------------------------
     @classmethod
@@ -417,6 +419,10 @@ class HessianOperator:
                 _, hv = torch.func.jvp(torch.func.grad(lambda p: self._batch_loss(x, y, p)), (base,), (tang,))
             return [hv[n] for n in base]
         grads, kept = self._graphs.get(b)
+        if batched and not self.matmat_vmap:  # one graph (built once), the k vectors one pass each
+            k = len(vs[0])
+            cols = [self._double_backward(grads, [v[j] for v in vs], retain=kept or j < k - 1) for j in range(k)]
+            return [torch.stack(c) for c in zip(*cols)]
         return self._double_backward(grads, vs, retain=kept, batched=batched)
 
     def _local_hvp_sum(self, vs: list[torch.Tensor], batched: bool = False) -> list[torch.Tensor]:
@@ -443,11 +449,13 @@ class HessianOperator:
     __matmul__ = matvec
 
     def matmat(self, V: torch.Tensor, block: int | None = None) -> torch.Tensor:
-        """``H V`` for an n x k matrix ``V`` (k HVPs, counted as k): the columns go through each batch's
-        gradient graph ``block`` at a time (default ``self.matmat_block``) in ONE vmapped double-backward
-        pass (``torch.autograd.grad(..., is_grads_batched=True)``), which costs memory ~ block x one HVP's
-        intermediates; ``block=1`` is a loop of ``matvec``. Returned in ``V``'s dtype on the operator's
-        device. See ``benchmarks/hvp_matmat.py`` for when a block is faster than single vectors."""
+        """``H V`` for an n x k matrix ``V`` (k HVPs, counted as k), ``block`` columns at a time (default
+        ``self.matmat_block``): per block, each batch's gradient graph is built at most once (a graph that
+        is rebuilt for every matvec is shared by the block's columns), and the columns go through it either
+        one double-backward pass each (``self.matmat_vmap`` False) or all in ONE vmapped pass
+        (``torch.autograd.grad(..., is_grads_batched=True)``, memory ~ block x one HVP's intermediates).
+        ``block=1`` is a loop of ``matvec``. Returned in ``V``'s dtype on the operator's device. Defaults by
+        device type: ``MATMAT_BLOCK``, ``MATMAT_VMAP``; ``benchmarks/hvp_matmat.py`` measures them."""
         V = torch.as_tensor(V)
         if V.dim() != 2 or V.shape[0] != self.num_params:
             raise ConfigError(f"expected a {self.num_params} x k matrix, got shape {tuple(V.shape)}")
@@ -514,7 +522,7 @@ class HessianOperator:
                 "dtype": str(self.dtype).replace("torch.", ""), "device": str(self.device),
                 "attack_seconds": self.attack_seconds, "world_size": self.world.size,
                 "graph_cache": self._graphs.describe() if self.hvp_method == "double-backward" else None,
-                "matmat_block": self.matmat_block}
+                "matmat_block": self.matmat_block, "matmat_vmap": self.matmat_vmap}
 
     def __repr__(self) -> str:
         return (f"HessianOperator(loss={self.loss!r}, num_params={self.num_params}, "
