@@ -192,6 +192,7 @@ def test_batch_graphs_kept_within_the_budget(data, fit):
     g = op.describe()["graph_cache"]
     assert (g["kept"], g["rebuilt_per_hvp"], g["budget_bytes"], g["planned"]) == (fit, 3 - fit, budget, True)
     assert g["kept_bytes"] <= budget
+    assert op.preferred_block == (1 if fit == 3 else op.matmat_block)   # blocks pay only for rebuilt graphs
     default = HessianOperator(net, (x, y), batch_size=12).describe()["graph_cache"]
     assert default["budget_bytes"] > 10 * sizes[0] and default["planned"] is False
 

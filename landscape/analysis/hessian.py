@@ -475,6 +475,18 @@ class HessianOperator:
             out[:, j:j + bs] = (hv / self.num_samples).T.to(out_dtype)
         return out
 
+    @property
+    def preferred_block(self) -> int:
+        """Vectors per ``matmat`` call that make an HVP cheaper than ``matvec`` does: ``matmat_block`` where
+        a gradient graph is rebuilt at every HVP (a block shares one build; also while a multi-batch plan is
+        not made yet) or blocks are vmapped, else 1 (estimators with a stopping rule then check it after
+        every vector)."""
+        if self.hvp_method != "double-backward":
+            return 1
+        g = self._graphs
+        rebuilding = len(self.batches) > 1 and (bool(g.rebuilt) or len(g.sizes) < len(self.batches))
+        return self.matmat_block if self.matmat_vmap or rebuilding else 1
+
     def loss_and_grad(self) -> tuple[float, torch.Tensor]:
         """Mean loss over the samples and its gradient (flat). One forward + backward per batch (and one
         all-reduce of [gradient, loss] under torchrun)."""

@@ -124,8 +124,8 @@ class _Counter:
 
     @property
     def block(self) -> int:
-        """Vectors per call that cost no more than one at a time (1 for operators without matmat)."""
-        return int(getattr(self.op, "matmat_block", 1)) if hasattr(self.op, "matmat") else 1
+        """Vectors per call that make an HVP cheaper (``op.preferred_block``; 1 without matmat)."""
+        return int(getattr(self.op, "preferred_block", 1)) if hasattr(self.op, "matmat") else 1
 
 
 def _op_settings(op: Any) -> dict:
