@@ -480,7 +480,10 @@ class HessianOperator:
         """Vectors per ``matmat`` call that make an HVP cheaper than ``matvec`` does: ``matmat_block`` where
         a gradient graph is rebuilt at every HVP (a block shares one build; also while a multi-batch plan is
         not made yet) or blocks are vmapped, else 1 (estimators with a stopping rule then check it after
-        every vector)."""
+        every vector). Under torchrun always ``matmat_block``: every rank must make the same collective
+        calls, and the ranks' graph plans may differ."""
+        if self.world.active:
+            return self.matmat_block
         if self.hvp_method != "double-backward":
             return 1
         g = self._graphs
