@@ -17,8 +17,23 @@ Forward-over-reverse cannot reuse a graph; double backward can, which makes it t
 graphs can be kept: the operator keeps each batch's gradient graph between HVPs while the graphs fit
 ``max_graph_memory`` bytes (default: a quarter of the memory free on the device) and rebuilds the others at
 every HVP, where the two methods are within noise of each other. A kept graph is checked before every reuse
-against the weights it was built at, and rebuilt when they changed (``_GraphCache``). ``matmat`` takes several
-vectors through a graph in one vmapped pass (``benchmarks/hvp_matmat.py`` measures when that pays). Double backward is therefore the default; ``hvp_method=
+against the weights it was built at, and rebuilt when they changed (``_GraphCache``).
+
+``matmat(V)`` (several vectors) measured with ``benchmarks/hvp_matmat.py`` (same model and samples, CPU, 1
+thread, a shared and loaded machine: ratios from one run, median of 5 interleaved rounds; seconds per HVP /
+one gradient):
+
+    setting                      one vector   block of 16, one pass each   16 in one vmapped pass
+    1 batch, graph kept            1.58 x           1.47 x                      1.73 x
+    2 batches, graphs kept         1.45 x           1.20 x                      1.75 x
+    2 batches, graphs rebuilt      1.99 x           1.15 x                      1.96 x
+
+So on CPU the vmapped pass (``is_grads_batched``) never pays (it is slower than single vectors), while a
+block that shares one graph build among its vectors removes the rebuild cost (1.7 x faster when graphs are
+rebuilt; no gain when they are kept). Defaults: ``MATMAT_BLOCK`` columns per block, vmapped only on CUDA
+(``MATMAT_VMAP``; unmeasured there: run the benchmark with ``--device cuda``); ``preferred_block`` tells the
+estimators when a block pays. Lanczos-type recurrences (one vector at a time, each from the last) gain
+nothing from matmat; for them the graph budget is what matters (1.45-1.58 x kept vs 1.99 x rebuilt). Double backward is therefore the default; ``hvp_method=
 "fwd-over-rev"`` is kept for comparisons and as a cross-check (the tests check both against the exact Hessian).
 
 BatchNorm: ``bn="running"`` (default) evaluates the model in eval mode with its running statistics;
