@@ -97,7 +97,7 @@ def case(name: str, op: HessianOperator) -> tuple[str, torch.Tensor]:
     return name, H
 
 
-def table(H: torch.Tensor, budgets: list[int], seeds: int) -> None:
+def table(H: torch.Tensor, budgets: list[int], seeds: int, methods: tuple[str, ...] = METHODS) -> None:
     exact = float(torch.trace(H))
     op = MatrixOp(H)
     print(f"  {'HVPs':>5} {'method':<11} {'mean|rel err|':>14} {'RMS rel err':>12} {'coverage 95%':>13} "
@@ -105,7 +105,7 @@ def table(H: torch.Tensor, budgets: list[int], seeds: int) -> None:
     for budget in budgets:
         auto = [m for b, m in AUTO_RULE if b <= budget][-1]
         rows = {}
-        for method in METHODS:
+        for method in methods:
             res = [hessian_trace(op, method=method, rtol=0, max_hvps=budget, seed=s, max_memory=2**34)
                    for s in range(seeds)]
             est = np.array([r.estimate for r in res])
@@ -126,6 +126,7 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=256)
     ap.add_argument("--train-steps", type=int, default=300)
     ap.add_argument("--block", choices=("none", "cnn-small"), default="none")
+    ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--threads", type=int)
     args = ap.parse_args()
     if args.threads:
@@ -140,7 +141,7 @@ def main() -> None:
                           HessianOperator(model, (x.double(), y), param_filter=["0", "8"])))
     for name, H in cases:
         print(f"\n{name}")
-        table(H, budgets, args.seeds)
+        table(H, budgets, args.seeds, tuple(args.methods.split(",")))
 
 
 if __name__ == "__main__":
