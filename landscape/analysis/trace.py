@@ -11,7 +11,17 @@
   them come from Y, Z, Q and R in O(n s^2) flops (the algebra is in ``_xtrace_estimates``). Every HVP
   serves both the low-rank part and the correction, which is why it beats Hutch++ at equal budgets.
 - ``auto`` (default): the method that was best at that budget in ``benchmarks/trace_estimators.py``
-  (see ``AUTO_RULE``).
+  (see ``AUTO_RULE``). Measured there on the exact Hessian of a small CNN trained on digits (3,818 weights;
+  the top 10 eigenvalues hold 80% of the trace, 1,448 are negative), 100 seeds, RMS relative error /
+  coverage of the stated 95% interval / stated stderr over observed RMS error:
+
+      HVPs   hutchinson            hutch++ (sketch <= 20)   xtrace
+        30   0.083 / 0.92 / 0.95   0.068 / 0.94 / 0.96      0.053 / 0.93 / 0.85
+        90   0.047 / 0.96 / 0.98   0.023 / 0.93 / 0.91      0.018 / 0.95 / 0.92
+       300   0.023 / 0.98 / 1.12   0.009 / 0.97 / 1.06      (run cut short on the shared machine)
+
+  XTrace is best wherever measured, and every method's stated error is honest to within ~15%. Below 20
+  HVPs (untested; XTrace then has fewer than 10 leave-one-out estimates for its error) auto uses Hutchinson.
 
 Every estimator stops when the 95% half-width (Student t) <= ``rtol`` * |estimate|, or at ``max_hvps``;
 ``rtol=0`` spends the whole budget. XTrace grows its probe set by doubling (keeping Y, Q, Z) until the rule
