@@ -273,7 +273,7 @@ def _xtrace(apply: _Counter, n: int, budget: int, rtol: float, min_probes: int, 
     s_next = s_max if rtol == 0 else min(s_max, max(min_probes, 10))
     Om = Q = Z = R = dOmY = None
     ests = np.zeros(0)
-    est, se, converged, exact = 0.0, math.inf, False, False
+    est, se, converged = 0.0, math.inf, False
     while True:
         k = s_next - (0 if Om is None else Om.shape[1])
         Om2 = _sphere(n, k, gen, device)
@@ -293,7 +293,7 @@ def _xtrace(apply: _Counter, n: int, budget: int, rtol: float, min_probes: int, 
         diag = R.diagonal().abs()
         if float(diag.min()) <= 1e-10 * float(diag.max()):
             # H Omega is rank-deficient: range(Q) holds range(H) (almost surely), so tr(Q^T H Q) is exact
-            est, se, exact, converged = float(torch.trace(Q.T @ Z)), 0.0, True, True
+            est, se, converged = float(torch.trace(Q.T @ Z)), 0.0, True
             ests = np.zeros(0)
             break
         ests = _xtrace_estimates(Om, dOmY, Q, R, Z).cpu().numpy()
