@@ -163,17 +163,103 @@ def test_graph_built_once_for_one_batch(data):
     net = tiny_mlp()
     calls = []
     net.register_forward_hook(lambda *a: calls.append(1))
-    op = HessianOperator(net, (x, y))
+    op = HessianOperator(net, (x, y), max_graph_memory=0)   # one batch: kept whatever the budget
     v = torch.randn(op.num_params, dtype=torch.float64)
     first = op.matvec(v)
     for _ in range(3):
         torch.testing.assert_close(op.matvec(v), first, rtol=0, atol=0)
     assert len(calls) == 1
-    calls.clear()
-    multi = HessianOperator(net, (x, y), batch_size=12)
-    multi.matvec(v)
-    multi.matvec(v)
-    assert len(calls) == 2 * 3
+    assert op.describe()["graph_cache"]["kept"] == 1
+
+
+@pytest.mark.parametrize("fit", [0, 2, 3])
+def test_batch_graphs_kept_within_the_budget(data, fit):
+    """3 batches (12, 12, 8 samples): graphs are kept while they fit, the others rebuilt at every HVP."""
+    x, y = data
+    net = tiny_mlp()
+    probe = HessianOperator(net, (x, y), batch_size=12, max_graph_memory=0)
+    v = torch.randn(probe.num_params, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    ref = probe.matvec(v)
+    sizes = probe._graphs.sizes
+    assert sizes[0] == sizes[1] > sizes[2] > 0
+    budget = 0 if fit == 0 else sizes[0] * 2 + (sizes[2] if fit == 3 else 0)
+    calls = []
+    net.register_forward_hook(lambda *a: calls.append(1))
+    op = HessianOperator(net, (x, y), batch_size=12, max_graph_memory=budget)
+    for _ in range(3):
+        torch.testing.assert_close(op.matvec(v), ref, rtol=1e-12, atol=1e-14)
+    assert len(calls) == 3 + 2 * (3 - fit)               # first HVP builds all; later ones only the rebuilt
+    g = op.describe()["graph_cache"]
+    assert (g["kept"], g["rebuilt_per_hvp"], g["budget_bytes"], g["planned"]) == (fit, 3 - fit, budget, True)
+    assert g["kept_bytes"] <= budget
+    assert op.preferred_block == (1 if fit == 3 else op.matmat_block)   # blocks pay only for rebuilt graphs
+    default = HessianOperator(net, (x, y), batch_size=12).describe()["graph_cache"]
+    assert default["budget_bytes"] > 10 * sizes[0] and default["planned"] is False
+
+
+@pytest.mark.parametrize("change", ["data", "data_copy", "inplace", "optimizer", "buffer"])
+@pytest.mark.parametrize("batch_size", [None, 12])
+def test_weight_change_rebuilds_the_kept_graph(data, change, batch_size):
+    """Issue 11.5: after the weights change, HVPs are those of the new weights (before: ``p.data = ...`` gave
+    a relative error of 0.97, ``p.data.copy_`` 3.8, an in-place update an autograd RuntimeError)."""
+    x, y = data
+    net = tiny_bn_cnn()
+    op = HessianOperator(net, (x, y), batch_size=batch_size)
+    v = torch.randn(op.num_params, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    before = op.matvec(v)
+    g = torch.Generator().manual_seed(6)
+    with torch.no_grad():
+        if change == "buffer":                       # BatchNorm running statistics (bn="running" reads them)
+            net[1].running_var.mul_(3.0)
+        elif change == "optimizer":
+            for p in net.parameters():
+                p.grad = torch.randn(p.shape, generator=g, dtype=p.dtype)
+            torch.optim.SGD(net.parameters(), lr=0.3).step()
+            net.zero_grad(set_to_none=True)
+        for p in net.parameters():
+            new = p + 0.3 * torch.randn(p.shape, generator=g, dtype=p.dtype)
+            if change == "data":
+                p.data = new
+            elif change == "data_copy":
+                p.data.copy_(new)
+            elif change == "inplace":
+                p.copy_(new)
+    expected = HessianOperator(net, (x, y), batch_size=batch_size).matvec(v)
+    assert (expected - before).norm() > 0.05 * expected.norm()
+    torch.testing.assert_close(op.matvec(v), expected, rtol=1e-10, atol=1e-12)
+    assert op.describe()["graph_cache"]["stale_rebuilds"] == 1
+    torch.testing.assert_close(op.matvec(v), expected, rtol=1e-10, atol=1e-12)   # kept again, not rebuilt
+    assert op.describe()["graph_cache"]["stale_rebuilds"] == 1
+
+
+def test_replaced_parameter_is_refused(data):
+    x, y = data
+    net = tiny_mlp()
+    op = HessianOperator(net, (x, y))
+    v = torch.randn(op.num_params, dtype=torch.float64)
+    op.matvec(v)
+    net[3].weight = nn.Parameter(net[3].weight.detach() + 1)
+    with pytest.raises(ConfigError, match="3.weight was replaced"):
+        op.matvec(v)
+
+
+@pytest.mark.parametrize("batch_size", [None, 12])
+@pytest.mark.parametrize("method", ["double-backward", "fwd-over-rev"])
+def test_matmat_equals_exact_hessian(data, bn_hessian, batch_size, method):
+    x, y = data
+    net = tiny_bn_cnn()
+    op = HessianOperator(net, (x, y), batch_size=batch_size, hvp_method=method)
+    H = bn_hessian("running")
+    V = torch.randn(op.num_params, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    for block, vmap in ((1, False), (3, False), (3, True), (7, True), (None, False)):
+        op.matmat_vmap = vmap
+        before = op.hvp_count
+        out = op.matmat(V, block=block)
+        assert out.shape == (op.num_params, 7) and op.hvp_count == before + 7
+        torch.testing.assert_close(out, H @ V, rtol=1e-9, atol=1e-11)
+    torch.testing.assert_close(op.matmat(V.float(), block=4), (H @ V).float(), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ConfigError):
+        op.matmat(V[:5])
 
 
 def test_adversarial_operator_is_clean_operator_at_stored_examples(data):

@@ -203,7 +203,7 @@ def test_results_to_dict_and_frame(mlp_case, tmp_path):
         json.loads((tmp_path / "r.json").read_text())
         assert len(r.to_frame()) > 0
     assert eig.to_dict()["settings"]["tol"] == 1e-3 and eig.to_dict()["settings"]["which"] == "LA"
-    assert tr.to_dict()["settings"]["rtol"] == 1e-2 and tr.to_dict()["method"] == "hutch++"
+    assert tr.to_dict()["settings"]["rtol"] == 1e-2 and tr.to_dict()["settings"]["method"] == "auto"
     assert rho.to_dict()["settings"]["lanczos_steps"] == 10 and len(rho.to_dict()["grid"]) == 50
     assert list(eig.to_frame().columns) == ["rank", "eigenvalue", "residual", "converged"]
 

@@ -1,7 +1,7 @@
 """Loss-landscape analysis of any checkpoint: Hessian spectrum (this package's hessian/spectrum modules)."""
 from .hessian import HessianOperator
-from .spectrum import (DensityResult, EigenResult, TraceResult, hessian_trace, spectral_density,
-                       top_eigenvalues)
+from .spectrum import DensityResult, EigenResult, spectral_density, top_eigenvalues
+from .trace import TraceResult, hessian_trace
 
 __all__ = ["HessianOperator", "top_eigenvalues", "hessian_trace", "spectral_density", "EigenResult",
            "TraceResult", "DensityResult"]

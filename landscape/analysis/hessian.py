@@ -14,8 +14,26 @@ trained on digits, 256 samples, 151k weights; median of 5 calls):
     forward-over-reverse (torch.func.jvp over torch.func.grad) ..... 112 ms  (2.67 x gradient)
 
 Forward-over-reverse cannot reuse a graph; double backward can, which makes it the clear winner when the
-samples fit in one batch (the common case, and the one this operator optimizes), while with several batches
-the two are within noise of each other. Double backward is therefore the default; ``hvp_method=
+graphs can be kept: the operator keeps each batch's gradient graph between HVPs while the graphs fit
+``max_graph_memory`` bytes (default: a quarter of the memory free on the device) and rebuilds the others at
+every HVP, where the two methods are within noise of each other. A kept graph is checked before every reuse
+against the weights it was built at, and rebuilt when they changed (``_GraphCache``).
+
+``matmat(V)`` (several vectors) measured with ``benchmarks/hvp_matmat.py`` (same model and samples, CPU, 1
+thread, a shared and loaded machine: ratios from one run, median of 5 interleaved rounds; seconds per HVP /
+one gradient):
+
+    setting                      one vector   block of 16, one pass each   16 in one vmapped pass
+    1 batch, graph kept            1.58 x           1.47 x                      1.73 x
+    2 batches, graphs kept         1.45 x           1.20 x                      1.75 x
+    2 batches, graphs rebuilt      1.99 x           1.15 x                      1.96 x
+
+So on CPU the vmapped pass (``is_grads_batched``) never pays (it is slower than single vectors), while a
+block that shares one graph build among its vectors removes the rebuild cost (1.7 x faster when graphs are
+rebuilt; no gain when they are kept). Defaults: ``MATMAT_BLOCK`` columns per block, vmapped only on CUDA
+(``MATMAT_VMAP``; unmeasured there: run the benchmark with ``--device cuda``); ``preferred_block`` tells the
+estimators when a block pays. Lanczos-type recurrences (one vector at a time, each from the last) gain
+nothing from matmat; for them the graph budget is what matters (1.45-1.58 x kept vs 1.99 x rebuilt). Double backward is therefore the default; ``hvp_method=
 "fwd-over-rev"`` is kept for comparisons and as a cross-check (the tests check both against the exact Hessian).
 
 BatchNorm: ``bn="running"`` (default) evaluates the model in eval mode with its running statistics;
@@ -109,14 +127,118 @@ def _as_batches(data: Any, batch_size: int | None, device: torch.device) -> list
     return batches
 
 
+GRAPH_MEMORY_FRACTION = 0.25  # default graph budget: this fraction of the memory free on the device at construction
+# columns per vmapped double-backward pass in ``matmat``, by device type (measured: benchmarks/hvp_matmat.py)
+MATMAT_BLOCK = {"cpu": 16, "cuda": 16}
+MATMAT_VMAP = {"cpu": False, "cuda": True}  # one vmapped pass per block (True) or one pass per column
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes free on ``device`` now: CUDA's free memory (``torch.cuda.mem_get_info``), else the host's
+    MemAvailable (/proc/meminfo; physical memory where that is unreadable)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import os
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+class _GraphCache:
+    """Per-batch gradient graphs (``create_graph``) kept between HVPs while they fit ``budget`` bytes.
+
+    A graph is built at a batch's first HVP and its size measured (``HessianOperator._grad_graph``); it is
+    kept if the graphs kept so far plus it fit the budget, else that batch's graph is rebuilt at every HVP
+    (reusing a graph costs ~1.7 gradients per HVP, rebuilding ~2.6: ``benchmarks/spectrum_vs_pyhessian.py``).
+    A single batch's graph is always kept: each HVP needs it whole anyway, so keeping it adds no peak memory.
+
+    Staleness: the kept graphs hold the weights' and activations' values at build time. Before each HVP
+    ``check`` compares every model parameter and buffer with a snapshot taken when the first graph was kept
+    (autograd version counter, storage, and values: ``p.data = ...`` and ``p.data.copy_()`` bump no version
+    counter) and drops all graphs when anything changed (rebuilt on the way; the samples, adversarial ones
+    included, stay those the operator was made with). Cost: one compare of the model's tensors per HVP and a
+    copy of them in memory. A parameter object replaced in the model cannot be followed: ``ConfigError``.
+    """
+
+    def __init__(self, op: "HessianOperator", budget: int | None):
+        if budget is not None and not budget >= 0:
+            raise ConfigError(f"max_graph_memory must be >= 0 bytes, got {budget}")
+        self.op, self.given = op, budget
+        self.budget = int(budget) if budget is not None else int(GRAPH_MEMORY_FRACTION *
+                                                                   available_memory(op.device))
+        self.graphs: dict[int, list[torch.Tensor | None]] = {}
+        self.sizes: dict[int, int] = {}   # measured bytes of each batch's graph
+        self.rebuilt: set[int] = set()    # batches whose graph did not fit: rebuilt at every HVP
+        self.builds = self.stale = 0
+        self._snapshot: list[tuple[int, int, torch.Tensor]] | None = None
+
+    def _tensors(self) -> list[torch.Tensor]:
+        return [t.detach() for t in [*self.op.model.parameters(), *self.op.model.buffers()]]
+
+    def clear(self) -> None:
+        self.graphs.clear()
+        self.rebuilt.clear()
+        self._snapshot = None
+
+    def check(self) -> None:
+        """Refuse a model whose selected parameters were replaced; drop kept graphs the weights outgrew."""
+        current = {id(p) for p in self.op.model.parameters()}
+        gone = [n for n, p in self.op.params if id(p) not in current]
+        if gone:
+            raise ConfigError(f"the model's parameter {gone[0]} was replaced by a new tensor object after this "
+                              f"HessianOperator was made; make a new operator (assign p.data or copy_ instead)")
+        if self._snapshot is None:
+            return
+        ts = self._tensors()
+        if len(ts) != len(self._snapshot) or any(
+                t._version != ver or t.data_ptr() != ptr or t.shape != old.shape or not torch.equal(t, old)
+                for t, (ver, ptr, old) in zip(ts, self._snapshot)):
+            self.clear()
+            self.stale += 1
+
+    def get(self, b: int) -> tuple[list[torch.Tensor | None], bool]:
+        """Batch ``b``'s gradient graph and whether it is kept (else the caller may free it)."""
+        if b in self.graphs:
+            return self.graphs[b], True
+        x, y = self.op.batches[b]
+        grads, nbytes = self.op._grad_graph(x, y)
+        self.builds += 1
+        self.sizes[b] = nbytes
+        if b not in self.rebuilt and (len(self.op.batches) == 1 or self.kept_bytes + nbytes <= self.budget):
+            if self._snapshot is None:
+                self._snapshot = [(t._version, t.data_ptr(), t.clone()) for t in self._tensors()]
+            self.graphs[b] = grads
+            return grads, True
+        self.rebuilt.add(b)
+        return grads, False
+
+    @property
+    def kept_bytes(self) -> int:
+        return int(sum(self.sizes[b] for b in self.graphs))
+
+    def describe(self) -> dict:
+        """The budget and the choice made so far (``planned`` is False before the first HVP)."""
+        n = len(self.op.batches)
+        return {"budget_bytes": self.budget, "budget_given": self.given,
+                "planned": len(self.sizes) == n, "batches": n, "kept": len(self.graphs),
+                "rebuilt_per_hvp": len(self.rebuilt), "kept_bytes": self.kept_bytes,
+                "graph_bytes_max": max(self.sizes.values(), default=None), "builds": self.builds,
+                "stale_rebuilds": self.stale}
+
+
 class HessianOperator:
     """Hessian of the mean loss over a fixed sample set w.r.t. (some of) the model's weights.
 
     ``matvec(v)`` (also ``op @ v``) takes and returns flat vectors of length ``num_params``; each call is
-    one HVP (``hvp_count``), whatever the number of batches. Cost of one HVP: with one batch, one
-    double-backward pass through a gradient graph built once (first call: + one forward/backward with
-    ``create_graph``); with several batches, per batch one forward, one backward with ``create_graph`` and
-    one double-backward. Adversarial examples (``loss="adversarial"``) are made once, here, by seeded PGD
+    one HVP (``hvp_count``), whatever the number of batches; ``matmat(V)`` is k of them. Cost of one HVP,
+    per batch: one double-backward pass through the batch's gradient graph, kept from the first HVP while
+    the kept graphs fit ``max_graph_memory`` bytes (always, for a single batch), else rebuilt at every HVP
+    (+ one forward and one backward with ``create_graph``); ``describe()["graph_cache"]`` says which. Adversarial examples (``loss="adversarial"``) are made once, here, by seeded PGD
     (``landscape.attacks.adversarial_examples``, cost: ``steps`` forward+backward passes per sample) at the
     model's current weights and then held fixed; ``batches`` holds the samples the Hessian is taken over
     (on this rank: under ``torchrun`` each rank holds the shard ``shard`` of them; ``num_samples`` is the
@@ -128,7 +250,8 @@ class HessianOperator:
                  bn: str = "running", param_filter: ParamFilter = None, batch_size: int | None = None,
                  seed: int = 0, device: str | torch.device | None = None, restarts: int = 1,
                  hvp_method: str = "double-backward", attack_batch_size: int | None = None,
-                 distributed: bool = True, attack: AttackSpec | None = None):
+                 distributed: bool = True, attack: AttackSpec | None = None,
+                 max_graph_memory: int | None = None):
         if loss not in LOSSES:
             raise ConfigError(f"unknown loss {loss!r}; choose from {', '.join(LOSSES)}")
         if bn not in BN_MODES:
@@ -170,7 +293,9 @@ class HessianOperator:
             self.eps, self.steps, self.step_size, self.norm, self.restarts = a.eps, a.steps, a.alpha, a.norm, a.restarts
             self.attack_seconds = self._attack()
         self.hvp_count = 0
-        self._graph: list[torch.Tensor | None] | None = None  # cached gradient graph (one batch)
+        self._graphs = _GraphCache(self, max_graph_memory)
+        self.matmat_block = MATMAT_BLOCK.get(self.device.type, 1)
+        self.matmat_vmap = MATMAT_VMAP.get(self.device.type, False)
 
     # --- construction helpers ----------------------------------------------------------------------
     @classmethod
@@ -259,42 +384,64 @@ class HessianOperator:
         logits = self.model(x) if params is None else torch.func.functional_call(self.model, params, (x,))
         return F.cross_entropy(logits, y, reduction="sum")
 
-    def _grad_graph(self, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor | None]:
+    def _grad_graph(self, x: torch.Tensor, y: torch.Tensor) -> tuple[list[torch.Tensor | None], int]:
+        """The gradient of one batch's summed loss with its graph (``create_graph``), and the bytes that
+        graph holds: the tensors autograd saves (counted once per storage; weights, buffers and inputs
+        excluded, as they live anyway) plus the gradients. One forward + one backward pass."""
         ps = [p for _, p in self.params]
-        with self._mode():
-            loss = self._batch_loss(x, y)
-        return list(torch.autograd.grad(loss, ps, create_graph=True, allow_unused=True))
+        live = {t.untyped_storage().data_ptr() for t in [*self.model.parameters(), *self.model.buffers(), x]}
+        saved: dict[int, int] = {}
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            st = t.untyped_storage()
+            if st.data_ptr() not in live:
+                saved[st.data_ptr()] = st.nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            with self._mode():
+                loss = self._batch_loss(x, y)
+            grads = list(torch.autograd.grad(loss, ps, create_graph=True, allow_unused=True))
+        nbytes = sum(saved.values()) + sum(g.numel() * g.element_size() for g in grads if g is not None)
+        return grads, int(nbytes)
 
     def _double_backward(self, grads: list[torch.Tensor | None], vs: list[torch.Tensor],
-                         retain: bool) -> list[torch.Tensor]:
-        """d(g . v)/dw: one backward pass through the gradient graph."""
+                         retain: bool, batched: bool = False) -> list[torch.Tensor]:
+        """d(g . v)/dw: one backward pass through the gradient graph (``batched``: each ``vs[i]`` has a
+        leading dimension of k vectors, all taken in one vmapped pass, ``is_grads_batched``)."""
         ps = [p for _, p in self.params]
         idx = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
         if not idx:  # the loss is (at most) linear in these weights
             return [torch.zeros_like(v) for v in vs]
         hv = torch.autograd.grad([grads[i] for i in idx], ps, grad_outputs=[vs[i] for i in idx],
-                                 retain_graph=retain, allow_unused=True)
+                                 retain_graph=retain, allow_unused=True, is_grads_batched=batched)
         return [torch.zeros_like(v) if h is None else h for h, v in zip(hv, vs)]
 
-    def _hvp_batch(self, x: torch.Tensor, y: torch.Tensor, vs: list[torch.Tensor]) -> list[torch.Tensor]:
-        """H_b v for the SUMMED loss of one batch."""
+    def _hvp_batch(self, b: int, vs: list[torch.Tensor], batched: bool = False) -> list[torch.Tensor]:
+        """H_b v for the SUMMED loss of batch ``b`` (``batched``: k vectors stacked on a leading dim)."""
+        x, y = self.batches[b]
         if self.hvp_method == "fwd-over-rev":
             base = {n: p.detach() for n, p in self.params}
+            if batched:
+                cols = [self._hvp_batch(b, [v[j] for v in vs]) for j in range(len(vs[0]))]
+                return [torch.stack(c) for c in zip(*cols)]
             tang = dict(zip(base, vs))
             with self._mode():
                 _, hv = torch.func.jvp(torch.func.grad(lambda p: self._batch_loss(x, y, p)), (base,), (tang,))
             return [hv[n] for n in base]
-        if len(self.batches) == 1:
-            if self._graph is None:
-                self._graph = self._grad_graph(x, y)
-            return self._double_backward(self._graph, vs, retain=True)
-        return self._double_backward(self._grad_graph(x, y), vs, retain=False)
+        grads, kept = self._graphs.get(b)
+        if batched and not self.matmat_vmap:  # one graph (built once), the k vectors one pass each
+            k = len(vs[0])
+            cols = [self._double_backward(grads, [v[j] for v in vs], retain=kept or j < k - 1) for j in range(k)]
+            return [torch.stack(c) for c in zip(*cols)]
+        return self._double_backward(grads, vs, retain=kept, batched=batched)
 
-    def _local_hvp_sum(self, vs: list[torch.Tensor]) -> list[torch.Tensor]:
+    def _local_hvp_sum(self, vs: list[torch.Tensor], batched: bool = False) -> list[torch.Tensor]:
         """sum_b H_b v over this process's batches (summed losses)."""
+        self._graphs.check()
         total = [torch.zeros_like(v) for v in vs]
-        for x, y in self.batches:
-            for t, h in zip(total, self._hvp_batch(x, y, vs)):
+        for b in range(len(self.batches)):
+            for t, h in zip(total, self._hvp_batch(b, vs, batched)):
                 t.add_(h)
         return total
 
@@ -311,6 +458,48 @@ class HessianOperator:
         return (hv / self.num_samples).to(out_dtype)
 
     __matmul__ = matvec
+
+    def matmat(self, V: torch.Tensor, block: int | None = None) -> torch.Tensor:
+        """``H V`` for an n x k matrix ``V`` (k HVPs, counted as k), ``block`` columns at a time (default
+        ``self.matmat_block``): per block, each batch's gradient graph is built at most once (a graph that
+        is rebuilt for every matvec is shared by the block's columns), and the columns go through it either
+        one double-backward pass each (``self.matmat_vmap`` False) or all in ONE vmapped pass
+        (``torch.autograd.grad(..., is_grads_batched=True)``, memory ~ block x one HVP's intermediates).
+        ``block=1`` is a loop of ``matvec``. Returned in ``V``'s dtype on the operator's device. Defaults by
+        device type: ``MATMAT_BLOCK``, ``MATMAT_VMAP``; ``benchmarks/hvp_matmat.py`` measures them."""
+        V = torch.as_tensor(V)
+        if V.dim() != 2 or V.shape[0] != self.num_params:
+            raise ConfigError(f"expected a {self.num_params} x k matrix, got shape {tuple(V.shape)}")
+        out_dtype = V.dtype if V.is_floating_point() else self.dtype
+        bs = max(1, int(block if block is not None else self.matmat_block))
+        out = torch.empty(V.shape, dtype=out_dtype, device=self.device)
+        for j in range(0, V.shape[1], bs):
+            if bs == 1:
+                out[:, j] = self.matvec(V[:, j])
+                continue
+            rows = V[:, j:j + bs].T.to(self.device, self.dtype).contiguous()     # k x n
+            vs = [t.reshape(len(rows), *s) for t, s in zip(torch.split(rows, self._numels, 1), self._shapes)]
+            hv = torch.cat([h.reshape(len(rows), -1) for h in self._local_hvp_sum(vs, batched=True)], 1)
+            if self.world.active:
+                all_reduce_sum(hv)
+            self.hvp_count += len(rows)
+            out[:, j:j + bs] = (hv / self.num_samples).T.to(out_dtype)
+        return out
+
+    @property
+    def preferred_block(self) -> int:
+        """Vectors per ``matmat`` call that make an HVP cheaper than ``matvec`` does: ``matmat_block`` where
+        a gradient graph is rebuilt at every HVP (a block shares one build; also while a multi-batch plan is
+        not made yet) or blocks are vmapped, else 1 (estimators with a stopping rule then check it after
+        every vector). Under torchrun always ``matmat_block``: every rank must make the same collective
+        calls, and the ranks' graph plans may differ."""
+        if self.world.active:
+            return self.matmat_block
+        if self.hvp_method != "double-backward":
+            return 1
+        g = self._graphs
+        rebuilding = len(self.batches) > 1 and (bool(g.rebuilt) or len(g.sizes) < len(self.batches))
+        return self.matmat_block if self.matmat_vmap or rebuilding else 1
 
     def loss_and_grad(self) -> tuple[float, torch.Tensor]:
         """Mean loss over the samples and its gradient (flat). One forward + backward per batch (and one
@@ -331,8 +520,8 @@ class HessianOperator:
         return float(flat[-1]) / self.num_samples, flat[:-1] / self.num_samples
 
     def release_graph(self) -> None:
-        """Free the cached gradient graph (rebuilt on the next matvec)."""
-        self._graph = None
+        """Free the cached gradient graphs (rebuilt on the next matvec)."""
+        self._graphs.clear()
 
     def to_scipy(self):
         """A ``scipy.sparse.linalg.LinearOperator`` (float64 in and out) whose matvec is one HVP."""
@@ -358,7 +547,9 @@ class HessianOperator:
                                                           else pf if isinstance(pf, str) else list(pf)),
                 "param_names": self.param_names if pf is not None else None,
                 "dtype": str(self.dtype).replace("torch.", ""), "device": str(self.device),
-                "attack_seconds": self.attack_seconds, "world_size": self.world.size}
+                "attack_seconds": self.attack_seconds, "world_size": self.world.size,
+                "graph_cache": self._graphs.describe() if self.hvp_method == "double-backward" else None,
+                "matmat_block": self.matmat_block, "matmat_vmap": self.matmat_vmap}
 
     def __repr__(self) -> str:
         return (f"HessianOperator(loss={self.loss!r}, num_params={self.num_params}, "

@@ -2,8 +2,7 @@
 
 - ``top_eigenvalues``: extreme eigenpairs by Lanczos with full reorthogonalization, one HVP per step,
   extended until every requested Ritz pair has residual ||H v - lam v|| <= tol * |lam| (or the budget ends).
-- ``hessian_trace``: Hutch++ (Meyer, Musco, Musco & Woodruff 2021) or Hutchinson, with a standard error and
-  the stopping rule "95% half-width <= rtol * |estimate|".
+- ``hessian_trace``: lives in ``trace.py`` (Hutchinson, Hutch++, XTrace); re-exported here.
 - ``spectral_density``: stochastic Lanczos quadrature (Ubaru, Chen & Saad 2017; Ghorbani et al. 2019) with
   Gaussian broadening.
 
@@ -34,9 +33,9 @@ from scipy.linalg import eigh_tridiagonal
 from .. import __version__
 from ..attacks import eval_mode
 from ..errors import ConfigError
+from .trace import TRACE_METHODS, TraceResult, hessian_trace  # noqa: F401  (moved to trace.py; re-exported)
 
 WHICH = ("LA", "SA", "LM")
-TRACE_METHODS = ("hutch++", "hutchinson")
 Callback = Callable[[int, int], None] | None
 
 
@@ -324,118 +323,6 @@ def _eigsh(op, k, tol, which, budget, gen, return_vectors, v0, atol, settings):
     conv = res <= np.maximum(tol * np.abs(vals), atol) * (1 + 1e-6)
     return EigenResult(vals, res, conv, count[0], V if return_vectors else None,
                        {**settings, "residual_hvps": k})
-
-
-# --- trace -----------------------------------------------------------------------------------------------
-
-@dataclass
-class TraceResult:
-    """A trace estimate with its standard error; ``samples`` are the Hutchinson terms (of the deflated
-    operator for Hutch++), ``low_rank`` the exact trace of the sketched part (Hutch++)."""
-    estimate: float
-    stderr: float
-    hvps: int
-    method: str
-    samples: np.ndarray
-    low_rank: float = 0.0
-    sketch_size: int = 0
-    converged: bool = False
-    settings: dict = field(default_factory=dict)
-    seconds: float = 0.0
-
-    @property
-    def half_width(self) -> float:
-        """Half-width of the 95% confidence interval (Student t with len(samples) - 1 dof)."""
-        return _half_width(self.stderr, len(self.samples))
-
-    def to_dict(self) -> dict:
-        return {"estimate": self.estimate, "stderr": self.stderr, "half_width_95": self.half_width,
-                "hvps": int(self.hvps), "method": self.method, "low_rank": self.low_rank,
-                "sketch_size": self.sketch_size, "num_probes": int(len(self.samples)),
-                "converged": bool(self.converged), "seconds": self.seconds, "settings": self.settings,
-                "landscape_version": __version__}
-
-    def to_frame(self):
-        """One row per probe: its term and the running estimate."""
-        import pandas as pd
-        s = np.asarray(self.samples, dtype=np.float64)
-        running = self.low_rank + np.cumsum(s) / np.arange(1, len(s) + 1) if len(s) else s
-        return pd.DataFrame({"probe": np.arange(1, len(s) + 1), "term": s, "running_estimate": running})
-
-
-def _half_width(stderr: float, p: int) -> float:
-    if p < 2:
-        return math.inf if stderr else 0.0
-    from scipy.stats import t
-    return float(t.ppf(0.975, p - 1)) * stderr
-
-
-def hessian_trace(op: Operator, method: str = "hutch++", rtol: float = 1e-2, max_hvps: int | None = None,
-                  seed: int = 0, min_probes: int = 10, sketch_size: int | None = None,
-                  callback: Callback = None) -> TraceResult:
-    """Estimate tr(H) from HVPs with Rademacher probes; stops when the 95% half-width <= rtol * |estimate|
-    (after at least ``min_probes`` probes) or at ``max_hvps`` (default 300).
-
-    ``hutchinson``: mean of g^T H g, one HVP per probe. ``hutch++``: tr(Q^T H Q) exactly for Q an orthonormal
-    basis of H S (S: ``sketch_size`` Rademacher columns, default min(budget // 3, 20)), 2 * sketch_size
-    HVPs, plus Hutchinson on (I - QQ^T) H (I - QQ^T), whose variance is what remains after deflating the
-    largest eigenvalues. With ``rtol=0`` it spends the whole budget (as the fixed-budget Hutch++ of the
-    paper when sketch_size = budget // 3).
-    """
-    if method not in TRACE_METHODS:
-        raise ConfigError(f"unknown trace method {method!r}; choose from {', '.join(TRACE_METHODS)}")
-    n = int(op.num_params)
-    budget = int(max_hvps) if max_hvps is not None else 300
-    if budget < 1:
-        raise ConfigError(f"max_hvps must be at least 1, got {max_hvps}")
-    if rtol < 0:
-        raise ConfigError(f"rtol must be >= 0, got {rtol}")
-    t0 = time.perf_counter()
-    gen = torch.Generator().manual_seed(int(seed))
-    dev, dt = op.device, torch.float64
-    hvps, low_rank, s = 0, 0.0, 0
-    Q = None
-    if method == "hutch++":
-        s = min(n, budget // 3, 20) if sketch_size is None else int(sketch_size)
-        if s < 0 or 2 * min(s, n) > budget:
-            raise ConfigError(f"sketch_size {s} needs 2 * {s} HVPs, more than max_hvps={budget}")
-        s = min(s, n)
-        if s:
-            Y = torch.stack([_hv(op, _rademacher(n, gen, dev, dt)) for _ in range(s)], 1)
-            hvps += s
-            Q, _ = torch.linalg.qr(Y)
-            for i in range(s):
-                low_rank += float(Q[:, i] @ _hv(op, Q[:, i].contiguous()))
-                hvps += 1
-                if callback:
-                    callback(hvps, budget)
-            if s == n:  # Q spans everything: the trace is exact
-                return TraceResult(low_rank, 0.0, hvps, method, np.zeros(0), low_rank, s, True,
-                                   _trace_settings(op, method, rtol, budget, seed, min_probes, s),
-                                   time.perf_counter() - t0)
-    terms: list[float] = []
-    est, se, converged = low_rank, math.inf, False
-    while hvps < budget:
-        g = _rademacher(n, gen, dev, dt)
-        if Q is not None:
-            g = g - Q @ (Q.T @ g)
-        terms.append(float(g @ _hv(op, g)))
-        hvps += 1
-        if callback:
-            callback(hvps, budget)
-        p = len(terms)
-        est = low_rank + float(np.mean(terms))
-        se = float(np.std(terms, ddof=1) / math.sqrt(p)) if p > 1 else math.inf
-        if p >= min_probes and _half_width(se, p) <= rtol * abs(est):
-            converged = True
-            break
-    return TraceResult(est, se, hvps, method, np.asarray(terms), low_rank, s, converged,
-                       _trace_settings(op, method, rtol, budget, seed, min_probes, s), time.perf_counter() - t0)
-
-
-def _trace_settings(op, method, rtol, budget, seed, min_probes, s) -> dict:
-    return {"method": method, "rtol": rtol, "max_hvps": budget, "seed": seed, "min_probes": min_probes,
-            "sketch_size": s, "probes": "rademacher", "operator": _op_settings(op)}
 
 
 # --- spectral density ------------------------------------------------------------------------------------
