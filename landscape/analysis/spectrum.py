@@ -126,6 +126,11 @@ def _start_vector(n: int, v0: torch.Tensor | None, gen: torch.Generator, device:
     return v0
 
 
+def default_max_hvps(n: int, k: int) -> int:
+    """The default Lanczos step budget of a top-k search: min(n, max(100, 30 k))."""
+    return min(int(n), max(100, 30 * int(k)))
+
+
 def top_eigenvalues(op: Operator, k: int = 1, tol: float = 1e-3, which: str = "LA",
                     max_hvps: int | None = None, seed: int = 0, return_vectors: bool = False,
                     v0: torch.Tensor | None = None, method: str = "lanczos", atol: float = 0.0,
@@ -151,7 +156,7 @@ def top_eigenvalues(op: Operator, k: int = 1, tol: float = 1e-3, which: str = "L
         raise ConfigError(f"tol must be positive, got {tol}")
     if not atol >= 0:
         raise ConfigError(f"atol must be >= 0, got {atol}")
-    budget = int(max_hvps) if max_hvps is not None else min(n, max(100, 30 * k))
+    budget = int(max_hvps) if max_hvps is not None else default_max_hvps(n, k)
     if budget < 1:
         raise ConfigError(f"max_hvps must be at least 1, got {max_hvps}")
     settings = {"k": k, "tol": tol, "atol": atol, "which": which, "max_hvps": budget, "seed": seed,
