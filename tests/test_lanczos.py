@@ -150,7 +150,7 @@ def test_memory_sizes_and_plans():
     vb = 4 * 10 ** 7  # 40 MB per vector
     peak = 10 ** 9
     roomy = plan_top_k(big, 5, 100, 10 ** 10, peak)
-    assert roomy.capacity == 101 and not roomy.thick_restart and roomy.estimated_peak == peak + (101 + 2) * vb
+    assert roomy.capacity == 101 and not roomy.thick_restart and roomy.estimated_peak == peak + (101 + 3) * vb
     tight = plan_top_k(big, 5, 100, peak + 30 * vb, peak)
     assert tight.thick_restart and min_top_k_capacity(5) <= tight.capacity <= 28
     assert tight.estimated_peak <= peak + 30 * vb

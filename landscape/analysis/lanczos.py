@@ -224,7 +224,7 @@ def min_top_k_capacity(k: int) -> int:
 
 
 def plan_top_k(op: Operator, k: int, max_hvps: int, max_memory: int | str | None = None,
-               hvp_peak: int | None = None, extra_vectors: int = 0, dtype: torch.dtype | None = None) -> MemoryPlan:
+               hvp_peak: int | None = None, extra_vectors: int = 1, dtype: torch.dtype | None = None) -> MemoryPlan:
     """The basis of a top-k search: all ``max_hvps + 1`` vectors when they fit in ``max_memory`` (default:
     ``default_max_memory``), else as many as fit with thick restarts; ConfigError (with the estimate) when
     not even ``min_top_k_capacity(k)`` fit. ``hvp_peak`` is the measured peak of one HVP (default: the
