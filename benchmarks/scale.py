@@ -32,7 +32,7 @@ from pathlib import Path
 
 MODELS = ("cnn-small", "preact-resnet18", "wrn-34-10")
 DEFAULT_SAMPLES = {"cnn-small": 256, "preact-resnet18": 8, "wrn-34-10": 8}
-PEER_TASKS = ("pyhessian-top5", "pyhessian-trace", "eigenthings-top5", "eigenthings-top5-20", "eigenthings-trace",
+PEER_TASKS = ("pyhessian", "eigenthings-top5", "eigenthings-top5-20", "eigenthings-trace",
               "eigenthings-density")
 OUR_TASKS = ("ours-top5", "ours-trace", "ours-density")
 
@@ -141,16 +141,14 @@ def work(spec: dict) -> dict:
             r = spectral_density(op, n_probes=spec.get("density_probes", 3), lanczos_steps=cap or 80, seed=0)
             out.update(hvps=r.hvps, trace_estimate=r.trace_estimate, reorth=r.settings["reorth"],
                        node_range=[float(r.nodes[r.weights > 0].min()), float(r.nodes.max())])
-        elif task.startswith("pyhessian"):
+        elif task == "pyhessian":  # eigenvalues(top_n=5) then trace(), its defaults, in one process
             from landscape.analysis.spectrum import pyhessian_spectrum
-            ph = pyhessian_spectrum(model, [(x, y)], top_n=5, trace=task == "pyhessian-trace", seed=0)
-            if task == "pyhessian-top5":
-                out.update(values=sorted(ph["eigenvalues"], reverse=True), hvps=ph["eigenvalue_hvps"])
-            else:
-                out.update(estimate=ph["trace"], hvps=ph["trace_hvps"], top5_hvps=ph["eigenvalue_hvps"],
-                           note="PyHessian's trace() runs after its eigenvalues(); HVPs and seconds are the "
-                                "trace's only")
-                out["seconds_trace"] = ph["trace_seconds"]
+            ph = pyhessian_spectrum(model, [(x, y)], top_n=5, trace=True, seed=0)
+            out["rows"] = [{"task": "pyhessian-top5", "values": sorted(ph["eigenvalues"], reverse=True),
+                            "hvps": ph["eigenvalue_hvps"], "seconds": ph["eigenvalue_seconds"]},
+                           {"task": "pyhessian-trace", "estimate": ph["trace"], "hvps": ph["trace_hvps"],
+                            "seconds": ph["trace_seconds"]}]
+            out["hvps"] = ph["eigenvalue_hvps"] + ph["trace_hvps"]
         elif task.startswith("eigenthings"):
             import hessian_eigenthings as he
             op = he.HessianOperator(model.eval(), [(x, y)], he.supervised_loss(torch.nn.functional.cross_entropy))
@@ -170,8 +168,6 @@ def work(spec: dict) -> dict:
         else:
             raise SystemExit(f"unknown task {task}")
         out["seconds"] = time.perf_counter() - t0
-        if "seconds_trace" in out:
-            out["seconds"] = out.pop("seconds_trace")
     out["peak"] = rss.peak
     _ = np
     return out
@@ -236,6 +232,8 @@ def report(rows: list[dict]) -> str:
         if "converged" in r:
             c = r["converged"]
             note.append("converged" if (all(c) if isinstance(c, list) else c) else "NOT converged")
+        if r.get("note"):
+            note.append(r["note"])
         if r.get("plan"):
             p = r["plan"]
             note.append(f"{p['reorth']} reorth, {p['capacity']} vectors" + (", thick restarts" if p["thick_restart"]
@@ -275,9 +273,13 @@ def main() -> int:
     ap.add_argument("--tasks", help="comma-separated subset of the tasks")
     ap.add_argument("--timeout", type=float, default=3600, help="seconds per measurement")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "scale.json"))
+    ap.add_argument("--report", nargs="+", metavar="JSON", help="print the tables of earlier runs' JSON files")
     args = ap.parse_args()
     if args.worker:
         print(json.dumps(work(json.loads(args.worker))))
+        return 0
+    if args.report:
+        print(report([r for f in args.report for r in json.loads(Path(f).read_text())["rows"]]))
         return 0
     samples = {**DEFAULT_SAMPLES, **_per_model(args.samples, int)}
     caps, probes = _per_model(args.max_steps, int), _per_model(args.density_probes, int)
@@ -295,7 +297,12 @@ def main() -> int:
                     "max_steps": caps.get(name), "density_probes": probes.get(name, 3),
                     "float64": task == "ref-top5", "timing_repeats": 1 if caps.get(name) else 2}
             row = run_task(spec, args.timeout)
-            rows.append(row)
+            if "rows" in row:  # one process, several runs (PyHessian): each row with the process's peak
+                sub = row.pop("rows")
+                rows += [{**row, **r, "note": "one process with the runs above/below; peak is the process's"}
+                         for r in sub]
+            else:
+                rows.append(row)
             brief = {k: row.get(k) for k in ("hvps", "seconds", "peak", "estimate_peak", "error") if k in row}
             print(f"[{time.strftime('%H:%M:%S')}] {name} {task}: {brief}", file=sys.stderr, flush=True)
             out = Path(args.out)
