@@ -11,7 +11,7 @@
   Gaussian broadening.
 
 The Lanczos engine and its memory budget live in ``landscape.analysis.lanczos``: the basis is kept in the
-operator's dtype in a preallocated buffer; ``max_memory`` (default: ``lanczos.default_max_memory``, 40% of
+operator's dtype in a preallocated buffer; ``max_memory`` (default: ``lanczos.default_max_memory``, 35% of
 the device's memory) decides whether top-k keeps its whole basis or thick-restarts within fewer vectors, and
 whether a density probe keeps its basis (full reorthogonalization) or three vectors (local
 reorthogonalization, O(n)). The choice is recorded in ``settings["memory"]`` of every result.

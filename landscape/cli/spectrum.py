@@ -26,7 +26,7 @@ eps/steps/step size from its training config unless given). Top-k eigenvalues by
 residual is within --tol, the trace by Hutch++ (--trace), the eigenvalue density by stochastic Lanczos
 quadrature (--density). --backend pyhessian runs PyHessian 0.1 on the same model and samples instead.
 
-Memory: the Lanczos bases live under --max-memory (default 40%% of the machine's memory, or of the GPU's).
+Memory: the Lanczos bases live under --max-memory (default 35%% of the machine's memory, or of the GPU's).
 Before the work starts, two HVPs are timed and measured, and the estimated HVPs, seconds and peak memory
 are printed; a request that cannot fit is refused (exit 2) with its estimate. Top-k keeps its
 whole basis when it fits, else thick-restarts within what fits; the density keeps each probe's basis (full
@@ -67,7 +67,7 @@ def build_parser() -> Parser:
     p.add_argument("--reorth", choices=("auto", "full", "local"), default="auto",
                    help="density: keep each probe's basis (full), three vectors (local), or full when it fits")
     p.add_argument("--max-memory", metavar="SIZE",
-                   help="memory budget, e.g. 8GB or 512MB (default: 40%% of the device's memory)")
+                   help="memory budget, e.g. 8GB or 512MB (default: 35%% of the device's memory)")
     p.add_argument("--loss", choices=("clean", "adversarial"), default="clean")
     p.add_argument("--eps", type=float, help="attack budget (default: the checkpoint's training eps)")
     p.add_argument("--steps", type=int, help="PGD steps (default: the checkpoint's, else 10)")
