@@ -67,6 +67,16 @@ def _json_list(a) -> list:
     return [_json_num(v) for v in np.asarray(a, dtype=np.float64).reshape(-1)]
 
 
+def _same_on_all_ranks(op: Any, plan: Any) -> Any:
+    """Rank 0's memory plan on every rank of a distributed operator (measured peaks differ between ranks;
+    the ranks must run the same Lanczos, HVP for HVP, or their all-reduces would not pair up)."""
+    w = getattr(op, "world", None)
+    if w is not None and getattr(w, "active", False):
+        from ..distributed import broadcast_from_main
+        return broadcast_from_main(plan)
+    return plan
+
+
 def _key(theta: np.ndarray | float, which: str) -> np.ndarray | float:
     """Sort key: smaller is wanted first."""
     return -theta if which == "LA" else theta if which == "SA" else -np.abs(theta)
@@ -190,7 +200,8 @@ def _lanczos_top(op, k, tol, which, budget, gen, return_vectors, v0, atol, dtype
     q0 = q0 / q0.norm()
     with PeakMemory(op.device) as pk:  # the first Lanczos HVP, measured to plan the basis
         w0 = hv(op, q0)
-    plan = plan_top_k(op, k, budget, max_memory, pk.peak, extra_vectors=k if return_vectors else 1, dtype=dtype)
+    plan = _same_on_all_ranks(op, plan_top_k(op, k, budget, max_memory, pk.peak,
+                                             extra_vectors=k if return_vectors else 1, dtype=dtype))
     lz = Lanczos(op, q0, gen, plan.capacity, dtype, plan.basis_device, first_hv=w0)
     del w0, q0
     keep = min(plan.capacity - 2, k + (plan.capacity - k) // 2)
@@ -479,7 +490,7 @@ def spectral_density(op: Operator, n_probes: int = 3, lanczos_steps: int = 80, s
         if plan is None:  # the first HVP, measured to plan the basis
             with PeakMemory(op.device) as pk:
                 first = hv(op, q0)
-            plan = plan_density(op, steps, max_memory, pk.peak, reorth, dtype)
+            plan = _same_on_all_ranks(op, plan_density(op, steps, max_memory, pk.peak, reorth, dtype))
         theta, w, h = _slq_run(op, steps, q0, gen, plan.reorth, plan.capacity, first)
         del first, q0
         nodes[p, :len(theta)], weights[p, :len(w)] = theta, w / n_probes
