@@ -1,18 +1,27 @@
 """Spectral estimates of a symmetric operator given only by matrix-vector products (HVPs).
 
 - ``top_eigenvalues``: extreme eigenpairs by Lanczos with full reorthogonalization, one HVP per step,
-  extended until every requested Ritz pair has residual ||H v - lam v|| <= tol * |lam| (or the budget ends).
+  extended until every requested Ritz pair has an estimated residual ||H v - lam v|| <= max(tol |lam|, atol)
+  (or the budget ends); then each returned pair's TRUE residual is computed (one more HVP per pair) and only
+  a pair whose true residual meets the tolerance is reported converged. The Lanczos estimate |c . y| ignores
+  the rounding error of the HVP itself (a float32 operator of norm 1e3 cannot give residuals below ~1e-4).
 - ``hessian_trace``: lives in ``trace.py`` (Hutchinson, Hutch++, XTrace); re-exported here.
 - ``spectral_density``: stochastic Lanczos quadrature (Ubaru, Chen & Saad 2017; Ghorbani et al. 2019) with
   Gaussian broadening.
 
+The Lanczos engine and its memory budget live in ``landscape.analysis.lanczos``: the basis is kept in the
+operator's dtype in a preallocated buffer; ``max_memory`` (default: ``lanczos.default_max_memory``, 35% of
+the device's memory) decides whether top-k keeps its whole basis or thick-restarts within fewer vectors, and
+whether a density probe keeps its basis (full reorthogonalization) or three vectors (local
+reorthogonalization, O(n)). The choice is recorded in ``settings["memory"]`` of every result.
+
 Why our own Lanczos rather than ``scipy.sparse.linalg.eigsh`` (ARPACK, implicitly restarted): an HVP costs
 a forward and two backward passes while the n x m basis costs only memory, so keeping the whole basis
-(no restarts) is the right trade; ARPACK restarts every ``ncv`` steps and throws Krylov information away.
-Measured with ``benchmarks/spectrum_vs_pyhessian.py`` (cnn-small trained on digits, 151k weights, 256
-samples): top-5 to tol 1e-3 took 14 HVPs with this Lanczos, 21 with eigsh (kept as ``method="eigsh"`` for
-comparison) and 42 with PyHessian's power iteration, whose top-5 was also 3e-3 off where ours was 7e-7 off.
-The tridiagonal eigenproblems use ``scipy.linalg.eigh_tridiagonal``; all coefficients are float64.
+(no restarts) while it fits is the right trade; ARPACK restarts every ``ncv`` steps and throws Krylov
+information away. Measured with ``benchmarks/spectrum_vs_pyhessian.py`` (cnn-small trained on digits, 151k
+weights, 256 samples): top-5 to tol 1e-3 took 14 HVPs with this Lanczos, 21 with eigsh (kept as
+``method="eigsh"`` for comparison) and 42 with PyHessian's power iteration, whose top-5 was also 3e-3 off
+where ours was 7e-7 off. Projected eigenproblems are solved in float64.
 
 Every estimator takes ``seed`` (start vectors come from a CPU ``torch.Generator``) and an optional
 ``callback(hvps_done, hvp_budget)`` for progress bars; none prints.
@@ -24,129 +33,47 @@ import math
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 import numpy as np
 import torch
-from scipy.linalg import eigh_tridiagonal
 
 from .. import __version__
 from ..attacks import eval_mode
 from ..errors import ConfigError
+from .lanczos import (Lanczos, LocalLanczos, Operator, PeakMemory, gaussian, hv, op_dtype, plan_density,
+                      plan_top_k, rademacher)
 from .trace import TRACE_METHODS, TraceResult, hessian_trace  # noqa: F401  (moved to trace.py; re-exported)
 
 WHICH = ("LA", "SA", "LM")
 Callback = Callable[[int, int], None] | None
 
 
-class Operator(Protocol):
-    """What the estimators need: ``num_params``, ``device`` and ``matvec`` (a HessianOperator qualifies)."""
-    num_params: int
-    device: torch.device
-
-    def matvec(self, v: torch.Tensor) -> torch.Tensor: ...
-
-
 def _op_settings(op: Any) -> dict:
     return op.describe() if hasattr(op, "describe") else {"num_params": int(op.num_params)}
 
 
-def _hv(op: Operator, v: torch.Tensor) -> torch.Tensor:
-    return op.matvec(v).to(v.dtype)
+_hv, _gaussian, _rademacher = hv, gaussian, rademacher
 
 
-def _gaussian(n: int, gen: torch.Generator, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    return torch.randn(n, generator=gen, dtype=torch.float64).to(device, dtype)
+def _json_num(x: float) -> float | None:
+    """A float for JSON (None for NaN / infinity)."""
+    x = float(x)
+    return x if math.isfinite(x) else None
 
 
-def _rademacher(n: int, gen: torch.Generator, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    return (torch.randint(0, 2, (n,), generator=gen, dtype=torch.int8).to(torch.float64) * 2 - 1).to(device, dtype)
+def _json_list(a) -> list:
+    return [_json_num(v) for v in np.asarray(a, dtype=np.float64).reshape(-1)]
 
 
-# --- Lanczos ---------------------------------------------------------------------------------------------
-
-class _Lanczos:
-    """Lanczos tridiagonalization with full reorthogonalization (classical Gram-Schmidt, twice).
-
-    Keeps the basis Q (m x n, ``dtype``) in a buffer that grows by doubling; alphas/betas in float64.
-    One HVP per ``step()``. On breakdown (an invariant subspace) it restarts with a random vector
-    orthogonal to Q and records a zero off-diagonal, so the tridiagonal matrix stays exact.
-    """
-
-    def __init__(self, op: Operator, q0: torch.Tensor, gen: torch.Generator, dtype: torch.dtype):
-        self.op, self.gen, self.n = op, gen, q0.numel()
-        self.Q = torch.empty((min(16, self.n), self.n), dtype=dtype, device=q0.device)
-        self.m = 0
-        self.alphas: list[float] = []
-        self.betas: list[float] = []      # betas[j] couples q_j and q_{j+1}
-        self.restarts = 0
-        self._push(q0 / q0.norm())
-
-    def _push(self, q: torch.Tensor) -> None:
-        if self.m == self.Q.shape[0]:
-            bigger = torch.empty((min(2 * self.m, self.n), self.n), dtype=self.Q.dtype, device=self.Q.device)
-            bigger[:self.m] = self.Q
-            self.Q = bigger
-        self.Q[self.m] = q
-        self.m += 1
-
-    def _orthogonalize(self, w: torch.Tensor) -> torch.Tensor:
-        Q = self.Q[:self.m]
-        for _ in range(2):
-            w = w - Q.T @ (Q @ w)
-        return w
-
-    @property
-    def exhausted(self) -> bool:
-        """True when the basis spans the whole space (T is then similar to H)."""
-        return len(self.alphas) >= self.n
-
-    def step(self) -> bool:
-        """Add one column to T (one HVP). Returns False when the next basis vector came from a restart."""
-        j = len(self.alphas)
-        q = self.Q[j]
-        w = _hv(self.op, q)
-        alpha = float(q @ w)
-        w = w - alpha * q
-        if j > 0:
-            w = w - self.betas[j - 1] * self.Q[j - 1]
-        w = self._orthogonalize(w)
-        beta = float(w.norm())
-        self.alphas.append(alpha)
-        if self.exhausted:
-            return True
-        scale = max(max(abs(a) for a in self.alphas), max(self.betas, default=0.0), 1e-300)
-        if beta > 1e-10 * scale:
-            self.betas.append(beta)
-            self._push(w / beta)
-            return True
-        # breakdown: Krylov space invariant; continue from a fresh random direction
-        self.restarts += 1
-        self.betas.append(0.0)
-        r = self._orthogonalize(_gaussian(self.n, self.gen, q.device, q.dtype))
-        self._push(r / r.norm())
-        return False
-
-    def ritz(self) -> tuple[np.ndarray, np.ndarray, float]:
-        """Eigenvalues and eigenvectors of T (m x m), and the last off-diagonal (for residual bounds)."""
-        m = len(self.alphas)
-        theta, S = _eigh_tri(self.alphas, self.betas[:m - 1])
-        last = self.betas[m - 1] if len(self.betas) >= m else 0.0
-        return theta, S, last
-
-    def vectors(self, S: np.ndarray) -> torch.Tensor:
-        """Ritz vectors for the columns of S (k x n)."""
-        m = S.shape[0]
-        return torch.from_numpy(np.ascontiguousarray(S.T)).to(self.Q.device, self.Q.dtype) @ self.Q[:m]
-
-
-def _eigh_tri(alphas, betas) -> tuple[np.ndarray, np.ndarray]:
-    """Eigenvalues and eigenvectors of the symmetric tridiagonal matrix with diagonal ``alphas`` and
-    off-diagonal ``betas`` (float64; a 1 x 1 matrix too, which ``eigh_tridiagonal`` refuses)."""
-    a = np.asarray(alphas, dtype=np.float64)
-    if len(a) == 1:
-        return a.copy(), np.ones((1, 1))
-    return eigh_tridiagonal(a, np.asarray(betas, dtype=np.float64))
+def _same_on_all_ranks(op: Any, plan: Any) -> Any:
+    """Rank 0's memory plan on every rank of a distributed operator (measured peaks differ between ranks;
+    the ranks must run the same Lanczos, HVP for HVP, or their all-reduces would not pair up)."""
+    w = getattr(op, "world", None)
+    if w is not None and getattr(w, "active", False):
+        from ..distributed import broadcast_from_main
+        return broadcast_from_main(plan)
+    return plan
 
 
 def _key(theta: np.ndarray | float, which: str) -> np.ndarray | float:
@@ -162,7 +89,8 @@ def _order(theta: np.ndarray, which: str) -> np.ndarray:
 @dataclass
 class EigenResult:
     """Extreme eigenpairs: ``values`` ordered by ``which`` (descending for LA, ascending for SA, by |.| for
-    LM), Lanczos residual norms ||H v - lam v||, per-pair convergence, HVPs spent."""
+    LM), true residual norms ||H v - lam v|| (one HVP per pair, counted in ``hvps``), per-pair convergence
+    (true residual <= max(tol |lam|, atol)), HVPs spent; ``lanczos_residuals`` are the Lanczos estimates."""
     values: np.ndarray
     residuals: np.ndarray
     converged: np.ndarray
@@ -170,17 +98,22 @@ class EigenResult:
     vectors: torch.Tensor | None = None
     settings: dict = field(default_factory=dict)
     seconds: float = 0.0
+    lanczos_residuals: np.ndarray | None = None
 
     @property
     def all_converged(self) -> bool:
         return bool(np.all(self.converged))
 
     def to_dict(self) -> dict:
-        return {"values": [float(v) for v in self.values], "residuals": [float(r) for r in self.residuals],
-                "relative_residuals": [float(r / abs(v)) if v else None for r, v in zip(self.residuals, self.values)],
+        """JSON-ready: kind "eigenvalues", settings (memory plan included), seconds, values."""
+        rel = [r / abs(v) if v and math.isfinite(r) and math.isfinite(v) else None
+               for r, v in zip(self.residuals, self.values)]
+        return {"kind": "eigenvalues", "landscape_version": __version__, "settings": self.settings,
+                "seconds": self.seconds, "values": _json_list(self.values), "residuals": _json_list(self.residuals),
+                "relative_residuals": rel,
+                "lanczos_residuals": None if self.lanczos_residuals is None else _json_list(self.lanczos_residuals),
                 "converged": [bool(c) for c in self.converged], "all_converged": self.all_converged,
-                "hvps": int(self.hvps), "seconds": self.seconds, "settings": self.settings,
-                "landscape_version": __version__}
+                "hvps": int(self.hvps)}
 
     def to_frame(self):
         import pandas as pd
@@ -191,7 +124,7 @@ class EigenResult:
 def _start_vector(n: int, v0: torch.Tensor | None, gen: torch.Generator, device: torch.device,
                   dtype: torch.dtype) -> torch.Tensor:
     if v0 is None:
-        return _gaussian(n, gen, device, dtype)
+        return gaussian(n, gen, device, dtype)
     v0 = torch.as_tensor(v0).detach().to(device, dtype)
     if v0.dim() == 2:  # several warm-start vectors: their sum has a component along each of them
         v0 = v0.sum(0)
@@ -202,18 +135,26 @@ def _start_vector(n: int, v0: torch.Tensor | None, gen: torch.Generator, device:
     return v0
 
 
+def default_max_hvps(n: int, k: int) -> int:
+    """The default Lanczos step budget of a top-k search: min(n, max(100, 30 k))."""
+    return min(int(n), max(100, 30 * int(k)))
+
+
 def top_eigenvalues(op: Operator, k: int = 1, tol: float = 1e-3, which: str = "LA",
                     max_hvps: int | None = None, seed: int = 0, return_vectors: bool = False,
                     v0: torch.Tensor | None = None, method: str = "lanczos", atol: float = 0.0,
-                    basis_dtype: torch.dtype = torch.float64, callback: Callback = None) -> EigenResult:
+                    basis_dtype: torch.dtype | None = None, max_memory: int | str | None = None,
+                    callback: Callback = None) -> EigenResult:
     """The ``k`` extreme eigenvalues of ``op`` (``which``: LA largest, SA smallest, LM largest magnitude).
 
     Lanczos with full reorthogonalization from a seeded Gaussian start (or ``v0``, a warm start such as
-    last epoch's top eigenvector), extended one HVP at a time until every requested Ritz pair has residual
-    ``||H v - lam v|| <= max(tol * |lam|, atol)`` (the Lanczos bound |beta_m s_mi|, exact in exact
-    arithmetic), or ``max_hvps`` (default ``min(n, max(100, 30 k))``) is spent. Memory: the basis, m x n in
-    ``basis_dtype``. ``method="eigsh"`` uses scipy's ARPACK instead (its residuals cost k more HVPs, not
-    counted in ``hvps``).
+    last epoch's top eigenvector), extended one HVP at a time until every requested Ritz pair has an estimated
+    residual ``||H v - lam v|| <= max(tol * |lam|, atol)`` (``atol`` serves eigenvalues near zero), or
+    ``max_hvps`` (default ``min(n, max(100, 30 k))``) Lanczos steps are spent; then k more HVPs give each
+    pair's true residual, which alone decides ``converged``. Memory: the basis, in ``basis_dtype`` (default:
+    the operator's dtype), all ``max_hvps + 1`` vectors when they fit in ``max_memory`` (bytes or "8GB";
+    default ``lanczos.default_max_memory``), else as many as fit with thick restarts (ConfigError when not
+    even ~2k fit). ``method="eigsh"`` uses scipy's ARPACK instead (float64; its residuals cost k more HVPs).
     """
     n = int(op.num_params)
     if which not in WHICH:
@@ -222,7 +163,9 @@ def top_eigenvalues(op: Operator, k: int = 1, tol: float = 1e-3, which: str = "L
         raise ConfigError(f"k must lie in [1, {n}] (the operator's size), got {k}")
     if not tol > 0:
         raise ConfigError(f"tol must be positive, got {tol}")
-    budget = int(max_hvps) if max_hvps is not None else min(n, max(100, 30 * k))
+    if not atol >= 0:
+        raise ConfigError(f"atol must be >= 0, got {atol}")
+    budget = int(max_hvps) if max_hvps is not None else default_max_hvps(n, k)
     if budget < 1:
         raise ConfigError(f"max_hvps must be at least 1, got {max_hvps}")
     settings = {"k": k, "tol": tol, "atol": atol, "which": which, "max_hvps": budget, "seed": seed,
@@ -232,34 +175,49 @@ def top_eigenvalues(op: Operator, k: int = 1, tol: float = 1e-3, which: str = "L
     if method == "eigsh":
         res = _eigsh(op, k, tol, which, budget, gen, return_vectors, v0, atol, settings)
     elif method == "lanczos":
-        res = _lanczos_top(op, k, tol, which, budget, gen, return_vectors, v0, atol, basis_dtype, callback,
-                           settings)
+        res = _lanczos_top(op, k, tol, which, budget, gen, return_vectors, v0, atol, basis_dtype, max_memory,
+                           callback, settings)
     else:
         raise ConfigError(f"unknown method {method!r}; choose lanczos or eigsh")
     res.seconds = time.perf_counter() - t0
     return res
 
 
-def _lanczos_top(op, k, tol, which, budget, gen, return_vectors, v0, atol, dtype, callback, settings):
-    """Lanczos until the k wanted Ritz pairs converge.
+def _lanczos_top(op, k, tol, which, budget, gen, return_vectors, v0, atol, dtype, max_memory, callback,
+                 settings):
+    """Lanczos until the k wanted Ritz pairs converge, then their true residuals.
 
     After a breakdown (only with exactly repeated eigenvalues, i.e. tiny or degenerate operators) each
     restart explores the orthogonal complement as a new block; we stop only once a block's best Ritz
     value, converged, no longer enters the top k (single-vector Lanczos cannot otherwise tell how many
-    copies of a repeated eigenvalue there are).
+    copies of a repeated eigenvalue there are). When the basis is full (a memory budget smaller than the
+    HVP budget), a thick restart keeps the ``keep`` wanted Ritz vectors.
     """
     n = int(op.num_params)
-    lz = _Lanczos(op, _start_vector(n, v0, gen, op.device, dtype), gen, dtype)
-    hvps, block, done = 0, 0, False
+    dtype = dtype or op_dtype(op)
+    q0 = _start_vector(n, v0, gen, op.device, dtype)
+    q0 = q0 / q0.norm()
+    with PeakMemory(op.device) as pk:  # the first Lanczos HVP, measured to plan the basis
+        w0 = hv(op, q0)
+    plan = _same_on_all_ranks(op, plan_top_k(op, k, budget, max_memory, pk.peak,
+                                             extra_vectors=k if return_vectors else 1, dtype=dtype))
+    lz = Lanczos(op, q0, gen, plan.capacity, dtype, plan.basis_device, first_hv=w0)
+    del w0, q0
+    keep = min(plan.capacity - 2, k + (plan.capacity - k) // 2)
+    block, done = 0, False
     while True:
+        if lz.full:
+            theta, S, _ = lz.ritz()
+            lz.restart(S[:, _order(theta, which)[:keep]])
+            block = 0
         fresh = lz.step()
-        hvps += 1
+        hvps = lz.hvps
         if callback:
             callback(hvps, budget)
-        m = len(lz.alphas)
-        theta, S, beta = lz.ritz()
+        m = lz.m
+        theta, S, est = lz.ritz()
         idx = _order(theta, which)[:k]
-        res = np.abs(beta * S[-1, idx]) if not lz.exhausted else np.zeros(len(idx))
+        res = est[idx] if not lz.exhausted else np.zeros(len(idx))
         conv = res <= np.maximum(tol * np.abs(theta[idx]), atol)
         wanted_ok = len(idx) == k and bool(conv.all())
         if lz.exhausted:
@@ -267,28 +225,40 @@ def _lanczos_top(op, k, tol, which, budget, gen, return_vectors, v0, atol, dtype
         elif block == 0:
             done = fresh and wanted_ok
         elif wanted_ok:
-            bt, bS = _eigh_tri(lz.alphas[block:], lz.betas[block:m - 1])
+            bt, bS = np.linalg.eigh(lz.T[block:m, block:m])
             best = int(_order(bt, which)[0])
             kth = theta[idx[-1]]
-            block_conv = abs(beta * bS[-1, best]) <= max(tol * abs(bt[best]), atol)
+            block_conv = abs(lz.c[block:m] @ bS[:, best]) <= max(tol * abs(bt[best]), atol)
             adds_nothing = _key(bt[best], which) >= _key(kth, which) - tol * max(abs(kth), atol)
             done = block_conv and adds_nothing
         if not fresh and not done:
             block = m  # the next basis vector starts a new block
         if done or hvps >= budget:
             break
+    # true residuals, one HVP per returned pair
+    vectors = torch.empty((len(idx), n), dtype=dtype, device=op.device) if return_vectors else None
+    true = np.empty(len(idx))
+    for j, i in enumerate(idx):
+        v = lz.vector(S[:, i])
+        v /= v.norm()
+        true[j] = float((hv(op, v) - float(theta[i]) * v).norm())
+        if vectors is not None:
+            vectors[j] = v
+    residual_hvps = len(idx)
+    conv_true = true <= np.maximum(tol * np.abs(theta[idx]), atol)
+    if not done and not fresh:
+        conv_true = np.zeros_like(conv_true)  # ended right after a restart: the new direction is unexplored
+    values, est_out = theta[idx], res
     if len(idx) < k:  # budget ended before k steps: report what there is, unconverged
         pad = k - len(idx)
-        values = np.concatenate([theta[idx], np.full(pad, np.nan)])
-        res, conv = np.concatenate([res, np.full(pad, np.inf)]), np.concatenate([conv, np.zeros(pad, bool)])
-    else:
-        values = theta[idx]
-    if not done and not fresh:
-        conv = np.zeros_like(conv)  # ended right after a restart: the new direction is unexplored
-    vectors = lz.vectors(S[:, idx]) if return_vectors else None
-    settings = {**settings, "lanczos_steps": len(lz.alphas), "restarts": lz.restarts}
-    return EigenResult(values=values, residuals=res, converged=conv, hvps=hvps, vectors=vectors,
-                       settings=settings)
+        values = np.concatenate([values, np.full(pad, np.nan)])
+        true, est_out = np.concatenate([true, np.full(pad, np.inf)]), np.concatenate([res, np.full(pad, np.inf)])
+        conv_true = np.concatenate([conv_true, np.zeros(pad, bool)])
+    settings = {**settings, "lanczos_steps": lz.hvps, "residual_hvps": residual_hvps, "restarts": lz.restarts,
+                "thick_restarts": lz.thick_restarts, "basis_dtype": str(dtype).replace("torch.", ""),
+                "residuals": "true (one HVP per pair)", "memory": plan.to_dict()}
+    return EigenResult(values=values, residuals=true, converged=conv_true, hvps=lz.hvps + residual_hvps,
+                       vectors=vectors, settings=settings, lanczos_residuals=est_out)
 
 
 class _Budget(Exception):
@@ -351,35 +321,42 @@ class DensityResult:
         return float(self.moment(1).mean() * self.settings.get("num_params", 1))
 
     def to_dict(self) -> dict:
-        return {"grid": self.grid, "density": self.density, "nodes": self.nodes, "weights": self.weights,
-                "hvps": int(self.hvps), "sigma": self.sigma, "trace_estimate": self.trace_estimate,
-                "seconds": self.seconds, "settings": self.settings, "landscape_version": __version__}
+        """JSON-ready: kind "density", settings (memory plan included), seconds, arrays as (nested) lists."""
+        return {"kind": "density", "landscape_version": __version__, "settings": self.settings,
+                "seconds": self.seconds, "grid": _json_list(self.grid), "density": _json_list(self.density),
+                "nodes": [_json_list(r) for r in self.nodes], "weights": [_json_list(r) for r in self.weights],
+                "hvps": int(self.hvps), "sigma": float(self.sigma), "trace_estimate": self.trace_estimate}
 
     def to_frame(self):
         import pandas as pd
         return pd.DataFrame({"eigenvalue": self.grid, "density": self.density})
 
 
-def _slq_run(op: Operator, steps: int, gen: torch.Generator) -> tuple[np.ndarray, np.ndarray, int]:
-    """One SLQ probe: Lanczos from a normalized Rademacher vector, stopped (not restarted) at breakdown."""
-    n = int(op.num_params)
-    lz = _Lanczos(op, _rademacher(n, gen, op.device, torch.float64), gen, torch.float64)
-    hvps = 0
-    while hvps < steps:
+def _slq_run(op: Operator, steps: int, q0: torch.Tensor, gen: torch.Generator, reorth: str, capacity: int,
+             first_hv: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+    """One SLQ probe from ``q0``: ``steps`` Lanczos steps with full (kept basis) or local reorthogonalization,
+    stopped (not restarted) at breakdown. Returns the Ritz values, their weights (squared first components
+    of T's eigenvectors) and the HVPs spent."""
+    lz = (Lanczos(op, q0, gen, capacity, first_hv=first_hv) if reorth == "full"
+          else LocalLanczos(op, q0, first_hv=first_hv))
+    while lz.hvps < steps:
         fresh = lz.step()
-        hvps += 1
         if not fresh or lz.exhausted:
             break
     theta, S, _ = lz.ritz()
-    return theta, S[0] ** 2, hvps
+    return theta, S[0] ** 2, lz.hvps
 
 
 def spectral_density(op: Operator, n_probes: int = 3, lanczos_steps: int = 80, sigma: float | None = None,
-                     grid_points: int = 1000, seed: int = 0, callback: Callback = None) -> DensityResult:
+                     grid_points: int = 1000, seed: int = 0, max_memory: int | str | None = None,
+                     reorth: str = "auto", callback: Callback = None) -> DensityResult:
     """Eigenvalue density by stochastic Lanczos quadrature: ``n_probes`` Lanczos runs of ``lanczos_steps``
-    HVPs each (full reorthogonalization), nodes = Ritz values, weights = squared first components / n_probes,
-    broadened by Gaussians of width ``sigma`` (default 1% of the node range) on ``grid_points`` points
-    padded by 5 sigma. Cost: n_probes * lanczos_steps HVPs.
+    HVPs each, nodes = Ritz values, weights = squared first components / n_probes, broadened by Gaussians of
+    width ``sigma`` (default 1% of the node range) on ``grid_points`` points padded by 5 sigma. Cost:
+    n_probes * lanczos_steps HVPs. ``reorth``: "full" keeps each probe's basis (lanczos_steps + 1 vectors in
+    the operator's dtype), "local" three vectors (O(n) memory; ghost copies of converged Ritz values share
+    their weight, so moments and extreme nodes stay right), "auto" (default) "full" when it fits in
+    ``max_memory`` (bytes or "8GB"; default ``lanczos.default_max_memory``), else "local".
     """
     if n_probes < 1 or lanczos_steps < 1 or grid_points < 2:
         raise ConfigError("n_probes and lanczos_steps must be >= 1 and grid_points >= 2")
@@ -389,11 +366,20 @@ def spectral_density(op: Operator, n_probes: int = 3, lanczos_steps: int = 80, s
     steps = min(lanczos_steps, n)
     t0 = time.perf_counter()
     gen = torch.Generator().manual_seed(int(seed))
+    dtype = op_dtype(op)
     nodes = np.zeros((n_probes, steps))
     weights = np.zeros((n_probes, steps))
-    hvps = 0
+    hvps, plan = 0, None
     for p in range(n_probes):
-        theta, w, h = _slq_run(op, steps, gen)
+        q0 = rademacher(n, gen, op.device, dtype)
+        q0 /= q0.norm()
+        first = None
+        if plan is None:  # the first HVP, measured to plan the basis
+            with PeakMemory(op.device) as pk:
+                first = hv(op, q0)
+            plan = _same_on_all_ranks(op, plan_density(op, steps, max_memory, pk.peak, reorth, dtype))
+        theta, w, h = _slq_run(op, steps, q0, gen, plan.reorth, plan.capacity, first)
+        del first, q0
         nodes[p, :len(theta)], weights[p, :len(w)] = theta, w / n_probes
         hvps += h
         if callback:
@@ -409,9 +395,9 @@ def spectral_density(op: Operator, n_probes: int = 3, lanczos_steps: int = 80, s
     dens /= np.trapezoid(dens, grid)
     settings = {"n_probes": n_probes, "lanczos_steps": steps, "sigma": sig, "sigma_given": sigma,
                 "grid_points": grid_points, "seed": seed, "probes": "rademacher", "num_params": n,
+                "reorth": plan.reorth, "basis_dtype": str(dtype).replace("torch.", ""), "memory": plan.to_dict(),
                 "operator": _op_settings(op)}
     return DensityResult(grid, dens, nodes, weights, hvps, sig, settings, time.perf_counter() - t0)
-
 
 # --- PyHessian, for cross-checks -------------------------------------------------------------------------
 

@@ -1,0 +1,493 @@
+"""The Lanczos engine shared by ``top_eigenvalues`` and ``spectral_density``, under a memory budget.
+
+Two ways to keep the basis, chosen by ``plan_top_k`` / ``plan_density`` from the memory budget:
+
+- ``Lanczos`` (reorth "full"): the basis is a PREALLOCATED ``capacity x n`` tensor in the operator's dtype
+  (rows are written as the basis grows; nothing is copied), every new vector is reorthogonalized against all
+  kept ones (classical Gram-Schmidt, twice). When the budget holds fewer vectors than the HVP budget needs,
+  ``restart`` performs a thick restart (Wu & Simon 2000; Stewart's Krylov-Schur form): it keeps the ``p``
+  wanted Ritz vectors, rewritten in place chunk by chunk, and the projected matrix becomes an arrowhead.
+- ``LocalLanczos`` (reorth "local"): the three-term recurrence with reorthogonalization against the two
+  previous vectors only; O(n) memory (three vectors), for stochastic Lanczos quadrature, whose nodes and
+  weights remain accurate without global orthogonality (the lost orthogonality shows as duplicated "ghost"
+  Ritz values whose weights add up to the one true value's; Meurant & Strakos 2006). Tested against the
+  exact spectra of tiny networks (moments, extreme nodes) in tests/test_lanczos.py.
+
+Memory is what the process holds: on CPU its resident set (VmRSS; the peak of one HVP is read from VmHWM
+after resetting it through /proc/self/clear_refs), on CUDA the bytes allocated by torch on the device. The
+estimate of a run's peak is ``hvp_peak + (basis vectors + work vectors) * bytes per vector``, where
+``hvp_peak`` is measured during the run's first HVP (which the estimators need anyway).
+"""
+from __future__ import annotations
+
+import math
+import re
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Protocol
+
+import numpy as np
+import torch
+from scipy.linalg import eigh_tridiagonal
+
+from ..errors import ConfigError
+
+#: n-vectors besides the basis alive at the peak of a step (the HVP's output and one temporary).
+WORK_VECTORS = 2
+#: default budget: this fraction of the machine's (or GPU's) memory, at most 0.8 x what is free now.
+DEFAULT_FRACTION = 0.35
+
+
+class Operator(Protocol):
+    """What the estimators need: ``num_params``, ``device`` and ``matvec`` (a HessianOperator qualifies)."""
+    num_params: int
+    device: torch.device
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor: ...
+
+
+def hv(op: Operator, v: torch.Tensor) -> torch.Tensor:
+    """``op @ v`` in ``v``'s dtype (one HVP)."""
+    return op.matvec(v).to(v.dtype)
+
+
+def op_dtype(op: Any) -> torch.dtype:
+    """The operator's floating dtype (float64 when it does not say)."""
+    dt = getattr(op, "dtype", None)
+    return dt if isinstance(dt, torch.dtype) and dt.is_floating_point else torch.float64
+
+
+# --- memory ------------------------------------------------------------------------------------------
+
+_UNITS = {"": 1, "b": 1, "k": 10 ** 3, "kb": 10 ** 3, "m": 10 ** 6, "mb": 10 ** 6, "g": 10 ** 9, "gb": 10 ** 9,
+          "t": 10 ** 12, "tb": 10 ** 12, "kib": 2 ** 10, "mib": 2 ** 20, "gib": 2 ** 30, "tib": 2 ** 40}
+
+
+def parse_memory(text: str | int | float) -> int:
+    """Bytes from ``"8GB"``, ``"512MB"``, ``"1.5GiB"``, ``"8G"`` or a plain number of bytes."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        value = float(text)
+    else:
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-zA-Z]*)\s*", str(text))
+        if not m or m.group(2).lower() not in _UNITS:
+            raise ConfigError(f"cannot read the memory size {text!r}; write e.g. 8GB, 512MB or 1.5GiB")
+        value = float(m.group(1)) * _UNITS[m.group(2).lower()]
+    if not value > 0 or not math.isfinite(value):
+        raise ConfigError(f"a memory size must be positive, got {text!r}")
+    return int(value)
+
+
+def fmt_bytes(b: float) -> str:
+    """``1.23 GB`` (decimal units)."""
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(b) >= size:
+            return f"{b / size:.3g} {unit}"
+    return f"{int(b)} B"
+
+
+def _status(field: str) -> int:
+    try:
+        with open("/proc/self/status") as f:
+            m = re.search(rf"^{field}:\s+(\d+)\s*kB", f.read(), re.M)
+        return int(m.group(1)) * 1024 if m else 0
+    except OSError:
+        return 0
+
+
+def _meminfo() -> dict[str, int]:
+    try:
+        with open("/proc/meminfo") as f:
+            return {k: int(v.split()[0]) * 1024 for k, v in (line.split(":", 1) for line in f)}
+    except (OSError, ValueError):
+        return {}
+
+
+def memory_in_use(device: torch.device | str) -> int:
+    """Bytes this process holds now: resident set on CPU, torch's allocation on a CUDA device."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.memory_allocated(device))
+    if _status("VmRSS"):
+        return _status("VmRSS")
+    import resource
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def default_max_memory(device: torch.device | str) -> int:
+    """The default budget: ``DEFAULT_FRACTION`` of the device's memory (8.85 GB of this 25.3 GB (23.5 GiB) machine),
+    at most 80% of what this process holds plus what is free now."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, total = torch.cuda.mem_get_info(device)
+        return int(min(DEFAULT_FRACTION * total, 0.8 * (free + torch.cuda.memory_reserved(device))))
+    info = _meminfo()
+    total = info.get("MemTotal", 0)
+    if not total:
+        return 8 * 10 ** 9
+    avail = info.get("MemAvailable", total) + memory_in_use(device)
+    return int(min(DEFAULT_FRACTION * total, 0.8 * avail))
+
+
+class PeakMemory:
+    """Context manager: ``.peak``, the most memory the process held inside the block (CPU: VmHWM after
+    resetting it; falls back to the larger of the resident sets before and after), and ``.seconds``."""
+
+    def __init__(self, device: torch.device | str):
+        self.device = torch.device(device)
+        self.peak, self.seconds = 0, 0.0
+
+    def __enter__(self) -> "PeakMemory":
+        self._before = memory_in_use(self.device)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._hwm = False
+        else:
+            try:
+                with open("/proc/self/clear_refs", "w") as f:
+                    f.write("5")
+                self._hwm = bool(_status("VmHWM"))
+            except OSError:
+                self._hwm = False
+        self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak = int(torch.cuda.max_memory_allocated(self.device))
+        else:
+            self.peak = _status("VmHWM") if self._hwm else 0
+        self.peak = max(self.peak, self._before, memory_in_use(self.device))
+        self.seconds = time.perf_counter() - self._t0
+
+
+def time_hvp(op: Operator, seed: int = 0, repeats: int = 2) -> tuple[float, int]:
+    """(seconds of one HVP, peak memory during the HVPs) from ``repeats`` HVPs on a seeded random vector;
+    the first may build a gradient graph (its time is not counted when there are more)."""
+    v = torch.randn(int(op.num_params), generator=torch.Generator().manual_seed(seed)).to(op.device, op_dtype(op))
+    times, peak = [], 0
+    for _ in range(max(1, repeats)):
+        with PeakMemory(op.device) as pk:
+            hv(op, v)
+        times.append(pk.seconds)
+        peak = max(peak, pk.peak)
+    return (min(times[1:]) if len(times) > 1 else times[0]), peak
+
+
+@dataclass
+class MemoryPlan:
+    """How a Lanczos run keeps its basis, and what that is estimated to cost.
+
+    ``reorth``: "full" (kept basis, full reorthogonalization) or "local" (three vectors, O(n));
+    ``capacity``: basis vectors kept (the HVP budget + 1 when all fit, fewer with ``thick_restart``);
+    ``estimated_peak``: ``hvp_peak + (capacity + work vectors) * vector_bytes`` on the operator's device
+    (the basis lives on ``basis_device``; when that is the CPU under a CUDA operator, ``host_bytes`` is what
+    it needs there)."""
+    task: str
+    reorth: str
+    capacity: int
+    thick_restart: bool
+    dtype: str
+    basis_device: str
+    vector_bytes: int
+    max_memory: int
+    hvp_peak: int
+    estimated_peak: int
+    host_bytes: int = 0
+    max_memory_default: bool = True
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def describe(self) -> str:
+        kept = (f"{self.capacity} basis vectors ({fmt_bytes(self.capacity * self.vector_bytes)} {self.dtype} on "
+                f"{self.basis_device}){', thick restarts' if self.thick_restart else ''}"
+                if self.reorth == "full" else "3 vectors (local reorthogonalization)")
+        return f"{self.task}: {kept}, peak ~{fmt_bytes(self.estimated_peak)}"
+
+
+def _budget(op: Operator, max_memory: int | str | None) -> tuple[int, bool]:
+    if max_memory is None:
+        return default_max_memory(op.device), True
+    return parse_memory(max_memory), False
+
+
+def _refuse(task: str, need: int, budget: int, what: str) -> ConfigError:
+    return ConfigError(f"{task} cannot fit in memory: it needs about {fmt_bytes(need)} ({what}) but the budget "
+                       f"is {fmt_bytes(budget)}; lower the request or raise --max-memory (max_memory)")
+
+
+def min_top_k_capacity(k: int) -> int:
+    """Fewest basis vectors a thick-restarted search for k pairs works with: k plus a search space."""
+    return k + max(3, min(k, 20)) + 1
+
+
+def plan_top_k(op: Operator, k: int, max_hvps: int, max_memory: int | str | None = None,
+               hvp_peak: int | None = None, extra_vectors: int = 1, dtype: torch.dtype | None = None) -> MemoryPlan:
+    """The basis of a top-k search: all ``max_hvps + 1`` vectors when they fit in ``max_memory`` (default:
+    ``default_max_memory``), else as many as fit with thick restarts; ConfigError (with the estimate) when
+    not even ``min_top_k_capacity(k)`` fit. ``hvp_peak`` is the measured peak of one HVP (default: the
+    memory in use now, a lower bound); ``extra_vectors`` are kept besides (returned eigenvectors)."""
+    n = int(op.num_params)
+    dtype = dtype or op_dtype(op)
+    budget, is_default = _budget(op, max_memory)
+    vb = n * torch.empty((), dtype=dtype).element_size()
+    base = int(hvp_peak) if hvp_peak is not None else memory_in_use(op.device)
+    work = (WORK_VECTORS + extra_vectors) * vb
+    want = min(int(max_hvps), n) + 1
+    fit = (budget - base - work) // vb
+    least = min(min_top_k_capacity(k), want)
+    dev = torch.device(op.device)
+    basis_dev, host = str(dev), 0
+    if fit < least and dev.type == "cuda":  # keep the basis in host memory, HVPs stay on the GPU
+        host_fit = (default_max_memory("cpu") - memory_in_use("cpu")) // vb
+        if host_fit >= least:
+            cap = int(min(want, host_fit))
+            return MemoryPlan("top-k", "full", cap, cap < want, str(dtype).replace("torch.", ""), "cpu", vb,
+                              budget, base, base + work, cap * vb, is_default)
+    if fit < least:
+        raise _refuse(f"top-{k}", base + work + least * vb, budget,
+                      f"{least} basis vectors of {fmt_bytes(vb)} + {fmt_bytes(base)} for the model and one HVP")
+    cap = int(min(want, fit))
+    return MemoryPlan("top-k", "full", cap, cap < want, str(dtype).replace("torch.", ""), basis_dev, vb, budget,
+                      base, base + work + cap * vb, host, is_default)
+
+
+def plan_density(op: Operator, steps: int, max_memory: int | str | None = None, hvp_peak: int | None = None,
+                 reorth: str = "auto", dtype: torch.dtype | None = None) -> MemoryPlan:
+    """The basis of one SLQ probe: "full" (``steps + 1`` vectors) when they fit in ``max_memory`` (or when
+    asked), else "local" (three vectors); ConfigError (with the estimate) when not even that fits."""
+    if reorth not in ("auto", "full", "local"):
+        raise ConfigError(f"unknown reorth {reorth!r}; choose auto, full or local")
+    n = int(op.num_params)
+    dtype = dtype or op_dtype(op)
+    budget, is_default = _budget(op, max_memory)
+    vb = n * torch.empty((), dtype=dtype).element_size()
+    base = int(hvp_peak) if hvp_peak is not None else memory_in_use(op.device)
+    work = WORK_VECTORS * vb
+    cap = min(int(steps), n) + 1
+    full_peak = base + work + cap * vb
+    if reorth == "full" or (reorth == "auto" and full_peak <= budget):
+        if full_peak > budget:
+            raise _refuse("the density (full reorthogonalization)", full_peak, budget,
+                          f"{cap} basis vectors of {fmt_bytes(vb)}")
+        return MemoryPlan("density", "full", cap, False, str(dtype).replace("torch.", ""), str(op.device), vb,
+                          budget, base, full_peak, 0, is_default)
+    local_peak = base + work + 3 * vb
+    if local_peak > budget:
+        raise _refuse("the density", local_peak, budget, f"3 vectors of {fmt_bytes(vb)} + {fmt_bytes(base)} "
+                      "for the model and one HVP")
+    return MemoryPlan("density", "local", 3, False, str(dtype).replace("torch.", ""), str(op.device), vb, budget,
+                      base, local_peak, 0, is_default)
+
+
+# --- tridiagonal / dense projected eigenproblems ------------------------------------------------------
+
+def eigh_tri(alphas, betas) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues and eigenvectors of the symmetric tridiagonal matrix with diagonal ``alphas`` and
+    off-diagonal ``betas`` (float64; a 1 x 1 matrix too, which ``eigh_tridiagonal`` refuses)."""
+    a = np.asarray(alphas, dtype=np.float64)
+    if len(a) == 1:
+        return a.copy(), np.ones((1, 1))
+    return eigh_tridiagonal(a, np.asarray(betas, dtype=np.float64))
+
+
+def gaussian(n: int, gen: torch.Generator, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """A standard normal vector drawn (in float64) from the CPU generator ``gen``."""
+    return torch.randn(n, generator=gen, dtype=torch.float64).to(device, dtype)
+
+
+def rademacher(n: int, gen: torch.Generator, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """A vector of random signs drawn from the CPU generator ``gen``."""
+    return (torch.randint(0, 2, (n,), generator=gen, dtype=torch.int8).to(dtype) * 2 - 1).to(device)
+
+
+_CHUNK = 1 << 20
+
+
+class Lanczos:
+    """Lanczos with a kept basis and full reorthogonalization, in Krylov-Schur form
+    ``H V_m = V_m T_m + v_{m+1} c^T``: ``T`` (m x m, float64) is tridiagonal until a thick restart makes it an
+    arrowhead, ``c`` couples the pending vector ``v_{m+1}`` to the basis (``beta_m e_m`` for plain Lanczos),
+    and a Ritz pair (theta, V y) has residual ``|c . y|`` in exact arithmetic.
+
+    The basis is a preallocated ``capacity x n`` tensor (``dtype``, on ``storage``); one HVP per ``step()``.
+    On breakdown (an invariant subspace) the next vector is a random one orthogonal to the basis, with zero
+    coupling, so ``T`` stays exact. ``first_hv`` is ``H q0`` when the caller has computed it already.
+    """
+
+    def __init__(self, op: Operator, q0: torch.Tensor, gen: torch.Generator, capacity: int,
+                 dtype: torch.dtype | None = None, storage: torch.device | str | None = None,
+                 first_hv: torch.Tensor | None = None):
+        self.op, self.gen, self.n = op, gen, int(q0.numel())
+        self.dtype = dtype or q0.dtype
+        self.capacity = int(min(capacity, self.n + 1))
+        if self.capacity < 2:
+            raise ConfigError("a Lanczos basis needs room for at least 2 vectors")
+        self.storage = torch.device(storage) if storage is not None else q0.device
+        self.Q = torch.empty((self.capacity, self.n), dtype=self.dtype, device=self.storage)
+        self.T = np.zeros((self.capacity, self.capacity))
+        self.c = np.zeros(self.capacity)   # coupling of the pending vector Q[m] to Q[:m]
+        self.m = 0                         # columns of T (vectors multiplied by H)
+        self.nv = 0                        # vectors stored (m + 1 while one is pending)
+        self.restarts = 0                  # breakdowns
+        self.thick_restarts = 0
+        self.hvps = 0
+        self._first_hv = first_hv
+        self._push(q0 / q0.norm())
+
+    def _push(self, q: torch.Tensor) -> None:
+        self.Q[self.nv] = q.to(self.storage, self.dtype)
+        self.nv += 1
+
+    @property
+    def full(self) -> bool:
+        """True when no room is left for the next step's vector (``restart`` first)."""
+        return self.nv >= self.capacity and not self.exhausted
+
+    @property
+    def exhausted(self) -> bool:
+        """True when the basis spans the whole space (T is then similar to H)."""
+        return self.m >= self.n
+
+    def _orthogonalize(self, w: torch.Tensor) -> torch.Tensor:
+        """w minus its projection on the stored basis (classical Gram-Schmidt, twice), on the storage device."""
+        w = w.to(self.storage, self.dtype)
+        Q = self.Q[:self.nv]
+        for _ in range(2):
+            w = w.addmv_(Q.T, Q @ w, alpha=-1.0) if w.is_contiguous() else w - Q.T @ (Q @ w)
+        return w
+
+    def step(self) -> bool:
+        """Add one column to T (one HVP). Returns False when the next basis vector came from a restart."""
+        if self.full:
+            raise RuntimeError("the Lanczos basis is full: restart() first")
+        j = self.m
+        q = self.Q[j].to(self.op.device)
+        if self._first_hv is not None and j == 0:
+            w = self._first_hv.to(q.device, q.dtype)
+            self._first_hv = None
+        else:
+            w = hv(self.op, q)
+        self.hvps += 1
+        alpha = float(q @ w)
+        w = w.sub_(q, alpha=alpha) if w is not q else w - alpha * q
+        del q
+        w = w.to(self.storage)
+        for i in np.flatnonzero(self.c[:j]):
+            w.sub_(self.Q[i], alpha=float(self.c[i]))
+        w = self._orthogonalize(w)
+        self.T[j, :j] = self.T[:j, j] = self.c[:j]
+        self.T[j, j] = alpha
+        self.m = j + 1
+        beta = float(w.norm())
+        self.c[:] = 0.0
+        if self.exhausted:
+            return True
+        scale = max(float(np.abs(self.T[:self.m, :self.m]).max()), beta, 1e-300)
+        if beta > 1e-10 * scale:
+            self.c[j] = beta
+            self._push(w.div_(beta))
+            return True
+        self.restarts += 1  # breakdown: the Krylov space is invariant; go on from a fresh random direction
+        del w
+        r = self._orthogonalize(gaussian(self.n, self.gen, self.storage, self.dtype))
+        self._push(r / r.norm())
+        return False
+
+    def ritz(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Ritz values (ascending), eigenvectors of T (m x m), and their residual estimates |c . y|."""
+        m = self.m
+        if self._is_tridiagonal():
+            theta, S = eigh_tri(np.diag(self.T[:m, :m]), np.diag(self.T[:m, :m], -1))
+        else:
+            theta, S = np.linalg.eigh(self.T[:m, :m])
+        return theta, S, np.abs(self.c[:m] @ S)
+
+    def _is_tridiagonal(self) -> bool:
+        m = self.m
+        return self.thick_restarts == 0 or not np.any(np.tril(self.T[:m, :m], -2))
+
+    def vector(self, s: np.ndarray) -> torch.Tensor:
+        """The Ritz vector ``Q[:m]^T s`` (on the operator's device, in the basis dtype)."""
+        st = torch.from_numpy(np.ascontiguousarray(s, dtype=np.float64)).to(self.storage, self.dtype)
+        return (self.Q[:self.m].T @ st).to(self.op.device)
+
+    def restart(self, S: np.ndarray) -> None:
+        """Thick restart: keep the Ritz vectors ``Q[:m]^T S`` (S: m x p, orthonormal columns of T's
+        eigenvectors) and the pending vector. Rewrites the basis in place, ``_CHUNK`` columns at a time."""
+        m, p = self.m, S.shape[1]
+        theta = np.einsum("ip,ij,jp->p", S, self.T[:m, :m], S)
+        St = torch.from_numpy(np.ascontiguousarray(S.T)).to(self.storage, self.dtype)
+        for lo in range(0, self.n, _CHUNK):
+            hi = min(lo + _CHUNK, self.n)
+            self.Q[:p, lo:hi] = St @ self.Q[:m, lo:hi]
+        if self.nv > m:
+            self.Q[p] = self.Q[m]
+        c = self.c[:m] @ S
+        self.T[:] = 0.0
+        self.T[np.arange(p), np.arange(p)] = theta
+        self.c[:] = 0.0
+        self.c[:p] = c
+        self.m, self.nv = p, p + (1 if self.nv > m else 0)
+        self.thick_restarts += 1
+
+
+class LocalLanczos:
+    """The three-term Lanczos recurrence in O(n) memory: each new vector is orthogonalized (twice) against the
+    current and previous ones only. Same interface as ``Lanczos`` for SLQ (``step``, ``ritz``); stops at
+    breakdown (``step`` returns False)."""
+
+    def __init__(self, op: Operator, q0: torch.Tensor, first_hv: torch.Tensor | None = None):
+        self.op, self.n = op, int(q0.numel())
+        self.q, self.prev = q0 / q0.norm(), None
+        self.alphas: list[float] = []
+        self.betas: list[float] = []
+        self.hvps, self.restarts, self.thick_restarts = 0, 0, 0
+        self._first_hv = first_hv
+
+    @property
+    def m(self) -> int:
+        return len(self.alphas)
+
+    @property
+    def exhausted(self) -> bool:
+        return self.m >= self.n
+
+    def step(self) -> bool:
+        if self._first_hv is not None:
+            w, self._first_hv = self._first_hv.to(self.q.device, self.q.dtype), None
+        else:
+            w = hv(self.op, self.q)
+        self.hvps += 1
+        alpha = float(self.q @ w)
+        w.sub_(self.q, alpha=alpha)
+        if self.prev is not None:
+            w.sub_(self.prev, alpha=self.betas[-1])
+        for _ in range(2):  # local reorthogonalization
+            w.sub_(self.q, alpha=float(self.q @ w))
+            if self.prev is not None:
+                w.sub_(self.prev, alpha=float(self.prev @ w))
+        self.alphas.append(alpha)
+        if self.exhausted:
+            return True
+        beta = float(w.norm())
+        scale = max(max(abs(a) for a in self.alphas), max(self.betas, default=0.0), 1e-300)
+        if beta <= 1e-10 * scale:
+            return False
+        self.betas.append(beta)
+        self.prev, self.q = self.q, w.div_(beta)
+        return True
+
+    def ritz(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        m = self.m
+        theta, S = eigh_tri(self.alphas, self.betas[:m - 1])
+        last = self.betas[m - 1] if len(self.betas) >= m else 0.0
+        return theta, S, np.abs(last * S[-1])
+
+
+Callback = Callable[[int, int], None] | None
+
+__all__ = ["Lanczos", "LocalLanczos", "MemoryPlan", "PeakMemory", "plan_top_k", "plan_density", "parse_memory",
+           "fmt_bytes", "default_max_memory", "memory_in_use", "time_hvp", "eigh_tri", "min_top_k_capacity"]
