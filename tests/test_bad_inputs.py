@@ -158,7 +158,7 @@ CASES = [
     ("surface", [CK, "--max-hours", "0", "--out", "{t}/s"], "--max-hours", "out"),
     ("plot", [SURF, "--out", "{t}/p.png", "--dpi", "0"], "--dpi", "out"),
     # --- 4. requests that cannot finish are refused with an estimate --------------------------------
-    ("spectrum", [CK, "--top-k", "100000"], "GiB", "work"),
+    ("spectrum", [CK, "--top-k", "100000"], "cannot fit in memory", "work"),
     ("spectrum", [CK, "--top-k", "200000", "--max-hvps", "10"], "weights", "work"),
     ("surface", [CK, "--x", "-1:1:100000", "--y", "-1:1:100000", "--out", "{t}/s"], "GiB", "out"),
     ("surface", [CK, "--dim", "1", "--x", "-1:1:10000000000", "--out", "{t}/s"], "GiB", "out"),

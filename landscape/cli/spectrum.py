@@ -22,7 +22,7 @@ from .common import (TORCHRUN_HELP, Parser, add_checkpoint_source, add_device, c
 
 DEFAULT_SAMPLES = 512
 MIN_DENSITY_STEPS = 5  # SLQ with m steps gives m nodes per probe: fewer than 5 is a few spikes, not a density
-TYPES = {"--top-k": nonneg_int, "--tol": positive_float, "--max-hvps": positive_int, "--trace-rtol": nonneg_float,
+TYPES = {"--top-k": nonneg_int, "--tol": positive_float, "--max-hvps": positive_int, "--trace-rtol": nonneg_float, "--atol": nonneg_float,
          "--trace-max-hvps": positive_int, "--density-probes": positive_int,
          "--density-steps": int_range(MIN_DENSITY_STEPS), "--sigma": positive_float, "--eps": finite_float,
          "--steps": nonneg_int, "--step-size": positive_float, "--samples": positive_int,
@@ -33,7 +33,8 @@ DESCRIPTION = """\
 Curvature of a checkpoint's loss over the first N samples of a split: the Hessian with respect to the
 weights of the mean cross-entropy, clean or adversarial (PGD examples made once at the checkpoint's weights,
 eps/steps/step size from its training config unless given). Top-k eigenvalues by Lanczos until every pair's
-residual is within --tol, the trace by Hutch++ (--trace), the eigenvalue density by stochastic Lanczos
+residual is within --tol, the trace by XTrace, Hutch++ or Hutchinson (--trace,
+--trace-method), the eigenvalue density by stochastic Lanczos
 quadrature (--density). --backend pyhessian runs PyHessian 0.1 on the same model and samples instead.
 
 Memory: the Lanczos bases live under --max-memory (default 35%% of the machine's memory, or of the GPU's).
