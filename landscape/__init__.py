@@ -1,7 +1,7 @@
 """landscape: train robust models (AT, TRADES, SAT) and analyze the loss landscape of any checkpoint."""
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 from .data import Dataset, DatasetInfo, available_datasets, load_dataset
 from .errors import LandscapeError

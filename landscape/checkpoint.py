@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import __version__
+from ._version import __version__
 from .data import DatasetInfo, dataset_info
 from .errors import CheckpointError
 from .io import atomic_torch_save

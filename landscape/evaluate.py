@@ -8,7 +8,7 @@ from typing import ClassVar, Sequence
 import torch
 from torch import nn
 
-from . import __version__
+from ._version import __version__
 from .attack_spec import AttackSpec, MissingEpsError
 from .attacks import eval_mode
 from .errors import ConfigError

@@ -20,7 +20,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from . import __version__
+from ._version import __version__
 from .analysis import plots as P
 from .analysis.surface import SurfaceResult
 from .errors import LandscapeError

@@ -219,3 +219,18 @@ def test_hsat_and_sharpness_tracking_complete_and_log(tmp_path):
         ratios = {e: s / c["lambda_max"] for e, s in c["evaluations"]}
         assert c["eps_t"] in (0.0, 0.1) or ratios[c["eps_t"]] <= c["lam"] + 1e-12
     assert [c["step"] for c in log] == [0, 4, 8, 12, 16, 20]
+
+
+def test_every_training_setting_has_a_flag(tmp_path, capsys):
+    """No TrainConfig setting is unreachable from landscape-train (momentum and hsat_bisect had no flag)."""
+    import dataclasses
+    from landscape.cli.train import build_parser, main
+    from conftest import run_main
+    dests = {a.dest for a in build_parser()._actions}
+    assert [f.name for f in dataclasses.fields(TrainConfig) if f.name not in dests] == ["extra"]
+    args = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]
+    proc = run_main(main, [*args, "--epochs", "1", "--momentum", "0.5", "--hsat-bisect", "3", "--out", tmp_path,
+                           "--name", "m", "--quiet"], capsys)
+    assert proc.returncode == 0, proc.stderr
+    train_cfg = json.loads((tmp_path / "m" / "config.json").read_text())["train"]
+    assert train_cfg["momentum"] == 0.5 and train_cfg["hsat_bisect"] == 3

@@ -38,7 +38,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .. import __version__
+from .._version import __version__
 from ..attacks import eval_mode
 from ..errors import ConfigError
 from .lanczos import (Lanczos, LocalLanczos, Operator, PeakMemory, gaussian, hv, op_dtype, plan_density,

@@ -42,7 +42,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .. import __version__
+from .._version import __version__
 from ..errors import ConfigError
 from .hessian import available_memory
 

@@ -21,11 +21,26 @@ from ..errors import LandscapeError, ModelError, OutputError
 EXIT_BAD_INPUT = 2
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """``--help`` as written: the description and the examples (epilog) keep their lines; an option's default
+    is shown once, as "(default: X)", unless its help already speaks of its default or there is none to show
+    (None, False, a flag)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if ("default" in text.lower() or action.default is None or action.default is False
+                or action.default == argparse.SUPPRESS
+                or not action.option_strings or isinstance(action, argparse._StoreConstAction)):
+            return text
+        return f"{text} (default: %(default)s)" if text else "(default: %(default)s)"
+
+
 class Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose usage errors are one line on stderr and exit status 2."""
+    """An ArgumentParser whose usage errors are one line on stderr and exit status 2, and whose ``--help``
+    keeps its examples as written (``HelpFormatter``)."""
 
     def __init__(self, *args, **kwargs):
-        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
 
     def error(self, message: str):  # noqa: D401 - argparse API

@@ -8,7 +8,7 @@ from typing import Sequence
 
 import torch
 
-from .. import __version__
+from .._version import __version__
 from ..attacks import check_eps
 from ..checkpoint import load_checkpoint
 from ..analysis.lanczos import fmt_bytes, parse_memory

@@ -15,16 +15,16 @@ from ..errors import ConfigError
 from ..training.config import DEFAULT_EPOCHS, DEFAULT_EPS, LR_SCHEDULES, SELECT_RULES
 from ..training.trainer import RESUME_SAFE
 from ..training.curriculum import SCHEDULES
-from .common import (Parser, add_device, check_output, cli, int_range, learning_rate, nonneg_float, nonneg_int,
-                     on_interrupt, plain_name, positive_float, positive_int, resolve_device, set_types,
+from .common import (Parser, add_device, check_output, cli, float_range, int_range, learning_rate, nonneg_float,
+                     nonneg_int, on_interrupt, plain_name, positive_float, positive_int, resolve_device, set_types,
                      unit_interval)
 
 TYPES = {"--eps": nonneg_float, "--steps": positive_int, "--step-size": positive_float, "--beta": nonneg_float,
          "--ramp": unit_interval, "--lam0": unit_interval, "--epochs": positive_int, "--batch-size": positive_int,
-         "--lr": learning_rate, "--weight-decay": nonneg_float, "--seed": int_range(0, 2 ** 63 - 1),
+         "--lr": learning_rate, "--weight-decay": nonneg_float, "--momentum": float_range(0.0, 1.0), "--seed": int_range(0, 2 ** 63 - 1),
          "--train-samples": positive_int, "--val-samples": positive_int, "--val-steps": positive_int,
          "--save-every": nonneg_int, "--hsat-every": positive_int, "--hsat-probe": positive_int,
-         "--hsat-iters": int_range(2), "--track-hessian-every": nonneg_int, "--track-probe": positive_int,
+         "--hsat-iters": int_range(2), "--hsat-bisect": positive_int, "--track-hessian-every": nonneg_int, "--track-probe": positive_int,
          "--split-seed": int_range(0, 2 ** 63 - 1), "--name": plain_name}
 
 DESCRIPTION = """\
@@ -69,6 +69,7 @@ def build_parser() -> Parser:
     p.add_argument("--lr-schedule", default=d.lr_schedule, choices=LR_SCHEDULES,
                    help="piecewise: x0.1 at 50%% and 75%% of training")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--train-samples", type=int, help="train on the first N samples of the training split")
     p.add_argument("--val-samples", type=int, default=d.val_samples, help="validation samples per epoch")
@@ -81,6 +82,7 @@ def build_parser() -> Parser:
     p.add_argument("--hsat-every", type=int, help="H-SAT: iterations between eps calibrations (default: 1 epoch)")
     p.add_argument("--hsat-probe", type=int, default=d.hsat_probe, help="H-SAT: probe batch size")
     p.add_argument("--hsat-iters", type=int, default=d.hsat_iters, help="H-SAT: Lanczos steps per estimate")
+    p.add_argument("--hsat-bisect", type=int, default=d.hsat_bisect, help="H-SAT: bisection steps per calibration")
     p.add_argument("--hsat-normalize", choices=("ratio", "affine"), default=d.hsat_normalize,
                    help="H-SAT difficulty: ratio = lam(eps)/lam(eps_max) (the paper's wording); affine = "
                         "(lam(eps)-lam(0))/(lam(eps_max)-lam(0)), which is 0 at eps=0 (see hsat.py)")
@@ -138,17 +140,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         changes = {k: getattr(args, k) for k in given if k in fields}
         trainer = Trainer.resume(args.resume, device, progress, changes=changes)
     else:
-        cfg = TrainConfig(
-            method=args.method, dataset=args.dataset, model=args.model, eps=args.eps, steps=args.steps,
-            step_size=args.step_size, beta=args.beta, ramp=args.ramp, lam0=args.lam0, schedule=args.schedule,
-            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule,
-            weight_decay=args.weight_decay, seed=args.seed, train_samples=args.train_samples,
-            val_samples=args.val_samples, val_steps=args.val_steps, augment=args.augment,
-            split_seed=args.split_seed, data_dir=args.data_dir, download=args.download,
-            save_every=args.save_every, hsat_every=args.hsat_every, hsat_probe=args.hsat_probe,
-            hsat_normalize=args.hsat_normalize,
-            hsat_iters=args.hsat_iters, track_hessian_every=args.track_hessian_every,
-            track_probe=args.track_probe, name=args.name, select=args.select)
+        # every TrainConfig field has its flag (tests/test_trainer.py checks), so the config is built by name
+        cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+                             if hasattr(args, f.name)})
         trainer = Trainer(cfg, args.out, device, progress, overwrite=args.overwrite)
     with on_interrupt(lambda: _resume_hint(trainer, args)):
         result = trainer.fit()

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .. import __version__
+from .._version import __version__
 from ..checkpoint import load_weights, read_checkpoint, save_checkpoint
 from ..data import Dataset, augment, load_dataset
 from ..errors import CheckpointError, ConfigError, NonFiniteLossError
