@@ -120,6 +120,18 @@ def read_weights(path: str | os.PathLike) -> Any:
     return read_safetensors(path) if str(path).endswith(".safetensors") else read_checkpoint(path)
 
 
+def strip_prefixes(state: dict) -> dict:
+    """``state`` with the wrapper prefixes (``module.``, ``model.``, ``_orig_mod.``) that ALL its keys share
+    removed, repeatedly (e.g. ``module._orig_mod.``). For matching against a model's own keys, where a prefix
+    may also be a real submodule's name, ``load_weights`` tries every variant instead (``_renamings``)."""
+    while state:
+        p = next((p for p in _PREFIXES if all(k.startswith(p) for k in state)), None)
+        if p is None:
+            return state
+        state = {k[len(p):]: v for k, v in state.items()}
+    return state
+
+
 def extract_state(obj: Any) -> dict[str, torch.Tensor] | None:
     """The state_dict inside a checkpoint object: under the first wrapper key (``state_dict``, ``model``,
     ... nested too) that holds tensors, else the object's own tensor entries (non-tensor extras dropped)."""

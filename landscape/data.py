@@ -129,6 +129,14 @@ class Dataset:
             yield (x, y) if device is None else (x.to(device, non_blocking=True), y.to(device, non_blocking=True))
 
 
+def cut_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int | None
+                ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(x, y) cut in order into views of ``batch_size`` samples (one batch when None; none when empty): the one
+    batching rule of the Hessian operator and the surfaces. Cost: none (views)."""
+    bs = batch_size or max(len(x), 1)
+    return [(x[i:i + bs], y[i:i + bs]) for i in range(0, len(x), bs)]
+
+
 def augment(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
     """CIFAR-style augmentation on a batch on its own device: random crop after zero padding, random h-flip.
 

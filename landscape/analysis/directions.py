@@ -16,7 +16,6 @@ direction on every device and without touching the global RNG.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..digest import tensor_digest
 from ..errors import CheckpointError, ConfigError, LandscapeError
 
 Direction = dict[str, torch.Tensor]
@@ -203,10 +203,8 @@ def _state_of(obj: Any) -> Mapping[str, torch.Tensor]:
     if isinstance(obj, nn.Module):
         return {**dict(obj.named_buffers()), **dict(obj.named_parameters())}
     if isinstance(obj, Mapping):
-        state = dict(obj)
-        if state and all(k.startswith("module.") for k in state):
-            state = {k[len("module."):]: v for k, v in state.items()}
-        return state
+        from ..checkpoint import strip_prefixes
+        return strip_prefixes(dict(obj))
     raise LandscapeError(f"cannot read weights from a {type(obj).__name__}")
 
 
@@ -329,13 +327,7 @@ def pca_directions(trajectory: Iterable[Any] | str | os.PathLike, final_model: n
 
 def directions_digest(directions: Sequence[Mapping[str, torch.Tensor]]) -> str:
     """A short SHA-256 of the directions' names, shapes, dtypes and values (to refuse mismatched resumes)."""
-    h = hashlib.sha256()
-    for d in directions:
-        for name in sorted(d):
-            t = d[name].detach().cpu().contiguous().reshape(-1)
-            h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
-            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()[:16]
+    return tensor_digest((name, d[name]) for d in directions for name in sorted(d))
 
 
 __all__ = ["Direction", "DirectionSet", "NORMS", "BUFFER_MODES", "random_direction", "random_directions",

@@ -64,7 +64,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..attack_spec import DEFAULT_BATCH_SIZE, DEFAULT_STEPS, AttackSpec, resolve_attack
 from ..attacks import check_eps
-from ..data import Dataset
+from ..data import Dataset, cut_batches
 from ..distributed import World, all_reduce_sum, shard_bounds, world
 from ..errors import ConfigError, DataError
 
@@ -92,12 +92,6 @@ def _select_params(model: nn.Module, param_filter: ParamFilter) -> list[tuple[st
     return keep
 
 
-def _chunk(x: torch.Tensor, y: torch.Tensor, batch_size: int | None) -> list[Batch]:
-    """(x, y) cut into batches of ``batch_size`` (one batch when None; none when empty)."""
-    bs = batch_size or max(len(x), 1)
-    return [(x[i:i + bs], y[i:i + bs]) for i in range(0, len(x), bs)]
-
-
 def _as_batches(data: Any, batch_size: int | None, device: torch.device) -> list[Batch]:
     """Normalize ``data`` ((x, y), a Dataset, or an iterable of (x, y) batches) to a list of batches on device.
 
@@ -112,7 +106,7 @@ def _as_batches(data: Any, batch_size: int | None, device: torch.device) -> list
         x, y = data
         if len(x) != len(y):
             raise DataError(f"{len(x)} inputs but {len(y)} labels")
-        batches = _chunk(x, y, batch_size)
+        batches = cut_batches(x, y, batch_size)
     else:
         try:
             batches = [tuple(b) for b in data]
@@ -320,7 +314,7 @@ class HessianOperator:
             unit = math.lcm(unit, self.batch_size)
         lo, hi = shard_bounds(self.num_samples, self.world, unit)
         x, y = samples(self)
-        self.batches = _chunk(x[lo:hi], y[lo:hi], self.batch_size)
+        self.batches = cut_batches(x[lo:hi], y[lo:hi], self.batch_size)
         return lo, hi
 
     def _attack(self) -> float:

@@ -40,6 +40,8 @@ from torch import nn
 from .._version import __version__
 from ..attack_spec import AttackSpec
 from ..attacks import eval_mode
+from ..data import cut_batches
+from ..digest import tensor_digest
 from ..distributed import (TaskQueue, all_gather_rows, broadcast_from_main, broadcast_tensor, run_on_main,
                            shard_bounds, shard_sizes, world)
 from ..errors import ConfigError, LandscapeError
@@ -225,10 +227,6 @@ def load_directions(out: str | os.PathLike, device: str | torch.device = "cpu") 
 
 # --- evaluation ---------------------------------------------------------------------------------------
 
-def _batches(x: torch.Tensor, y: torch.Tensor, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    return [(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(x), batch_size)]
-
-
 def _sums(model: nn.Module, batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
           ) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed cross-entropy and number correct, as device tensors (no synchronization). One forward pass
@@ -258,7 +256,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     """Mean cross-entropy and accuracy of ``model`` (in eval mode) on ``(x, y)``, as the surface computes them:
     per-batch summed losses accumulated in float64, divided by the number of samples."""
     with eval_mode(model):
-        ls, c = _eval_sums(model, _batches(x, y, batch_size))
+        ls, c = _eval_sums(model, cut_batches(x, y, batch_size))
     return float(ls.double().item()) / len(x), float(c.item()) / len(x)
 
 
@@ -353,12 +351,7 @@ class _WeightMover:
 # --- settings, hashing, storage ----------------------------------------------------------------------
 
 def _digest_tensors(tensors: Sequence[torch.Tensor]) -> str:
-    h = hashlib.sha256()
-    for t in tensors:
-        t = t.detach().cpu().contiguous().reshape(-1)
-        h.update(f"{tuple(t.shape)}:{t.dtype};".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()[:16]
+    return tensor_digest(("", t) for t in tensors)
 
 
 def settings_hash(settings: Mapping[str, Any]) -> str:
@@ -493,7 +486,7 @@ def loss_surface(model: nn.Module, data: Any, directions: Any, x_grid: Any, y_gr
             x_eval = _fixed_adversarial(model, x, y, attack, seed, paths, shash)
         else:
             x_eval = x
-        batches = _batches(x_eval, y, batch_size)
+        batches = cut_batches(x_eval, y, batch_size)
         n = len(x)
         flat_mask = result.mask.reshape(-1)
         todo = [int(i) for i in np.flatnonzero(~flat_mask)]
@@ -534,7 +527,7 @@ def loss_surface(model: nn.Module, data: Any, directions: Any, x_grid: Any, y_gr
                                (float(xs[idx % len(xs)]), float(ys[idx // len(xs)])))
                     if reattack:
                         xa = attack.examples(model, x, y, point_seed(seed, idx))
-                        ls, cor = _eval_sums(model, _batches(xa, y, batch_size))
+                        ls, cor = _eval_sums(model, cut_batches(xa, y, batch_size))
                     else:
                         ls, cor = _sums(model, batches)
                     queue.put(k, [idx, float(ls.double()), int(cor)] if w.active else (idx, ls, cor))
