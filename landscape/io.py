@@ -15,7 +15,6 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-
 from .errors import BusyError, ConfigError
 
 LOCK_NAME = ".landscape.lock"

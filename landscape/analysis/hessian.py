@@ -67,6 +67,7 @@ from ..attacks import check_eps
 from ..data import Dataset, cut_batches
 from ..distributed import World, all_reduce_sum, shard_bounds, world
 from ..errors import ConfigError, DataError
+from .lanczos import available_memory
 
 LOSSES = ("clean", "adversarial")
 BN_MODES = ("running", "batch")
@@ -125,22 +126,6 @@ GRAPH_MEMORY_FRACTION = 0.25  # default graph budget: this fraction of the memor
 # columns per vmapped double-backward pass in ``matmat``, by device type (measured: benchmarks/hvp_matmat.py)
 MATMAT_BLOCK = {"cpu": 16, "cuda": 16}
 MATMAT_VMAP = {"cpu": False, "cuda": True}  # one vmapped pass per block (True) or one pass per column
-
-
-def available_memory(device: torch.device) -> int:
-    """Bytes free on ``device`` now: CUDA's free memory (``torch.cuda.mem_get_info``), else the host's
-    MemAvailable (/proc/meminfo; physical memory where that is unreadable)."""
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import os
-    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
 
 
 class _GraphCache:

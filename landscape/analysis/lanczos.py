@@ -102,6 +102,19 @@ def _meminfo() -> dict[str, int]:
         return {}
 
 
+def available_memory(device: torch.device | str) -> int:
+    """Bytes free on ``device`` now: CUDA's free memory (``torch.cuda.mem_get_info``), else the host's
+    MemAvailable (/proc/meminfo; physical memory where that is unreadable)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    avail = _meminfo().get("MemAvailable")
+    if avail:
+        return avail
+    import os
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
 def memory_in_use(device: torch.device | str) -> int:
     """Bytes this process holds now: resident set on CPU, torch's allocation on a CUDA device."""
     device = torch.device(device)

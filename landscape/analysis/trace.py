@@ -44,7 +44,7 @@ import torch
 
 from .._version import __version__
 from ..errors import ConfigError
-from .hessian import available_memory
+from .lanczos import available_memory
 
 TRACE_METHODS = ("auto", "xtrace", "hutch++", "hutchinson")
 Callback = Callable[[int, int], None] | None

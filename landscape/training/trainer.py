@@ -219,19 +219,17 @@ class Trainer:
     def fit(self) -> TrainResult:
         """Train the remaining epochs, writing checkpoints and metrics after each one."""
         c, t_fit = self.cfg, time.perf_counter()
-        lock = lock_folder(self.run_dir)  # a second process training into this folder is refused
-        lock.__enter__()
-        write_json(self.run_dir / "config.json", {"landscape_version": __version__, **self.checkpoint_config()})
-        bar = progress_bar(self.total_iters, c.name, "it", initial=self.step, show=self.progress,
-                           dynamic_ncols=True)
-        try:
-            while self.epoch < c.epochs:
-                row = self._train_epoch(bar)
-                self._finish_epoch(row)
-                bar.set_postfix({k: row[k] for k in ("train_loss", "val_clean", "val_pgd", "lam", "eps_t")})
-        finally:
-            bar.close()
-            lock.__exit__(None, None, None)
+        with lock_folder(self.run_dir):  # a second process training into this folder is refused
+            write_json(self.run_dir / "config.json", {"landscape_version": __version__, **self.checkpoint_config()})
+            bar = progress_bar(self.total_iters, c.name, "it", initial=self.step, show=self.progress,
+                               dynamic_ncols=True)
+            try:
+                while self.epoch < c.epochs:
+                    row = self._train_epoch(bar)
+                    self._finish_epoch(row)
+                    bar.set_postfix({k: row[k] for k in ("train_loss", "val_clean", "val_pgd", "lam", "eps_t")})
+            finally:
+                bar.close()
         return TrainResult(self.run_dir, self.history, self.best[1], self.cfg, seconds=time.perf_counter() - t_fit)
 
     def _train_epoch(self, bar) -> dict:
