@@ -203,7 +203,8 @@ def _memory_hint(e: BaseException) -> str:
 def cli(prog: str) -> Callable[[Callable[[Sequence[str] | None], int | None]], Callable[..., int]]:
     """Decorate a ``main(argv)``: a ``LandscapeError`` becomes ``prog: error: ...`` and exit status 2, and so
     does running out of memory (CPU or GPU: one line saying what to reduce); any other exception is a bug and
-    keeps its traceback. Ctrl-C is one line, with the ``Interrupted`` hint (how to resume), and exit 130. A process group the command joined (under torchrun) is left at the end, whatever happened; one the caller
+    keeps its traceback. Ctrl-C is one line, with the ``Interrupted`` hint (how to resume), and exit 130. A
+    process group the command joined (under torchrun) is left at the end, whatever happened; one the caller
     had already joined is left alone."""
     def deco(fn):
         @functools.wraps(fn)
