@@ -40,7 +40,7 @@ test-slow: venv data
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
 demo: venv data
-	$(BIN)/landscape-train --out runs --overwrite
+	$(BIN)/landscape-train --runs-dir runs --overwrite
 	$(BIN)/landscape-eval runs/p-sat-digits-eps0.1-s0/best.pt
 
 bench: venv data

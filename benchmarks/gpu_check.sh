@@ -88,7 +88,7 @@ PYEOF
 
 RUN="$WORK/runs/gpu-check"
 step "train (1 epoch PGD-AT)" train --method at --dataset synthetic-cifar10 --model "$MODEL" --epochs 1 \
-  "${TRAIN[@]}" --out "$WORK/runs" --name gpu-check --overwrite --device "$DEVICE" --quiet --json "$WORK/train.json"
+  "${TRAIN[@]}" --runs-dir "$WORK/runs" --name gpu-check --overwrite --device "$DEVICE" --quiet --json "$WORK/train.json"
 CK="$RUN/last.pt"
 step "spectrum (top-k, trace, density)" spectrum "$CK" --loss adversarial "${SPEC[@]}" --device "$DEVICE" \
   --json "$WORK/spectrum.json"
@@ -102,7 +102,7 @@ t1=$(date +%s.%N)
 printf '%-36s exit 0  %8.1f s  (%s processes, %s; wall time incl. start-up)\n' "torchrun spectrum (top-k)" \
   "$(awk "BEGIN {print $t1 - $t0}")" "$NPROC" "$BACKEND" >> "$SUMMARY"
 
-step "eval (PGD-20 + AutoAttack, n=$AA)" eval "$CK" --autoattack --n-samples "$AA" --device "$DEVICE" \
+step "eval (PGD-20 + AutoAttack, n=$AA)" eval "$CK" --autoattack --samples "$AA" --device "$DEVICE" \
   --json "$WORK/eval.json"
 
 "$PY" - "$WORK" <<'PYEOF' >> "$SUMMARY" || echo "(could not read the result files; see $WORK)" >> "$SUMMARY"

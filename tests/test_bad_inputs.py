@@ -80,7 +80,7 @@ CASES = [
     # --- 1. outputs checked before the work ----------------------------------------------------------
     ("train", ["--json", "{d}/afile/m.json"], "is a file", "out"),
     ("train", ["--json", "{d}/adir"], "is a folder", "out"),
-    ("train", ["--out", "{d}/afile"], "not a folder", "out"),
+    ("train", ["--runs-dir", "{d}/afile"], "not a folder", "out"),
     ("train", ["--out", "{d}/afile/runs"], "is a file", "out"),
     ("train", ["--out", "/proc/landscape-runs"], "not writable", "out"),
     ("train", ["--json", "/proc/landscape.json"], "not writable", "out"),
@@ -93,6 +93,11 @@ CASES = [
     ("spectrum", [CK, "--plot", "{t}/spec.xyz"], "unknown file type", "out"),
     ("spectrum", [CK, "--plot", "{d}/adir"], "is a folder", "out"),
     ("spectrum", [CK, "--plot", "{d}/afile/s.png"], "is a file", "out"),
+    ("spectrum", ["--plot", CK, "--json", "{d}/afile/s.json"], "is a file", "out"),   # bare --plot before CKPT
+    ("surface", [CK, "--plot", "{t}/s.xyz"], "unknown file type", "out"),
+    ("surface", [CK, "--resume", "{d}/adir", "--out", "{t}/other"], "name different runs", "out"),
+    ("eval", [CK, "--samples", "0"], "--samples", "out"),
+    ("train", ["--resume", "{d}/run", "--runs-dir", "{t}"], "drop --runs-dir", "out"),
     ("surface", [CK, "--out", "{d}/afile"], "not a folder", "out"),
     ("surface", [CK, "--out", "{d}/afile/sub"], "is a file", "out"),
     ("surface", [CK, "--out", "/proc/landscape-surface"], "not writable", "out"),
@@ -217,7 +222,8 @@ def test_mistake_is_one_line(script, args, contains, before, files, tmp_path, ca
     no_work(before)
     argv = _fill(args, files, tmp_path)
     if script == "train":
-        argv += ["--quiet"] + ([] if "--out" in argv else ["--out", str(tmp_path / "runs")])
+        placed = {"--out", "--runs-dir", "--resume"} & set(argv)
+        argv += ["--quiet"] + ([] if placed else ["--runs-dir", str(tmp_path / "runs")])
     proc = run_main(MAINS[script], argv, capsys)
     assert_one_line_error(proc, contains=contains)
 

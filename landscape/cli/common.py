@@ -106,6 +106,42 @@ def plain_name(text: str) -> str:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".safetensors", ".tar")
+
+
+def is_figure_path(token: str) -> bool:
+    """Whether ``token`` after ``--plot`` is the figure's path rather than the checkpoint argument (a
+    ``*.pt``-like file or a ``robustbench:NAME`` source). Its format is checked later by ``check_output``."""
+    return not (token.startswith("-") or ":" in token.split("/")[0]
+                or Path(token).suffix.lower() in CHECKPOINT_SUFFIXES)
+
+
+def is_folder_token(token: str) -> bool:
+    """Whether ``token`` is an existing folder (the value of ``--resume DIR``)."""
+    return not token.startswith("-") and Path(token).is_dir()
+
+
+def glue_optional_values(argv: Sequence[str], options: dict[str, Callable[[str], bool]]) -> list[str]:
+    """``argv`` with each bare option of ``options`` (``--plot``, ``--resume``: an optional value) written
+    ``--plot=`` when the next token is not a value its predicate accepts, so that argparse does not take the
+    checkpoint in ``--plot runs/at/best.pt`` for the figure's path. Such options are declared with
+    ``nargs="?", const=""``; the empty value means "the default place"."""
+    out = list(argv)
+    for i, tok in enumerate(out):
+        if tok in options and not (i + 1 < len(out) and options[tok](out[i + 1])):
+            out[i] = tok + "="
+    return out
+
+
+def default_plot_path(json_path: str | None, checkpoint: str, kind: str) -> str:
+    """Where ``--plot`` with no PATH draws: beside ``--json`` (same name, .png), else ``STEM-KIND.png`` in the
+    working folder (STEM: the checkpoint's file stem, or a ``robustbench:NAME`` source's name)."""
+    if json_path:
+        return str(Path(json_path).with_suffix(".png"))
+    stem = Path(str(checkpoint).split(":")[-1]).stem or "checkpoint"
+    return f"{stem}-{kind}.png"
+
+
 # --- outputs: checked before the work ------------------------------------------------------------------
 
 def image_formats() -> tuple[str, ...]:

@@ -13,7 +13,7 @@ from .common import (Parser, add_checkpoint_source, add_device, check_compatible
                      nonneg_float, positive_float, positive_int, resolve_device, set_types, source_options)
 
 TYPES = {"--eps": nonneg_float, "--steps": positive_int, "--step-size": positive_float, "--restarts": positive_int,
-         "--n-samples": positive_int, "--batch-size": positive_int, "--attack-batch-size": positive_int,
+         "--samples": positive_int, "--batch-size": positive_int, "--attack-batch-size": positive_int,
          "--seed": int_range(0, 2 ** 63 - 1)}
 
 DESCRIPTION = """\
@@ -29,7 +29,8 @@ def build_parser() -> Parser:
     add_attack_arguments(p, steps=20)
     p.add_argument("--autoattack", action="store_true", help="also run AutoAttack (standard version)")
     p.add_argument("--split", default="test", help="train, val, train-full or test")
-    p.add_argument("--n-samples", type=int, help="evaluate the first N samples of the split (default: all)")
+    p.add_argument("--samples", "--n-samples", dest="samples", type=int,
+                   help="evaluate the first N samples of the split (default: all; --n-samples is the old spelling)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", metavar="PATH", help="write the result as JSON")
@@ -47,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     check_compatible(ck, dataset_info(args.dataset or ck.dataset, args.data_dir))
     attack = attack_from_args(args, ck.config)  # no eps anywhere: one line asking for --eps
     ds = load_dataset(args.dataset or ck.dataset, args.split, args.data_dir, args.download)
-    x, y = ds.tensors(args.n_samples, device)
+    x, y = ds.tensors(args.samples, device)
     res = evaluate(ck.model, x, y, batch_size=args.batch_size, seed=args.seed, autoattack=args.autoattack,
                    attack=attack)
     line = f"{args.checkpoint}: {ds.name}/{args.split} n={res.n}  clean {res.clean_acc:.4f}"

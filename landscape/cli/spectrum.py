@@ -17,12 +17,13 @@ from ..errors import ConfigError
 from ..io import save_figure, write_json
 from .attack_args import add_attack_arguments, attack_from_args
 from .common import (TORCHRUN_HELP, Parser, add_checkpoint_source, add_device, check_compatible, check_output, cli,
-                     finite_float, image_formats, int_range, nonneg_float, nonneg_int, positive_float, positive_int,
+                     default_plot_path, finite_float, glue_optional_values, image_formats, int_range,
+                     is_figure_path, nonneg_float, nonneg_int, positive_float, positive_int,
                      progress, resolve_world, set_types, source_options)
 
 DEFAULT_SAMPLES = 512
 MIN_DENSITY_STEPS = 5  # SLQ with m steps gives m nodes per probe: fewer than 5 is a few spikes, not a density
-TYPES = {"--top-k": nonneg_int, "--tol": positive_float, "--max-hvps": positive_int, "--trace-rtol": nonneg_float, "--atol": nonneg_float,
+TYPES = {"--top-k": nonneg_int, "--tol": positive_float, "--max-hvps": positive_int, "--trace-tol": nonneg_float, "--atol": nonneg_float,
          "--trace-max-hvps": positive_int, "--density-probes": positive_int,
          "--density-steps": int_range(MIN_DENSITY_STEPS), "--sigma": positive_float, "--eps": finite_float,
          "--steps": nonneg_int, "--step-size": positive_float, "--samples": positive_int,
@@ -51,6 +52,7 @@ process's to float round-off."""
 EPILOG = """examples:
   landscape-spectrum runs/at/best.pt --top-k 5
   landscape-spectrum runs/at/best.pt --loss adversarial --trace --density --json spec.json --plot spec.png
+  landscape-spectrum runs/at/best.pt --density --json spec.json --plot   # figure: spec.png
 
 """ + TORCHRUN_HELP.format(prog="landscape-spectrum")
 
@@ -70,8 +72,9 @@ def build_parser() -> Parser:
     p.add_argument("--trace-method", choices=("auto", "xtrace", "hutch++", "hutchinson"), default="auto",
                    help="trace estimator: auto picks the most accurate at the HVP budget (XTrace from 20 HVPs, "
                         "Hutchinson below; measured in benchmarks/trace_estimators.py)")
-    p.add_argument("--trace-rtol", type=float, default=1e-2,
-                   help="stop when the 95%% half-width is within this fraction of the estimate")
+    p.add_argument("--trace-tol", "--trace-rtol", dest="trace_tol", type=float, default=1e-2,
+                   help="relative: stop when the 95%% half-width is within this fraction of the estimate "
+                        "(--trace-rtol is the old spelling)")
     p.add_argument("--trace-max-hvps", type=int, default=300)
     p.add_argument("--density", action="store_true", help="also estimate the spectral density (SLQ)")
     p.add_argument("--density-probes", type=int, default=3)
@@ -86,14 +89,16 @@ def build_parser() -> Parser:
     p.add_argument("--bn", choices=("running", "batch"), default="running",
                    help="BatchNorm statistics: running (eval mode, never updated) or per batch")
     p.add_argument("--split", default="test", help="train, val, train-full or test")
-    p.add_argument("--samples", type=int,
+    p.add_argument("--samples", "--n-samples", dest="samples", type=int,
                    help=f"the first N samples of the split (default {DEFAULT_SAMPLES}, or the whole split if smaller)")
     p.add_argument("--batch-size", type=int, help="samples per HVP batch (default: all in one batch)")
     p.add_argument("--seed", type=int, default=0, help="seeds the attack and every random probe")
     p.add_argument("--backend", choices=("landscape", "pyhessian"), default="landscape")
     add_device(p)
     p.add_argument("--json", metavar="PATH", help="write settings, results, HVP counts and seconds as JSON")
-    p.add_argument("--plot", metavar="PATH", help="save a figure of the eigenvalues and density")
+    p.add_argument("--plot", metavar="PATH", nargs="?", const="",
+                   help="also draw the eigenvalues and density: to PATH, or with no PATH next to --json "
+                        "(same name, .png), else to CKPT-spectrum.png in the working folder")
     return set_types(p, TYPES)
 
 
@@ -150,7 +155,7 @@ def _run_landscape(op, args, show: bool = True) -> dict:
         out["top_eigenvalues"] = eig.to_dict()
     if args.trace:
         with progress("trace", "HVP", args.trace_max_hvps, show, leave=False) as cb:
-            tr = hessian_trace(op, method=args.trace_method, rtol=args.trace_rtol, max_hvps=args.trace_max_hvps,
+            tr = hessian_trace(op, method=args.trace_method, rtol=args.trace_tol, max_hvps=args.trace_max_hvps,
                                seed=args.seed, callback=cb)
         out["trace"] = tr.to_dict()
     if args.density:
@@ -259,7 +264,7 @@ def _print_table(res: dict, header: str) -> None:
     tr = res.get("trace")
     if tr:
         pm = f" +- {tr['half_width_95']:.3g} (95%)" if "half_width_95" in tr else ""
-        note = "  (budget reached before --trace-rtol)" if tr.get("converged") is False else ""
+        note = "  (budget reached before --trace-tol)" if tr.get("converged") is False else ""
         print(f"trace ({tr.get('method', tr['settings'].get('method'))}): {_fmt(tr['estimate'])}{pm}, "
               f"{tr['hvps']} HVPs, {tr['seconds']:.2f} s{note}")
     rho = res.get("density")
@@ -274,8 +279,11 @@ def _print_table(res: dict, header: str) -> None:
 @cli("landscape-spectrum")
 def main(argv: Sequence[str] | None = None) -> int:
     t_start = time.perf_counter()
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(glue_optional_values(list(sys.argv[1:] if argv is None else argv),
+                                                          {"--plot": is_figure_path}))
     _check_args(args)
+    if args.plot is not None:
+        args.plot = args.plot or default_plot_path(args.json, args.checkpoint, "spectrum")
     plot = _plot_function() if args.plot else None
     if args.json:
         check_output(args.json, "--json")

@@ -13,7 +13,8 @@ from ..errors import ConfigError, ResourceError
 from ..io import lock_folder, save_figure, write_json
 from .attack_args import add_attack_arguments, attack_from_args, describe_attack
 from .common import (TORCHRUN_HELP, Parser, add_checkpoint_source, add_device, check_compatible, check_output, cli,
-                     int_range, nonneg_float, on_interrupt, positive_float, positive_int, progress, resume_command,
+                     glue_optional_values, image_formats, int_range, is_folder_token, is_figure_path,
+                     nonneg_float, on_interrupt, positive_float, positive_int, progress, resume_command,
                      resolve_world, set_types, source_options)
 
 DESCRIPTION = """\
@@ -37,7 +38,8 @@ examples:
   landscape-surface runs/at/best.pt --dim 2 --directions eigen --loss adversarial --plot
   landscape-surface runs/at/best.pt --dim 1 --x -1:1:51 --loss adversarial --adv-mode reattack
   landscape-surface runs/at/best.pt --directions interpolate --to runs/sat/best.pt --plot
-  landscape-surface foreign.pt --arch cnn-small --dataset digits --out surf --resume
+  landscape-surface foreign.pt --arch cnn-small --dataset digits --out surf
+  landscape-surface foreign.pt --arch cnn-small --dataset digits --resume surf   # after an interruption
 
 """ + TORCHRUN_HELP.format(prog="landscape-surface") + """ Grid points are shared out dynamically (each
 process takes the next unfinished point); a run stopped under any number of processes resumes under any
@@ -65,8 +67,10 @@ def build_parser() -> Parser:
     g.add_argument("--x", metavar="START:STOP:NUM",
                    help="grid along direction 1 (default -1:1:21; -0.5:1.5:21 for interpolate)")
     g.add_argument("--y", metavar="START:STOP:NUM", help="grid along direction 2 (default -1:1:21)")
-    g.add_argument("--norm", default="filter", choices=("filter", "layer", "none"),
-                   help="normalization of random directions")
+    g.add_argument("--normalization", "--norm", dest="normalization", default="filter",
+                   choices=("filter", "layer", "none"),
+                   help="how random directions are scaled to the weights (--norm is the old spelling; the "
+                        "attack's norm is --attack-norm)")
     g.add_argument("--include-bn", action="store_true",
                    help="also move biases and BatchNorm parameters (random directions)")
     g.add_argument("--orthogonalize", action="store_true",
@@ -83,14 +87,18 @@ def build_parser() -> Parser:
     d = p.add_argument_group("data and run")
     d.add_argument("--split", default="test", help="train, val, train-full or test")
     d.add_argument("--samples", "--n-samples", dest="samples", type=int,
-                   help=f"use the first N samples of the split (default: min({DEFAULT_SAMPLES}, all))")
+                   help=f"use the first N samples of the split (default: min({DEFAULT_SAMPLES}, all); "
+                        "--n-samples is the old spelling)")
     d.add_argument("--batch-size", type=int, default=512, help="samples per forward pass")
     d.add_argument("--seed", type=int, default=0, help="seed of directions and attacks")
     d.add_argument("--out", metavar="DIR",
                    help="output folder (default: CKPT's folder/surfaces/STEM-DIRECTIONS-LOSS-Dd)")
-    d.add_argument("--resume", action="store_true", help="continue the run stored in --out (same settings)")
+    d.add_argument("--resume", metavar="DIR", nargs="?", const="",
+                   help="continue the interrupted run stored in DIR (default: in --out), with the same settings")
     d.add_argument("--overwrite", action="store_true", help="replace a run stored in --out")
-    d.add_argument("--plot", action="store_true", help="also write surface.png (and surface_3d.png in 2D)")
+    d.add_argument("--plot", metavar="PATH", nargs="?", const="",
+                   help="also draw the surface: to PATH, or with no PATH to surface.png in the result folder "
+                        "(2D: also a 3D view, beside it as NAME_3d)")
     d.add_argument("--json", metavar="PATH", help="write the result as JSON")
     d.add_argument("--max-hours", type=float, default=24.0,
                    help="refuse a grid whose estimated time (timed on one point) exceeds this")
@@ -140,7 +148,7 @@ def _check_time(ck, x, y, args, points: int, attack) -> None:
 def _directions(args, ck, x, y, dim, attack, device):
     from ..analysis import directions as D
     if args.directions == "random":
-        ds = D.random_directions(ck.model, dim, norm=args.norm, include_bn=args.include_bn, seed=args.seed)
+        ds = D.random_directions(ck.model, dim, norm=args.normalization, include_bn=args.include_bn, seed=args.seed)
         if dim == 2 and args.orthogonalize:
             ds.directions[1] = D.orthogonalize(ds[1], ds[0])
             ds.meta["orthogonalized"] = True
@@ -160,7 +168,7 @@ def _direction_spec(args, dim: int, attack) -> dict:
     """The arguments that define the directions (a resume must repeat them)."""
     spec: dict = {"directions": args.directions, "dim": dim}
     if args.directions == "random":
-        spec.update(norm=args.norm, include_bn=args.include_bn, seed=args.seed,
+        spec.update(norm=args.normalization, include_bn=args.include_bn, seed=args.seed,
                     orthogonalize=bool(args.orthogonalize and dim == 2))
     elif args.directions == "eigen":
         spec.update(loss=args.loss, tol=args.eigen_tol, seed=args.seed)
@@ -216,7 +224,14 @@ def _glue_grids(argv: Sequence[str]) -> list[str]:
 
 @cli("landscape-surface")
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(_glue_grids(list(sys.argv[1:] if argv is None else argv)))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(glue_optional_values(_glue_grids(argv), {"--plot": is_figure_path,
+                                                                              "--resume": is_folder_token}))
+    if args.resume:  # --resume DIR: the run in DIR
+        if args.out and Path(args.out).resolve() != Path(args.resume).resolve():
+            raise ConfigError(f"--resume {args.resume} and --out {args.out} name different runs; give one")
+        args.out = args.resume
+    args.resume = args.resume is not None
     dim = args.dim or (1 if args.directions == "interpolate" else 2)
     _check(args, dim)
     x_spec = args.x or ("-0.5:1.5:21" if args.directions == "interpolate" else "-1:1:21")
@@ -229,6 +244,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     check_output(out, "--out", folder=True)
     if args.json:
         check_output(args.json, "--json")
+    if args.plot is not None:
+        args.plot = Path(args.plot) if args.plot else out / "surface.png"
+        check_output(args.plot, "--plot", image_formats())
     world, device = resolve_world(args.device)
     ck = load_checkpoint(args.checkpoint, args.arch, args.dataset, device, **source_options(args))
     check_compatible(ck, dataset_info(args.dataset or ck.dataset, args.data_dir))
@@ -240,8 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with contextlib.ExitStack() as stack:
         from ..distributed import run_on_main  # rank 0 owns the files; a second run on them is refused
         run_on_main(stack.enter_context, lock_folder(out))
-        hint = resume_command("landscape-surface", list(sys.argv[1:] if argv is None else argv),
-                              values={"--out": str(out)})
+        hint = resume_command("landscape-surface", argv, values={"--out": str(out)})
         stack.enter_context(on_interrupt("the points done are saved; continue with: " + hint))
         return _run(args, ck, ds, x, y, n, dim, x_spec, y_spec, attack, out, world, device)
 
@@ -276,11 +293,12 @@ def _run(args, ck, ds, x, y, n, dim, x_spec, y_spec, attack, out, world, device)
     if args.plot:
         from ..analysis.plots import plot_contourf, plot_curve, plot_surface3d
         fig = plot_curve(res) if res.dim == 1 else plot_contourf(res)
-        save_figure(fig, out / "surface.png", dpi=120)
-        figures.append(str(out / "surface.png"))
+        save_figure(fig, args.plot, dpi=120)
+        figures.append(str(args.plot))
         if res.dim == 2:
-            save_figure(plot_surface3d(res), out / "surface_3d.png", dpi=120)
-            figures.append(str(out / "surface_3d.png"))
+            view = args.plot.with_name(f"{args.plot.stem}_3d{args.plot.suffix}")
+            save_figure(plot_surface3d(res), view, dpi=120)
+            figures.append(str(view))
     summary = res.to_dict()
     shape = "x".join(str(s) for s in reversed(res.loss.shape))
     what = args.loss + (f" ({describe_attack(attack)}, {args.adv_mode})" if attack else "")

@@ -47,6 +47,7 @@ EPILOG = """examples:
   landscape-train --method at --dataset fashion-mnist --eps 0.1 --epochs 5
   landscape-train --method trades --beta 6 --dataset cifar10 --model preact-resnet18 --download
   landscape-train --resume runs/p-sat-digits-eps0.1-s0       # continue an interrupted run
+  landscape-train --method at --eps 0.1 --resume              # the same: the run these flags name
 """
 
 
@@ -55,7 +56,8 @@ def build_parser() -> Parser:
     d = TrainConfig()
     p.add_argument("--method", default=d.method, help=f"one of {', '.join(METHODS)}")
     p.add_argument("--dataset", default=d.dataset, help=f"one of {', '.join(available_datasets())}")
-    p.add_argument("--model", default=d.model, help=f"one of {', '.join(available_models())}")
+    p.add_argument("--model", "--arch", dest="model", default=d.model,
+                   help=f"one of {', '.join(available_models())} (--arch, as in the other scripts, is the same)")
     p.add_argument("--eps", type=float, help=f"Linf budget; default per dataset {DEFAULT_EPS} (standard: none)")
     p.add_argument("--steps", type=int, default=d.steps, help="PGD steps of the training attack")
     p.add_argument("--step-size", type=float, help="PGD step size (default 2.5 * eps / steps)")
@@ -90,10 +92,13 @@ def build_parser() -> Parser:
                    help="log the top eigenvalue of the adversarial loss on a fixed probe set every N epochs")
     p.add_argument("--track-probe", type=int, default=d.track_probe, help="samples in the sharpness probe set")
     p.add_argument("--name", help="run name (default: METHOD-DATASET-epsEPS-sSEED)")
-    p.add_argument("--out", default="runs", help="folder holding run folders")
+    p.add_argument("--runs-dir", "--out", dest="runs_dir", metavar="DIR", default="runs",
+                   help="folder holding run folders: the run is written to DIR/NAME (--out is the old spelling)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run of the same name")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt, as it "
-                   "was configured (only " + ", ".join("--" + f for f in RESUME_SAFE) + " may change)")
+    p.add_argument("--resume", metavar="RUN_DIR", nargs="?", const="",
+                   help="continue an interrupted run from its last.pt, as it was configured: the run in RUN_DIR, "
+                        "or with no RUN_DIR the one these flags name (--runs-dir/--name, or the default name); "
+                        "only " + ", ".join("--" + f for f in RESUME_SAFE) + " may change")
     p.add_argument("--data-dir", help="where datasets live (default: $LANDSCAPE_DATA or ./data)")
     p.add_argument("--download", action="store_true", help="allow torchvision to download the dataset")
     p.add_argument("--split-seed", type=int, default=0, help="seed of the 90/10 train/validation split")
@@ -124,26 +129,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.json:
         check_output(args.json, "--json")
-    if not args.resume:
-        check_output(args.out, "--out", folder=True)
+    given = _given_flags(argv)
+    placing = {"--runs-dir", "--out", "--overwrite"}   # where a new run goes: not for --resume RUN_DIR
+    if args.resume == "":  # --resume alone: the run these flags name
+        args.resume = str(Path(args.runs_dir) / _config(args).resolved().name)
+        given -= {"runs_dir", "name"}
+        placing = {"--overwrite"}
+    if args.resume is None:
+        check_output(args.runs_dir, "--runs-dir", folder=True)
     elif Path(args.resume).is_dir():
         check_output(args.resume, "--resume", folder=True)
     device = resolve_device(args.device)
     progress = not args.quiet
-    if args.resume:
-        given = _given_flags(argv)
-        misplaced = sorted({"out", "overwrite"} & given)
+    if args.resume is not None:
+        typed = {t.split("=")[0] for t in (sys.argv[1:] if argv is None else argv)}
+        misplaced = sorted(typed & placing)
         if misplaced and Path(args.resume).is_dir():   # (no run at all: Trainer.resume says so first)
-            raise ConfigError(f"--resume continues the run in its own folder; drop "
-                              f"{', '.join('--' + f for f in misplaced)}")
+            raise ConfigError(f"--resume continues the run in its own folder; drop {', '.join(misplaced)}")
         fields = {f.name for f in dataclasses.fields(TrainConfig)}
         changes = {k: getattr(args, k) for k in given if k in fields}
         trainer = Trainer.resume(args.resume, device, progress, changes=changes)
     else:
-        # every TrainConfig field has its flag (tests/test_trainer.py checks), so the config is built by name
-        cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-                             if hasattr(args, f.name)})
-        trainer = Trainer(cfg, args.out, device, progress, overwrite=args.overwrite)
+        trainer = Trainer(_config(args), args.runs_dir, device, progress, overwrite=args.overwrite)
     with on_interrupt(lambda: _resume_hint(trainer, args)):
         result = trainer.fit()
     last = result.history[-1]
@@ -153,6 +160,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         write_json(args.json, {**result.to_dict(), "config": trainer.checkpoint_config()})
     return 0
+
+
+def _config(args: argparse.Namespace) -> TrainConfig:
+    """The config the flags give (every TrainConfig field has its flag, tests/test_trainer.py checks)."""
+    return TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+                          if hasattr(args, f.name)})
 
 
 def _given_flags(argv: Sequence[str] | None) -> set[str]:
