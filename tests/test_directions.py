@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from landscape import build_model
-from landscape.analysis.directions import (direction_norm, dot, interpolation_direction, orthogonalize,
-                                           pca_directions, random_direction, random_directions)
-from landscape.errors import LandscapeError
+from landscape.analysis.directions import (current_meta, direction_norm, dot, interpolation_direction,
+                                           orthogonalize, pca_directions, random_direction, random_directions)
+from landscape.errors import ConfigError, LandscapeError
 
 
 @pytest.fixture
@@ -140,3 +140,25 @@ def test_eigen_directions_are_hessian_eigenvectors():
             hv = op.matvec(v)
             assert (hv - l * v).norm() < 1e-4 * abs(l)
         assert abs(dot(ds[0], ds[1])) < 1e-6
+
+
+def test_old_norm_keyword_warns_and_gives_the_same_directions(bn_model):
+    new = random_directions(bn_model, 2, normalization="layer", seed=4)
+    with pytest.warns(DeprecationWarning, match="normalization="):
+        old = random_directions(bn_model, 2, norm="layer", seed=4)
+    with pytest.warns(DeprecationWarning):
+        one = random_direction(bn_model, norm="layer", seed=4)
+    assert all(torch.equal(o[n], d[n]) for o, d in zip(old, new) for n in d)
+    assert all(torch.equal(one[n], new[0][n]) for n in one)
+    assert old.meta == new.meta and new.meta["normalization"] == "layer" and "norm" not in new.meta
+    # "filter" differs from "layer" (else the equalities above could not tell the keyword was ignored)
+    assert not torch.equal(random_direction(bn_model, seed=4)["0.weight"], one["0.weight"])
+    for call in (lambda: random_directions(bn_model, 2, normalization="layer", norm="layer"),
+                 lambda: random_direction(bn_model, "layer", norm="layer")):
+        with pytest.raises(ConfigError, match="not both"):
+            call()
+
+
+def test_current_meta_reads_the_old_norm_key():
+    assert current_meta({"kind": "random", "norm": "layer"}) == {"kind": "random", "normalization": "layer"}
+    assert current_meta({"kind": "eigen", "k": 2}) == {"kind": "eigen", "k": 2}

@@ -294,3 +294,57 @@ def test_interpolation_endpoints_are_the_two_models_with_batchnorm(xy):
     # the old behaviour, still available, is not the other model at a = 1
     fixed = loss_surface(m0, xy, [interpolation_direction(m0, m1, buffers="fixed")], [0.0, 1.0])
     assert fixed.settings["buffers"] == "fixed" and abs(fixed.loss[1] - own1) > 1e-2
+
+
+def test_surface_stored_with_the_old_norm_key_loads_and_resumes(mlp, xy, tmp_path):
+    """A run stored before the rename (directions meta "norm") loads in today's words and resumes with the
+    directions made today (meta "normalization"): the same arrays as an uninterrupted run."""
+    from landscape.analysis.directions import DirectionSet
+    from landscape.analysis.plots import axis_names
+    d = random_directions(mlp, 2, normalization="layer", seed=0)
+    full = loss_surface(mlp, xy, d, "-1:1:4", "-1:1:3")
+    old_meta = {"kind": "random", "norm": "layer", "include_bn": False, "seed": 0}   # what older files hold
+    out = tmp_path / "old"
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_5(done, total):
+        if done == 5:
+            raise Stop
+
+    with pytest.raises(Stop):
+        loss_surface(mlp, xy, DirectionSet(list(d), old_meta), "-1:1:4", "-1:1:3", out=out, save_every=2,
+                     callback=stop_after_5)
+    assert json.loads((out / "surface.json").read_text())["settings"]["directions"]["norm"] == "layer"
+    part = load_surface(out)
+    assert part.settings["directions"]["normalization"] == "layer" and "norm" not in part.settings["directions"]
+    assert load_directions(out).meta["normalization"] == "layer"
+    assert axis_names(part) == ("layer-normalized random dir. 1", "layer-normalized random dir. 2")
+    assert 0 < part.mask.sum() < 12
+    res = loss_surface(mlp, xy, d, "-1:1:4", "-1:1:3", out=out, resume=True)
+    np.testing.assert_array_equal(res.loss, full.loss)
+    np.testing.assert_array_equal(res.accuracy, full.accuracy)
+    assert res.settings_hash == full.settings_hash == load_surface(out).settings_hash
+    # another normalization is still refused
+    with pytest.raises(LandscapeError, match="different settings"):
+        loss_surface(mlp, xy, random_directions(mlp, 2, seed=0), "-1:1:4", "-1:1:3", out=out, resume=True)
+
+
+def test_committed_surfaces_load():
+    root = os.path.join(os.path.dirname(__file__), "..", "results", "sat")
+    folders = sorted(f for f in os.listdir(root) if f.startswith("surface_") and os.path.isdir(os.path.join(root, f)))
+    assert folders
+    for f in folders:
+        r = load_surface(os.path.join(root, f))
+        stored = json.loads(open(os.path.join(root, f, "surface.json")).read())
+        assert r.complete and r.settings_hash == stored["settings_hash"] and r.settings == stored["settings"]
+
+
+def test_one_public_evaluate():
+    import landscape
+    import landscape.analysis.surface as S
+    assert "evaluate" not in S.__all__ and "loss_and_accuracy" in S.__all__
+    with pytest.warns(DeprecationWarning, match="loss_and_accuracy"):
+        assert S.evaluate is S.loss_and_accuracy          # the old name, until the CLI says the new one
+    assert landscape.evaluate is not S.loss_and_accuracy

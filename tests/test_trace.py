@@ -198,3 +198,18 @@ def test_result_is_json_ready_and_reexported(mlp_case, tmp_path):
     assert d["seconds"] > 0 and math.isfinite(d["half_width_95"])
     json.loads(json.dumps(d))
     assert len(tr.to_frame()) == len(tr.samples)
+
+
+def test_old_rtol_keyword_warns_and_gives_the_same_estimate():
+    g = torch.Generator().manual_seed(0)
+    B = torch.randn(60, 60, generator=g, dtype=torch.float64)
+    op = MatrixOp(B @ B.T)
+    for method in METHODS:
+        new = hessian_trace(op, method=method, tol=0.2, max_hvps=60, seed=2)
+        with pytest.warns(DeprecationWarning, match="tol="):
+            old = hessian_trace(op, method=method, rtol=0.2, max_hvps=60, seed=2)
+        assert (old.estimate, old.stderr, old.hvps) == (new.estimate, new.stderr, new.hvps)
+        assert new.converged and new.hvps < 60      # the tolerance was used (it stopped early)
+        assert old.settings["tol"] == 0.2 and "rtol" not in old.settings
+    with pytest.raises(ConfigError, match="not both"):
+        hessian_trace(op, tol=0.1, rtol=0.1)
