@@ -318,8 +318,7 @@ def loss_surface(model: nn.Module, data: Any, directions: Any, x_grid: Any, y_gr
                  batch_size: int = 512, seed: int = 0, out: str | os.PathLike | None = None,
                  resume: bool = False, overwrite: bool = False, save_every: int | None = None,
                  save_seconds: float = 10.0, meta: Mapping[str, Any] | None = None,
-                 callback: Callable[[int, int], None] | None = None,
-                 attack: AttackSpec | None = None) -> SurfaceResult:
+                 callback: Callback = None, attack: AttackSpec | None = None) -> SurfaceResult:
     """Loss and accuracy of ``model`` at theta0 + a*d1 (+ b*d2) for a in ``x_grid`` (and b in ``y_grid``).
 
     ``directions``: one direction dict (1D) or a sequence of one or two (a ``DirectionSet`` adds its
