@@ -142,7 +142,7 @@ def work(spec: dict) -> dict:
             out.update(hvps=r.hvps, trace_estimate=r.trace_estimate, reorth=r.settings["reorth"],
                        node_range=[float(r.nodes[r.weights > 0].min()), float(r.nodes.max())])
         elif task == "pyhessian":  # eigenvalues(top_n=5) then trace(), its defaults, in one process
-            from landscape.analysis.spectrum import pyhessian_spectrum
+            from landscape.analysis.pyhessian_backend import pyhessian_spectrum
             ph = pyhessian_spectrum(model, [(x, y)], top_n=5, trace=True, seed=0)
             out["rows"] = [{"task": "pyhessian-top5", "values": sorted(ph["eigenvalues"], reverse=True),
                             "hvps": ph["eigenvalue_hvps"], "seconds": ph["eigenvalue_seconds"]},

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from landscape import build_model, load_dataset
 from landscape.analysis import HessianOperator, hessian_trace, top_eigenvalues
-from landscape.analysis.spectrum import pyhessian_spectrum
+from landscape.analysis.pyhessian_backend import pyhessian_spectrum
 
 
 def trained_cnn(steps: int, seed: int) -> torch.nn.Module:
@@ -137,7 +137,7 @@ def main() -> None:
     # -- trace: Hutchinson vs Hutch++ at equal HVPs ---------------------------------------------------
     budgets = [int(b) for b in args.trace_budgets.split(",")]
     t0 = time.perf_counter()
-    tref = hessian_trace(op, method="hutch++", rtol=0, max_hvps=args.trace_reference_hvps,
+    tref = hessian_trace(op, method="hutch++", tol=0, max_hvps=args.trace_reference_hvps,
                          sketch_size=args.trace_reference_hvps // 3, seed=10_000)
     print(f"trace of the full Hessian; reference: Hutch++ with {tref.hvps} HVPs: {tref.estimate:.4f} "
           f"+- {tref.half_width:.4f} (95%), {time.perf_counter() - t0:.1f} s")
@@ -158,7 +158,7 @@ def trace_table(op: HessianOperator, truth: float, budgets: list[int], trials: i
     for budget in budgets:
         for method in ("hutchinson", "hutch++"):
             kw = {"sketch_size": budget // 3} if method == "hutch++" else {}
-            res = [hessian_trace(op, method=method, rtol=0, max_hvps=budget, seed=s, **kw) for s in range(trials)]
+            res = [hessian_trace(op, method=method, tol=0, max_hvps=budget, seed=s, **kw) for s in range(trials)]
             est = np.array([r.estimate for r in res])
             err = np.abs(est - truth) / abs(truth)
             print(f"  {budget:>6d} {method:<11} {err.mean():>15.4f} {err.max():>14.4f} "

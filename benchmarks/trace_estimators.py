@@ -106,7 +106,7 @@ def table(H: torch.Tensor, budgets: list[int], seeds: int, methods: tuple[str, .
         auto = [m for b, m in AUTO_RULE if b <= budget][-1]
         rows = {}
         for method in methods:
-            res = [hessian_trace(op, method=method, rtol=0, max_hvps=budget, seed=s, max_memory=2**34)
+            res = [hessian_trace(op, method=method, tol=0, max_hvps=budget, seed=s, max_memory=2**34)
                    for s in range(seeds)]
             est = np.array([r.estimate for r in res])
             err = (est - exact) / abs(exact)

@@ -31,7 +31,7 @@ def compute(surface_out: Path) -> dict:
                                           attack_batch_size=16)}
     for name, op in ops.items():
         eig = top_eigenvalues(op, k=3, tol=1e-4, seed=2)
-        tr = hessian_trace(op, rtol=0.0, max_hvps=24, seed=2)
+        tr = hessian_trace(op, tol=0.0, max_hvps=24, seed=2)
         rho = spectral_density(op, n_probes=2, lanczos_steps=12, seed=2)
         loss, grad = op.loss_and_grad()
         out[name] = {"eigenvalues": eig.values.tolist(), "eig_hvps": eig.hvps, "trace": tr.estimate,

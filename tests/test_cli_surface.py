@@ -11,7 +11,7 @@ import torch  # noqa: E402
 
 from conftest import assert_one_line_error, run_cli, run_main  # noqa: E402
 from landscape import build_model, load_dataset  # noqa: E402
-from landscape.analysis.surface import evaluate, load_surface  # noqa: E402
+from landscape.analysis.surface import load_surface, loss_and_accuracy  # noqa: E402
 from landscape.checkpoint import save_checkpoint  # noqa: E402
 from landscape.cli.plot import main as plot_main  # noqa: E402
 from landscape.cli.surface import main as surface_main  # noqa: E402
@@ -87,7 +87,7 @@ def test_random_1d_resume_and_refusals(ckpt, tmp_path, capsys):
     first = load_surface(out)
     x, y = load_dataset("digits", "test").tensors(32)
     from landscape.checkpoint import load_checkpoint
-    assert first.loss[1] == evaluate(load_checkpoint(ckpt).model, x, y)[0]      # centre: the model's own loss
+    assert first.loss[1] == loss_and_accuracy(load_checkpoint(ckpt).model, x, y)[0]  # centre: the model's own loss
     assert_one_line_error(run_main(surface_main, base, capsys), contains="--resume")
     r = run_main(surface_main, [*base, "--resume"], capsys)
     assert r.returncode == 0, r.stderr
@@ -108,8 +108,8 @@ def test_interpolation_and_pca(ckpt, tmp_path, capsys):
     res = load_surface(out)
     x, y = load_dataset("digits", "test").tensors(32)
     from landscape.checkpoint import load_checkpoint
-    assert res.loss[0] == evaluate(load_checkpoint(ckpt).model, x, y)[0]
-    assert abs(res.loss[2] - evaluate(m1.eval(), x, y)[0]) < 1e-5
+    assert res.loss[0] == loss_and_accuracy(load_checkpoint(ckpt).model, x, y)[0]
+    assert abs(res.loss[2] - loss_and_accuracy(m1.eval(), x, y)[0]) < 1e-5
     assert res.settings["directions"]["buffers"] == "interpolate" and res.settings["buffers"] == "none"
     _png(out / "surface.png")
     # a trajectory: epoch files around the final model

@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from landscape import build_model
-from landscape.analysis.directions import (direction_norm, dot, interpolation_direction, orthogonalize,
-                                           pca_directions, random_direction, random_directions)
-from landscape.errors import LandscapeError
+from landscape.analysis.directions import (current_meta, direction_norm, dot, interpolation_direction,
+                                           orthogonalize, pca_directions, random_direction, random_directions)
+from landscape.errors import ConfigError, LandscapeError
 
 
 @pytest.fixture
@@ -18,7 +18,7 @@ def _filter_norms(t):
 
 
 def test_filter_norms_match_weights_and_vectors_are_zero(bn_model):
-    d = random_direction(bn_model, norm="filter", seed=3)
+    d = random_direction(bn_model, normalization="filter", seed=3)
     params = dict(bn_model.named_parameters())
     assert set(d) == set(params)
     n_filters = 0
@@ -36,20 +36,20 @@ def test_filter_norms_match_weights_and_vectors_are_zero(bn_model):
 
 def test_layer_norm_and_none(bn_model):
     params = dict(bn_model.named_parameters())
-    d = random_direction(bn_model, norm="layer", seed=1)
+    d = random_direction(bn_model, normalization="layer", seed=1)
     for name, p in params.items():
         if p.dim() > 1:
             assert abs(d[name].norm().item() - p.detach().norm().item()) < 1e-4 * p.norm().item()
             # layer normalization does NOT equalize single filters (else the test above would be vacuous)
             assert not torch.allclose(_filter_norms(d[name]), _filter_norms(p.detach()), rtol=1e-3)
-    raw = random_direction(bn_model, norm="none", seed=1)
+    raw = random_direction(bn_model, normalization="none", seed=1)
     w = params["0.weight"]
     assert abs(raw["0.weight"].std().item() - 1.0) < 0.3 and raw["0.weight"].norm() != w.norm()
 
 
 def test_include_bn_gives_vectors_the_parameter_norm(bn_model):
-    d = random_direction(bn_model, norm="filter", include_bn=True, seed=0)
-    d0 = random_direction(bn_model, norm="filter", include_bn=False, seed=0)
+    d = random_direction(bn_model, normalization="filter", include_bn=True, seed=0)
+    d0 = random_direction(bn_model, normalization="filter", include_bn=False, seed=0)
     for name, p in bn_model.named_parameters():
         if p.dim() == 1:
             assert abs(d[name].norm().item() - p.detach().norm().item()) < 1e-4 * max(p.norm().item(), 1)
@@ -71,7 +71,7 @@ def test_seeded_and_distinct(bn_model):
 
 def test_unknown_norm_is_an_error(bn_model):
     with pytest.raises(LandscapeError, match="normalization"):
-        random_direction(bn_model, norm="bogus")
+        random_direction(bn_model, normalization="bogus")
 
 
 def test_orthogonalize(bn_model):
@@ -96,7 +96,7 @@ def test_interpolation_direction_reaches_other_model():
 
 def test_pca_directions_span_a_planar_trajectory():
     final = build_model("mlp", "digits", seed=0)
-    u, v = random_directions(final, 2, norm="none", include_bn=True, seed=1)
+    u, v = random_directions(final, 2, normalization="none", include_bn=True, seed=1)
     theta = {n: p.detach().clone() for n, p in final.named_parameters()}
     # theta_i = theta_final + a_i u + b_i v: the top-2 components must span {u, v}
     traj = [{n: theta[n] + a * u[n] + b * v[n] for n in theta} for a, b in
@@ -140,3 +140,25 @@ def test_eigen_directions_are_hessian_eigenvectors():
             hv = op.matvec(v)
             assert (hv - l * v).norm() < 1e-4 * abs(l)
         assert abs(dot(ds[0], ds[1])) < 1e-6
+
+
+def test_old_norm_keyword_warns_and_gives_the_same_directions(bn_model):
+    new = random_directions(bn_model, 2, normalization="layer", seed=4)
+    with pytest.warns(DeprecationWarning, match="normalization="):
+        old = random_directions(bn_model, 2, norm="layer", seed=4)
+    with pytest.warns(DeprecationWarning):
+        one = random_direction(bn_model, norm="layer", seed=4)
+    assert all(torch.equal(o[n], d[n]) for o, d in zip(old, new) for n in d)
+    assert all(torch.equal(one[n], new[0][n]) for n in one)
+    assert old.meta == new.meta and new.meta["normalization"] == "layer" and "norm" not in new.meta
+    # "filter" differs from "layer" (else the equalities above could not tell the keyword was ignored)
+    assert not torch.equal(random_direction(bn_model, seed=4)["0.weight"], one["0.weight"])
+    for call in (lambda: random_directions(bn_model, 2, normalization="layer", norm="layer"),
+                 lambda: random_direction(bn_model, "layer", norm="layer")):
+        with pytest.raises(ConfigError, match="not both"):
+            call()
+
+
+def test_current_meta_reads_the_old_norm_key():
+    assert current_meta({"kind": "random", "norm": "layer"}) == {"kind": "random", "normalization": "layer"}
+    assert current_meta({"kind": "eigen", "k": 2}) == {"kind": "eigen", "k": 2}

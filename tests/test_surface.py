@@ -15,8 +15,8 @@ from torch import nn
 from conftest import sigkill_surface_run
 from landscape import build_model, load_dataset
 from landscape.analysis.directions import random_directions
-from landscape.analysis.surface import (evaluate, load_directions, load_surface, loss_surface, parse_grid,
-                                        point_seed)
+from landscape.analysis.surface import (load_directions, load_surface, loss_and_accuracy, loss_surface,
+                                        parse_grid, point_seed)
 from landscape.attack_spec import AttackSpec
 from landscape.attacks import adversarial_examples
 from landscape.errors import LandscapeError
@@ -77,7 +77,7 @@ def test_centre_equals_model_loss_exactly(mlp, xy):
     assert r.at(0.0, 0.0) == (ref_loss, ref_acc)
     assert r.to_dict()["center"]["loss"] == ref_loss
     assert np.all(r.loss[:, [0, 1, 3, 4]] != ref_loss)   # elsewhere the weights really moved
-    assert evaluate(mlp, x, y) == (ref_loss, ref_acc)
+    assert loss_and_accuracy(mlp, x, y) == (ref_loss, ref_acc)
     # batches of unequal size give the same centre up to float summation
     r2 = loss_surface(mlp, (x, y), d, [0.0], [0.0], batch_size=20)
     assert abs(r2.loss[0, 0] - ref_loss) < 1e-6
@@ -193,7 +193,7 @@ def test_fixed_mode_centre_is_clean_loss_at_stored_examples(mlp, xy, tmp_path):
         ref = F.cross_entropy(logits, y, reduction="sum").double().item() / len(x)
         acc = (logits.argmax(1) == y).double().mean().item()
     assert r.at(0.0, 0.0) == (ref, acc)
-    clean = evaluate(mlp, x, y)[0]
+    clean = loss_and_accuracy(mlp, x, y)[0]
     assert ref > clean    # the examples are adversarial
     assert r.settings["attack"]["mode"] == "fixed" and r.settings["attack"]["eps"] == 0.2
 
@@ -205,7 +205,7 @@ def test_reattack_is_seeded_per_point(mlp, xy):
               batch_size=32)
     r = loss_surface(mlp, xy, d, "-1:1:3", **kw)
     x_adv = adversarial_examples(mlp, x, y, 0.2, None, 3, batch_size=32, seed=point_seed(1, 1))
-    assert r.loss[1] == evaluate(mlp, x_adv, y, batch_size=32)[0]
+    assert r.loss[1] == loss_and_accuracy(mlp, x_adv, y, batch_size=32)[0]
     fixed = loss_surface(mlp, xy, d, "-1:1:3", **{**kw, "adv_mode": "fixed"})
     assert not np.array_equal(r.loss, fixed.loss)
     # a sub-grid, evaluated alone: points keep their index (0, 1) and so their attack seed and numbers ...
@@ -282,7 +282,7 @@ def test_interpolation_endpoints_are_the_two_models_with_batchnorm(xy):
     from landscape.analysis.directions import interpolation_direction
     m0, m1 = _bn_pair()
     x, y = xy
-    own0, own1 = evaluate(m0, x, y)[0], evaluate(m1, x, y)[0]
+    own0, own1 = loss_and_accuracy(m0, x, y)[0], loss_and_accuracy(m1, x, y)[0]
     before = {k: v.clone() for k, v in m0.state_dict().items()}
     d = interpolation_direction(m0, m1)
     assert any(k.endswith("running_var") for k in d) and any(k.endswith("num_batches_tracked") for k in d)
@@ -294,3 +294,57 @@ def test_interpolation_endpoints_are_the_two_models_with_batchnorm(xy):
     # the old behaviour, still available, is not the other model at a = 1
     fixed = loss_surface(m0, xy, [interpolation_direction(m0, m1, buffers="fixed")], [0.0, 1.0])
     assert fixed.settings["buffers"] == "fixed" and abs(fixed.loss[1] - own1) > 1e-2
+
+
+def test_surface_stored_with_the_old_norm_key_loads_and_resumes(mlp, xy, tmp_path):
+    """A run stored before the rename (directions meta "norm") loads in today's words and resumes with the
+    directions made today (meta "normalization"): the same arrays as an uninterrupted run."""
+    from landscape.analysis.directions import DirectionSet
+    from landscape.analysis.plots import axis_names
+    d = random_directions(mlp, 2, normalization="layer", seed=0)
+    full = loss_surface(mlp, xy, d, "-1:1:4", "-1:1:3")
+    old_meta = {"kind": "random", "norm": "layer", "include_bn": False, "seed": 0}   # what older files hold
+    out = tmp_path / "old"
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_5(done, total):
+        if done == 5:
+            raise Stop
+
+    with pytest.raises(Stop):
+        loss_surface(mlp, xy, DirectionSet(list(d), old_meta), "-1:1:4", "-1:1:3", out=out, save_every=2,
+                     callback=stop_after_5)
+    assert json.loads((out / "surface.json").read_text())["settings"]["directions"]["norm"] == "layer"
+    part = load_surface(out)
+    assert part.settings["directions"]["normalization"] == "layer" and "norm" not in part.settings["directions"]
+    assert load_directions(out).meta["normalization"] == "layer"
+    assert axis_names(part) == ("layer-normalized random dir. 1", "layer-normalized random dir. 2")
+    assert 0 < part.mask.sum() < 12
+    res = loss_surface(mlp, xy, d, "-1:1:4", "-1:1:3", out=out, resume=True)
+    np.testing.assert_array_equal(res.loss, full.loss)
+    np.testing.assert_array_equal(res.accuracy, full.accuracy)
+    assert res.settings_hash == full.settings_hash == load_surface(out).settings_hash
+    # another normalization is still refused
+    with pytest.raises(LandscapeError, match="different settings"):
+        loss_surface(mlp, xy, random_directions(mlp, 2, seed=0), "-1:1:4", "-1:1:3", out=out, resume=True)
+
+
+def test_committed_surfaces_load():
+    root = os.path.join(os.path.dirname(__file__), "..", "results", "sat")
+    folders = sorted(f for f in os.listdir(root) if f.startswith("surface_") and os.path.isdir(os.path.join(root, f)))
+    assert folders
+    for f in folders:
+        r = load_surface(os.path.join(root, f))
+        stored = json.loads(open(os.path.join(root, f, "surface.json")).read())
+        assert r.complete and r.settings_hash == stored["settings_hash"] and r.settings == stored["settings"]
+
+
+def test_one_public_evaluate():
+    import landscape
+    import landscape.analysis.surface as S
+    assert "evaluate" not in S.__all__ and "loss_and_accuracy" in S.__all__
+    with pytest.warns(DeprecationWarning, match="loss_and_accuracy"):
+        assert S.evaluate is S.loss_and_accuracy          # the old name, until the CLI says the new one
+    assert landscape.evaluate is not S.loss_and_accuracy

@@ -75,14 +75,14 @@ def test_closed_forms():
     B = torch.randn(60, 4, generator=g, dtype=torch.float64)
     low = MatrixOp(B @ B.T)
     exact = float(torch.trace(B @ B.T))
-    x = hessian_trace(low, method="xtrace", rtol=0, max_hvps=20)
+    x = hessian_trace(low, method="xtrace", tol=0, max_hvps=20)
     assert x.stderr == 0 and x.converged and x.estimate == pytest.approx(exact, rel=1e-10) and x.hvps <= 20
     # s = n: Hutch++ sees the whole matrix
     A = decaying(30)
     h = hessian_trace(MatrixOp(A), method="hutch++", sketch_size=30, max_hvps=60)
     assert h.stderr == 0 and h.estimate == pytest.approx(float(torch.trace(A)), rel=1e-10)
     # c I: every Rademacher term is exactly c n, so Hutchinson has no error at all
-    eye = hessian_trace(MatrixOp(2.5 * torch.eye(50, dtype=torch.float64)), method="hutchinson", rtol=0,
+    eye = hessian_trace(MatrixOp(2.5 * torch.eye(50, dtype=torch.float64)), method="hutchinson", tol=0,
                         max_hvps=12)
     assert eye.estimate == pytest.approx(125.0, rel=1e-12) and eye.stderr == pytest.approx(0.0, abs=1e-10)
 
@@ -91,10 +91,10 @@ def test_closed_forms():
 def test_exact_trace_of_a_tiny_network(mlp_case, method):
     op, H = mlp_case
     exact = float(torch.trace(H))
-    tr = hessian_trace(op, method=method, rtol=0, max_hvps=90, seed=3)
+    tr = hessian_trace(op, method=method, tol=0, max_hvps=90, seed=3)
     assert isinstance(tr, TraceResult) and tr.hvps == 90 and tr.stderr > 0
     assert abs(tr.estimate - exact) <= 3 * tr.stderr, (method, tr.estimate, exact, tr.stderr)
-    again = hessian_trace(op, method=method, rtol=0, max_hvps=90, seed=3)
+    again = hessian_trace(op, method=method, tol=0, max_hvps=90, seed=3)
     assert again.estimate == tr.estimate
 
 
@@ -102,7 +102,7 @@ def test_xtrace_beats_hutchpp_and_hutchinson_on_a_decaying_spectrum():
     A = decaying(300)
     exact = float(torch.trace(A))
     op = MatrixOp(A)
-    err = {m: np.mean([abs(hessian_trace(op, method=m, rtol=0, max_hvps=60, seed=s).estimate - exact)
+    err = {m: np.mean([abs(hessian_trace(op, method=m, tol=0, max_hvps=60, seed=s).estimate - exact)
                        for s in range(10)]) for m in METHODS}
     assert err["xtrace"] < 0.7 * err["hutch++"] < 0.5 * err["hutchinson"], err
 
@@ -126,7 +126,7 @@ def test_stated_error_is_calibrated_over_seeds(method):
     A = decaying(120, seed=4)
     exact = float(torch.trace(A))
     op = MatrixOp(A)
-    res = [hessian_trace(op, method=method, rtol=0, max_hvps=30, seed=s) for s in range(200)]
+    res = [hessian_trace(op, method=method, tol=0, max_hvps=30, seed=s) for s in range(200)]
     est = np.array([r.estimate for r in res])
     se = np.array([r.stderr for r in res])
     half = np.array([r.half_width for r in res])
@@ -141,14 +141,14 @@ def test_auto_and_stopping_rule():
     exact = float(torch.trace(A))
     op = MatrixOp(A)
     for budget in (10, 30, 300):
-        tr = hessian_trace(op, rtol=0, max_hvps=budget, seed=1)
+        tr = hessian_trace(op, tol=0, max_hvps=budget, seed=1)
         assert tr.settings["method"] == "auto"
         assert tr.method == tr.settings["chosen"] == [m for b, m in AUTO_RULE if b <= budget][-1]
     for method in METHODS:
-        tr = hessian_trace(op, method=method, rtol=0.1, max_hvps=600, seed=0)
+        tr = hessian_trace(op, method=method, tol=0.1, max_hvps=600, seed=0)
         assert tr.converged and tr.hvps < 600 and tr.half_width <= 0.1 * abs(tr.estimate), method
         assert abs(tr.estimate - exact) <= 3 * tr.stderr, method
-    hu = hessian_trace(op, method="hutchinson", rtol=0.1, max_hvps=400, seed=0)
+    hu = hessian_trace(op, method="hutchinson", tol=0.1, max_hvps=400, seed=0)
     for p in range(10, hu.hvps + 1):  # one probe at a time (no matmat): the rule first holds at the end
         terms = hu.samples[:p]
         halfw = t_dist.ppf(0.975, p - 1) * terms.std(ddof=1) / np.sqrt(p)
@@ -164,9 +164,9 @@ def test_auto_and_stopping_rule():
 def test_memory_cap_limits_the_sketch():
     op = MatrixOp(decaying(300))
     per_col = 4 * 8 * 300
-    tr = hessian_trace(op, rtol=0, max_hvps=90, max_memory=10 * per_col)   # 10 columns fit, xtrace wants 45
+    tr = hessian_trace(op, tol=0, max_hvps=90, max_memory=10 * per_col)   # 10 columns fit, xtrace wants 45
     assert tr.settings["chosen"] == "hutch++" and tr.sketch_size <= 5 and tr.hvps == 90
-    x = hessian_trace(op, method="xtrace", rtol=0, max_hvps=90, max_memory=10 * per_col)
+    x = hessian_trace(op, method="xtrace", tol=0, max_hvps=90, max_memory=10 * per_col)
     assert x.sketch_size == 10 and x.hvps == 20
 
 
@@ -178,11 +178,11 @@ def test_matmat_blocks_give_the_same_numbers(mlp_case):
     multi = HessianOperator(op.model, (x, y), batch_size=12, max_graph_memory=0)
     for method in METHODS:
         multi.matmat_block = 1
-        one = hessian_trace(multi, method=method, rtol=0, max_hvps=40, seed=5)
+        one = hessian_trace(multi, method=method, tol=0, max_hvps=40, seed=5)
         calls = []
         hook = multi.model.register_forward_hook(lambda *a: calls.append(1))
         multi.matmat_block = 16
-        blocked = hessian_trace(multi, method=method, rtol=0, max_hvps=40, seed=5)
+        blocked = hessian_trace(multi, method=method, tol=0, max_hvps=40, seed=5)
         hook.remove()
         assert blocked.estimate == pytest.approx(one.estimate, rel=1e-9) and blocked.hvps == one.hvps == 40
         assert len(calls) < 40 * 3 / 4                        # graphs built once per block, not per HVP
@@ -198,3 +198,18 @@ def test_result_is_json_ready_and_reexported(mlp_case, tmp_path):
     assert d["seconds"] > 0 and math.isfinite(d["half_width_95"])
     json.loads(json.dumps(d))
     assert len(tr.to_frame()) == len(tr.samples)
+
+
+def test_old_rtol_keyword_warns_and_gives_the_same_estimate():
+    g = torch.Generator().manual_seed(0)
+    B = torch.randn(60, 60, generator=g, dtype=torch.float64)
+    op = MatrixOp(B @ B.T)
+    for method in METHODS:
+        new = hessian_trace(op, method=method, tol=0.2, max_hvps=60, seed=2)
+        with pytest.warns(DeprecationWarning, match="tol="):
+            old = hessian_trace(op, method=method, rtol=0.2, max_hvps=60, seed=2)
+        assert (old.estimate, old.stderr, old.hvps) == (new.estimate, new.stderr, new.hvps)
+        assert new.converged and new.hvps < 60      # the tolerance was used (it stopped early)
+        assert old.settings["tol"] == 0.2 and "rtol" not in old.settings
+    with pytest.raises(ConfigError, match="not both"):
+        hessian_trace(op, tol=0.1, rtol=0.1)

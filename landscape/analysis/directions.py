@@ -10,7 +10,8 @@
 
 Random, eigen and PCA directions move only parameters: buffers (BatchNorm running statistics) stay those of
 the model. An interpolation direction also holds, for every buffer, buffer1 - buffer0 in float64; a surface
-then moves the buffers along with the weights (``surface._WeightMover``).
+then moves the buffers along with the weights (``moving.WeightMover``).
+``meta["normalization"]`` of random directions was ``meta["norm"]`` in older files: ``current_meta`` reads both.
 Everything random is drawn on the CPU from a seeded ``torch.Generator``, so a seed gives the same
 direction on every device and without touching the global RNG.
 """
@@ -25,11 +26,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..deprecation import renamed_keywords
 from ..digest import tensor_digest
 from ..errors import CheckpointError, ConfigError, LandscapeError
 
 Direction = dict[str, torch.Tensor]
-NORMS = ("filter", "layer", "none")
+NORMALIZATIONS = ("filter", "layer", "none")
 BUFFER_MODES = ("interpolate", "fixed")
 
 
@@ -61,11 +63,20 @@ def _is_vector(p: torch.Tensor) -> bool:
     return p.dim() <= 1
 
 
-def _normalize_(d: torch.Tensor, w: torch.Tensor, norm: str) -> None:
+def current_meta(meta: Mapping[str, Any]) -> dict:
+    """A copy of directions' ``meta`` in today's vocabulary: the old key ``norm`` (the normalization of
+    random directions, in files written before it was renamed) becomes ``normalization``."""
+    out = dict(meta)
+    if "norm" in out and "normalization" not in out:
+        out["normalization"] = out.pop("norm")
+    return out
+
+
+def _normalize_(d: torch.Tensor, w: torch.Tensor, normalization: str) -> None:
     """Rescale ``d`` in place: per output filter / row (``filter``), as a whole (``layer``), or not at all."""
-    if norm == "none":
+    if normalization == "none":
         return
-    if norm == "filter" and d.dim() > 1:
+    if normalization == "filter" and d.dim() > 1:
         dn = d.reshape(d.shape[0], -1).norm(dim=1)
         wn = w.reshape(w.shape[0], -1).norm(dim=1)
         d.mul_((wn / dn.clamp_min(1e-12)).view(-1, *([1] * (d.dim() - 1))))
@@ -73,7 +84,8 @@ def _normalize_(d: torch.Tensor, w: torch.Tensor, norm: str) -> None:
         d.mul_(w.norm() / d.norm().clamp_min(1e-12))
 
 
-def random_directions(model: nn.Module, k: int = 2, norm: str = "filter", include_bn: bool = False,
+@renamed_keywords(norm="normalization")
+def random_directions(model: nn.Module, k: int = 2, normalization: str = "filter", include_bn: bool = False,
                       seed: int = 0) -> DirectionSet:
     """``k`` Gaussian directions drawn one after another from one generator seeded with ``seed``.
 
@@ -85,12 +97,14 @@ def random_directions(model: nn.Module, k: int = 2, norm: str = "filter", includ
     ``include_bn``. With ``include_bn`` they get a random direction rescaled to the norm of the whole
     vector (a vector has no filters, so ``filter`` acts as ``layer`` there). We do not follow Li et al.'s
     code, which copies the weights into the direction (d = w) for these: that makes the entry the same in
-    every direction, so two "random" directions would share it. With ``norm="none"`` they get N(0, 1).
+    every direction, so two "random" directions would share it. With ``normalization="none"`` they get N(0, 1).
     Draws happen for every parameter in ``named_parameters`` order whatever ``include_bn`` is, so the
-    weight entries do not depend on it. Cost: one randn per parameter, on the CPU.
+    weight entries do not depend on it. ``norm=`` is the deprecated old name of ``normalization=``.
+    Cost: one randn per parameter, on the CPU.
     """
-    if norm not in NORMS:
-        raise ConfigError(f"unknown direction normalization {norm!r}; choose from {', '.join(NORMS)}")
+    if normalization not in NORMALIZATIONS:
+        raise ConfigError(f"unknown direction normalization {normalization!r}; choose from "
+                          f"{', '.join(NORMALIZATIONS)}")
     if k < 1:
         raise ConfigError(f"the number of directions must be at least 1, got {k}")
     gen = torch.Generator().manual_seed(int(seed))
@@ -106,15 +120,18 @@ def random_directions(model: nn.Module, k: int = 2, norm: str = "filter", includ
             if _is_vector(w) and not include_bn:
                 r.zero_()
             else:
-                _normalize_(r, w.double().cpu(), norm)
+                _normalize_(r, w.double().cpu(), normalization)
             d[name] = r.to(device=w.device, dtype=w.dtype)
         out.append(d)
-    return DirectionSet(out, {"kind": "random", "norm": norm, "include_bn": bool(include_bn), "seed": int(seed)})
+    return DirectionSet(out, {"kind": "random", "normalization": normalization, "include_bn": bool(include_bn),
+                              "seed": int(seed)})
 
 
-def random_direction(model: nn.Module, norm: str = "filter", include_bn: bool = False, seed: int = 0) -> Direction:
-    """One random direction (the first of ``random_directions(model, 1, norm, include_bn, seed)``)."""
-    return random_directions(model, 1, norm, include_bn, seed)[0]
+@renamed_keywords(norm="normalization")
+def random_direction(model: nn.Module, normalization: str = "filter", include_bn: bool = False,
+                     seed: int = 0) -> Direction:
+    """One random direction (the first of ``random_directions(model, 1, normalization, include_bn, seed)``)."""
+    return random_directions(model, 1, normalization, include_bn, seed)[0]
 
 
 def _check_same_keys(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> None:
@@ -330,6 +347,6 @@ def directions_digest(directions: Sequence[Mapping[str, torch.Tensor]]) -> str:
     return tensor_digest((name, d[name]) for d in directions for name in sorted(d))
 
 
-__all__ = ["Direction", "DirectionSet", "NORMS", "BUFFER_MODES", "random_direction", "random_directions",
-           "orthogonalize", "eigen_directions", "interpolation_direction", "pca_directions", "trajectory_files", "dot",
-           "direction_norm", "directions_digest"]
+__all__ = ["Direction", "DirectionSet", "NORMALIZATIONS", "BUFFER_MODES", "current_meta", "random_direction",
+           "random_directions", "orthogonalize", "eigen_directions", "interpolation_direction", "pca_directions",
+           "trajectory_files", "dot", "direction_norm", "directions_digest"]

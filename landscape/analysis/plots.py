@@ -36,6 +36,7 @@ from matplotlib.ticker import LogLocator, MaxNLocator, NullLocator
 
 from ..errors import LandscapeError
 from ..io import read_json
+from .directions import current_meta
 from .surface import SurfaceResult, load_surface
 
 SURFACE_KINDS = ("curve", "contour", "contourf", "surface3d", "compare")
@@ -312,7 +313,7 @@ def _field(r: SurfaceResult, field: str) -> np.ndarray:
 
 
 def _directions(r: SurfaceResult) -> dict:
-    return dict((r.settings or {}).get("directions") or {})
+    return current_meta((r.settings or {}).get("directions") or {})  # older files say "norm"
 
 
 def axis_names(r: SurfaceResult) -> tuple[str, str]:
@@ -326,8 +327,8 @@ def axis_names(r: SurfaceResult) -> tuple[str, str]:
             ev = d.get("eigenvalues") or []
             names.append(f"eigvec {i + 1}" + (f" (λ = {ev[i]:.3g})" if i < len(ev) else ""))
         elif kind == "random":
-            norm = d.get("norm", "filter")
-            names.append(("random dir." if norm in (None, "none") else f"{norm}-normalized random dir.")
+            nz = d.get("normalization", "filter")
+            names.append(("random dir." if nz in (None, "none") else f"{nz}-normalized random dir.")
                          + f" {i + 1}")
         elif kind == "pca":
             evr = d.get("explained_variance_ratio") or []
@@ -398,7 +399,7 @@ def _check_comparable(rs: Sequence[SurfaceResult], mismatch: str) -> None:
         raise LandscapeError(f"mismatch must be refuse, warn or ignore, got {mismatch!r}")
     problems = []
     kinds = [_directions(r).get("kind") or "unknown" for r in rs]
-    norms = [_directions(r).get("norm") for r in rs]
+    norms = [_directions(r).get("normalization") for r in rs]
     if len(set(kinds)) > 1 or len(set(map(str, norms))) > 1:
         problems.append("different direction kinds (" + ", ".join(
             k + (f"/{n}" if n else "") for k, n in zip(kinds, norms)) + ")")

@@ -23,15 +23,15 @@ weights, 256 samples): top-5 to tol 1e-3 took 14 HVPs with this Lanczos, 21 with
 ``method="eigsh"`` for comparison) and 42 with PyHessian's power iteration, whose top-5 was also 3e-3 off
 where ours was 7e-7 off. Projected eigenproblems are solved in float64.
 
+PyHessian, run on the same model for cross-checks, lives in ``landscape.analysis.pyhessian_backend``.
+
 Every estimator takes ``seed`` (start vectors come from a CPU ``torch.Generator``) and an optional
 ``callback(hvps_done, hvp_budget)`` for progress bars; none prints.
 """
 from __future__ import annotations
 
-import importlib
 import math
 import time
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -39,7 +39,6 @@ import numpy as np
 import torch
 
 from .._version import __version__
-from ..attacks import eval_mode
 from ..errors import ConfigError
 from .lanczos import (Lanczos, LocalLanczos, Operator, PeakMemory, gaussian, hv, op_dtype, plan_density,
                       plan_top_k, rademacher)
@@ -418,55 +417,6 @@ def spectral_density(op: Operator, n_probes: int = 3, lanczos_steps: int = 80, s
                 "operator": _op_settings(op)}
     return DensityResult(grid, dens, nodes, weights, hvps, sig, settings, time.perf_counter() - t0)
 
-# --- PyHessian, for cross-checks -------------------------------------------------------------------------
-
-def pyhessian_spectrum(model: torch.nn.Module, batches: list, top_n: int = 1, trace: bool = False,
-                       seed: int = 0, device: torch.device | str = "cpu") -> dict:
-    """Run PyHessian 0.1 (``eigenvalues(top_n)`` and optionally ``trace()``, its defaults) on ``model`` and
-    the given batches; returns its values with the HVPs it spent (counted by wrapping its HVP routines)
-    and seconds. PyHessian draws from the global RNG: it runs under ``torch.random.fork_rng`` seeded with
-    ``seed``. Its one-batch mode fills parameter ``.grad`` fields; they are cleared afterwards."""
-    try:
-        ph = importlib.import_module("pyhessian.hessian")  # the package rebinds .hessian to the class
-    except ImportError as e:
-        raise ConfigError("the pyhessian backend needs PyHessian 0.1: pip install 'landscape[pyhessian]'") from e
-    device = torch.device(device)
-    criterion = torch.nn.CrossEntropyLoss()
-    count = [0]
-    orig_hvp, orig_loader = ph.hessian_vector_product, ph.hessian.dataloader_hv_product
-
-    def counted_hvp(*a, **kw):
-        count[0] += 1
-        return orig_hvp(*a, **kw)
-
-    def counted_loader(self, v):
-        count[0] += 1
-        return orig_loader(self, v)
-
-    out: dict = {"backend": "pyhessian", "pyhessian_version": "0.1", "top_n": top_n, "seed": seed}
-    ph.hessian_vector_product, ph.hessian.dataloader_hv_product = counted_hvp, counted_loader
-    devices = [device.index or 0] if device.type == "cuda" else []
-    try:
-        with eval_mode(model), torch.random.fork_rng(devices=devices), warnings.catch_warnings():
-            # its one-batch mode calls backward(create_graph=True), which warns about a reference cycle
-            warnings.filterwarnings("ignore", message="Using backward", category=UserWarning)
-            torch.manual_seed(int(seed))
-            t0 = time.perf_counter()
-            data = dict(data=tuple(batches[0])) if len(batches) == 1 else dict(dataloader=list(batches))
-            h = ph.hessian(model, criterion, cuda=device.type == "cuda", **data)
-            vals, _ = h.eigenvalues(top_n=top_n)
-            out["eigenvalues"] = [float(v) for v in vals]
-            out["eigenvalue_hvps"], out["eigenvalue_seconds"] = count[0], time.perf_counter() - t0
-            if trace:
-                count[0], t1 = 0, time.perf_counter()
-                terms = h.trace()
-                out["trace"], out["trace_probes"] = float(np.mean(terms)), len(terms)
-                out["trace_hvps"], out["trace_seconds"] = count[0], time.perf_counter() - t1
-    finally:
-        ph.hessian_vector_product, ph.hessian.dataloader_hv_product = orig_hvp, orig_loader
-        model.zero_grad(set_to_none=True)
-    return out
-
 
 __all__ = ["EigenResult", "TraceResult", "DensityResult", "top_eigenvalues", "hessian_trace",
-           "spectral_density", "pyhessian_spectrum", "WHICH", "TRACE_METHODS"]
+           "spectral_density", "WHICH", "TRACE_METHODS"]

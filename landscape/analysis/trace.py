@@ -23,8 +23,8 @@
   XTrace is best wherever measured, and every method's stated error is honest to within ~15%. Below 20
   HVPs (untested; XTrace then has fewer than 10 leave-one-out estimates for its error) auto uses Hutchinson.
 
-Every estimator stops when the 95% half-width (Student t) <= ``rtol`` * |estimate|, or at ``max_hvps``;
-``rtol=0`` spends the whole budget. XTrace grows its probe set by doubling (keeping Y, Q, Z) until the rule
+Every estimator stops when the 95% half-width (Student t) <= ``tol`` * |estimate|, or at ``max_hvps``;
+``tol=0`` spends the whole budget. XTrace grows its probe set by doubling (keeping Y, Q, Z) until the rule
 holds. Probes come from a seeded CPU ``torch.Generator``, so every rank of a torchrun job draws the same.
 Blocks of vectors go through ``op.matmat`` where the operator has one (``HessianOperator.matmat`` shares a
 rebuilt gradient graph among a block: see ``benchmarks/hvp_matmat.py``).
@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from .._version import __version__
+from ..deprecation import renamed_keywords
 from ..errors import ConfigError
 from .lanczos import available_memory
 
@@ -184,13 +185,15 @@ def _xtrace_estimates(Om: torch.Tensor, dOmY: torch.Tensor, Q: torch.Tensor, R: 
     return low + (n - s + 1) * quad / norm2
 
 
-def hessian_trace(op: Any, method: str = "auto", rtol: float = 1e-2, max_hvps: int | None = None,
+@renamed_keywords(rtol="tol")
+def hessian_trace(op: Any, method: str = "auto", tol: float = 1e-2, max_hvps: int | None = None,
                   seed: int = 0, min_probes: int = 10, sketch_size: int | None = None,
                   max_memory: int | None = None, callback: Callback = None) -> TraceResult:
     """Estimate tr(H) from HVPs (``op``: ``num_params``, ``device``, ``matvec``, optionally ``matmat``).
 
-    Stops when the 95% half-width <= rtol * |estimate| (after at least ``min_probes`` probes, i.e. terms
-    or leave-one-out estimates) or at ``max_hvps`` (default 300); ``rtol=0`` spends the whole budget.
+    Stops when the 95% half-width <= tol * |estimate| (after at least ``min_probes`` probes, i.e. terms
+    or leave-one-out estimates) or at ``max_hvps`` (default 300); ``tol=0`` spends the whole budget.
+    ``tol`` is relative (``settings["tol"]``); ``rtol=`` is its deprecated old name.
     ``sketch_size`` (Hutch++ only): columns of S, default min(budget // 3, 20). ``method``: ``auto``
     (see ``AUTO_RULE``), ``xtrace``, ``hutch++`` or ``hutchinson`` (module docstring). Cost: at most
     ``max_hvps`` HVPs; memory: see the module docstring.
@@ -201,8 +204,8 @@ def hessian_trace(op: Any, method: str = "auto", rtol: float = 1e-2, max_hvps: i
     budget = int(max_hvps) if max_hvps is not None else 300
     if budget < 1:
         raise ConfigError(f"max_hvps must be at least 1, got {max_hvps}")
-    if rtol < 0:
-        raise ConfigError(f"rtol must be >= 0, got {rtol}")
+    if tol < 0:
+        raise ConfigError(f"tol must be >= 0, got {tol}")
     if min_probes < 2:
         raise ConfigError(f"min_probes must be at least 2, got {min_probes}")
     device = getattr(op, "device", torch.device("cpu"))
@@ -216,23 +219,23 @@ def hessian_trace(op: Any, method: str = "auto", rtol: float = 1e-2, max_hvps: i
     t0 = time.perf_counter()
     gen = torch.Generator().manual_seed(int(seed))
     apply = _Counter(op, budget, callback)
-    settings = {"method": method, "chosen": chosen, "rtol": rtol, "max_hvps": budget, "seed": seed,
+    settings = {"method": method, "chosen": chosen, "tol": tol, "max_hvps": budget, "seed": seed,
                 "min_probes": min_probes, "max_memory": memory}
     if chosen == "xtrace":
-        res = _xtrace(apply, n, budget, rtol, min_probes, max_cols, gen, device)
+        res = _xtrace(apply, n, budget, tol, min_probes, max_cols, gen, device)
     else:
-        res = _hutchpp(apply, n, budget, rtol, min_probes, sketch_size, max_cols, chosen, gen, device)
+        res = _hutchpp(apply, n, budget, tol, min_probes, sketch_size, max_cols, chosen, gen, device)
     res.settings = {**settings, "sketch_size": res.sketch_size,
                     "probes": "sphere" if chosen == "xtrace" else "rademacher", "operator": _op_settings(op)}
     res.seconds = time.perf_counter() - t0
     return res
 
 
-def _converged(est: float, se: float, p: int, rtol: float, min_probes: int) -> bool:
-    return p >= min_probes and _half_width(se, p) <= rtol * abs(est)
+def _converged(est: float, se: float, p: int, tol: float, min_probes: int) -> bool:
+    return p >= min_probes and _half_width(se, p) <= tol * abs(est)
 
 
-def _hutchpp(apply: _Counter, n: int, budget: int, rtol: float, min_probes: int, sketch_size: int | None,
+def _hutchpp(apply: _Counter, n: int, budget: int, tol: float, min_probes: int, sketch_size: int | None,
              max_cols: int, method: str, gen: torch.Generator, device: torch.device) -> TraceResult:
     """Hutch++ (``method="hutch++"``) or, with no sketch, Hutchinson: probes in blocks of the operator's
     preferred size, the stopping rule checked after every block."""
@@ -256,21 +259,21 @@ def _hutchpp(apply: _Counter, n: int, budget: int, rtol: float, min_probes: int,
             G = G - Q @ (Q.T @ G)
         terms = np.concatenate([terms, (G * apply(G)).sum(0).cpu().numpy()])
         est, se = low_rank + float(terms.mean()), _stderr(terms)
-        if rtol > 0 and _converged(est, se, len(terms), rtol, min_probes):
+        if tol > 0 and _converged(est, se, len(terms), tol, min_probes):
             converged = True
             break
     return TraceResult(est, se, apply.hvps, method, terms, low_rank, s, converged)
 
 
-def _xtrace(apply: _Counter, n: int, budget: int, rtol: float, min_probes: int, max_cols: int,
+def _xtrace(apply: _Counter, n: int, budget: int, tol: float, min_probes: int, max_cols: int,
             gen: torch.Generator, device: torch.device) -> TraceResult:
-    """XTrace with s = budget // 2 probes (capped by memory and n - 1), or with rtol > 0 from
+    """XTrace with s = budget // 2 probes (capped by memory and n - 1), or with tol > 0 from
     max(min_probes, 10) probes doubling until the stopping rule holds."""
     s_max = min(budget // 2, n - 1, max_cols)
     if s_max < 2:
         raise ConfigError(f"xtrace needs at least 4 HVPs, 3 parameters and memory for 2 probes "
                           f"(max_hvps={budget}, n={n}, probes that fit: {max_cols})")
-    s_next = s_max if rtol == 0 else min(s_max, max(min_probes, 10))
+    s_next = s_max if tol == 0 else min(s_max, max(min_probes, 10))
     Om = Q = Z = R = dOmY = None
     ests = np.zeros(0)
     est, se, converged = 0.0, math.inf, False
@@ -298,7 +301,7 @@ def _xtrace(apply: _Counter, n: int, budget: int, rtol: float, min_probes: int, 
             break
         ests = _xtrace_estimates(Om, dOmY, Q, R, Z).cpu().numpy()
         est, se = float(ests.mean()), _stderr(ests)
-        if rtol > 0 and _converged(est, se, len(ests), rtol, min_probes):
+        if tol > 0 and _converged(est, se, len(ests), tol, min_probes):
             converged = True
             break
         if Om.shape[1] >= s_max:

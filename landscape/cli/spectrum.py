@@ -168,7 +168,7 @@ def _run_landscape(op, args, show: bool = True) -> dict:
 
 
 def _run_pyhessian(op, model, args) -> dict:
-    from ..analysis.spectrum import pyhessian_spectrum
+    from ..analysis.pyhessian_backend import pyhessian_spectrum
     ph = pyhessian_spectrum(model, op.batches, top_n=max(args.top_k, 1), trace=args.trace, seed=args.seed,
                             device=op.device)
     out: dict = {"pyhessian": ph}
