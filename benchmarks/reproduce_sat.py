@@ -91,7 +91,7 @@ def analyze(run: Path, label: str, eps: float, s: Scale, test: ls.Dataset, seed:
     xh, yh = test.tensors(s.hessian_samples)
     op = HessianOperator(ck.model, (xh, yh), loss="adversarial", attack=_attack(eps), seed=seed)
     eig = top_eigenvalues(op, k=5 if full_spectrum else 1, tol=1e-3, seed=seed)
-    tr = hessian_trace(op, rtol=0.05, max_hvps=s.trace_hvps, seed=seed)
+    tr = hessian_trace(op, tol=0.05, max_hvps=s.trace_hvps, seed=seed)
     out = {"run": run.name, "method": label, "eps": eps, "best_epoch": ck.epoch,
            "clean_acc": ev.clean_acc, "pgd20_acc": ev.pgd_acc, "n_test": ev.n,
            "top_eigenvalue": float(eig.values[0]), "top_eigenvalues": eig.to_dict(),

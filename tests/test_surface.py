@@ -345,6 +345,5 @@ def test_one_public_evaluate():
     import landscape
     import landscape.analysis.surface as S
     assert "evaluate" not in S.__all__ and "loss_and_accuracy" in S.__all__
-    with pytest.warns(DeprecationWarning, match="loss_and_accuracy"):
-        assert S.evaluate is S.loss_and_accuracy          # the old name, until the CLI says the new one
+    assert not hasattr(S, "evaluate")                     # one public function of that name: landscape.evaluate
     assert landscape.evaluate is not S.loss_and_accuracy

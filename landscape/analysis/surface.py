@@ -21,7 +21,6 @@ import hashlib
 import json
 import os
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -375,14 +374,6 @@ def _fixed_adversarial(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attac
     if p is not None and w.main:
         save_adversarial(p, x_adv, y, shash)
     return x_adv
-
-
-def __getattr__(name: str) -> Any:
-    if name == "evaluate":  # the old name, until every caller says loss_and_accuracy
-        warnings.warn("landscape.analysis.surface.evaluate is deprecated, use loss_and_accuracy (landscape.evaluate "
-                      "is robust accuracy)", DeprecationWarning, stacklevel=2)
-        return loss_and_accuracy
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["SurfaceResult", "loss_surface", "parse_grid", "load_surface", "load_directions", "surface_paths",

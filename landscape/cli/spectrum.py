@@ -155,7 +155,7 @@ def _run_landscape(op, args, show: bool = True) -> dict:
         out["top_eigenvalues"] = eig.to_dict()
     if args.trace:
         with progress("trace", "HVP", args.trace_max_hvps, show, leave=False) as cb:
-            tr = hessian_trace(op, method=args.trace_method, rtol=args.trace_tol, max_hvps=args.trace_max_hvps,
+            tr = hessian_trace(op, method=args.trace_method, tol=args.trace_tol, max_hvps=args.trace_max_hvps,
                                seed=args.seed, callback=cb)
         out["trace"] = tr.to_dict()
     if args.density:

@@ -131,11 +131,11 @@ def _check_time(ck, x, y, args, points: int, attack) -> None:
     """Time one grid point (a forward pass over the samples; a PGD attack's worth for reattack) and refuse
     when ``points`` of them would take longer than ``--max-hours``. Runs only for grids over 1000 points."""
     import time
-    from ..analysis.surface import evaluate
+    from ..analysis.surface import loss_and_accuracy
     if points <= 1000:
         return
     t0 = time.perf_counter()
-    evaluate(ck.model, x, y, args.batch_size)
+    loss_and_accuracy(ck.model, x, y, args.batch_size)
     per = time.perf_counter() - t0
     if attack is not None and args.adv_mode == "reattack":
         per *= 1 + 3 * attack.steps * attack.restarts  # a PGD step is a forward and a backward pass
@@ -148,7 +148,8 @@ def _check_time(ck, x, y, args, points: int, attack) -> None:
 def _directions(args, ck, x, y, dim, attack, device):
     from ..analysis import directions as D
     if args.directions == "random":
-        ds = D.random_directions(ck.model, dim, norm=args.normalization, include_bn=args.include_bn, seed=args.seed)
+        ds = D.random_directions(ck.model, dim, normalization=args.normalization, include_bn=args.include_bn,
+                                   seed=args.seed)
         if dim == 2 and args.orthogonalize:
             ds.directions[1] = D.orthogonalize(ds[1], ds[0])
             ds.meta["orthogonalized"] = True
@@ -168,7 +169,7 @@ def _direction_spec(args, dim: int, attack) -> dict:
     """The arguments that define the directions (a resume must repeat them)."""
     spec: dict = {"directions": args.directions, "dim": dim}
     if args.directions == "random":
-        spec.update(norm=args.normalization, include_bn=args.include_bn, seed=args.seed,
+        spec.update(normalization=args.normalization, include_bn=args.include_bn, seed=args.seed,
                     orthogonalize=bool(args.orthogonalize and dim == 2))
     elif args.directions == "eigen":
         spec.update(loss=args.loss, tol=args.eigen_tol, seed=args.seed)
@@ -265,13 +266,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args, ck, ds, x, y, n, dim, x_spec, y_spec, attack, out, world, device) -> int:
     """Directions, the surface, figures and the report, under the folder's lock."""
+    from ..analysis.directions import current_meta
     from ..analysis.surface import load_directions, loss_surface
 
     spec = _direction_spec(args, dim, attack)
     from ..distributed import run_on_main
     directions = run_on_main(load_directions, out, "cpu") if args.resume else None  # rank 0 owns the files
-    if directions is not None and directions.meta.get("spec") != spec:
-        old = directions.meta.get("spec") or {}
+    if directions is not None and current_meta(directions.meta.get("spec") or {}) != spec:
+        old = current_meta(directions.meta.get("spec") or {})
         diffs = [f"{k}: stored {old.get(k)!r}, now {spec.get(k)!r}" for k in sorted(set(old) | set(spec))
                  if old.get(k) != spec.get(k)]
         raise ConfigError(f"cannot resume {out}: its directions were made with different settings "
