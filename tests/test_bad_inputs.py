@@ -9,7 +9,6 @@ too (these tests run as root, for whom a read-only folder is writable and ``os.a
 parent that is a regular file, a target that is an existing folder, a path under /proc, an unknown image
 type.
 """
-import argparse
 import json
 import os
 import stat
