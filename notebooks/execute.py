@@ -28,7 +28,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 NOTEBOOKS = ("01_quickstart.ipynb", "02_sat_smoothness.ipynb")
 #: absolute paths a committed output must not contain (checked by tests/test_notebooks.py too)
-MACHINE_PATH = re.compile(r"(/work/|/home/|/root/|/tmp/|/var/folders/|[A-Za-z]:\\\\Users\\\\)")
+MACHINE_PATH = re.compile(r"(/work/|/home/|/root/|/tmp/|/var/folders/|[A-Za-z]:\\Users\\)")
 
 
 def _collapse_cr(text: str) -> str:
@@ -37,9 +37,10 @@ def _collapse_cr(text: str) -> str:
 
 
 def _scrub_paths(text: str) -> str:
-    """Replace this machine's absolute paths (repository, temporary folder, home) by placeholders."""
-    for path, name in ((REPO, "<repo>"), (Path(tempfile.gettempdir()), "<tmp>"), (Path.home(), "~")):
-        text = text.replace(str(path), name)
+    """Replace this machine's absolute paths (repository, Python prefix, temporary folder, home) by placeholders."""
+    paths = {str(REPO): "<repo>", sys.prefix: "<python>", tempfile.gettempdir(): "<tmp>", str(Path.home()): "~"}
+    for path in sorted(paths, key=len, reverse=True):  # the longest first: a venv inside the repository
+        text = text.replace(path, paths[path])
     return text
 
 
@@ -72,6 +73,36 @@ def clean(nb: Any) -> Any:
                 out.text = re.sub(r"\n{3,}", "\n\n", out.text)
         cell.outputs = [o for o in outputs if o.output_type != "stream" or o.text.strip()]
     return nb
+
+
+def problems(nb: Any) -> list[str]:
+    """Why ``nb`` is not fit to commit as a notebook a reader opens with its figures (empty when it is): a code
+    cell not run or run out of order, an error output, no PNG figure, a machine path, a carriage return, an
+    execution timestamp. A notebook stripped of its outputs fails here."""
+    found = []
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    counts = [c.get("execution_count") for c in code]
+    if counts != list(range(1, len(code) + 1)):
+        found.append(f"code cells not all run once in order: execution counts {counts}")
+    outputs = [o for c in code for o in c.get("outputs", [])]
+    if not outputs:
+        found.append("no outputs")
+    if not any("image/png" in o.get("data", {}) for o in outputs):
+        found.append("no PNG figure")
+    found += [f"error output: {o.get('ename')}: {o.get('evalue')}" for o in outputs if o.output_type == "error"]
+    for o in outputs:
+        texts = [o.get("text", "")] + [v for k, v in o.get("data", {}).items() if k.startswith("text/")]
+        texts += o.get("traceback", [])
+        for text in texts:
+            text = "".join(text) if isinstance(text, list) else str(text)
+            if m := MACHINE_PATH.search(text):
+                found.append(f"machine path in an output: ...{text[max(0, m.start() - 30):m.end() + 30]!r}...")
+            if "\r" in text:
+                found.append(f"carriage return in an output: {text[:60]!r}...")
+    if any("execution" in c.metadata or any("execution" in o.get("metadata", {}) for o in c.get("outputs", []))
+           for c in code):
+        found.append("execution timestamps in the metadata")
+    return found
 
 
 def execute(path: Path, out: Path, *, fast: bool = False, cwd: Path | None = None, timeout: int = 1800,
@@ -109,12 +140,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cwd", type=Path, help="the kernel's working folder (default: notebooks/)")
     p.add_argument("--timeout", type=int, default=1800, help="seconds per cell (default 1800)")
     args = p.parse_args(argv)
+    status = 0
     for name in args.names:
         src = HERE / Path(name).name
         dst = (args.out or HERE) / src.name
         seconds = execute(src, dst, fast=args.fast, cwd=args.cwd, timeout=args.timeout)
         print(f"{src.name}: executed in {seconds:.0f} s, {dst.stat().st_size / 1e3:.0f} kB -> {dst}")
-    return 0
+        for problem in problems(nbformat.read(dst, as_version=4)):
+            print(f"{src.name}: {problem}", file=sys.stderr)
+            status = 1
+    return status
 
 
 if __name__ == "__main__":
