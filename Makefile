@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist
 PYTEST_ARGS ?=
 
-.PHONY: test test-slow demo bench venv data clean
+.PHONY: test test-slow demo bench notebooks venv data clean
 
 venv: $(STAMP)
 
@@ -48,6 +48,11 @@ bench: venv data
 	$(BIN)/python benchmarks/spectrum_vs_pyhessian.py
 	$(BIN)/python benchmarks/surface_cost.py
 	$(BIN)/python benchmarks/distributed_scaling.py
+
+# Re-execute notebooks/*.ipynb in their full (reader's) mode and rewrite them with their outputs (minutes);
+# run it after results/sat/ changes, then commit the notebooks.
+notebooks: venv
+	$(BIN)/python notebooks/execute.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
