@@ -51,6 +51,11 @@ def hv(op: Operator, v: torch.Tensor) -> torch.Tensor:
     return op.matvec(v).to(v.dtype)
 
 
+def op_settings(op: Any) -> dict:
+    """What a result records about its operator: ``op.describe()`` (loss, attack, samples...), else its size."""
+    return op.describe() if hasattr(op, "describe") else {"num_params": int(op.num_params)}
+
+
 def op_dtype(op: Any) -> torch.dtype:
     """The operator's floating dtype (float64 when it does not say)."""
     dt = getattr(op, "dtype", None)

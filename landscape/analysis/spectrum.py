@@ -40,16 +40,12 @@ import torch
 
 from .._version import __version__
 from ..errors import ConfigError
-from .lanczos import (Lanczos, LocalLanczos, Operator, PeakMemory, gaussian, hv, op_dtype, plan_density,
-                      plan_top_k, rademacher)
+from .lanczos import (Lanczos, LocalLanczos, Operator, PeakMemory, gaussian, hv, op_dtype, op_settings,
+                      plan_density, plan_top_k, rademacher)
 from .trace import TRACE_METHODS, TraceResult, hessian_trace  # noqa: F401  (moved to trace.py; re-exported)
 
 WHICH = ("LA", "SA", "LM")
 Callback = Callable[[int, int], None] | None
-
-
-def _op_settings(op: Any) -> dict:
-    return op.describe() if hasattr(op, "describe") else {"num_params": int(op.num_params)}
 
 
 _hv, _gaussian, _rademacher = hv, gaussian, rademacher
@@ -170,7 +166,7 @@ def top_eigenvalues(op: Operator, k: int = 1, tol: float = 1e-3, which: str = "L
     if budget < 1:
         raise ConfigError(f"max_hvps must be at least 1, got {max_hvps}")
     settings = {"k": k, "tol": tol, "atol": atol, "which": which, "max_hvps": budget, "seed": seed,
-                "method": method, "warm_start": v0 is not None, "operator": _op_settings(op)}
+                "method": method, "warm_start": v0 is not None, "operator": op_settings(op)}
     t0 = time.perf_counter()
     gen = torch.Generator().manual_seed(int(seed))
     if method == "eigsh":
@@ -414,7 +410,7 @@ def spectral_density(op: Operator, n_probes: int = 3, lanczos_steps: int = 80, s
     settings = {"n_probes": n_probes, "lanczos_steps": steps, "sigma": sig, "sigma_given": sigma,
                 "grid_points": grid_points, "seed": seed, "probes": "rademacher", "num_params": n,
                 "reorth": plan.reorth, "basis_dtype": str(dtype).replace("torch.", ""), "memory": plan.to_dict(),
-                "operator": _op_settings(op)}
+                "operator": op_settings(op)}
     return DensityResult(grid, dens, nodes, weights, hvps, sig, settings, time.perf_counter() - t0)
 
 

@@ -45,7 +45,7 @@ import torch
 from .._version import __version__
 from ..deprecation import renamed_keywords
 from ..errors import ConfigError
-from .lanczos import available_memory
+from .lanczos import available_memory, op_settings
 
 TRACE_METHODS = ("auto", "xtrace", "hutch++", "hutchinson")
 Callback = Callable[[int, int], None] | None
@@ -139,10 +139,6 @@ class _Counter:
         return int(getattr(self.op, "preferred_block", 1)) if hasattr(self.op, "matmat") else 1
 
 
-def _op_settings(op: Any) -> dict:
-    return op.describe() if hasattr(op, "describe") else {"num_params": int(op.num_params)}
-
-
 def _orthonormalize(Y: torch.Tensor, Q: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Extend the orthonormal basis Q by the new columns Y: returns (Q2, C, R2) with Y = Q C + Q2 R2
     (Gram-Schmidt against Q twice, then a QR of the rest)."""
@@ -226,7 +222,7 @@ def hessian_trace(op: Any, method: str = "auto", tol: float = 1e-2, max_hvps: in
     else:
         res = _hutchpp(apply, n, budget, tol, min_probes, sketch_size, max_cols, chosen, gen, device)
     res.settings = {**settings, "sketch_size": res.sketch_size,
-                    "probes": "sphere" if chosen == "xtrace" else "rademacher", "operator": _op_settings(op)}
+                    "probes": "sphere" if chosen == "xtrace" else "rademacher", "operator": op_settings(op)}
     res.seconds = time.perf_counter() - t0
     return res
 
