@@ -81,8 +81,8 @@ def train_run(label: str, eps: float, s: Scale, runs: Path, seed: int, track: bo
     run = runs / cfg.name
     if (run / "last.pt").exists():
         ck = ls.load_checkpoint(run / "last.pt")
-        stored = (ck.config or {}).get("train", {})
-        if stored == cfg.resolved().to_dict():
+        stored = TrainConfig.from_dict((ck.config or {}).get("train", {})).resolved().to_dict()
+        if stored == cfg.resolved().to_dict():  # fields added to TrainConfig since take their defaults
             if ck.epoch >= s.epochs:
                 return run
             log(f"resuming {run}")

@@ -469,9 +469,10 @@ def _fmt(m: float, s: float) -> str:
     return f"{m:.{digits}f}" if s is None or not np.isfinite(s) else f"{m:.{digits}f} ± {s:.{digits}f}"
 
 
-def markdown_table(summary, by: Sequence[str]) -> str:
-    """The summary as a markdown table, each value as 'mean ± s.d.' (the s.d. omitted when n = 1)."""
-    values = [c[:-5] for c in summary.columns if c.endswith("_mean")]
+def markdown_table(summary, by: Sequence[str], columns: Sequence[str] | None = None) -> str:
+    """The summary as a markdown table, each value as 'mean ± s.d.' (the s.d. omitted when n = 1); ``columns``
+    picks metrics (default all)."""
+    values = [c[:-5] for c in summary.columns if c.endswith("_mean") and (columns is None or c[:-5] in columns)]
     head = [*by, *values, "n"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, r in summary.iterrows():
@@ -479,6 +480,25 @@ def markdown_table(summary, by: Sequence[str]) -> str:
         cells += [_fmt(r[f"{v}_mean"], r[f"{v}_sd"]) for v in values]
         lines.append("| " + " | ".join(cells + [str(int(r["n"]))]) + " |")
     return "\n".join(lines) + "\n"
+
+
+GROUPS = (("accuracy and training", ("best_epoch", "train_", "test_")),
+          ("curvature and 2D surfaces (adversarial loss)", ("eig", "trace", "eigen_plane", "random_plane")),
+          ("scalar flatness and the path from AT", ("flat_", "path_")))
+
+
+def grouped_markdown(summary, by: Sequence[str]) -> str:
+    """``markdown_table`` in sections (GROUPS: accuracy, curvature/surfaces, flatness/path), empty ones left out."""
+    metrics = [c[:-5] for c in summary.columns if c.endswith("_mean")]
+    parts = []
+    for title, prefixes in GROUPS:
+        cols = [m for m in metrics if m.startswith(prefixes)]
+        if cols:
+            parts.append(f"### {title}\n\n" + markdown_table(summary, by, cols))
+    rest = [m for m in metrics if not m.startswith(tuple(p for _, ps in GROUPS for p in ps))]
+    if rest:
+        parts.append("### other\n\n" + markdown_table(summary, by, rest))
+    return "\n".join(parts)
 
 
 def verdict(a: Sequence[float], b: Sequence[float], k: float = 2.0) -> dict:
@@ -561,7 +581,7 @@ def aggregate(out: Path, grid_eps: Sequence[float]) -> dict:
             continue
         summ = summarize(part.drop(columns=["method"]) if by == ["eps"] else part, by)
         write_text(out / f"{name}.csv", summ.to_csv(index=False))
-        write_text(out / f"{name}.md", markdown_table(summ, by))
+        write_text(out / f"{name}.md", grouped_markdown(summ, by))
         written[name] = summ
     if layers:
         ldf = pd.DataFrame(layers)
