@@ -67,7 +67,7 @@ matplotlib.use("Agg")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import landscape as ls  # noqa: E402
-from landscape.analysis import (HessianOperator, eigen_directions, hessian_trace, interpolation_direction,  # noqa: E402
+from landscape.analysis import (DirectionSet, HessianOperator, eigen_directions, hessian_trace, interpolation_direction,  # noqa: E402
                                 loss_surface, random_directions, top_eigenvalues)
 from landscape.analysis.flatness import average_sharpness, worst_case_sharpness  # noqa: E402
 from landscape.errors import ConfigError, LandscapeError  # noqa: E402
@@ -235,10 +235,12 @@ def train_model(ctx: Context, spec: ModelSpec) -> dict:
 
 
 def _surface_summary(res) -> dict:
+    """Loss at the centre, largest and mean loss over the grid, and the whole surface (``to_dict``)."""
     d = res.to_dict()
     loss = np.asarray(res.loss, dtype=float)
     centre = d.get("center", {}).get("loss")
-    return {**d, "loss_center": centre, "loss_max": float(np.nanmax(loss)), "loss_mean": float(np.nanmean(loss))}
+    return {"kind": "surface", "loss_center": centre, "loss_max": float(np.nanmax(loss)),
+            "loss_mean": float(np.nanmean(loss)), "seconds": res.seconds, "surface": d}
 
 
 def accuracy_step(ctx: Context, spec: ModelSpec) -> dict:
@@ -271,7 +273,8 @@ def spectrum_step(ctx: Context, spec: ModelSpec) -> dict:
             dirs = eigen_directions(ck.model, data, loss="adversarial", attack=att, k=max(2, s.top_k), tol=s.eig_tol,
                                    seed=spec.seed)
             out["eigenvalues"] = dirs.meta["eigenvalues"][:s.top_k]
-            res = loss_surface(ck.model, data, dirs, s.grid, s.grid, loss="adversarial", adv_mode="fixed",
+            plane = DirectionSet(list(dirs)[:2], dirs.meta)
+            res = loss_surface(ck.model, data, plane, s.grid, s.grid, loss="adversarial", adv_mode="fixed",
                                attack=att, seed=spec.seed, out=ctx.run_dir(spec) / "surface_eigen", overwrite=True,
                                meta={"checkpoint": str(ctx.run_dir(spec) / "best.pt"), "plane": "eigen"})
             out["surface_eigen"] = _surface_summary(res)
@@ -443,6 +446,8 @@ def model_row(folder: Path) -> tuple[dict, list[dict]]:
     if (folder / "path.json").exists():
         p = read_json(folder / "path.json")
         row.update(path_barrier_clean=p["clean"]["barrier"], path_barrier_adversarial=p["adversarial"]["barrier"])
+    row["analysis_seconds"] = sum(float(read_json(p).get("seconds") or 0.0) for p in folder.glob("*.json")
+                                  if p.name != "train.json") + float(tr.get("eval_seconds") or 0.0)
     layers = []
     if (folder / "layers.json").exists():
         for lr in read_json(folder / "layers.json")["layers"]:
@@ -533,11 +538,18 @@ VERDICT_METRICS = ("test_clean", "test_pgd20", "train_pgd20", "eig1", "eigen_pla
                    "path_barrier_adversarial")
 
 
-def verdicts(df, grid_eps: Sequence[float]) -> "Any":
-    """Every method against AT at each grid eps (VERDICT_METRICS and every flatness column), and AT at each
-    eps against AT at the next larger one on the top eigenvalue and trace (claim 1)."""
+def verdicts(df, grid_eps: Sequence[float], layers=None) -> "Any":
+    """Every method against AT at each grid eps (VERDICT_METRICS and every flatness column; with ``layers``,
+    each layer's top eigenvalue of each loss), and AT at each eps against AT at the next larger one on the
+    top eigenvalue and trace (claim 1)."""
     import pandas as pd
     rows = []
+    if layers is not None and len(layers):
+        for (eps, layer, loss), part in layers.groupby(["eps", "layer", "loss"], sort=True):
+            at = part[part.method == "at"]["top_eigenvalue"].tolist()
+            for m in sorted(set(part.method) - {"at"}):
+                rows.append({"comparison": f"{m} vs at", "eps": eps, "metric": f"layer {layer} top eig ({loss})",
+                             **verdict(part[part.method == m]["top_eigenvalue"].tolist(), at)})
     flat = [c for c in df.columns if c.startswith("flat_")]
     for eps in grid_eps:
         at = df[(df.method == "at") & np.isclose(df.eps, eps)]
@@ -589,7 +601,7 @@ def aggregate(out: Path, grid_eps: Sequence[float]) -> dict:
         write_text(out / "summary_layers.csv", summ.to_csv(index=False))
         write_text(out / "summary_layers.md", markdown_table(summ, ["eps", "loss", "layer", "method"]))
         written["summary_layers"] = summ
-    v = verdicts(df, grid_eps)
+    v = verdicts(df, grid_eps, pd.DataFrame(layers) if layers else None)
     if not v.empty:
         write_text(out / "verdicts.csv", v.to_csv(index=False))
         lines = ["Rule: a difference counts when |mean A - mean B| > 2 x pooled s.d. over seeds "

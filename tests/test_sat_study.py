@@ -110,6 +110,12 @@ def test_tiny_study_end_to_end(tiny_study):
     assert "path_barrier_adversarial_mean" in summ.columns and list(summ.n) == [1, 1]
     assert (out / "summary_methods.md").read_text().count("| 0.3 |") >= 2
     assert (out / "summary_layers.csv").exists() and (out / "verdicts.md").exists()
+    v = pd.read_csv(out / "verdicts.csv")
+    assert v.metric.str.startswith("layer ").sum() == 8 and (v.verdict == "no spread (fewer than 2 seeds)").all()
+    per_model = pd.read_csv(out / "per_model.csv")
+    assert (per_model.analysis_seconds > 0).all() and set(per_model.method) == {"at", "sat-eps"}
+    spec = json.loads((out / "models" / "at-eps0.3-s0" / "spectrum.json").read_text())
+    assert spec["surface_eigen"]["surface"]["settings"]["directions"]["kind"] == "eigen"
     settings = json.loads((out / "settings.json").read_text())
     assert settings["scale_name"] == "tiny" and len(settings["invocations"]) == 1 and settings["seconds"] > 0
 
