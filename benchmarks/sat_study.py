@@ -67,8 +67,8 @@ matplotlib.use("Agg")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import landscape as ls  # noqa: E402
-from landscape.analysis import (DirectionSet, HessianOperator, eigen_directions, hessian_trace, interpolation_direction,  # noqa: E402
-                                loss_surface, random_directions, top_eigenvalues)
+from landscape.analysis import (DirectionSet, HessianOperator, eigen_directions, hessian_trace,  # noqa: E402
+                                interpolation_direction, loss_surface, random_directions, top_eigenvalues)
 from landscape.analysis.flatness import average_sharpness, worst_case_sharpness  # noqa: E402
 from landscape.errors import ConfigError, LandscapeError  # noqa: E402
 from landscape.io import read_json, write_json, write_text  # noqa: E402

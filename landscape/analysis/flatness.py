@@ -49,9 +49,10 @@ from ..attack_spec import AttackSpec
 from ..attacks import eval_mode
 from ..data import cut_batches
 from ..errors import ConfigError, LandscapeError
-from .directions import NORMS, random_directions
+from .directions import random_directions
 
 LOSSES = ("clean", "adversarial")
+NORMALIZATIONS = ("filter", "layer", "none")  # as random_directions takes them
 Criterion = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -99,8 +100,8 @@ def _check_common(loss: str, attack: AttackSpec | None, radii: Sequence[float], 
         raise ConfigError(f"unknown loss {loss!r}; choose from {', '.join(LOSSES)}")
     if loss == "adversarial" and attack is None:
         raise ConfigError("the adversarial loss needs an attack (an AttackSpec)")
-    if normalization not in NORMS:
-        raise ConfigError(f"unknown normalization {normalization!r}; choose from {', '.join(NORMS)}")
+    if normalization not in NORMALIZATIONS:
+        raise ConfigError(f"unknown normalization {normalization!r}; choose from {', '.join(NORMALIZATIONS)}")
     rs = [float(r) for r in ([radii] if isinstance(radii, (int, float)) else radii)]
     if not rs or not all(math.isfinite(r) and r > 0 for r in rs):
         raise ConfigError(f"radii must be positive numbers, got {radii!r}")
@@ -153,10 +154,11 @@ class _Loss:
         loss = self._total(w)
         grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
         self.backwards += 1
-        return float(loss.detach()), {n: (torch.zeros_like(d) if g is None else g) for (n, d), g in zip(leaves.items(), grads)}
+        return float(loss.detach()), {n: (torch.zeros_like(d) if g is None else g)
+                                      for (n, d), g in zip(leaves.items(), grads)}
 
 
-def _moved(model: nn.Module, normalization: str, include_bn: bool) -> list[str]:
+def _moved(model: nn.Module, include_bn: bool) -> list[str]:
     """Names of the parameters that move (those ``random_directions`` gives a non-zero direction)."""
     names = [n for n, p in model.named_parameters() if p.dim() > 1 or include_bn]
     if not names:
@@ -217,7 +219,8 @@ def average_sharpness(model: nn.Module, data: Any, radii: Sequence[float] | floa
                 row.append(0.5 * (up + down) - base)
             per.append(row)
     t = torch.tensor(per, dtype=torch.float64)
-    stderr = (t.std(dim=1, unbiased=True) / math.sqrt(directions)).tolist() if directions > 1 else [float("nan")] * len(rs)
+    stderr = ((t.std(dim=1, unbiased=True) / math.sqrt(directions)).tolist() if directions > 1
+              else [float("nan")] * len(rs))
     settings = _settings("average", loss, attack, normalization, include_bn, seed, len(x), batch_size, criterion,
                          radii=rs, directions=int(directions), forwards=f.forwards)
     return FlatnessResult("average", loss, rs, t.mean(dim=1).tolist(), base, stderr, per, None, settings,
@@ -241,7 +244,7 @@ def worst_case_sharpness(model: nn.Module, data: Any, radii: Sequence[float] | f
         raise ConfigError(f"step_fraction must be positive, got {step_fraction}")
     t0 = time.perf_counter()
     x, y, _ = _inputs(model, data, loss, attack, seed)
-    names = _moved(model, normalization, include_bn)
+    names = _moved(model, include_bn)
     params = dict(model.named_parameters())
     scale = {n: _scale(params[n].detach(), normalization) for n in names}
     starts = random_directions(model, restarts, normalization, include_bn, seed)
