@@ -35,19 +35,24 @@ on 6,000 samples with PGD-7 (8 forward+backward passes per sample) took 13 s, so
 costs U = 0.27 ms per sample; validation (1,000 samples, PGD-10) 3.1-3.7 s = 12 U per sample; sharpness
 tracking ~1.8 s per call on 256 samples; an H-SAT calibration ~5.5 s per epoch during the ramp; a 21x21
 surface on 512 samples 60 s. With 45 models, 2 hours leave 160 s per model for everything; today's scale
-(6,000 x 8 epochs, PGD-7, ~150 s of training per model, ~200 s of analysis) would take ~4.4 hours. Choices,
-training first:
-  * 10,000 training samples x 6 epochs (60,000 sample-epochs, 1.25x today's 48,000 iterations-worth and 1.67x
-    the data) with PGD-5 in training (step 2.5 eps / 5) instead of PGD-7: 6 passes per sample instead of 8,
-    so a model trains in ~97 s + validation on 500 samples (~10 s) + tracking every 2nd epoch on 128 (~3 s).
-    Every evaluation, Hessian and surface still uses PGD-20 with step eps/4.
+(6,000 x 8 epochs, PGD-7: ~150 s of training per model; 40-165 s of analysis plus a 60 s surface) would take
+3.5-4 hours. Choices, training first:
+  * 10,000 training samples x 6 epochs (60,000 sample-epochs: 1.25x today's 48,000, i.e. 469 instead of 375
+    SGD iterations, on 1.67x the data) with PGD-5 in training (step 2.5 eps / 5) instead of PGD-7: 6 passes
+    per sample instead of 8, so a model trains in ~97 s + validation on 500 samples (~10 s) + tracking every
+    2nd epoch on 128 samples (~3 s); TRADES and H-SAT ~16 s more. Every evaluation, Hessian, surface and
+    flatness measure still uses PGD-20 with step eps/4.
   * cheap analysis: 256 samples for the Hessian, surfaces and flatness (512 before), 11x11 grids (21x21
-    before), top-2 eigenvalues without a density, the trace only for AT models (claim 1) with at most 40
-    HVPs, per-layer eigenvalues on 128 samples with tol 1e-2 and at most 15 HVPs, the reattacked path on
-    128 samples at 13 points; test accuracy on 1,000 images (s.e. <= 1.6 points; the seeds' spread is
-    reported beside it).
-  ``--estimate`` prints the per-model estimate from these unit costs: about 110-130 s of training and
-  45-55 s of analysis for a grid model, 20-30 s for a sweep model; about 2 hours in all.
+    before), top-2 eigenvalues (tol 1e-3) without a density, the trace only for AT models (claim 1) with at
+    most 40 HVPs, per-layer eigenvalues on 128 samples with tol 1e-2 and at most 15 HVPs, the reattacked path
+    on 128 samples at 13 points, flatness at radii 0.02-0.25 with 8 random directions and 5 ascent steps;
+    test accuracy on 1,000 images (s.e. <= 1.6 points; the seeds' spread is reported beside it).
+  ``--estimate`` prints the per-model estimate from these unit costs: ~110 s of training (126 s for TRADES and
+  H-SAT) and ~54 s of analysis for a grid model, ~107 + 25 s for a sweep model; 2.04 hours in all (1.45 h
+  training, 0.60 h analysis). Run it with 2 torch threads (torch's default on 2 cores; ``--threads 2``).
+Caveat: at FIXED adversarial examples (made at theta), the average-case increase of the adversarial loss can
+be negative: random weight moves make the examples less adversarial. The worst case is not affected; the
+path re-attacks at every point.
 """
 from __future__ import annotations
 
@@ -118,7 +123,7 @@ SCALES = {
                        hsat_probe=128, hsat_iters=8, hsat_bisect=5, test_samples=1000, train_eval_samples=500,
                        analysis_samples=256, top_k=2, eig_tol=1e-3, trace_hvps=40, grid="-1:1:11", layer_samples=128,
                        layer_max_hvps=15, path_grid=tuple(round(-0.25 + 0.125 * i, 6) for i in range(13)),
-                       path_samples=128, radii=(0.02, 0.05, 0.1), directions=8, worst_steps=5),
+                       path_samples=128, radii=(0.02, 0.05, 0.1, 0.25), directions=8, worst_steps=5),
 }
 
 
@@ -167,7 +172,8 @@ def estimate_seconds(s: StudyScale, spec: ModelSpec) -> dict:
     pgd = lambda n: 21 * n * U  # noqa: E731 - PGD-20 plus the clean forward
     hvp = lambda n: 2.5 * n * U  # noqa: E731 - one HVP (hessian.py: 1.7-2.8 gradients)
     fwd = lambda n: n * U / 3  # noqa: E731
-    analysis = pgd(s.test_samples) + pgd(s.train_eval_samples) + pgd(s.analysis_samples) + 25 * hvp(s.analysis_samples)
+    # top-2 by Lanczos at tol 1e-3: 17-20 HVPs per model in results/sat (top-5), 39 on a barely trained model
+    analysis = pgd(s.test_samples) + pgd(s.train_eval_samples) + pgd(s.analysis_samples) + 40 * hvp(s.analysis_samples)
     if spec.label == "at":
         analysis += pgd(s.analysis_samples) + s.trace_hvps * hvp(s.analysis_samples)
     if spec.grid:
