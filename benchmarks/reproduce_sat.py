@@ -10,6 +10,8 @@ training itself resumes from last.pt):
      eigenvalues, trace, density, and a 2D adversarial surface in the plane of the top-2 eigenvectors.
   c. Sharpness over training (--track-hessian-every 1) for every run at the large eps.
 Checkpoints go to --runs (not committed); small JSON/CSV/PNG results to --out (committed for full mode).
+Its successor with seeds and error bars is benchmarks/sat_study.py (issue 14), which imports train_run,
+cached_result and study_attack from here.
 """
 from __future__ import annotations
 

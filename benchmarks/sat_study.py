@@ -550,12 +550,6 @@ def verdicts(df, grid_eps: Sequence[float], layers=None) -> "Any":
     top eigenvalue and trace (claim 1)."""
     import pandas as pd
     rows = []
-    if layers is not None and len(layers):
-        for (eps, layer, loss), part in layers.groupby(["eps", "layer", "loss"], sort=True):
-            at = part[part.method == "at"]["top_eigenvalue"].tolist()
-            for m in sorted(set(part.method) - {"at"}):
-                rows.append({"comparison": f"{m} vs at", "eps": eps, "metric": f"layer {layer} top eig ({loss})",
-                             **verdict(part[part.method == m]["top_eigenvalue"].tolist(), at)})
     flat = [c for c in df.columns if c.startswith("flat_")]
     for eps in grid_eps:
         at = df[(df.method == "at") & np.isclose(df.eps, eps)]
@@ -575,6 +569,12 @@ def verdicts(df, grid_eps: Sequence[float], layers=None) -> "Any":
                 rows.append({"comparison": f"at eps {hi:g} vs at eps {lo:g}", "eps": hi, "metric": metric,
                              **verdict(at[np.isclose(at.eps, hi)][metric].tolist(),
                                        at[np.isclose(at.eps, lo)][metric].tolist())})
+    if layers is not None and len(layers):
+        for (eps, layer, loss), part in layers.groupby(["eps", "layer", "loss"], sort=True):
+            at_layer = part[part.method == "at"]["top_eigenvalue"].tolist()
+            for m in sorted(set(part.method) - {"at"}):
+                rows.append({"comparison": f"{m} vs at", "eps": eps, "metric": f"layer {layer} top eig ({loss})",
+                             **verdict(part[part.method == m]["top_eigenvalue"].tolist(), at_layer)})
     return pd.DataFrame(rows)
 
 
