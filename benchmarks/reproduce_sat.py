@@ -10,10 +10,13 @@ training itself resumes from last.pt):
      eigenvalues, trace, density, and a 2D adversarial surface in the plane of the top-2 eigenvectors.
   c. Sharpness over training (--track-hessian-every 1) for every run at the large eps.
 Checkpoints go to --runs (not committed); small JSON/CSV/PNG results to --out (committed for full mode).
+Its successor with seeds and error bars is benchmarks/sat_study.py (issue 14), which imports train_run,
+cached_result and study_attack from here.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +29,7 @@ import landscape as ls  # noqa: E402
 from landscape.analysis import (HessianOperator, eigen_directions, hessian_trace, loss_surface,  # noqa: E402
                                 spectral_density, top_eigenvalues)
 from landscape.analysis import plots  # noqa: E402
-from landscape.io import read_json, write_json  # noqa: E402
+from landscape.io import jsonable, read_json, write_json  # noqa: E402
 from landscape.training import TrainConfig, Trainer  # noqa: E402
 
 
@@ -62,19 +65,35 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def train_run(label: str, eps: float, s: Scale, runs: Path, seed: int, track: bool) -> Path:
+def train_run(label: str, eps: float, s: Scale, runs: Path, seed: int, track: bool, name: str | None = None,
+              dataset: str = "fashion-mnist", model: str = "cnn-small", track_every: int = 1,
+              **overrides) -> Path:
+    """Train ``label`` (a method or a ``VARIANTS`` label) at ``eps`` into ``runs/NAME``, or resume / skip it.
+
+    ``s`` gives train_samples, epochs, steps, val_samples and track_probe; ``overrides`` are further
+    ``TrainConfig`` fields (e.g. the study's H-SAT probe). A finished run (last.pt at the last epoch) whose
+    config.json records the same training settings is skipped; an unfinished one resumes from last.pt; one
+    made with other settings is trained again from scratch (``overwrite``), with a log line saying so.
+    """
     method, extra = VARIANTS.get(label, (label, {}))
-    cfg = TrainConfig(method=method, dataset="fashion-mnist", model="cnn-small", eps=eps, steps=s.steps,
+    cfg = TrainConfig(method=method, dataset=dataset, model=model, eps=eps, steps=s.steps,
                       epochs=s.epochs, train_samples=s.train_samples, val_samples=s.val_samples, seed=seed,
-                      track_hessian_every=1 if track else 0, track_probe=s.track_probe,
-                      name=f"{label}-eps{eps:g}", **extra)
+                      track_hessian_every=track_every if track else 0, track_probe=s.track_probe,
+                      name=name or f"{label}-eps{eps:g}", **{**extra, **overrides})
     run = runs / cfg.name
     if (run / "last.pt").exists():
         ck = ls.load_checkpoint(run / "last.pt")
-        if ck.epoch >= s.epochs:
+        stored = TrainConfig.from_dict((ck.config or {}).get("train", {})).resolved().to_dict()
+        if stored == cfg.resolved().to_dict():  # fields added to TrainConfig since take their defaults
+            if ck.epoch >= s.epochs:
+                return run
+            log(f"resuming {run}")
+            Trainer.resume(run, progress=False).fit()
             return run
-        log(f"resuming {run}")
-        Trainer.resume(run, progress=False).fit()
+        log(f"{run} was trained with other settings: training it again")
+        t0 = time.perf_counter()
+        Trainer(cfg, runs, progress=False, overwrite=True).fit()
+        log(f"trained {cfg.name} in {time.perf_counter() - t0:.0f} s")
         return run
     t0 = time.perf_counter()
     Trainer(cfg, runs, progress=False).fit()
@@ -82,14 +101,33 @@ def train_run(label: str, eps: float, s: Scale, runs: Path, seed: int, track: bo
     return run
 
 
+def cached_result(path: Path, fn, settings: dict | None = None) -> dict:
+    """The result stored at ``path``, or ``fn()`` written there atomically (landscape.io) and returned.
+
+    With ``settings`` a stored result counts only when its ``"settings"`` equal them (compared as JSON);
+    ``fn()`` must then return a dict, and its ``"settings"`` key is set to them.
+    """
+    if path.exists():
+        old = read_json(path)
+        if settings is None or old.get("settings") == json.loads(json.dumps(jsonable(settings))):
+            return old
+        log(f"{path} was made with other settings: computing it again")
+    res = fn()
+    if settings is not None:
+        res = {**res, "settings": settings}
+    write_json(path, res)
+    log(f"wrote {path}")
+    return read_json(path) if settings is not None else res
+
+
 def analyze(run: Path, label: str, eps: float, s: Scale, test: ls.Dataset, seed: int, full_spectrum: bool) -> dict:
     """Test accuracy (clean, PGD-20) and the adversarial-loss spectrum of best.pt."""
     ck = ls.load_checkpoint(run / "best.pt")
     x, y = test.tensors(s.test_samples)
     t0 = time.perf_counter()
-    ev = ls.evaluate(ck.model, x, y, attack=_attack(eps), seed=seed)
+    ev = ls.evaluate(ck.model, x, y, attack=study_attack(eps), seed=seed)
     xh, yh = test.tensors(s.hessian_samples)
-    op = HessianOperator(ck.model, (xh, yh), loss="adversarial", attack=_attack(eps), seed=seed)
+    op = HessianOperator(ck.model, (xh, yh), loss="adversarial", attack=study_attack(eps), seed=seed)
     eig = top_eigenvalues(op, k=5 if full_spectrum else 1, tol=1e-3, seed=seed)
     tr = hessian_trace(op, tol=0.05, max_hvps=s.trace_hvps, seed=seed)
     out = {"run": run.name, "method": label, "eps": eps, "best_epoch": ck.epoch,
@@ -103,7 +141,7 @@ def analyze(run: Path, label: str, eps: float, s: Scale, test: ls.Dataset, seed:
     return out
 
 
-def _attack(eps: float) -> ls.AttackSpec:
+def study_attack(eps: float) -> ls.AttackSpec:
     """The one attack of every number here: PGD-20, step eps/4 (docs/reproduction.md)."""
     return ls.AttackSpec(eps=eps, steps=20, step_size=eps / 4)
 
@@ -111,9 +149,9 @@ def _attack(eps: float) -> ls.AttackSpec:
 def surface(run: Path, eps: float, s: Scale, test: ls.Dataset, seed: int, out: Path) -> dict:
     ck = ls.load_checkpoint(run / "best.pt")
     xh, yh = test.tensors(s.hessian_samples)
-    dirs = eigen_directions(ck.model, (xh, yh), loss="adversarial", attack=_attack(eps), k=2, seed=seed)
+    dirs = eigen_directions(ck.model, (xh, yh), loss="adversarial", attack=study_attack(eps), k=2, seed=seed)
     res = loss_surface(ck.model, (xh, yh), dirs, s.grid, s.grid, loss="adversarial", adv_mode="fixed",
-                       attack=_attack(eps), seed=seed, out=out / f"surface_{run.name}", overwrite=True,
+                       attack=study_attack(eps), seed=seed, out=out / f"surface_{run.name}", overwrite=True,
                        meta={"checkpoint": str(run / "best.pt"), "method": ck.config["method"]})
     return {"run": run.name, "eigenvalues": dirs.meta["eigenvalues"], "loss_max": float(res.loss.max()),
             "loss_center": float(res.loss[res.loss.shape[0] // 2, res.loss.shape[1] // 2])}
@@ -180,13 +218,7 @@ def main() -> None:
 
     # analysis (cached per run in analysis_*.json)
     def cached(name: str, fn):
-        path = out / name
-        if path.exists():
-            return read_json(path)
-        res = fn()
-        write_json(path, res)
-        log(f"wrote {path}")
-        return res
+        return cached_result(out / name, fn)
 
     sweep = [cached(f"analysis_at-eps{eps:g}.json",
                     lambda eps=eps: analyze(sweep_runs[eps], "at", eps, s, test, args.seed, eps == LARGE_EPS))
