@@ -291,7 +291,7 @@ def spectrum_step(ctx: Context, spec: ModelSpec) -> dict:
             out["eigen"] = eig.to_dict()
         if spec.label == "at" and s.trace_hvps:
             op = HessianOperator(ck.model, data, loss="adversarial", attack=att, seed=spec.seed)
-            tr = hessian_trace(op, rtol=0.05, max_hvps=s.trace_hvps, seed=spec.seed)
+            tr = hessian_trace(op, tol=0.05, max_hvps=s.trace_hvps, seed=spec.seed)
             out.update(trace=tr.estimate, trace_stderr=tr.stderr, trace_hvps=tr.hvps)
         out["seconds"] = time.perf_counter() - t0
         return out
