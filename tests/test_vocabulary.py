@@ -74,6 +74,12 @@ def test_no_word_keeps_two_meanings():
                 assert action.nargs == "?" and action.const == "", (name, opts)
 
 
+def test_every_option_is_documented():
+    undocumented = [(name, a.option_strings) for name, build in PARSERS.items() for a in build()._actions
+                    if a.option_strings and not a.help]
+    assert not undocumented
+
+
 def test_optional_values_do_not_swallow_the_checkpoint(tmp_path):
     p = spectrum_cli.build_parser()
     glue = lambda argv: glue_optional_values(argv, {"--plot": is_figure_path})

@@ -31,8 +31,8 @@ def build_parser() -> Parser:
     p.add_argument("--split", default="test", help="train, val, train-full or test")
     p.add_argument("--samples", "--n-samples", dest="samples", type=int,
                    help="evaluate the first N samples of the split (default: all; --n-samples is the old spelling)")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=256, help="samples per forward pass")
+    p.add_argument("--seed", type=int, default=0, help="seeds the PGD random starts and AutoAttack")
     p.add_argument("--json", metavar="PATH", help="write the result as JSON")
     add_device(p)
     return set_types(p, TYPES)

@@ -75,16 +75,18 @@ def build_parser() -> Parser:
     p.add_argument("--trace-tol", "--trace-rtol", dest="trace_tol", type=float, default=1e-2,
                    help="relative: stop when the 95%% half-width is within this fraction of the estimate "
                         "(--trace-rtol is the old spelling)")
-    p.add_argument("--trace-max-hvps", type=int, default=300)
+    p.add_argument("--trace-max-hvps", type=int, default=300, help="HVP budget of the trace")
     p.add_argument("--density", action="store_true", help="also estimate the spectral density (SLQ)")
-    p.add_argument("--density-probes", type=int, default=3)
+    p.add_argument("--density-probes", type=int, default=3,
+                   help="random start vectors of the density (each --density-steps HVPs)")
     p.add_argument("--density-steps", type=int, default=80, help="Lanczos steps (HVPs) per probe")
     p.add_argument("--sigma", type=float, help="Gaussian broadening of the density (default 1%% of the range)")
     p.add_argument("--reorth", choices=("auto", "full", "local"), default="auto",
                    help="density: keep each probe's basis (full), three vectors (local), or full when it fits")
     p.add_argument("--max-memory", metavar="SIZE",
                    help="memory budget, e.g. 8GB or 512MB (default: 35%% of the device's memory)")
-    p.add_argument("--loss", choices=("clean", "adversarial"), default="clean")
+    p.add_argument("--loss", choices=("clean", "adversarial"), default="clean",
+                   help="the Hessian of the clean loss, or of the loss at PGD examples made once at the weights")
     add_attack_arguments(p)
     p.add_argument("--bn", choices=("running", "batch"), default="running",
                    help="BatchNorm statistics: running (eval mode, never updated) or per batch")
@@ -93,7 +95,8 @@ def build_parser() -> Parser:
                    help=f"the first N samples of the split (default {DEFAULT_SAMPLES}, or the whole split if smaller)")
     p.add_argument("--batch-size", type=int, help="samples per HVP batch (default: all in one batch)")
     p.add_argument("--seed", type=int, default=0, help="seeds the attack and every random probe")
-    p.add_argument("--backend", choices=("landscape", "pyhessian"), default="landscape")
+    p.add_argument("--backend", choices=("landscape", "pyhessian"), default="landscape",
+                   help="pyhessian: PyHessian 0.1 on the same model and samples, for comparison")
     add_device(p)
     p.add_argument("--json", metavar="PATH", help="write settings, results, HVP counts and seconds as JSON")
     p.add_argument("--plot", metavar="PATH", nargs="?", const="",

@@ -80,7 +80,8 @@ def build_parser() -> Parser:
                    help="interpolate: buffers (BatchNorm running statistics) move along the interpolation too, "
                         "so a=1 is CKPT2 exactly; fixed: CKPT's buffers everywhere")
     a = p.add_argument_group("loss")
-    a.add_argument("--loss", default="clean", choices=("clean", "adversarial"))
+    a.add_argument("--loss", default="clean", choices=("clean", "adversarial"),
+                   help="the clean loss, or the loss at PGD examples (see --adv-mode)")
     a.add_argument("--adv-mode", default="fixed", choices=("fixed", "reattack"),
                    help="adversarial examples made once at theta0, or re-made at every point")
     add_attack_arguments(a)

@@ -66,20 +66,22 @@ def build_parser() -> Parser:
     p.add_argument("--lam0", type=float, default=d.lam0, help="SAT: initial lambda")
     p.add_argument("--schedule", default=d.schedule, choices=SCHEDULES, help="SAT: lambda schedule")
     p.add_argument("--epochs", type=int, help=f"default per dataset {DEFAULT_EPOCHS}, else 30")
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="samples per SGD step")
     p.add_argument("--lr", type=float, default=d.lr, help="SGD learning rate (momentum 0.9)")
     p.add_argument("--lr-schedule", default=d.lr_schedule, choices=LR_SCHEDULES,
                    help="piecewise: x0.1 at 50%% and 75%% of training")
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="L2 penalty of SGD")
     p.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=int, default=d.seed,
+                   help="seeds the initialization, data order, attacks and curriculum probes")
     p.add_argument("--train-samples", type=int, help="train on the first N samples of the training split")
     p.add_argument("--val-samples", type=int, default=d.val_samples, help="validation samples per epoch")
     p.add_argument("--val-steps", type=int, default=d.val_steps, help="PGD steps for validation (step 2.5*eps/steps)")
     p.add_argument("--select", default=d.select, choices=tuple(SELECT_RULES),
                    help="which epoch becomes best.pt: " + "; ".join(f"{k}: {v}" for k, v in SELECT_RULES.items()))
     p.add_argument("--augment", action="store_true", default=None, help="random crop + flip (default: CIFAR/Imagenette)")
-    p.add_argument("--no-augment", dest="augment", action="store_false")
+    p.add_argument("--no-augment", dest="augment", action="store_false",
+                   help="no augmentation, also on CIFAR")
     p.add_argument("--save-every", type=int, default=0, help="also keep epoch_XXX.pt every K epochs (trajectory)")
     p.add_argument("--hsat-every", type=int, help="H-SAT: iterations between eps calibrations (default: 1 epoch)")
     p.add_argument("--hsat-probe", type=int, default=d.hsat_probe, help="H-SAT: probe batch size")
