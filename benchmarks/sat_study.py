@@ -401,9 +401,36 @@ def path_step(ctx: Context, spec: ModelSpec, at: ModelSpec) -> dict:
     return cached_result(ctx.folder(spec) / "path.json", fn, settings)
 
 
-def study_model(ctx: Context, spec: ModelSpec) -> None:
-    """Every step of one model (each skipped when done with the same settings)."""
+def step_files(spec: ModelSpec) -> list[str]:
+    """The per-model files a finished model has in its results folder."""
+    names = ["train", "accuracy", "spectrum"]
+    if spec.grid:
+        names += ["surface_random", "flatness", "layers"] + (["path"] if spec.label != "at" else [])
+    return [f"{n}.json" for n in names]
+
+
+def complete(ctx: Context, spec: ModelSpec) -> bool:
+    """True when every per-model file of ``spec`` is in its results folder."""
+    return all((ctx.folder(spec) / f).exists() for f in step_files(spec))
+
+
+def needed_as_start(ctx: Context, spec: ModelSpec, specs: Sequence[ModelSpec]) -> bool:
+    """True when ``spec`` is the AT model whose checkpoint an unfinished path (same eps, seed) starts from."""
+    return spec.label == "at" and spec.grid and any(
+        o.grid and o.label != "at" and o.eps == spec.eps and o.seed == spec.seed and not complete(ctx, o)
+        for o in specs)
+
+
+def study_model(ctx: Context, spec: ModelSpec, specs: Sequence[ModelSpec] = ()) -> None:
+    """Every step of one model (each skipped when done with the same settings). A model whose files are all
+    in the results folder is skipped whole, without its checkpoint (so a study resumes from its committed
+    results on a machine without runs/), unless an unfinished path needs it as its start; training is
+    seeded, so a retrained model is the same model."""
     t0 = time.perf_counter()
+    if complete(ctx, spec) and not (ctx.run_dir(spec) / "best.pt").exists() \
+            and not needed_as_start(ctx, spec, specs):
+        log(f"{spec.name}: complete in {ctx.folder(spec)}; skipped")
+        return
     train_model(ctx, spec)
     accuracy_step(ctx, spec)
     spectrum_step(ctx, spec)
@@ -685,7 +712,7 @@ def _main(args: argparse.Namespace) -> int:
     ctx = Context(s, args.scale, args.dataset, args.model, out, runs, ls.load_dataset(args.dataset, "test"),
                   ls.load_dataset(args.dataset, "train"))
     for spec in specs:
-        study_model(ctx, spec)
+        study_model(ctx, spec, specs)
     aggregate(out, args.eps)
     invocations.append({"started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(time.time() - (
         time.perf_counter() - t_start))), "seconds": time.perf_counter() - t_start})

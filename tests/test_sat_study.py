@@ -147,3 +147,28 @@ def test_bad_input_is_one_line(tmp_path, capsys):
                    "--runs", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "include 'at'" in err[0]
+
+
+def test_resume_from_results_alone(tiny_study, tmp_path):
+    """On a machine without runs/ (a fresh checkout of committed results), finished models are skipped whole;
+    a missing path file retrains its AT start (seeded: the same model) and gives the same path."""
+    import shutil
+    out = tmp_path / "out"
+    shutil.copytree(tiny_study[0], out)
+    runs = tmp_path / "no-runs"
+    models = out / "models"
+    path = models / "sat-eps-eps0.3-s0" / "path.json"
+    old = json.loads(path.read_text())
+    before = _mtimes(models)
+    assert S.main([*ARGS, "--out", str(out), "--runs", str(runs)]) == 0
+    assert _mtimes(models) == before and not runs.exists()  # all finished: nothing trained or recomputed
+    path.unlink()
+    before = _mtimes(models)
+    assert S.main([*ARGS, "--out", str(out), "--runs", str(runs)]) == 0
+    after = _mtimes(models)
+    assert {p for p in after if before.get(p) != after[p]} == {path}
+    new = json.loads(path.read_text())
+    for loss in ("clean", "adversarial"):
+        np.testing.assert_allclose(new[loss]["loss"], old[loss]["loss"], rtol=1e-5)
+    # AT (the path's start) and sat-eps (whose path was missing) were trained again; nothing else
+    assert sorted(p.name for p in runs.iterdir() if p.is_dir()) == ["at-eps0.3-s0", "sat-eps-eps0.3-s0"]
