@@ -350,3 +350,29 @@ def test_bad_input_raises_landscape_errors(data):
     op = HessianOperator(net, (x, y))
     with pytest.raises(ConfigError):
         op.matvec(torch.zeros(5))
+
+
+def test_a_dropped_operator_is_freed_with_its_graphs_without_the_cycle_collector():
+    """The operator and its graph cache must not form a reference cycle: with the cycle collector off, the
+    operator and the kept gradient graph go as soon as the last reference does (a study process that made
+    an operator per step grew to 8.8 GB when they waited for the collector)."""
+    import gc
+    import weakref
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.Tanh(), nn.Linear(8, 3))
+    x, y = torch.randn(32, 16), torch.randint(0, 3, (32,))
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        op = HessianOperator(model, (x, y))
+        op.matvec(torch.randn(op.num_params))
+        graphs = op._graphs.graphs
+        assert graphs and all(t is not None for g in graphs.values() for t in g)  # a graph is kept
+        kept = [weakref.ref(t) for g in graphs.values() for t in g]
+        ref = weakref.ref(op)
+        del op, graphs
+        assert ref() is None
+        assert all(r() is None for r in kept)
+    finally:
+        if enabled:
+            gc.enable()

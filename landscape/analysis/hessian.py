@@ -54,6 +54,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import weakref
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
@@ -147,7 +148,10 @@ class _GraphCache:
     def __init__(self, op: "HessianOperator", budget: int | None):
         if budget is not None and not budget >= 0:
             raise ConfigError(f"max_graph_memory must be >= 0 bytes, got {budget}")
-        self.op, self.given = op, budget
+        # a weak reference: the operator owns its cache, and a strong one back would make a cycle that keeps
+        # the operator and its gradient graphs alive until the cycle collector happens to run (a long study
+        # process grew to 8.8 GB that way)
+        self.op, self.given = weakref.proxy(op), budget
         self.budget = int(budget) if budget is not None else int(GRAPH_MEMORY_FRACTION *
                                                                    available_memory(op.device))
         self.graphs: dict[int, list[torch.Tensor | None]] = {}
