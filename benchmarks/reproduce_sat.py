@@ -73,7 +73,8 @@ def train_run(label: str, eps: float, s: Scale, runs: Path, seed: int, track: bo
     ``s`` gives train_samples, epochs, steps, val_samples and track_probe; ``overrides`` are further
     ``TrainConfig`` fields (e.g. the study's H-SAT probe). A finished run (last.pt at the last epoch) whose
     config.json records the same training settings is skipped; an unfinished one resumes from last.pt; one
-    made with other settings is trained again from scratch (``overwrite``), with a log line saying so.
+    made with other settings, or stopped before its first checkpoint (config.json alone), is trained again
+    from scratch (``overwrite``), with a log line saying so.
     """
     method, extra = VARIANTS.get(label, (label, {}))
     cfg = TrainConfig(method=method, dataset=dataset, model=model, eps=eps, steps=s.steps,
@@ -95,8 +96,11 @@ def train_run(label: str, eps: float, s: Scale, runs: Path, seed: int, track: bo
         Trainer(cfg, runs, progress=False, overwrite=True).fit()
         log(f"trained {cfg.name} in {time.perf_counter() - t0:.0f} s")
         return run
+    started = (run / "config.json").exists()  # stopped before its first epoch ended: nothing to resume
+    if started:
+        log(f"{run} has no checkpoint yet (stopped during its first epoch): training it from the start")
     t0 = time.perf_counter()
-    Trainer(cfg, runs, progress=False).fit()
+    Trainer(cfg, runs, progress=False, overwrite=started).fit()
     log(f"trained {cfg.name} in {time.perf_counter() - t0:.0f} s")
     return run
 

@@ -172,3 +172,21 @@ def test_resume_from_results_alone(tiny_study, tmp_path):
         np.testing.assert_allclose(new[loss]["loss"], old[loss]["loss"], rtol=1e-5)
     # AT (the path's start) and sat-eps (whose path was missing) were trained again; nothing else
     assert sorted(p.name for p in runs.iterdir() if p.is_dir()) == ["at-eps0.3-s0", "sat-eps-eps0.3-s0"]
+
+
+def test_a_run_stopped_before_its_first_checkpoint_is_trained_from_the_start(tiny_study, tmp_path):
+    """A study killed during a model's first epoch leaves config.json and no last.pt: the next invocation
+    trains that model from the start (it refused the folder before), and gets the same weights."""
+    import shutil
+    import torch
+    runs = tmp_path / "runs"
+    src = tiny_study[1] / "at-eps0.3-s0"
+    (runs / src.name).mkdir(parents=True)
+    shutil.copy(src / "config.json", runs / src.name / "config.json")
+    s = S.SCALES["tiny"]
+    run = S.train_run("at", 0.3, s, runs, 0, track=True, name=src.name, dataset="digits",
+                      track_every=s.track_every, hsat_probe=s.hsat_probe, hsat_iters=s.hsat_iters,
+                      hsat_bisect=s.hsat_bisect)
+    new = torch.load(run / "last.pt", weights_only=True)["model_state"]
+    old = torch.load(src / "last.pt", weights_only=True)["model_state"]
+    assert all(torch.equal(new[k], old[k]) for k in old)
