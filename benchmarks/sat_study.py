@@ -1,7 +1,8 @@
 """Issue 14: the SAT paper's claims with error bars (seeds x methods x eps), three kinds of flatness, per layer.
 
     python benchmarks/sat_study.py --estimate             # the plan and its estimated wall time; runs nothing
-    python benchmarks/sat_study.py                        # full scale, 3 seeds: about 2 hours on 2 cores
+    python benchmarks/sat_study.py                        # full scale, 3 seeds: ~2.6 h measured on 2 cores
+    bash benchmarks/sat_study.sh                          # the same, one short process per seed and eps group
     python benchmarks/sat_study.py --scale tiny --seeds 1 --methods at sat-eps --dataset digits   # a minute
     python benchmarks/sat_study.py --aggregate-only       # the tables again from the stored per-model files
 
@@ -29,7 +30,9 @@ Resumable: training resumes from last.pt; every per-model file is skipped when i
 settings (each file records them); all writes are atomic (landscape/io.py).
 
 Scale (``SCALES``). ``tiny`` is for tests (about a minute with 1 seed, 2 methods and one eps on digits).
-``full`` is sized for 3 seeds x 15 models = 45 models in about 2 hours on 2 cores. Unit costs, from the
+``full`` is sized for 3 seeds x 15 models = 45 models in about 2 hours on 2 cores; measured (seed 0, idle
+machine): grid models 195-267 s each (estimate 162-180 s), sweep models 156-158 s (estimate 132 s), so ~1.3x
+the cost model and ~2.6 h for the whole study. Unit costs, from the
 committed single-seed run (results/sat/settings.json, 2 threads; metrics in training_curves.csv): an AT epoch
 on 6,000 samples with PGD-7 (8 forward+backward passes per sample) took 13 s, so one forward+backward pass
 costs U = 0.27 ms per sample; validation (1,000 samples, PGD-10) 3.1-3.7 s = 12 U per sample; sharpness
