@@ -706,9 +706,14 @@ def _main(args: argparse.Namespace) -> int:
     t_start = time.perf_counter()
     prev = read_json(out / "settings.json") if (out / "settings.json").exists() else {}
     invocations = list(prev.get("invocations", []))
+    # the study's scope is the union over invocations (sat_study.sh runs one per seed and eps group); each
+    # invocation records its own below
+    scope = {"seeds": seeds, "methods": list(args.methods), "grid_eps": list(args.eps),
+             "sweep_eps": list(args.sweep_eps)}
+    union = {k: sorted(set(prev.get(k, [])) | set(v), key=METHODS.index if k == "methods" else None)
+             for k, v in scope.items()}
     settings = {"kind": "study", "landscape_version": ls.__version__, "scale_name": args.scale,
-                "scale": dataclasses.asdict(s), "seeds": seeds, "methods": list(args.methods),
-                "grid_eps": list(args.eps), "sweep_eps": list(args.sweep_eps), "variants": VARIANTS,
+                "scale": dataclasses.asdict(s), **union, "variants": VARIANTS,
                 "dataset": args.dataset, "model": args.model, "threads": torch.get_num_threads(),
                 "attack": "PGD-20, step eps/4 (reproduce_sat.study_attack)", "invocations": invocations}
     write_json(out / "settings.json", settings)
@@ -718,7 +723,7 @@ def _main(args: argparse.Namespace) -> int:
         study_model(ctx, spec, specs)
     aggregate(out, args.eps)
     invocations.append({"started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(time.time() - (
-        time.perf_counter() - t_start))), "seconds": time.perf_counter() - t_start})
+        time.perf_counter() - t_start))), "seconds": time.perf_counter() - t_start, **scope})
     settings["seconds"] = sum(i["seconds"] for i in invocations)
     write_json(out / "settings.json", settings)
     log(f"done in {invocations[-1]['seconds']:.0f} s (all invocations: {settings['seconds']:.0f} s); results in {out}")

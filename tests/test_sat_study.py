@@ -139,7 +139,23 @@ def test_tiny_study_resume_skips_finished_work(tiny_study):
     assert json.loads(fl.read_text())["settings"]["radii"] == [0.05]
     # no training and no surface was redone
     assert {p for p, t in _mtimes(runs).items() if before_runs.get(p) != t} == set()
-    assert len(json.loads((out / "settings.json").read_text())["invocations"]) == 2
+    settings = json.loads((out / "settings.json").read_text())
+    assert len(settings["invocations"]) == 2
+    assert settings["invocations"][-1]["methods"] == ["at", "sat-eps"] and settings["seeds"] == [0]
+
+
+def test_settings_record_the_union_of_invocations(tmp_path):
+    """sat_study.sh runs one invocation per seed and eps group: settings.json names the whole scope."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "settings.json").write_text(json.dumps({"seeds": [0], "methods": ["at", "trades"], "grid_eps": [0.3],
+                                                   "sweep_eps": [], "invocations": [{"seconds": 1.0}]}))
+    args = ["--scale", "tiny", "--seeds", "1", "--first-seed", "1", "--methods", "at", "--eps", "0.4",
+            "--sweep-eps", "--dataset", "digits", "--out", str(out), "--runs", str(tmp_path / "runs")]
+    assert S.main(args) == 0
+    st = json.loads((out / "settings.json").read_text())
+    assert st["seeds"] == [0, 1] and st["methods"] == ["at", "trades"] and st["grid_eps"] == [0.3, 0.4]
+    assert st["invocations"][-1]["seeds"] == [1] and st["invocations"][-1]["grid_eps"] == [0.4]
 
 
 def test_bad_input_is_one_line(tmp_path, capsys):
