@@ -149,8 +149,8 @@ class _GraphCache:
         if budget is not None and not budget >= 0:
             raise ConfigError(f"max_graph_memory must be >= 0 bytes, got {budget}")
         # a weak reference: the operator owns its cache, and a strong one back would make a cycle that keeps
-        # the operator and its gradient graphs alive until the cycle collector happens to run (a long study
-        # process grew to 8.8 GB that way)
+        # the operator and its gradient graphs alive until the cycle collector happens to run (one cause of
+        # a long study process growing to 8.8 GB: ~0.75 GB per model before, ~0.5 GB after this fix)
         self.op, self.given = weakref.proxy(op), budget
         self.budget = int(budget) if budget is not None else int(GRAPH_MEMORY_FRACTION *
                                                                    available_memory(op.device))
