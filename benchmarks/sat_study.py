@@ -570,13 +570,34 @@ def verdict(a: Sequence[float], b: Sequence[float], k: float = 2.0) -> dict:
             "verdict": text}
 
 
-VERDICT_METRICS = ("test_clean", "test_pgd20", "train_pgd20", "eig1", "eigen_plane_max", "random_plane_max",
-                   "path_barrier_adversarial")
+def verdict_vs_zero(a: Sequence[float], k: float = 2.0) -> dict:
+    """Is mean(a) away from 0 beyond the seed-to-seed spread? For a quantity with no AT counterpart (the
+    barrier on the path from AT to a model is 0 for AT itself). Rule: |mean| > k * s.d. (ddof 1, k = 2),
+    the one-sample analogue of ``verdict``; t = mean / (s.d. / sqrt(n)) beside it (with 3 seeds, |t| > 4.3 is
+    p < 0.05 two-sided, and the rule is |t| > 3.46)."""
+    a = np.asarray([v for v in a if v is not None and np.isfinite(v)], float)
+    out = {"mean_a": float(a.mean()) if a.size else math.nan, "mean_b": 0.0, "n_a": int(a.size), "n_b": 0,
+           "sd_b": 0.0}
+    out["diff"] = out["mean_a"]
+    if a.size < 2:
+        return {**out, "sd_a": math.nan, "pooled_sd": math.nan, "welch_t": math.nan, "exceeds_spread": None,
+                "verdict": "no spread (fewer than 2 seeds)"}
+    sa = float(a.std(ddof=1))
+    t = out["diff"] / (sa / math.sqrt(a.size)) if sa > 0 else math.copysign(math.inf, out["diff"]) if out["diff"] else 0.0
+    exceeds = abs(out["diff"]) > k * sa
+    text = ("within the seed spread of 0" if not exceeds else
+            "above 0 beyond the seed spread" if out["diff"] > 0 else "below 0 beyond the seed spread")
+    # pooled_sd is reported so that the table's "2 x pooled s.d." column shows this rule's threshold, 2 s.d.
+    return {**out, "sd_a": sa, "pooled_sd": sa, "welch_t": t, "exceeds_spread": exceeds, "verdict": text}
+
+
+VERDICT_METRICS = ("test_clean", "test_pgd20", "train_pgd20", "eig1", "eigen_plane_max", "random_plane_max")
+PATH_METRICS = ("path_barrier_clean", "path_barrier_adversarial")   # against 0: see verdict_vs_zero
 
 
 def verdicts(df, grid_eps: Sequence[float], layers=None) -> "Any":
     """Every method against AT at each grid eps (VERDICT_METRICS and every flatness column; with ``layers``,
-    each layer's top eigenvalue of each loss), and AT at each eps against AT at the next larger one on the
+    each layer's top eigenvalue of each loss), each method's barrier on the path from AT against 0, and AT at each eps against AT at the next larger one on the
     top eigenvalue and trace (claim 1)."""
     import pandas as pd
     rows = []
@@ -591,6 +612,10 @@ def verdicts(df, grid_eps: Sequence[float], layers=None) -> "Any":
                 if metric in df.columns:
                     rows.append({"comparison": f"{m} vs at", "eps": eps, "metric": metric,
                                  **verdict(other[metric].tolist(), at[metric].tolist())})
+            for metric in PATH_METRICS:
+                if metric in df.columns:
+                    rows.append({"comparison": f"{m} vs 0", "eps": eps, "metric": metric,
+                                 **verdict_vs_zero(other[metric].tolist())})
     at = df[df.method == "at"]
     eps_all = sorted(set(at.eps))
     for lo, hi in zip(eps_all, eps_all[1:]):
@@ -609,7 +634,8 @@ def verdicts(df, grid_eps: Sequence[float], layers=None) -> "Any":
 
 
 def aggregate(out: Path, grid_eps: Sequence[float]) -> dict:
-    """Tables from every models/*/ folder: per_model.csv, summary_*.csv/.md, layers_*.csv/.md, verdicts.*"""
+    """Tables from every models/*/ folder: per_model.csv, summary_*.csv/.md, layers_*.csv/.md, verdicts.*, and
+    the figures (sat_study_figures.py: fig_*.png)."""
     import pandas as pd
     rows, layers = [], []
     for folder in sorted((out / "models").glob("*")):
@@ -641,7 +667,9 @@ def aggregate(out: Path, grid_eps: Sequence[float]) -> dict:
     if not v.empty:
         write_text(out / "verdicts.csv", v.to_csv(index=False))
         lines = ["Rule: a difference counts when |mean A - mean B| > 2 x pooled s.d. over seeds "
-                 "(pooled s.d. = sqrt((sd_A^2 + sd_B^2)/2)); Welch's t beside it.\n",
+                 "(pooled s.d. = sqrt((sd_A^2 + sd_B^2)/2)); Welch's t beside it. A path barrier (\"vs 0\": AT's "
+                 "own path has none) counts when |mean| > 2 x its s.d., shown in the same column; t = mean / "
+                 "(s.d. / sqrt(n)).\n",
                  "| comparison | eps | metric | A | B | diff | 2 x pooled s.d. | Welch t | verdict |",
                  "|---|---|---|---|---|---|---|---|---|"]
         for _, r in v.iterrows():
@@ -650,6 +678,8 @@ def aggregate(out: Path, grid_eps: Sequence[float]) -> dict:
                          f"{r.verdict} |")
         write_text(out / "verdicts.md", "\n".join(lines) + "\n")
         written["verdicts"] = v
+    from sat_study_figures import draw   # matplotlib figures from the files just written
+    written["figures"] = draw(out, grid_eps)
     return written
 
 
@@ -716,15 +746,17 @@ def _main(args: argparse.Namespace) -> int:
                 "scale": dataclasses.asdict(s), **union, "variants": VARIANTS,
                 "dataset": args.dataset, "model": args.model, "threads": torch.get_num_threads(),
                 "attack": "PGD-20, step eps/4 (reproduce_sat.study_attack)", "invocations": invocations}
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
+    # recorded now and completed at the end, so that an interrupted invocation still shows in the record
+    invocations.append({"started": started, "seconds": None, "finished": False, **scope})
     write_json(out / "settings.json", settings)
     ctx = Context(s, args.scale, args.dataset, args.model, out, runs, ls.load_dataset(args.dataset, "test"),
                   ls.load_dataset(args.dataset, "train"))
     for spec in specs:
         study_model(ctx, spec, specs)
     aggregate(out, args.eps)
-    invocations.append({"started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(time.time() - (
-        time.perf_counter() - t_start))), "seconds": time.perf_counter() - t_start, **scope})
-    settings["seconds"] = sum(i["seconds"] for i in invocations)
+    invocations[-1] = {"started": started, "seconds": time.perf_counter() - t_start, "finished": True, **scope}
+    settings["seconds"] = sum(i["seconds"] or 0.0 for i in invocations)
     write_json(out / "settings.json", settings)
     log(f"done in {invocations[-1]['seconds']:.0f} s (all invocations: {settings['seconds']:.0f} s); results in {out}")
     return 0

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import sat_study as S  # noqa: E402
 
-from landscape.errors import ConfigError  # noqa: E402
+from landscape.errors import ConfigError, LandscapeError  # noqa: E402
 
 
 def test_plan_covers_seeds_methods_eps_and_the_at_sweep():
@@ -50,6 +50,15 @@ def test_verdict_rule():
     assert v["exceeds_spread"] is None and np.isnan(v["pooled_sd"])
 
 
+def test_verdict_against_zero_for_a_path_barrier():
+    v = S.verdict_vs_zero([0.5, 0.6, 0.55])           # mean 0.55, s.d. 0.05: far from 0
+    assert v["exceeds_spread"] is True and v["verdict"] == "above 0 beyond the seed spread"
+    assert v["welch_t"] == pytest.approx(0.55 / (0.05 / np.sqrt(3)))
+    v = S.verdict_vs_zero([0.0, 0.4, 0.2])            # mean 0.2, s.d. 0.2: 2 s.d. = 0.4 > 0.2
+    assert v["exceeds_spread"] is False and "within" in v["verdict"]
+    assert S.verdict_vs_zero([0.3])["exceeds_spread"] is None
+
+
 def test_summary_has_mean_and_sd_over_seeds_and_markdown_shows_them():
     df = pd.DataFrame({"method": ["at", "at", "sat-eps", "sat-eps"], "eps": [0.3] * 4, "seed": [0, 1, 0, 1],
                        "test_pgd20": [0.2, 0.4, 0.5, 0.5], "eig1": [10.0, 12.0, 8.0, 9.0]})
@@ -62,6 +71,9 @@ def test_summary_has_mean_and_sd_over_seeds_and_markdown_shows_them():
     v = S.verdicts(df, [0.3])
     row = v[(v.metric == "eig1")].iloc[0]
     assert row.comparison == "sat-eps vs at" and row.mean_a == pytest.approx(8.5)
+    df["path_barrier_adversarial"] = [np.nan, np.nan, 0.5, 0.7]   # AT's own path has no barrier
+    row = S.verdicts(df, [0.3]).set_index("metric").loc["path_barrier_adversarial"]
+    assert row.comparison == "sat-eps vs 0" and row.mean_a == pytest.approx(0.6) and row.exceeds_spread
 
 
 def test_barrier_of_a_path():
@@ -118,6 +130,9 @@ def test_tiny_study_end_to_end(tiny_study):
     assert spec["surface_eigen"]["surface"]["settings"]["directions"]["kind"] == "eigen"
     settings = json.loads((out / "settings.json").read_text())
     assert settings["scale_name"] == "tiny" and len(settings["invocations"]) == 1 and settings["seconds"] > 0
+    assert settings["invocations"][0]["finished"] is True
+    for fig in ("eps_sweep", "methods", "flatness", "paths", "layers", "surfaces_eigen", "surfaces_random"):
+        assert (out / f"fig_{fig}.png").read_bytes()[:4] == b"\x89PNG", fig
 
 
 def test_tiny_study_resume_skips_finished_work(tiny_study):
@@ -156,6 +171,16 @@ def test_settings_record_the_union_of_invocations(tmp_path):
     st = json.loads((out / "settings.json").read_text())
     assert st["seeds"] == [0, 1] and st["methods"] == ["at", "trades"] and st["grid_eps"] == [0.3, 0.4]
     assert st["invocations"][-1]["seeds"] == [1] and st["invocations"][-1]["grid_eps"] == [0.4]
+
+
+def test_an_interrupted_invocation_stays_in_the_record(tmp_path, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise LandscapeError("interrupted")
+    monkeypatch.setattr(S, "study_model", interrupted)
+    out = tmp_path / "out"
+    assert S.main([*ARGS, "--out", str(out), "--runs", str(tmp_path / "runs")]) == 2
+    inv = json.loads((out / "settings.json").read_text())["invocations"]
+    assert len(inv) == 1 and inv[0]["finished"] is False and inv[0]["seconds"] is None
 
 
 def test_bad_input_is_one_line(tmp_path, capsys):
