@@ -50,7 +50,7 @@ bench: venv data
 	$(BIN)/python benchmarks/distributed_scaling.py
 
 # Re-execute notebooks/*.ipynb in their full (reader's) mode and rewrite them with their outputs (minutes);
-# run it after results/sat/ changes, then commit the notebooks.
+# run it after results/sat-study/ changes, then commit the notebooks.
 notebooks: venv
 	$(BIN)/python notebooks/execute.py
 

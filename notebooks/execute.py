@@ -4,7 +4,7 @@
     python notebooks/execute.py 02_sat_smoothness.ipynb --out /tmp/nb   # one notebook, written elsewhere
     python notebooks/execute.py --fast --out /tmp/nb # LANDSCAPE_FAST=1 (tiny scale; what the tests run)
 
-`make notebooks` runs the first line. The kernel runs in notebooks/ (so notebook 02 finds ../results/sat) unless
+`make notebooks` runs the first line. The kernel runs in notebooks/ (so notebook 02 finds ../results/sat-study) unless
 --cwd says otherwise. The outputs are cleaned so that a rerun on the same results gives the same file up to
 the figures' pixels: no execution timestamps, carriage-return progress bars collapsed to their last state,
 consecutive stream outputs merged, and absolute paths of the machine (repository, home, temporary folders)

@@ -1,5 +1,5 @@
 """The notebooks: committed with their outputs (checked without running anything), and executable — in fast mode
-(LANDSCAPE_FAST=1, tiny scale) both, and notebook 02 in full mode on the committed results/sat/. Executions go
+(LANDSCAPE_FAST=1, tiny scale) both, and notebook 02 in full mode on the committed results/sat-study/. Executions go
 through notebooks/execute.py (what `make notebooks` runs) and write into tmp_path, never over the committed
 files."""
 import copy
@@ -36,7 +36,7 @@ def _digests() -> dict[str, str]:
 def _run(name, tmp_path, fast):
     """Execute notebook ``name`` into tmp_path (kernel working there too); the committed folder is unchanged."""
     before = _digests()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "LANDSCAPE_RESULTS": str(REPO / "results" / "sat")}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "LANDSCAPE_RESULTS": str(REPO / "results" / "sat-study")}
     out = tmp_path / name
     execute.execute(NOTEBOOKS / name, out, fast=fast, cwd=tmp_path, timeout=600, env=env)
     assert _digests() == before, "executing a notebook changed the files in notebooks/"
@@ -121,8 +121,8 @@ def test_notebook_runs(name, tmp_path):
 
 
 def test_smoothness_notebook_reads_the_committed_results(tmp_path):
-    """Full mode: notebook 02 draws every figure from results/sat/, computing nothing, and its committed
-    outputs are those of the committed results (after results/sat/ changes: `make notebooks`)."""
+    """Full mode: notebook 02 draws every figure from results/sat-study/, computing nothing, and its committed
+    outputs are those of the committed results (after results/sat-study/ changes: `make notebooks`)."""
     nb = _run("02_sat_smoothness.ipynb", tmp_path, fast=False)
     assert execute.problems(nb) == []
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
