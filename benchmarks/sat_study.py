@@ -25,7 +25,9 @@ What runs (successor of reproduce_sat.py, whose training and caching it reuses):
                       and adversarial loss re-attacked at every point (reattack), with the barrier
                       max_a [L(a) - ((1 - a) L(0) + a L(1))] for a in [0, 1]
   aggregate: per_model.csv, then every table as mean ± s.d. over seeds (CSV with _mean/_sd/n columns and
-  markdown), per-layer tables, and verdicts.csv/.md (rule: ``verdict``).
+  markdown), per-layer tables, verdicts.csv/.md (rule: ``verdict``; path barriers: ``verdict_vs_zero``) and the
+  figures fig_*.png (sat_study_figures.py). results/sat-study/autoattack/ holds a separate AutoAttack check
+  (landscape-eval --autoattack on 500 test images; docs/reproduction.md).
 Resumable: training resumes from last.pt; every per-model file is skipped when it exists with the same
 settings (each file records them); all writes are atomic (landscape/io.py).
 
@@ -542,6 +544,11 @@ def grouped_markdown(summary, by: Sequence[str]) -> str:
     return "\n".join(parts)
 
 
+def _t(diff: float, se: float) -> float:
+    """diff / se, with +-inf (or 0) when the standard error is 0."""
+    return diff / se if se > 0 else math.copysign(math.inf, diff) if diff else 0.0
+
+
 def verdict(a: Sequence[float], b: Sequence[float], k: float = 2.0) -> dict:
     """Does mean(a) - mean(b) exceed the seed-to-seed spread?
 
@@ -562,7 +569,7 @@ def verdict(a: Sequence[float], b: Sequence[float], k: float = 2.0) -> dict:
     sa, sb = float(a.std(ddof=1)), float(b.std(ddof=1))
     pooled = math.sqrt((sa ** 2 + sb ** 2) / 2)
     se = math.sqrt(sa ** 2 / a.size + sb ** 2 / b.size)
-    t = out["diff"] / se if se > 0 else math.copysign(math.inf, out["diff"]) if out["diff"] else 0.0
+    t = _t(out["diff"], se)
     exceeds = abs(out["diff"]) > k * pooled
     text = ("within the seed spread" if not exceeds else
             "A above B beyond the seed spread" if out["diff"] > 0 else "A below B beyond the seed spread")
@@ -583,7 +590,7 @@ def verdict_vs_zero(a: Sequence[float], k: float = 2.0) -> dict:
         return {**out, "sd_a": math.nan, "pooled_sd": math.nan, "welch_t": math.nan, "exceeds_spread": None,
                 "verdict": "no spread (fewer than 2 seeds)"}
     sa = float(a.std(ddof=1))
-    t = out["diff"] / (sa / math.sqrt(a.size)) if sa > 0 else math.copysign(math.inf, out["diff"]) if out["diff"] else 0.0
+    t = _t(out["diff"], sa / math.sqrt(a.size))
     exceeds = abs(out["diff"]) > k * sa
     text = ("within the seed spread of 0" if not exceeds else
             "above 0 beyond the seed spread" if out["diff"] > 0 else "below 0 beyond the seed spread")
@@ -597,8 +604,9 @@ PATH_METRICS = ("path_barrier_clean", "path_barrier_adversarial")   # against 0:
 
 def verdicts(df, grid_eps: Sequence[float], layers=None) -> "Any":
     """Every method against AT at each grid eps (VERDICT_METRICS and every flatness column; with ``layers``,
-    each layer's top eigenvalue of each loss), each method's barrier on the path from AT against 0, and AT at each eps against AT at the next larger one on the
-    top eigenvalue and trace (claim 1)."""
+    each layer's top eigenvalue of each loss), each method's barrier on the path from AT against 0
+    (``verdict_vs_zero``), and AT at each eps against AT at the next larger one on the top eigenvalue and
+    trace (claim 1)."""
     import pandas as pd
     rows = []
     flat = [c for c in df.columns if c.startswith("flat_")]
