@@ -292,3 +292,17 @@ def test_cli_field_accuracy_does_not_overwrite_the_loss_figure(tmp_path, capsys)
     assert main([str(folder), str(other), "--out", str(tmp_path / "c.pdf"), "--allow-mismatch"]) == 0
     assert "warning: the surfaces are not comparable" in capsys.readouterr().err
     assert (tmp_path / "c.pdf").read_bytes()[:5] == b"%PDF-"
+
+
+def _legend_labels(fig):
+    return [t.get_text() for leg in fig.legends for t in leg.get_texts()]
+
+
+def test_the_lowest_loss_marker_is_in_the_legend_only_when_drawn():
+    at_model = _surface(2)                          # its minimum is the model (the origin)
+    assert not any("lowest loss" in t for t in _legend_labels(plots.plot_contour(at_model)))
+    assert not any("lowest loss" in t for t in _legend_labels(plots.plot_compare([at_model, _surface(2, 1.0)])))
+    off = _surface(2)
+    off.loss[0, 0] = -1.0                           # a lower point at a corner of the grid
+    assert any("lowest loss" in t for t in _legend_labels(plots.plot_contour(off)))
+    assert any("lowest loss" in t for t in _legend_labels(plots.plot_compare([at_model, off])))

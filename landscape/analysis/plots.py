@@ -416,10 +416,12 @@ def _check_comparable(rs: Sequence[SurfaceResult], mismatch: str) -> None:
     warnings.warn(msg, stacklevel=3)
 
 
-def _legend_handles(field: str, trajectory: bool) -> list[Line2D]:
+def _legend_handles(field: str, trajectory: bool, best_marked: bool = True) -> list[Line2D]:
+    """The markers' legend: the model, the best grid point when some panel marks it, the trajectory."""
     best = "lowest loss" if field == "loss" else "highest accuracy"
-    h = [Line2D([], [], ls="", marker="P", mfc="w", mec="k", ms=9, label="model (origin)"),
-         Line2D([], [], ls="", marker="X", mfc="w", mec="k", ms=8, label=f"{best} (when not at the model)")]
+    h = [Line2D([], [], ls="", marker="P", mfc="w", mec="k", ms=9, label="model (origin)")]
+    if best_marked:
+        h.append(Line2D([], [], ls="", marker="X", mfc="w", mec="k", ms=8, label=f"{best} (not at the model)"))
     if trajectory:
         h.append(Line2D([], [], color="w", marker="o", ms=4, mfc="w", mec="k", lw=1.2,
                         label="training trajectory (checkpoints)"))
@@ -438,10 +440,11 @@ def _trajectory(r: SurfaceResult) -> np.ndarray | None:
     return np.vstack([c[:, :r.dim], np.zeros((1, r.dim))])
 
 
-def _mark(ax: Any, r: SurfaceResult, z: np.ndarray, field: str) -> bool:
+def _mark(ax: Any, r: SurfaceResult, z: np.ndarray, field: str) -> tuple[bool, bool]:
     """Mark the model (filled +), the best point (filled x: lowest loss / highest accuracy) unless it is the
-    model, and on a PCA plane the training trajectory; True if a trajectory was drawn."""
+    model, and on a PCA plane the training trajectory; returns (trajectory drawn, best point drawn)."""
     t = _trajectory(r)
+    best = False
     if t is not None:
         ax.plot(t[:, 0], t[:, 1], "-o", color="w", ms=4, mfc="w", mec="k", lw=1.2, zorder=4)
     ms = 1.4 * float(matplotlib.rcParams["lines.markersize"])
@@ -450,7 +453,8 @@ def _mark(ax: Any, r: SurfaceResult, z: np.ndarray, field: str) -> bool:
         j, i = np.unravel_index(np.nanargmin(z) if field == "loss" else np.nanargmax(z), z.shape)
         if not (r.x[i] == 0 and r.y[j] == 0):  # type: ignore[index]
             ax.plot([r.x[i]], [r.y[j]], "X", mfc="w", mec="k", ms=ms, zorder=6)  # type: ignore[index]
-    return t is not None
+            best = True
+    return t is not None, best
 
 
 def plot_curve(results: Any, labels: Sequence[str] | None = None, log: bool = False,
@@ -509,14 +513,14 @@ def plot_contour(result: Any, field: str = "loss", levels: int = 20, log: bool =
     if len(lv):
         cs = ax.contour(r.x, r.y, np.ma.masked_invalid(z), levels=lv, cmap="viridis", norm=norm)
         ax.clabel(cs, cs.levels[::max(1, len(cs.levels) // 5)], fontsize="x-small", fmt="%g", inline_spacing=2)
-    traj = _mark(ax, r, z, field)
+    traj, best = _mark(ax, r, z, field)
     xn, yn = axis_names(r)
     ax.set_xlabel(xn)
     ax.set_ylabel(yn)
     ax.xaxis.set_major_locator(MaxNLocator(5))
     ax.yaxis.set_major_locator(MaxNLocator(5))
     _title(ax, _surface_title(r, field))
-    _legend(fig, _legend_handles(field, traj), loc="outside lower center", ncols=3)
+    _legend(fig, _legend_handles(field, traj, best), loc="outside lower center", ncols=3)
     return fig
 
 
@@ -582,13 +586,14 @@ def plot_compare(results: Any, labels: Sequence[str] | None = None, field: str =
     fig = _figure(3.9 * ncols + 1.4, 3.6 * nrows + 0.9)
     axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True, sharey=True).ravel()
     cf = None
-    traj = False
+    traj = best = False
     for i, (ax, r, z) in enumerate(zip(axes, rs, zs)):
         zz = np.clip(z, lv[0], lv[-1])
         cf = ax.contourf(r.x, r.y, np.ma.masked_invalid(zz), levels=lv, norm=norm, cmap="viridis")
         if len(lines):
             ax.contour(r.x, r.y, np.ma.masked_invalid(zz), levels=lines, colors="k", linewidths=0.4, alpha=0.6)
-        traj = _mark(ax, r, z, field) or traj
+        drawn = _mark(ax, r, z, field)
+        traj, best = traj or drawn[0], best or drawn[1]
         xn, yn = axis_names(r)
         ax.set_xlabel(xn)
         ax.set_ylabel(yn)
@@ -608,7 +613,7 @@ def plot_compare(results: Any, labels: Sequence[str] | None = None, field: str =
     cb.set_ticklabels([f"{t:g}" for t in ticks])
     cb.ax.yaxis.set_minor_locator(NullLocator())
     cb.set_label(field + (" (log scale)" if use_log else ""))
-    _legend(fig, _legend_handles(field, traj), loc="outside lower center", ncols=3)
+    _legend(fig, _legend_handles(field, traj, best), loc="outside lower center", ncols=3)
     _title(fig, title if n > 1 else _surface_title(rs[0], field))
     if n == 1:
         axes[0].set_title("")
