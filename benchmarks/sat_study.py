@@ -68,7 +68,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import matplotlib
 import numpy as np
@@ -87,7 +87,6 @@ from reproduce_sat import VARIANTS, cached_result, log, study_attack, train_run 
 METHODS = ("at", "trades", "sat-eps", "p-sat", "h-sat", "h-sat-affine")
 GRID_EPS = (0.3, 0.4)
 SWEEP_EPS = (0.05, 0.1, 0.2)
-STEPS = ("train", "accuracy", "spectrum", "surface_random", "flatness", "layers", "path")
 
 
 @dataclass(frozen=True)
@@ -406,12 +405,30 @@ def path_step(ctx: Context, spec: ModelSpec, at: ModelSpec) -> dict:
     return cached_result(ctx.folder(spec) / "path.json", fn, settings)
 
 
+def at_start(spec: ModelSpec) -> ModelSpec:
+    """The AT model (same eps and seed) that ``spec``'s path starts from."""
+    return ModelSpec("at", spec.eps, spec.seed, True)
+
+
+#: every step, in the order it runs; each writes STEP.json into the model's results folder
+STEPS: dict[str, Callable[[Context, ModelSpec], dict]] = {
+    "train": train_model, "accuracy": accuracy_step, "spectrum": spectrum_step,
+    "surface_random": random_surface_step, "flatness": flatness_step, "layers": layers_step,
+    "path": lambda ctx, spec: path_step(ctx, spec, at_start(spec))}
+
+
+def model_steps(spec: ModelSpec) -> list[str]:
+    """The steps of one model: all of them for a grid model (but the path for AT itself), the first three
+    for a sweep model."""
+    names = list(STEPS)
+    if not spec.grid:
+        return names[:3]
+    return [n for n in names if n != "path" or spec.label != "at"]
+
+
 def step_files(spec: ModelSpec) -> list[str]:
     """The per-model files a finished model has in its results folder."""
-    names = ["train", "accuracy", "spectrum"]
-    if spec.grid:
-        names += ["surface_random", "flatness", "layers"] + (["path"] if spec.label != "at" else [])
-    return [f"{n}.json" for n in names]
+    return [f"{n}.json" for n in model_steps(spec)]
 
 
 def complete(ctx: Context, spec: ModelSpec) -> bool:
@@ -436,15 +453,8 @@ def study_model(ctx: Context, spec: ModelSpec, specs: Sequence[ModelSpec] = ()) 
             and not needed_as_start(ctx, spec, specs):
         log(f"{spec.name}: complete in {ctx.folder(spec)}; skipped")
         return
-    train_model(ctx, spec)
-    accuracy_step(ctx, spec)
-    spectrum_step(ctx, spec)
-    if spec.grid:
-        random_surface_step(ctx, spec)
-        flatness_step(ctx, spec)
-        layers_step(ctx, spec)
-        if spec.label != "at":
-            path_step(ctx, spec, ModelSpec("at", spec.eps, spec.seed, True))
+    for name in model_steps(spec):
+        STEPS[name](ctx, spec)
     log(f"{spec.name}: done ({time.perf_counter() - t0:.0f} s this invocation)")
 
 
