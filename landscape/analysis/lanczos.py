@@ -231,6 +231,10 @@ def _budget(op: Operator, max_memory: int | str | None) -> tuple[int, bool]:
     return parse_memory(max_memory), False
 
 
+#: what the base of a plan counts: the measured peak of one HVP, or (before one ran) the process's memory now
+_BASE = "already held by this process or reached by one HVP (model, data, gradient graph)"
+
+
 def _refuse(task: str, need: int, budget: int, what: str) -> ConfigError:
     return ConfigError(f"{task} cannot fit in memory: it needs about {fmt_bytes(need)} ({what}) but the budget "
                        f"is {fmt_bytes(budget)}; lower the request or raise --max-memory (max_memory)")
@@ -266,7 +270,7 @@ def plan_top_k(op: Operator, k: int, max_hvps: int, max_memory: int | str | None
                               budget, base, base + work, cap * vb, is_default)
     if fit < least:
         raise _refuse(f"top-{k}", base + work + least * vb, budget,
-                      f"{least} basis vectors of {fmt_bytes(vb)} + {fmt_bytes(base)} for the model and one HVP")
+                      f"{least} basis vectors of {fmt_bytes(vb)} + {fmt_bytes(base)} {_BASE}")
     cap = int(min(want, fit))
     return MemoryPlan("top-k", "full", cap, cap < want, str(dtype).replace("torch.", ""), basis_dev, vb, budget,
                       base, base + work + cap * vb, host, is_default)
@@ -295,7 +299,7 @@ def plan_density(op: Operator, steps: int, max_memory: int | str | None = None, 
     local_peak = base + work + 3 * vb
     if local_peak > budget:
         raise _refuse("the density", local_peak, budget, f"3 vectors of {fmt_bytes(vb)} + {fmt_bytes(base)} "
-                      "for the model and one HVP")
+                      f"{_BASE}")
     return MemoryPlan("density", "local", 3, False, str(dtype).replace("torch.", ""), str(op.device), vb, budget,
                       base, local_peak, 0, is_default)
 
