@@ -2,7 +2,9 @@
 stalled at a relative residual of 1.17e-3 against tol 1e-3.)
 
     python benchmarks/residual_precision.py --model wrn-34-10 --samples 8 --threads 2 --out benchmarks/results/residual_precision_wrn.json
-    python benchmarks/residual_precision.py --model cnn-small --samples 8      # a minute
+    python benchmarks/residual_precision.py --model wrn-34-10 --samples 8 --threads 2 --basis-dtype float64 --max-memory 14GB \
+        --out benchmarks/results/residual_precision_wrn_basis64.json   # a float64 basis needs more than the default budget
+    python benchmarks/residual_precision.py --model cnn-small --samples 8      # seconds
 
 One run: the default top-k (float32 operator, tol 1e-3, the eigenvectors returned) on the random-init model and
 CIFAR-shaped samples of benchmarks/scale.py, then for each returned pair (lambda, v), with ||v|| = 1:
@@ -42,16 +44,21 @@ def main() -> int:
     ap.add_argument("--k", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="residual_precision.json")
+    ap.add_argument("--basis-dtype", choices=("float32", "float64"), default=None,
+                    help="the Lanczos basis's dtype (default: the operator's, float32)")
+    ap.add_argument("--max-memory", default=None, help="memory budget, e.g. 14GB (default: the library's)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     model = build_model(a.model, "cifar10", seed=0)          # as benchmarks/scale.py: random init, seed 0
     g = torch.Generator().manual_seed(0)
     x, y = torch.rand(a.samples, 3, 32, 32, generator=g), torch.randint(0, 10, (a.samples,), generator=g)
-    out: dict = {"model": a.model, "samples": a.samples, "k": a.k, "threads": a.threads,
+    out: dict = {"model": a.model, "samples": a.samples, "k": a.k, "threads": a.threads, "basis_dtype": a.basis_dtype,
+                 "max_memory": a.max_memory,
                  "num_params": sum(p.numel() for p in model.parameters())}
     t0 = time.perf_counter()
     op = HessianOperator(model, (x, y))
-    r = top_eigenvalues(op, k=a.k, tol=1e-3, seed=0, return_vectors=True)
+    r = top_eigenvalues(op, k=a.k, tol=1e-3, seed=0, return_vectors=True,
+                        basis_dtype=getattr(torch, a.basis_dtype) if a.basis_dtype else None, max_memory=a.max_memory)
     out.update(values=[float(v) for v in r.values], reported_residuals=[float(v) for v in r.residuals],
                converged=[bool(c) for c in r.converged], hvps=r.hvps, topk_seconds=time.perf_counter() - t0,
                memory=r.settings.get("memory"))
