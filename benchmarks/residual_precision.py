@@ -4,6 +4,8 @@ stalled at a relative residual of 1.17e-3 against tol 1e-3.)
     python benchmarks/residual_precision.py --model wrn-34-10 --samples 8 --threads 2 --out benchmarks/results/residual_precision_wrn.json
     python benchmarks/residual_precision.py --model wrn-34-10 --samples 8 --threads 2 --basis-dtype float64 --max-memory 14GB \
         --out benchmarks/results/residual_precision_wrn_basis64.json   # a float64 basis needs more than the default budget
+    python benchmarks/residual_precision.py --model wrn-34-10 --samples 8 --threads 2 --basis-dtype float64 --no-vectors \
+        --out benchmarks/results/residual_precision_wrn_basis64_default_budget.json   # the top-5 alone, default budget
     python benchmarks/residual_precision.py --model cnn-small --samples 8      # seconds
 
 One run: the default top-k (float32 operator, tol 1e-3, the eigenvectors returned) on the random-init model and
@@ -25,9 +27,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from landscape import build_model  # noqa: E402
 from landscape.analysis import HessianOperator, top_eigenvalues  # noqa: E402
 from landscape.io import write_json  # noqa: E402
+from scale import RssSampler  # noqa: E402
 
 
 def residual(op: HessianOperator, lam: float, v: torch.Tensor) -> tuple[float, float]:
@@ -47,6 +51,8 @@ def main() -> int:
     ap.add_argument("--basis-dtype", choices=("float32", "float64"), default=None,
                     help="the Lanczos basis's dtype (default: the operator's, float32)")
     ap.add_argument("--max-memory", default=None, help="memory budget, e.g. 14GB (default: the library's)")
+    ap.add_argument("--no-vectors", action="store_true",
+                    help="only the top-k (no eigenvectors kept, no float64 re-check): its HVPs, time and peak RSS")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     model = build_model(a.model, "cifar10", seed=0)          # as benchmarks/scale.py: random init, seed 0
@@ -57,14 +63,20 @@ def main() -> int:
                  "num_params": sum(p.numel() for p in model.parameters())}
     t0 = time.perf_counter()
     op = HessianOperator(model, (x, y))
-    r = top_eigenvalues(op, k=a.k, tol=1e-3, seed=0, return_vectors=True,
-                        basis_dtype=getattr(torch, a.basis_dtype) if a.basis_dtype else None, max_memory=a.max_memory)
+    with RssSampler() as rss:
+        r = top_eigenvalues(op, k=a.k, tol=1e-3, seed=0, return_vectors=not a.no_vectors,
+                            basis_dtype=getattr(torch, a.basis_dtype) if a.basis_dtype else None,
+                            max_memory=a.max_memory)
+    out["peak_rss_bytes"] = rss.peak
+    out["relative_residuals"] = [float(res / abs(v)) for res, v in zip(r.residuals, r.values)]
     out.update(values=[float(v) for v in r.values], reported_residuals=[float(v) for v in r.residuals],
                converged=[bool(c) for c in r.converged], hvps=r.hvps, topk_seconds=time.perf_counter() - t0,
                memory=r.settings.get("memory"))
     write_json(Path(a.out), out)
-    print(f"top-{a.k}: {r.hvps} HVPs, {out['topk_seconds']:.0f} s; values {out['values']}; "
-          f"residuals {out['reported_residuals']}", flush=True)
+    print(f"top-{a.k}: {r.hvps} HVPs, {out['topk_seconds']:.0f} s, peak RSS {rss.peak / 1e9:.2f} GB; values "
+          f"{out['values']}; relative residuals {out['relative_residuals']}; converged {out['converged']}", flush=True)
+    if a.no_vectors:
+        return 0
     vecs = [v.detach().to("cpu", torch.float64) for v in r.vectors]
     vecs = [v / torch.linalg.norm(v) for v in vecs]
     out["r32"] = [residual(op, lam, v)[0] for lam, v in zip(out["values"], vecs)]
