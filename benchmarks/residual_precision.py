@@ -28,10 +28,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from landscape import build_model  # noqa: E402
 from landscape.analysis import HessianOperator, top_eigenvalues  # noqa: E402
 from landscape.io import write_json  # noqa: E402
-from scale import RssSampler  # noqa: E402
+from scale import RssSampler, _setup  # noqa: E402
 
 
 def residual(op: HessianOperator, lam: float, v: torch.Tensor) -> tuple[float, float]:
@@ -54,10 +53,7 @@ def main() -> int:
     ap.add_argument("--no-vectors", action="store_true",
                     help="only the top-k (no eigenvectors kept, no float64 re-check): its HVPs, time and peak RSS")
     a = ap.parse_args()
-    torch.set_num_threads(a.threads)
-    model = build_model(a.model, "cifar10", seed=0)          # as benchmarks/scale.py: random init, seed 0
-    g = torch.Generator().manual_seed(0)
-    x, y = torch.rand(a.samples, 3, 32, 32, generator=g), torch.randint(0, 10, (a.samples,), generator=g)
+    model, x, y = _setup({"threads": a.threads, "model": a.model, "samples": a.samples})   # as scale.py measures
     out: dict = {"model": a.model, "samples": a.samples, "k": a.k, "threads": a.threads, "basis_dtype": a.basis_dtype,
                  "max_memory": a.max_memory,
                  "num_params": sum(p.numel() for p in model.parameters())}

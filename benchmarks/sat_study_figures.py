@@ -26,10 +26,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from landscape.analysis.plots import plot_compare, pretty_method  # noqa: E402
 from landscape.io import read_json  # noqa: E402
-
-METHOD_ORDER = ("at", "trades", "sat-eps", "p-sat", "h-sat", "h-sat-affine")
+from sat_study import METHODS as METHOD_ORDER, model_row  # noqa: E402
 LAYER_NAMES = {"0": "conv1", "3": "conv2", "7": "fc1", "9": "fc2 (logits)"}   # cnn-small's weight layers
 DPI = 150
 
@@ -193,12 +193,8 @@ def draw(out: Path, grid_eps: Sequence[float] = (0.3, 0.4), focus_eps: float = 0
     """Every figure from ``out``'s per_model.csv and per-model files; returns the paths written."""
     df = pd.read_csv(out / "per_model.csv")
     grid_eps = [e for e in grid_eps if np.isclose(df.eps, e).any() and (df[np.isclose(df.eps, e)].method != "at").any()]
-    layers = []
-    for folder in sorted((out / "models").glob("*")):
-        if (folder / "layers.json").exists():
-            st = read_json(folder / "train.json")["settings"]
-            layers += [{"method": st["method"], "eps": st["eps"], "seed": st["seed"], **lr}
-                       for lr in read_json(folder / "layers.json")["layers"]]
+    layers = [lr for folder in sorted((out / "models").glob("*")) if (folder / "train.json").exists()
+              for lr in model_row(folder)[1]]    # the per-layer rows that sat_study.aggregate tabulates
     figs = {"fig_eps_sweep": fig_eps_sweep(df), "fig_methods": fig_methods(df, grid_eps),
             "fig_flatness": fig_flatness(df, focus_eps), "fig_paths": fig_paths(out, df, focus_eps)}
     if layers:
