@@ -97,7 +97,7 @@ def work(spec: dict) -> dict:
     import numpy as np
     import torch
     from landscape.analysis import HessianOperator, hessian_trace, spectral_density, top_eigenvalues
-    from landscape.analysis.lanczos import plan_density, plan_top_k, time_hvp
+    from landscape.analysis.lanczos import choose_top_k_plan, plan_density, time_hvp
     from landscape.analysis.spectrum import default_max_hvps
 
     task, cap = spec["task"], spec.get("max_steps")
@@ -121,7 +121,7 @@ def work(spec: dict) -> dict:
             tol = 1e-3 if task == "ours-top5" else 1e-8
             if task == "ours-top5":  # what the CLI prints before the work
                 s, peak = time_hvp(op, repeats=spec.get("timing_repeats", 2))
-                plan = plan_top_k(op, 5, default_max_hvps(op.num_params, 5), None, peak, extra_vectors=1)
+                plan = choose_top_k_plan(op, 5, default_max_hvps(op.num_params, 5), None, peak)
                 out.update(estimate_peak=plan.estimated_peak, estimate_hvp_seconds=s, plan=plan.to_dict())
                 t0 = time.perf_counter()
             r = top_eigenvalues(op, k=5, tol=tol, seed=0, max_hvps=cap)
@@ -236,8 +236,8 @@ def report(rows: list[dict]) -> str:
             note.append(r["note"])
         if r.get("plan"):
             p = r["plan"]
-            note.append(f"{p['reorth']} reorth, {p['capacity']} vectors" + (", thick restarts" if p["thick_restart"]
-                                                                           else ""))
+            note.append(f"{p['reorth']} reorth, {p['capacity']} {p['dtype']} vectors"
+                        + (", thick restarts" if p["thick_restart"] else ""))
         if r["task"].endswith("density") and r.get("density_probes"):
             note.append(f"{r['density_probes']} probe(s)")
         if "estimate" in r:

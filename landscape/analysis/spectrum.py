@@ -40,8 +40,8 @@ import torch
 
 from .._version import __version__
 from ..errors import ConfigError
-from .lanczos import (Lanczos, LocalLanczos, Operator, PeakMemory, gaussian, hv, op_dtype, op_settings,
-                      plan_density, plan_top_k, rademacher)
+from .lanczos import (Lanczos, LocalLanczos, Operator, PeakMemory, choose_top_k_plan, gaussian, hv, op_dtype,
+                      op_settings, plan_density, rademacher)
 from .trace import TRACE_METHODS, TraceResult, hessian_trace  # noqa: F401  (moved to trace.py; re-exported)
 
 WHICH = ("LA", "SA", "LM")
@@ -191,20 +191,19 @@ def _lanczos_top(op, k, tol, which, budget, gen, return_vectors, v0, atol, dtype
     HVP budget), a thick restart keeps the ``keep`` wanted Ritz vectors.
     """
     n = int(op.num_params)
-    dtype = dtype or op_dtype(op)
-    q0 = _start_vector(n, v0, gen, op.device, dtype)
+    q0 = _start_vector(n, v0, gen, op.device, dtype or op_dtype(op))
     q0 = q0 / q0.norm()
     with PeakMemory(op.device) as pk:  # the first Lanczos HVP, measured to plan the basis
         w0 = hv(op, q0)
-    plan = _same_on_all_ranks(op, plan_top_k(op, k, budget, max_memory, pk.peak,
-                                             extra_vectors=k if return_vectors else 1, dtype=dtype))
+    plan = _same_on_all_ranks(op, choose_top_k_plan(op, k, budget, max_memory, pk.peak, return_vectors, dtype))
+    dtype = getattr(torch, plan.dtype)  # rank 0's choice on every rank
     lz = Lanczos(op, q0, gen, plan.capacity, dtype, plan.basis_device, first_hv=w0)
     del w0, q0
     keep = min(plan.capacity - 2, k + (plan.capacity - k) // 2)
     block = 0
     tol_in = tol             # the tolerance the Lanczos estimates must meet; tightened when true residuals fail
     residual_hvps, checks, worst_prev = 0, 0, np.inf
-    vectors = torch.empty((k, n), dtype=dtype, device=op.device) if return_vectors else None
+    vectors = torch.empty((k, n), dtype=op_dtype(op), device=op.device) if return_vectors else None
     while True:
         done = False
         while True:

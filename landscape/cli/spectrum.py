@@ -41,7 +41,8 @@ quadrature (--density). --backend pyhessian runs PyHessian 0.1 on the same model
 Memory: the Lanczos bases live under --max-memory (default 35%% of the machine's memory, or of the GPU's).
 Before the work starts, two HVPs are timed and measured, and the estimated HVPs, seconds and peak memory
 are printed; a request that cannot fit is refused (exit 2) with its estimate. Top-k keeps its
-whole basis when it fits, else thick-restarts within what fits; the density keeps each probe's basis (full
+whole basis when it fits, else thick-restarts within what fits, in float64 when enough float64 vectors fit
+(the HVPs stay in the model's dtype; a float32 basis stalls large models' residuals), else in the model's; the density keeps each probe's basis (full
 reorthogonalization) when it fits, else three vectors (local reorthogonalization). The choice is recorded
 in the JSON ("memory").
 
@@ -191,7 +192,7 @@ def _run_pyhessian(op, model, args) -> dict:
 def _plans(op, args, peak: int | None) -> dict:
     """The memory plans of the requested top-k and density (ConfigError, with the estimate, when one cannot
     fit); ``peak`` is the measured peak of one HVP (None: the memory in use now, a lower bound)."""
-    from ..analysis.lanczos import plan_density, plan_top_k
+    from ..analysis.lanczos import choose_top_k_plan, plan_density
     from ..analysis.spectrum import default_max_hvps
     n = int(op.num_params)
     if args.top_k > n:
@@ -199,7 +200,7 @@ def _plans(op, args, peak: int | None) -> dict:
     out = {}
     if args.top_k:
         k_hvps = args.max_hvps or default_max_hvps(n, args.top_k)
-        out["top_k"] = plan_top_k(op, args.top_k, k_hvps, args.max_memory, peak)
+        out["top_k"] = choose_top_k_plan(op, args.top_k, k_hvps, args.max_memory, peak)
     if args.density:
         out["density"] = plan_density(op, args.density_steps, args.max_memory, peak, args.reorth)
     return out
