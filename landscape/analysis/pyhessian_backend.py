@@ -18,10 +18,11 @@ from ..errors import ConfigError
 
 
 def pyhessian_spectrum(model: torch.nn.Module, batches: list, top_n: int = 1, trace: bool = False,
-                       seed: int = 0, device: torch.device | str = "cpu") -> dict:
-    """Run PyHessian 0.1 (``eigenvalues(top_n)`` and optionally ``trace()``, its defaults) on ``model`` and
-    the given batches; returns its values with the HVPs it spent (counted by wrapping its HVP routines)
-    and seconds. PyHessian draws from the global RNG: it runs under ``torch.random.fork_rng`` seeded with
+                       seed: int = 0, device: torch.device | str = "cpu", eigenvalues: bool = True,
+                       trace_max_iter: int = 100, trace_tol: float = 1e-3) -> dict:
+    """Run PyHessian 0.1 (``eigenvalues(top_n)`` unless ``eigenvalues=False``, and optionally
+    ``trace(trace_max_iter, trace_tol)``, its defaults 100 and 1e-3) on ``model`` and the given batches;
+    returns its values with the HVPs it spent (counted by wrapping its HVP routines) and seconds. PyHessian draws from the global RNG: it runs under ``torch.random.fork_rng`` seeded with
     ``seed``. Its one-batch mode fills parameter ``.grad`` fields; they are cleared afterwards."""
     try:
         ph = importlib.import_module("pyhessian.hessian")  # the package rebinds .hessian to the class
@@ -51,12 +52,13 @@ def pyhessian_spectrum(model: torch.nn.Module, batches: list, top_n: int = 1, tr
             t0 = time.perf_counter()
             data = dict(data=tuple(batches[0])) if len(batches) == 1 else dict(dataloader=list(batches))
             h = ph.hessian(model, criterion, cuda=device.type == "cuda", **data)
-            vals, _ = h.eigenvalues(top_n=top_n)
-            out["eigenvalues"] = [float(v) for v in vals]
-            out["eigenvalue_hvps"], out["eigenvalue_seconds"] = count[0], time.perf_counter() - t0
+            if eigenvalues:
+                vals, _ = h.eigenvalues(top_n=top_n)
+                out["eigenvalues"] = [float(v) for v in vals]
+                out["eigenvalue_hvps"], out["eigenvalue_seconds"] = count[0], time.perf_counter() - t0
             if trace:
                 count[0], t1 = 0, time.perf_counter()
-                terms = h.trace()
+                terms = h.trace(maxIter=trace_max_iter, tol=trace_tol)
                 out["trace"], out["trace_probes"] = float(np.mean(terms)), len(terms)
                 out["trace_hvps"], out["trace_seconds"] = count[0], time.perf_counter() - t1
     finally:

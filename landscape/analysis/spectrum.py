@@ -9,8 +9,9 @@
 - ``spectral_density``: stochastic Lanczos quadrature (Ubaru, Chen & Saad 2017; Ghorbani et al. 2019) with
   Gaussian broadening.
 
-The Lanczos engine and its memory budget live in ``landscape.analysis.lanczos``: the basis is kept in the
-operator's dtype in a preallocated buffer; ``max_memory`` (default: ``lanczos.default_max_memory``, 35% of
+The Lanczos engine and its memory budget live in ``landscape.analysis.lanczos``: the basis is kept in a
+preallocated buffer, for top-k in float64 when it fits (else, and for the density, in the operator's
+dtype); ``max_memory`` (default: ``lanczos.default_max_memory``, 35% of
 the device's memory) decides whether top-k keeps its whole basis or thick-restarts within fewer vectors, and
 whether a density probe keeps its basis (full reorthogonalization) or three vectors (local
 reorthogonalization, O(n)). The choice is recorded in ``settings["memory"]`` of every result.
@@ -149,7 +150,8 @@ def top_eigenvalues(op: Operator, k: int = 1, tol: float = 1e-3, which: str = "L
     pair's true residual, which alone decides ``converged``. Where the estimates passed but a true residual
     did not, Lanczos goes on with a tolerance tightened by the shortfall and checks again (k HVPs per check),
     until the pairs converge, the budget ends or the true residuals stop improving. Memory: the basis, in ``basis_dtype`` (default:
-    the operator's dtype), all ``max_hvps + 1`` vectors when they fit in ``max_memory`` (bytes or "8GB";
+    float64 when at least ~2k float64 vectors fit the budget, else the operator's dtype; see
+    ``lanczos.choose_top_k_plan``), all ``max_hvps + 1`` vectors when they fit in ``max_memory`` (bytes or "8GB";
     default ``lanczos.default_max_memory``), else as many as fit with thick restarts (ConfigError when not
     even ~2k fit). ``method="eigsh"`` uses scipy's ARPACK instead (float64; its residuals cost k more HVPs).
     """
