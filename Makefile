@@ -44,8 +44,10 @@ demo: venv data
 	$(BIN)/landscape-eval runs/p-sat-digits-eps0.1-s0/best.pt
 
 bench: venv data
+	$(BIN)/python -m pip install -q -e '.[bench]'
 	$(BIN)/python benchmarks/train_overhead.py
 	$(BIN)/python benchmarks/spectrum_vs_pyhessian.py
+	$(BIN)/python benchmarks/peers_exact.py
 	$(BIN)/python benchmarks/surface_cost.py
 	$(BIN)/python benchmarks/distributed_scaling.py
 

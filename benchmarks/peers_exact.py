@@ -16,7 +16,10 @@ products (nothing is shared but the model), over ``--seeds`` seeds:
 - density (one probe of 80 Lanczos steps): the Wasserstein-1 distance between the quadrature measure
   (nodes, weights) and the exact eigenvalue distribution, over the width of the spectrum.
 
-Seconds are this machine's (ratios within one run only). HVPs of the peers are counted by wrapping their
+PyHessian's trace stops when ``|mean - previous| / (previous + 1e-6) < tol``, without an absolute value:
+whenever the running mean is negative (a first Rademacher probe with v'Hv < 0, common for an indefinite
+Hessian) it stops at once, whatever ``tol``; its equal-budget row passes ``tol=-inf`` so that it spends the
+budget. Seconds are this machine's (ratios within one run only). HVPs of the peers are counted by wrapping their
 HVP routines.
 
     python benchmarks/peers_exact.py                 # about 10 minutes on 2 idle cores
@@ -85,7 +88,7 @@ def trace_rows(model, x, y, exact: float, seed: int, budget: int) -> list[dict]:
         r, s = _timed(lambda: hessian_trace(HessianOperator(model, (x, y)), seed=seed, **kw))
         rows.append({"tool": "landscape", "run": label, "hvps": r.hvps, "seconds": s, "estimate": r.estimate,
                      "half_width": r.half_width, "method": r.settings.get("method")})
-    for label, kw in (("trace, defaults", {}), (f"trace, {budget} HVPs", {"trace_max_iter": budget, "trace_tol": 0.0})):
+    for label, kw in (("trace, defaults", {}), (f"trace, {budget} HVPs", {"trace_max_iter": budget, "trace_tol": -np.inf})):
         ph, s = _timed(lambda: pyhessian_spectrum(model, [(x, y)], trace=True, eigenvalues=False, seed=seed, **kw))
         rows.append({"tool": "PyHessian", "run": label, "hvps": ph["trace_hvps"], "seconds": s,
                      "estimate": ph["trace"], "half_width": None, "method": "hutchinson"})

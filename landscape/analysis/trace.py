@@ -29,7 +29,8 @@ holds. Probes come from a seeded CPU ``torch.Generator``, so every rank of a tor
 Blocks of vectors go through ``op.matmat`` where the operator has one (``HessianOperator.matmat`` shares a
 rebuilt gradient graph among a block: see ``benchmarks/hvp_matmat.py``).
 
-Memory: XTrace keeps Omega, Q and Z (3 n x s, float64; Y transiently), Hutch++ keeps Q and Y (2 n x s);
+Memory: XTrace keeps Omega, Q and Z (3 n x s, float64, preallocated; Y in chunks of ~s / 8), Hutch++ keeps
+Q and Y (2 n x s);
 ``max_memory`` (bytes, default a quarter of the memory free on the operator's device) caps s.
 """
 from __future__ import annotations
@@ -112,7 +113,7 @@ def _rademacher(n: int, k: int, gen: torch.Generator, device: torch.device) -> t
 def _sphere(n: int, k: int, gen: torch.Generator, device: torch.device) -> torch.Tensor:
     """n x k float64 matrix of columns uniform on the sphere of radius sqrt(n)."""
     g = torch.randn(k, n, generator=gen, dtype=torch.float64)
-    return (g * (math.sqrt(n) / g.norm(dim=1, keepdim=True))).T.to(device)
+    return g.mul_(math.sqrt(n) / g.norm(dim=1, keepdim=True)).T.to(device)
 
 
 class _Counter:
@@ -264,48 +265,55 @@ def _hutchpp(apply: _Counter, n: int, budget: int, tol: float, min_probes: int, 
 def _xtrace(apply: _Counter, n: int, budget: int, tol: float, min_probes: int, max_cols: int,
             gen: torch.Generator, device: torch.device) -> TraceResult:
     """XTrace with s = budget // 2 probes (capped by memory and n - 1), or with tol > 0 from
-    max(min_probes, 10) probes doubling until the stopping rule holds."""
+    max(min_probes, 10) probes doubling until the stopping rule holds.
+
+    Omega, Q and Z are preallocated n x s_max float64 blocks filled column by column (no copies as s
+    doubles), and each round's new probes go through in chunks of ~s_max / 8 columns (at least the
+    operator's preferred block), so that the transient H Omega and its Gram-Schmidt stay small: peak
+    ~4 n s_max doubles (3 blocks + one round's probes as they are drawn). Chunking changes nothing but
+    round-off: each round's probes are one draw, and the estimates depend on range(Q) only."""
     s_max = min(budget // 2, n - 1, max_cols)
     if s_max < 2:
         raise ConfigError(f"xtrace needs at least 4 HVPs, 3 parameters and memory for 2 probes "
                           f"(max_hvps={budget}, n={n}, probes that fit: {max_cols})")
     s_next = s_max if tol == 0 else min(s_max, max(min_probes, 10))
-    Om = Q = Z = R = dOmY = None
+    chunk = max(apply.block, -(-s_max // 8))
+    Om, Q, Z = (torch.empty((n, s_max), dtype=torch.float64, device=device) for _ in range(3))
+    R = torch.zeros((s_max, s_max), dtype=torch.float64, device=device)
+    dOmY = torch.empty(s_max, dtype=torch.float64, device=device)
+    s = 0                                                  # columns filled
     ests = np.zeros(0)
     est, se, converged = 0.0, math.inf, False
     while True:
-        k = s_next - (0 if Om is None else Om.shape[1])
-        Om2 = _sphere(n, k, gen, device)
-        Y2 = apply(Om2)
-        d2 = (Om2 * Y2).sum(0)
-        Q2, C, R2 = _orthonormalize(Y2, Q)
-        Z2 = apply(Q2)
-        if Om is None:
-            Om, Q, Z, R, dOmY = Om2, Q2, Z2, R2, d2
-        else:
-            s0 = R.shape[0]
-            R = torch.cat([torch.cat([R, C], 1), torch.cat([torch.zeros(k, s0, dtype=R.dtype, device=R.device),
-                                                            R2], 1)], 0)
-            Om, Q, Z, dOmY = torch.cat([Om, Om2], 1), torch.cat([Q, Q2], 1), torch.cat([Z, Z2], 1), \
-                torch.cat([dOmY, d2])
-        del Y2
-        diag = R.diagonal().abs()
+        if s < s_next:  # one draw per round, as before chunking: the probes do not depend on the chunk size
+            Om[:, s:s_next] = _sphere(n, s_next - s, gen, device)
+        while s < s_next:
+            k = min(chunk, s_next - s)
+            Y = apply(Om[:, s:s + k])
+            dOmY[s:s + k] = (Om[:, s:s + k] * Y).sum(0)
+            Q2, C, R2 = _orthonormalize(Y, Q[:, :s] if s else None)
+            del Y
+            Q[:, s:s + k], R[:s, s:s + k], R[s:s + k, s:s + k] = Q2, C, R2
+            Z[:, s:s + k] = apply(Q2)
+            del Q2
+            s += k
+        Os, Qs, Zs, Rs = Om[:, :s], Q[:, :s], Z[:, :s], R[:s, :s]
+        diag = Rs.diagonal().abs()
         if float(diag.min()) <= 1e-10 * float(diag.max()):
             # H Omega is rank-deficient: range(Q) holds range(H) (almost surely), so tr(Q^T H Q) is exact
-            est, se, converged = float(torch.trace(Q.T @ Z)), 0.0, True
+            est, se, converged = float(torch.trace(Qs.T @ Zs)), 0.0, True
             ests = np.zeros(0)
             break
-        ests = _xtrace_estimates(Om, dOmY, Q, R, Z).cpu().numpy()
+        ests = _xtrace_estimates(Os, dOmY[:s], Qs, Rs, Zs).cpu().numpy()
         est, se = float(ests.mean()), _stderr(ests)
         if tol > 0 and _converged(est, se, len(ests), tol, min_probes):
             converged = True
             break
-        if Om.shape[1] >= s_max:
+        if s >= s_max:
             break
-        s_next = min(2 * Om.shape[1], s_max)
-    low_rank = float(torch.trace(Q.T @ Z))
-    res = TraceResult(est, se, apply.hvps, "xtrace", ests, low_rank, Om.shape[1], converged)
-    return res
+        s_next = min(2 * s, s_max)
+    low_rank = float(torch.trace(Q[:, :s].T @ Z[:, :s]))
+    return TraceResult(est, se, apply.hvps, "xtrace", ests, low_rank, s, converged)
 
 
 __all__ = ["TraceResult", "hessian_trace", "TRACE_METHODS", "AUTO_RULE"]
