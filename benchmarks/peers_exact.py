@@ -88,7 +88,8 @@ def trace_rows(model, x, y, exact: float, seed: int, budget: int) -> list[dict]:
         r, s = _timed(lambda: hessian_trace(HessianOperator(model, (x, y)), seed=seed, **kw))
         rows.append({"tool": "landscape", "run": label, "hvps": r.hvps, "seconds": s, "estimate": r.estimate,
                      "half_width": r.half_width, "method": r.settings.get("method")})
-    for label, kw in (("trace, defaults", {}), (f"trace, {budget} HVPs", {"trace_max_iter": budget, "trace_tol": -np.inf})):
+    same_budget = {"trace_max_iter": budget, "trace_tol": -np.inf}
+    for label, kw in (("trace, defaults", {}), (f"trace, {budget} HVPs", same_budget)):
         ph, s = _timed(lambda: pyhessian_spectrum(model, [(x, y)], trace=True, eigenvalues=False, seed=seed, **kw))
         rows.append({"tool": "PyHessian", "run": label, "hvps": ph["trace_hvps"], "seconds": s,
                      "estimate": ph["trace"], "half_width": None, "method": "hutchinson"})
@@ -128,7 +129,8 @@ def density_rows(model, x, y, exact: np.ndarray, seed: int, steps: int) -> list[
         rows.append({"tool": "PyHessian", "run": f"density, 1 x {steps} steps", "hvps": steps, "seconds": s,
                      "error": w1(nodes, weights)})
     except Exception as e:  # noqa: BLE001  (recorded, not hidden: the row says why)
-        rows.append({"tool": "PyHessian", "run": f"density, 1 x {steps} steps", "failed": f"{type(e).__name__}: {e}"[:120]})
+        rows.append({"tool": "PyHessian", "run": f"density, 1 x {steps} steps",
+                     "failed": f"{type(e).__name__}: {e}"[:120]})
     finally:
         model.zero_grad(set_to_none=True)
     return rows

@@ -545,5 +545,5 @@ class LocalLanczos:
 
 Callback = Callable[[int, int], None] | None
 
-__all__ = ["Lanczos", "LocalLanczos", "MemoryPlan", "PeakMemory", "plan_top_k", "choose_top_k_plan", "plan_density", "parse_memory",
-           "fmt_bytes", "default_max_memory", "memory_in_use", "time_hvp", "eigh_tri", "min_top_k_capacity"]
+__all__ = ["Lanczos", "LocalLanczos", "MemoryPlan", "PeakMemory", "plan_top_k", "choose_top_k_plan", "plan_density",
+           "parse_memory", "fmt_bytes", "default_max_memory", "memory_in_use", "time_hvp", "eigh_tri", "min_top_k_capacity"]

@@ -22,8 +22,8 @@ def pyhessian_spectrum(model: torch.nn.Module, batches: list, top_n: int = 1, tr
                        trace_max_iter: int = 100, trace_tol: float = 1e-3) -> dict:
     """Run PyHessian 0.1 (``eigenvalues(top_n)`` unless ``eigenvalues=False``, and optionally
     ``trace(trace_max_iter, trace_tol)``, its defaults 100 and 1e-3) on ``model`` and the given batches;
-    returns its values with the HVPs it spent (counted by wrapping its HVP routines) and seconds. PyHessian draws from the global RNG: it runs under ``torch.random.fork_rng`` seeded with
-    ``seed``. Its one-batch mode fills parameter ``.grad`` fields; they are cleared afterwards."""
+    returns its values with the HVPs it spent (counted by wrapping its HVP routines) and seconds.
+    PyHessian draws from the global RNG: it runs under ``torch.random.fork_rng`` seeded with ``seed``. Its one-batch mode fills parameter ``.grad`` fields; they are cleared afterwards."""
     try:
         ph = importlib.import_module("pyhessian.hessian")  # the package rebinds .hessian to the class
     except ImportError as e:

@@ -151,8 +151,8 @@ def top_eigenvalues(op: Operator, k: int = 1, tol: float = 1e-3, which: str = "L
     did not, Lanczos goes on with a tolerance tightened by the shortfall and checks again (k HVPs per check),
     until the pairs converge, the budget ends or the true residuals stop improving. Memory: the basis, in ``basis_dtype`` (default:
     float64 when at least ~2k float64 vectors fit the budget, else the operator's dtype; see
-    ``lanczos.choose_top_k_plan``), all ``max_hvps + 1`` vectors when they fit in ``max_memory`` (bytes or "8GB";
-    default ``lanczos.default_max_memory``), else as many as fit with thick restarts (ConfigError when not
+    ``lanczos.choose_top_k_plan``), all ``max_hvps + 1`` vectors when they fit in ``max_memory`` (bytes or
+    "8GB"; default ``lanczos.default_max_memory``), else as many as fit with thick restarts (ConfigError when not
     even ~2k fit). ``method="eigsh"`` uses scipy's ARPACK instead (float64; its residuals cost k more HVPs).
     """
     n = int(op.num_params)
