@@ -121,18 +121,12 @@ def density_rows(model, x, y, exact: np.ndarray, seed: int, steps: int) -> list[
     rows.append({"tool": "hessian-eigenthings", "run": f"density, 1 x {steps} steps", "hvps": count[0],
                  "seconds": s, "error": w1(e.raw_eigenvalues.numpy(), e.raw_weights.numpy())})
     try:  # PyHessian 0.1's density calls torch.eig, which torch 2 removed
-        import importlib
-        ph = importlib.import_module("pyhessian.hessian")
-        h = ph.hessian(model, torch.nn.CrossEntropyLoss(), data=(x, y), cuda=False)
-        torch.manual_seed(seed)
-        (nodes, weights), s = _timed(lambda: h.density(iter=steps, n_v=1))
-        rows.append({"tool": "PyHessian", "run": f"density, 1 x {steps} steps", "hvps": steps, "seconds": s,
-                     "error": w1(nodes, weights)})
+        ph = pyhessian_spectrum(model, [(x, y)], eigenvalues=False, density_steps=steps, seed=seed)
+        rows.append({"tool": "PyHessian", "run": f"density, 1 x {steps} steps", "hvps": ph["density_hvps"],
+                     "seconds": ph["density_seconds"], "error": w1(ph["density_nodes"], ph["density_weights"])})
     except Exception as e:  # noqa: BLE001  (recorded, not hidden: the row says why)
         rows.append({"tool": "PyHessian", "run": f"density, 1 x {steps} steps",
                      "failed": f"{type(e).__name__}: {e}"[:120]})
-    finally:
-        model.zero_grad(set_to_none=True)
     return rows
 
 

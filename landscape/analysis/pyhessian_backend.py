@@ -19,11 +19,14 @@ from ..errors import ConfigError
 
 def pyhessian_spectrum(model: torch.nn.Module, batches: list, top_n: int = 1, trace: bool = False,
                        seed: int = 0, device: torch.device | str = "cpu", eigenvalues: bool = True,
-                       trace_max_iter: int = 100, trace_tol: float = 1e-3) -> dict:
-    """Run PyHessian 0.1 (``eigenvalues(top_n)`` unless ``eigenvalues=False``, and optionally
-    ``trace(trace_max_iter, trace_tol)``, its defaults 100 and 1e-3) on ``model`` and the given batches;
-    returns its values with the HVPs it spent (counted by wrapping its HVP routines) and seconds.
-    PyHessian draws from the global RNG: it runs under ``torch.random.fork_rng`` seeded with ``seed``. Its one-batch mode fills parameter ``.grad`` fields; they are cleared afterwards."""
+                       trace_max_iter: int = 100, trace_tol: float = 1e-3, density_steps: int = 0) -> dict:
+    """Run PyHessian 0.1 (``eigenvalues(top_n)`` unless ``eigenvalues=False``, optionally
+    ``trace(trace_max_iter, trace_tol)``, its defaults 100 and 1e-3, and with ``density_steps`` one probe of
+    ``density(density_steps)``) on ``model`` and the given batches; returns its values with the HVPs it spent
+    (counted by wrapping its HVP routines) and seconds. PyHessian draws from the global RNG: it runs under
+    ``torch.random.fork_rng`` seeded with ``seed``. Its one-batch mode fills parameter ``.grad`` fields;
+    they are cleared afterwards. PyHessian 0.1's density calls ``torch.eig``, which torch 2 removed: it
+    raises there, and the error passes through."""
     try:
         ph = importlib.import_module("pyhessian.hessian")  # the package rebinds .hessian to the class
     except ImportError as e:
@@ -61,6 +64,11 @@ def pyhessian_spectrum(model: torch.nn.Module, batches: list, top_n: int = 1, tr
                 terms = h.trace(maxIter=trace_max_iter, tol=trace_tol)
                 out["trace"], out["trace_probes"] = float(np.mean(terms)), len(terms)
                 out["trace_hvps"], out["trace_seconds"] = count[0], time.perf_counter() - t1
+            if density_steps:
+                count[0], t2 = 0, time.perf_counter()
+                nodes, weights = h.density(iter=density_steps, n_v=1)
+                out["density_nodes"], out["density_weights"] = nodes, weights
+                out["density_hvps"], out["density_seconds"] = count[0], time.perf_counter() - t2
     finally:
         ph.hessian_vector_product, ph.hessian.dataloader_hv_product = orig_hvp, orig_loader
         model.zero_grad(set_to_none=True)
