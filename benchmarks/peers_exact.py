@@ -93,9 +93,9 @@ def trace_rows(model, x, y, exact: float, seed: int, budget: int) -> list[dict]:
         ph, s = _timed(lambda: pyhessian_spectrum(model, [(x, y)], trace=True, eigenvalues=False, seed=seed, **kw))
         rows.append({"tool": "PyHessian", "run": label, "hvps": ph["trace_hvps"], "seconds": s,
                      "estimate": ph["trace"], "half_width": None, "method": "hutchinson"})
-    for label, n in (("trace, defaults", 100), (f"trace, {budget} HVPs", budget)):
+    for label, kw in (("trace, defaults", {}), (f"trace, {budget} HVPs", {"num_matvecs": budget})):
         eop, count = _eigenthings_op(model, x, y)
-        r, s = _timed(lambda: he.trace(eop, num_matvecs=n, seed=seed))
+        r, s = _timed(lambda: he.trace(eop, seed=seed, **kw))
         rows.append({"tool": "hessian-eigenthings", "run": label, "hvps": count[0], "seconds": s,
                      "estimate": float(r.estimate), "half_width": 1.96 * float(r.stderr), "method": "hutch++"})
     for row in rows:

@@ -42,9 +42,9 @@ Memory: the Lanczos bases live under --max-memory (default 35%% of the machine's
 Before the work starts, two HVPs are timed and measured, and the estimated HVPs, seconds and peak memory
 are printed; a request that cannot fit is refused (exit 2) with its estimate. Top-k keeps its
 whole basis when it fits, else thick-restarts within what fits, in float64 when enough float64 vectors fit
-(the HVPs stay in the model's dtype; a float32 basis stalls large models' residuals), else in the model's; the density keeps each probe's basis (full
-reorthogonalization) when it fits, else three vectors (local reorthogonalization). The choice is recorded
-in the JSON ("memory").
+(the HVPs stay in the model's dtype; a float32 basis stalls large models' residuals), else in the model's;
+the density keeps each probe's basis (full reorthogonalization) when it fits, else three vectors (local
+reorthogonalization). The choice is recorded in the JSON ("memory").
 
 Under torchrun each process holds a contiguous shard of the samples (and attacks only its shard); one
 Hessian-vector product is each process's share plus one all-reduce, and the results equal a single
