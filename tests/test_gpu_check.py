@@ -1,4 +1,5 @@
-"""benchmarks/gpu_check.sh: its syntax, its refusal without a GPU, and (slow) its --cpu dry run."""
+"""benchmarks/gpu_check.sh: its syntax, its refusal without a GPU, and its --cpu dry run (~2 min)."""
+import json
 import os
 import shutil
 import subprocess
@@ -28,10 +29,18 @@ def test_fails_clearly_without_a_gpu(tmp_path):
     assert not (tmp_path / "runs").exists()  # nothing started
 
 
-@pytest.mark.slow
 def test_cpu_dry_run(tmp_path):
+    """Every console-script step and every measurement of benchmarks/gpu_check.py runs (tiny, on the CPU)."""
     proc = _run("--cpu", timeout=900, env={"WORK": str(tmp_path)})
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = (tmp_path / "summary.txt").read_text()
     for step in ("train", "spectrum", "surface", "torchrun", "eval", "top eigenvalues"):
         assert step in summary, summary
+    assert "TF32 False" in summary
+    rows = json.loads((tmp_path / "gpu_check.json").read_text())["rows"]
+    tasks = {r["task"] for r in rows}
+    assert {"hvp-graphs", "floor", "train", "ours-top5", "ours-trace", "ours-density", "ref-top5"} <= tasks
+    assert not [r for r in rows if "error" in r], rows
+    report = (tmp_path / "report.md").read_text()
+    for table in ("s / HVP rebuilt", "TF32 on", "bf16 autocast img/s", "| mlp | ours-top5 |"):
+        assert table in report, report

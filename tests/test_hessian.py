@@ -376,3 +376,25 @@ def test_a_dropped_operator_is_freed_with_its_graphs_without_the_cycle_collector
     finally:
         if enabled:
             gc.enable()
+
+
+@pytest.mark.parametrize("tf32", [False, True])
+def test_every_pass_runs_with_the_operators_tf32_flags(data, tf32):
+    """The attack, the gradient and each HVP's graph build run with TF32 as the operator was made (off by
+    default: it floors HVPs at ~1e-3 on a GPU); the caller's flags come back after each; describe() says it."""
+    from landscape.precision import full_float32
+    x, y = data
+    net = tiny_mlp()
+    seen = []
+    net.register_forward_hook(lambda *a: seen.append((torch.backends.cuda.matmul.allow_tf32,
+                                                       torch.backends.cudnn.allow_tf32)))
+    with full_float32(tf32=not tf32):
+        op = HessianOperator(net, (x, y), loss="adversarial", eps=0.1, steps=2, batch_size=16,
+                             max_graph_memory=0, tf32=tf32)
+        attack_passes = len(seen)
+        op.loss_and_grad()
+        op.matvec(torch.randn(op.num_params, dtype=torch.float64))
+        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (not tf32, not tf32)
+    assert attack_passes > 0 and len(seen) > attack_passes + 2
+    assert set(seen) == {(tf32, tf32)}
+    assert op.describe()["tf32"] is tf32

@@ -234,3 +234,19 @@ def test_every_training_setting_has_a_flag(tmp_path, capsys):
     assert proc.returncode == 0, proc.stderr
     train_cfg = json.loads((tmp_path / "m" / "config.json").read_text())["train"]
     assert train_cfg["momentum"] == 0.5 and train_cfg["hsat_bisect"] == 3
+
+
+def test_bf16_autocast_trains_float32_weights_and_is_recorded(tmp_path):
+    """precision="bf16" runs the forward passes (the attack's too) under bf16 autocast: the seeded run's loss
+    moves off float32's by bf16 round-off, the weights stay float32, and the checkpoint records it."""
+    from landscape.errors import ConfigError
+    base = dict(method="at", epochs=1, train_samples=128, val_samples=16, batch_size=64, val_steps=1)
+    r32 = train(TrainConfig(**base, name="fp32"), out=tmp_path)
+    r16 = train(TrainConfig(**base, precision="bf16", name="bf16"), out=tmp_path)
+    l32, l16 = r32.history[0]["train_loss"], r16.history[0]["train_loss"]
+    assert l32 != l16 and abs(l32 - l16) < 0.05 * l32
+    ck = load_checkpoint(tmp_path / "bf16" / "last.pt")
+    assert ck.config["train"]["precision"] == "bf16"
+    assert all(p.dtype == torch.float32 for p in ck.model.parameters())
+    with pytest.raises(ConfigError, match="unknown precision 'fp16'"):
+        TrainConfig(precision="fp16").resolved()

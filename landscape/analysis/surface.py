@@ -37,6 +37,7 @@ from ..digest import tensor_digest
 from ..distributed import (TaskQueue, all_gather_rows, broadcast_from_main, broadcast_tensor, run_on_main,
                            shard_bounds, shard_sizes, world)
 from ..errors import ConfigError, LandscapeError
+from ..precision import full_float32
 from .directions import DirectionSet, directions_digest
 from .moving import WeightMover
 from .surface_result import (SurfaceResult, load_directions, load_surface, parse_grid,  # noqa: F401 (re-exported)
@@ -199,6 +200,7 @@ def _new_result(model: nn.Module, x: torch.Tensor, y: torch.Tensor, plan: _Plan,
     settings = json.loads(json.dumps(settings, default=str))  # what the JSON file will hold
     shash = settings_hash(settings)
     settings["info"] = json.loads(json.dumps(dict(meta or {}), default=str))  # recorded, not hashed
+    settings["tf32"] = False  # recorded, not hashed: loss_surface always runs with TF32 off (full_float32)
     return SurfaceResult(plan.xs, plan.ys, np.full(shape, np.nan), np.full(shape, np.nan),
                          np.zeros(shape, dtype=bool), settings, shash, device=str(device))
 
@@ -347,7 +349,7 @@ def loss_surface(model: nn.Module, data: Any, directions: Any, x_grid: Any, y_gr
     result = _new_result(model, x, y, plan, mover, loss, batch_size, seed, meta, device)
     result, paths = _open_storage(result, out, plan, resume, overwrite)
     t0 = time.perf_counter()
-    with eval_mode(model):
+    with eval_mode(model), full_float32():
         # Inputs every point is evaluated on: clean data, or PGD examples made once at theta0.
         x_eval = x
         if plan.fixed:

@@ -207,9 +207,14 @@ def load_directions(out: str | os.PathLike, device: str | torch.device = "cpu") 
 
 # --- settings, storage, resume ------------------------------------------------------------------------
 
+# recorded with a surface but not part of its identity: the caller's meta, and the TF32 flag (always off; a
+# surface stored before the flag was recorded still resumes)
+UNHASHED = ("info", "tf32")
+
+
 def settings_hash(settings: Mapping[str, Any]) -> str:
-    """SHA-256 (16 hex digits) of the settings as canonical JSON (the unhashed ``info`` entry left out)."""
-    text = json.dumps({k: v for k, v in settings.items() if k != "info"}, sort_keys=True,
+    """SHA-256 (16 hex digits) of the settings as canonical JSON (the unhashed ``UNHASHED`` entries left out)."""
+    text = json.dumps({k: v for k, v in settings.items() if k not in UNHASHED}, sort_keys=True,
                       separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -11,6 +11,7 @@ from ..data import AUGMENTED, dataset_info
 from ..errors import ConfigError
 from ..io import safe_name
 from ..models import resolve_model_name
+from ..precision import check_precision
 from .curriculum import SCHEDULES
 from .objectives import CURRICULUM_METHODS, METHODS
 
@@ -61,6 +62,7 @@ class TrainConfig:
     hsat_normalize: str = "ratio"       # H-SAT: psi_H = lam(eps)/lam(eps_max) | affine: (lam(eps)-lam(0))/(lam(eps_max)-lam(0))
     track_hessian_every: int = 0        # log the adversarial top eigenvalue every N epochs (0: never)
     track_probe: int = 256              # samples in the sharpness-tracking probe set
+    precision: str = "fp32"             # fp32 | bf16 (autocast of the forward passes, attack included)
     name: str | None = None
     extra: dict = field(default_factory=dict)
 
@@ -94,6 +96,7 @@ class TrainConfig:
             raise ConfigError(f"unknown LR schedule {c.lr_schedule!r}; choose from {', '.join(LR_SCHEDULES)}")
         if not (0 <= c.lam0 <= 1 and 0 <= c.ramp <= 1):
             raise ConfigError("lam0 and ramp must lie in [0, 1]")
+        check_precision(c.precision)
         if c.select not in SELECT_RULES:
             raise ConfigError(f"unknown selection rule {c.select!r}; choose from {', '.join(SELECT_RULES)}")
         if c.select == "pgd" and c.eps is None:

@@ -28,6 +28,7 @@ from ..evaluate import evaluate
 from ..io import lock_folder, write_json, write_text
 from ..progress import progress_bar
 from ..models import build_model
+from ..precision import autocast
 from .config import TrainConfig
 from .curriculum import eps_for_lambda, lam_schedule
 from .objectives import CURRICULUM_METHODS, OBJECTIVES, Step
@@ -254,7 +255,8 @@ class Trainer:
             s = self._step_state(lam)
             for group in self.optimizer.param_groups:
                 group["lr"] = learning_rate(c, self.step, self.total_iters)
-            out = self.objective(self.model, x, y, s, g_attack)
+            with autocast(self.device, c.precision):
+                out = self.objective(self.model, x, y, s, g_attack)
             if not torch.isfinite(out.loss):
                 last = self.run_dir / "last.pt"
                 kept = (f"the last good checkpoint is {last} (epoch {epoch})" if epoch and last.exists() else
