@@ -83,12 +83,12 @@ else
 fi
 echo "gpu_check ($MODE): $MODEL on synthetic-cifar10, device $DEVICE, $NPROC process(es) with $BACKEND; files in $WORK"
 
-# step NAME CLI ARGS...: run landscape.cli.CLI's main(ARGS) in one process, then print (and add to the summary)
+# step NAME CLI ARGS...: run landscape.cli.CLI's main(ARGS) in one process (at most 4 minutes), then print (and add to the summary)
 # its wall time and the peak GPU memory that PyTorch allocated (torch.cuda.max_memory_allocated).
 step() {
   local name=$1 cli=$2
   shift 2
-  SUMMARY="$SUMMARY" "$PY" - "$name" "$cli" "$@" <<'PYEOF' || FAILED=1
+  SUMMARY="$SUMMARY" timeout 240 "$PY" - "$name" "$cli" "$@" <<'PYEOF' || FAILED=1
 import importlib, os, sys, time
 import torch
 name, cli, *argv = sys.argv[1:]
@@ -121,7 +121,7 @@ step "surface (2D, clean)" surface "$CK" --dim 2 "${SURF[@]}" --device "$DEVICE"
 
 echo "torchrun: $NPROC process(es), $BACKEND"
 t0=$(date +%s.%N)
-"$PY" -m torch.distributed.run --standalone --nproc-per-node "$NPROC" -m landscape.cli.spectrum "$CK" \
+timeout 180 "$PY" -m torch.distributed.run --standalone --nproc-per-node "$NPROC" -m landscape.cli.spectrum "$CK" \
   "${DIST[@]}" --device "$DEVICE" --json "$WORK/spectrum_dist.json"
 rc=$?
 [ "$rc" = 0 ] || FAILED=1
@@ -147,7 +147,8 @@ PYEOF
 
 LEFT=$(( BUDGET_S - ($(date +%s) - START) ))
 echo "measurements: $LEFT s left of $BUDGET_S"
-"$PY" "$ROOT/benchmarks/gpu_check.py" "${MEASURE[@]}" --budget-s "$LEFT" --out "$WORK" > "$WORK/gpu_check.md" \
+timeout $(( LEFT + 120 )) "$PY" "$ROOT/benchmarks/gpu_check.py" "${MEASURE[@]}" --budget-s "$LEFT" --out "$WORK" \
+  > "$WORK/gpu_check.md" \
   || FAILED=1
 
 {
