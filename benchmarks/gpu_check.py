@@ -41,6 +41,9 @@ import scale  # noqa: E402
 
 GPU_MODELS = {"preact-resnet18": 256, "wrn-34-10": 256}
 CPU_MODELS = {"mlp": 8}  # --cpu: checks the script in seconds, measures nothing
+# samples per Hessian batch: one WRN-34-10 HVP over 256 samples in one batch reaches ~62 GB, past the default
+# budget (35% of the H200's 140 GB); two batches halve it (measured: gpu_check.md, first run)
+BATCH_SIZE = {"wrn-34-10": 128}
 # HVPs each task is expected to spend: projected time = HVPs x seconds per HVP, checked against the budget
 EXPECTED_HVPS = {"ours-top5": 130, "ours-trace": 100, "ours-density": 80, "ref-top5": 160, "pyhessian": 600,
                  "eigenthings-top5": 10, "eigenthings-trace": 100, "eigenthings-density": 80}
@@ -185,8 +188,9 @@ def run_group(specs: list[dict]) -> None:
 
 # --- parent side -----------------------------------------------------------------------------------------
 
-def launch(specs: list[dict], deadline: float) -> list[dict]:
-    """One worker process for ``specs``; its rows as they came, the rest marked when it died or timed out."""
+def launch(specs: list[dict], deadline: float, save) -> list[dict]:
+    """One worker process for ``specs``; its rows as they came (``save(rows)`` after each), the rest marked
+    when it died or timed out."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     root = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
@@ -200,6 +204,7 @@ def launch(specs: list[dict], deadline: float) -> list[dict]:
     for line in p.stdout:
         if line.startswith("{"):
             rows.append(json.loads(line))
+            save(rows)
             r = rows[-1]
             brief = {k: r[k] for k in ("hvps", "seconds", "peak", "error") if k in r}
             print(f"[{time.strftime('%H:%M:%S')}] {r.get('model')} {r['task']}: {brief}", file=sys.stderr,
@@ -217,13 +222,15 @@ def launch(specs: list[dict], deadline: float) -> list[dict]:
 def plan(args) -> list[list[dict]]:
     """The groups of tasks, most important first (each list is one worker process)."""
     models = CPU_MODELS if args.cpu else GPU_MODELS
+    if args.models:
+        models = {m: n for m, n in models.items() if m in args.models.split(",")}
     device = "cpu" if args.cpu else "cuda"
     base = {"device": device, "threads": 1 if args.cpu else None, "density_probes": 1,
             "trace_max_hvps": 8 if args.cpu else args.trace_hvps, "timing_repeats": 2}
     cap = {"max_steps": 6} if args.cpu else {}
     groups = []
     for i, (model, n) in enumerate(models.items()):
-        m = {**base, **cap, "model": model, "samples": n}
+        m = {**base, **cap, "model": model, "samples": n, "batch_size": BATCH_SIZE.get(model)}
         groups.append([{**m, "task": t} for t in ("hvp-graphs", "floor", "ours-top5", "ours-trace",
                                                    "ours-density")])
         if i == 0:
@@ -231,7 +238,8 @@ def plan(args) -> list[list[dict]]:
         groups.append([{**m, "task": t} for t in ("pyhessian", "eigenthings-top5", "eigenthings-trace",
                                                    "eigenthings-density")])
     for model, n in models.items():
-        groups.append([{**base, "model": model, "samples": n, "task": "ref-top5", "float64": True,
+        groups.append([{**base, "model": model, "samples": n, "batch_size": BATCH_SIZE.get(model),
+                        "task": "ref-top5", "float64": True,
                         **({"max_steps": 8, "ref_tol": 1e-6} if args.cpu else {})}])
     return groups
 
@@ -279,6 +287,7 @@ def main() -> int:
     ap.add_argument("--cpu", action="store_true", help="tiny dry run on the CPU (an MLP, a few HVPs per task)")
     ap.add_argument("--budget-s", type=float, default=360, help="seconds for all measurements (default 360)")
     ap.add_argument("--trace-hvps", type=int, default=100, help="HVPs of ours and eigenthings' trace (default 100)")
+    ap.add_argument("--models", help="comma-separated subset of the models (default: all)")
     ap.add_argument("--out", default=".", help="folder for gpu_check.json (default: here)")
     args = ap.parse_args()
     if args.worker:
@@ -287,19 +296,24 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     device = "cpu" if args.cpu else "cuda"
+    from landscape.io import write_json
     t0 = time.time()
     deadline = t0 + args.budget_s
     hw = hardware(device)
     rows: list[dict] = []
+
+    def save(rows: list[dict]) -> None:  # after every row: a run cut short keeps what it measured
+        write_json(out / "gpu_check.json", {"kind": "benchmark", "benchmark": "gpu_check", "hardware": hw,
+                                            "budget_s": args.budget_s, "rows": rows})
+
     for group in plan(args):
         known: dict = {}  # per model, the HVP times measured so far: the projections of later tasks
         for r in rows:
             known.setdefault(r["model"], {}).update(
                 {k: r[k] for k in ("hvp_seconds", "float64_hvp_seconds") if k in r})
-        rows += launch([{**s, **known.get(s.get("model"), {}), "deadline": deadline} for s in group], deadline)
-        (out / "gpu_check.json").write_text(json.dumps({"kind": "benchmark", "benchmark": "gpu_check",
-                                                        "hardware": hw, "budget_s": args.budget_s,
-                                                        "rows": rows}, indent=1, default=str))
+        done = list(rows)
+        rows = done + launch([{**s, **known.get(s.get("model"), {}), "deadline": deadline} for s in group],
+                             deadline, lambda new: save(done + new))
     print(report(rows, hw))
     print(f"\nmeasurements: {time.time() - t0:.0f} s of a {args.budget_s:.0f} s budget")
     bad = [r for r in rows if "error" in r and not r["error"].startswith("skipped")]

@@ -30,8 +30,11 @@ one gradient):
 
 So on CPU the vmapped pass (``is_grads_batched``) never pays (it is slower than single vectors), while a
 block that shares one graph build among its vectors removes the rebuild cost (1.7 x faster when graphs are
-rebuilt; no gain when they are kept). Defaults: ``MATMAT_BLOCK`` columns per block, vmapped only on CUDA
-(``MATMAT_VMAP``; unmeasured there: run the benchmark with ``--device cuda``); ``preferred_block`` tells the
+rebuilt; no gain when they are kept). On a GPU (H200, PreAct-ResNet-18, 256 samples, ``benchmarks/gpu_check.py``,
+2026-12-04) the vmapped pass did not pay either: XTrace's 100 HVPs in vmapped blocks of 16 took 0.40 s per HVP
+against 0.18 s for one matvec, at a 48.5 GB peak against the top-5's 25.3 GB, and WRN-34-10's ran out of the
+card's 140 GB. Defaults: ``MATMAT_BLOCK`` columns per block, never vmapped (``MATMAT_VMAP``);
+``preferred_block`` tells the
 estimators when a block pays. Lanczos-type recurrences (one vector at a time, each from the last) gain
 nothing from matmat; for them the graph budget is what matters (1.45-1.58 x kept vs 1.99 x rebuilt). Double backward is therefore the default; ``hvp_method=
 "fwd-over-rev"`` is kept for comparisons and as a cross-check (the tests check both against the exact Hessian).
@@ -127,7 +130,7 @@ def _as_batches(data: Any, batch_size: int | None, device: torch.device) -> list
 GRAPH_MEMORY_FRACTION = 0.25  # default graph budget: this fraction of the memory free on the device at construction
 # columns per vmapped double-backward pass in ``matmat``, by device type (measured: benchmarks/hvp_matmat.py)
 MATMAT_BLOCK = {"cpu": 16, "cuda": 16}
-MATMAT_VMAP = {"cpu": False, "cuda": True}  # one vmapped pass per block (True) or one pass per column
+MATMAT_VMAP = {"cpu": False, "cuda": False}  # one vmapped pass per block (True) or one pass per column
 
 
 class _GraphCache:
