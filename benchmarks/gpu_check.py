@@ -44,6 +44,7 @@ CPU_MODELS = {"mlp": 8}  # --cpu: checks the script in seconds, measures nothing
 # samples per Hessian batch: one WRN-34-10 HVP over 256 samples in one batch reaches ~62 GB, past the default
 # budget (35% of the H200's 140 GB); two batches halve it (measured: gpu_check.md, first run)
 BATCH_SIZE = {"wrn-34-10": 128}
+TRAIN_MODEL = "preact-resnet18"  # the PGD-AT throughput task's model (with it, when --models names it)
 # HVPs each task is expected to spend: projected time = HVPs x seconds per HVP, checked against the budget
 EXPECTED_HVPS = {"ours-top5": 130, "ours-trace": 100, "ours-density": 80, "ref-top5": 160, "pyhessian": 600,
                  "eigenthings-top5": 10, "eigenthings-trace": 100, "eigenthings-density": 80}
@@ -233,7 +234,7 @@ def plan(args) -> list[list[dict]]:
         m = {**base, **cap, "model": model, "samples": n, "batch_size": BATCH_SIZE.get(model)}
         groups.append([{**m, "task": t} for t in ("hvp-graphs", "floor", "ours-top5", "ours-trace",
                                                    "ours-density")])
-        if i == 0:
+        if model == TRAIN_MODEL or args.cpu and i == 0:
             groups.append([{**base, "task": "train", "model": model, "train_samples": 64 if args.cpu else 3072}])
         groups.append([{**m, "task": t} for t in ("pyhessian", "eigenthings-top5", "eigenthings-trace",
                                                    "eigenthings-density")])

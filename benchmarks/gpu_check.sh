@@ -66,7 +66,7 @@ if [ "$MODE" = gpu ]; then
   TRAIN=(--train-samples 2048 --batch-size 128 --steps 3 --val-samples 256)
   SPEC=(--samples 256 --top-k 5 --trace --trace-max-hvps 100 --density --density-probes 1 --density-steps 40)
   SURF=(--samples 256 --x=-1:1:9 --y=-1:1:9)
-  DIST=(--samples 256 --top-k 5)
+  DIST=(--samples 256 --top-k 5 --loss adversarial)
   AA=64
   MEASURE=()
   nvidia-smi -L
@@ -76,7 +76,7 @@ else
   TRAIN=(--train-samples 128 --batch-size 64 --steps 1 --val-samples 32 --val-steps 1)
   SPEC=(--samples 32 --top-k 1 --max-hvps 15 --trace --trace-max-hvps 8 --density --density-probes 1 --density-steps 6)
   SURF=(--samples 32 --x=-1:1:3 --y=-1:1:3)
-  DIST=(--samples 32 --top-k 1 --max-hvps 10)
+  DIST=(--samples 32 --top-k 1 --max-hvps 15 --loss adversarial)
   AA=8
   MEASURE=(--cpu)
   export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
