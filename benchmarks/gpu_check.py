@@ -124,17 +124,18 @@ def train(spec: dict) -> dict:
 
     from landscape.training import TrainConfig, Trainer
     out = {}
-    for precision in ("fp32", "bf16"):
+    for amp in ("off", "bf16"):
         cfg = TrainConfig(method="at", dataset="synthetic-cifar10", model=spec["model"], epochs=2,
                           train_samples=spec["train_samples"], val_samples=64, val_steps=1,
-                          batch_size=spec.get("batch_size", 128), lr_schedule="constant", precision=precision,
+                          batch_size=spec.get("batch_size", 128), lr_schedule="constant", amp=amp,
                           augment=False)
         with tempfile.TemporaryDirectory() as d:
             res = Trainer(cfg, d, spec["device"], progress=False).fit()
         row = res.history[-1]
-        out[precision] = {"images_per_second": spec["train_samples"] / row["train_seconds"],
+        out[amp] = {"images_per_second": spec["train_samples"] / row["train_seconds"],
                           "train_seconds": row["train_seconds"], "train_loss": row["train_loss"],
                           "first_epoch_seconds": res.history[0]["train_seconds"]}
+    out["fp32"] = out.pop("off")
     out["bf16_speedup"] = out["bf16"]["images_per_second"] / out["fp32"]["images_per_second"]
     return out
 

@@ -106,13 +106,31 @@ def _input_grad(loss: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
     return torch.autograd.grad(loss, delta)[0]
 
 
+def _logits(model: nn.Module, x: torch.Tensor, fp16_safe: bool = False) -> torch.Tensor:
+    """``model(x)``. With ``fp16_safe`` (training under fp16 autocast: ``landscape.precision``) the logits
+    in float32, with a hook that scales each sample's logit gradient to a largest entry of 1 before it
+    flows back through the half-precision network: a confidently classified sample's gradient (1 - p_y
+    ~ 1e-9) would otherwise flush to zero in fp16 and the sample would never be attacked, while one
+    loss scale for the whole batch overflows on the misclassified samples. Each PGD step uses only the
+    sign (Linf) or direction (L2) of each sample's gradient, which a per-sample positive factor leaves
+    alone."""
+    logits = model(x)
+    if not fp16_safe:
+        return logits
+    logits = logits.float()
+    if logits.requires_grad:
+        logits.register_hook(lambda g: g / g.abs().amax(1, keepdim=True).clamp_min(1e-30))
+    return logits
+
+
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step_size: float | None = None,
         steps: int = 10, norm: str = "linf", random_init: bool = True, restarts: int = 1,
-        generator: torch.Generator | None = None, bn: str = "eval") -> torch.Tensor:
+        generator: torch.Generator | None = None, bn: str = "eval", fp16_safe: bool = False) -> torch.Tensor:
     """Projected gradient ascent on the cross-entropy (Madry et al. 2018); returns ``x + delta``, detached.
 
     ``step_size`` defaults to 2.5 * eps / steps. With ``restarts > 1`` each sample keeps its worst
-    restart: misclassified beats correct, then higher loss wins. ``bn``: see ``eval_mode``.
+    restart: misclassified beats correct, then higher loss wins. ``bn``: see ``eval_mode``; ``fp16_safe``:
+    see ``_logits``.
     Cost: restarts * steps forward+backward passes, plus one forward per restart when restarts > 1.
     """
     check_eps(eps, norm)
@@ -125,7 +143,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step_siz
             delta = random_start(x, eps, norm, generator) if random_init else torch.zeros_like(x)
             for _ in range(steps):
                 delta.requires_grad_(True)
-                loss = F.cross_entropy(model(x + delta), y, reduction="sum")
+                loss = F.cross_entropy(_logits(model, x + delta, fp16_safe), y, reduction="sum")
                 delta = _ascent(x, delta.detach(), _input_grad(loss, delta), eps, alpha, norm)
             x_adv = (x + delta).detach()
             if restarts <= 1:
@@ -158,7 +176,8 @@ def margin_difficulty(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def pgd_early_stop(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, lam: float,
                    step_size: float | None = None, steps: int = 10, norm: str = "linf",
-                   random_init: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
+                   random_init: bool = True, generator: torch.Generator | None = None,
+                   fp16_safe: bool = False) -> torch.Tensor:
     """PGD with per-sample early stopping under psi_P(x + delta) <= lam (P-SAT's constrained attack).
 
     After every forward pass, a sample whose difficulty exceeds ``lam`` is frozen at its last iterate
@@ -179,7 +198,7 @@ def pgd_early_stop(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: floa
         active = torch.ones(len(x), dtype=torch.bool, device=x.device)
         for _ in range(steps):
             delta.requires_grad_(True)
-            logits = model(x + delta)
+            logits = _logits(model, x + delta, fp16_safe)
             if constrained:
                 with torch.no_grad():
                     active &= margin_difficulty(logits, y) <= lam
@@ -196,7 +215,8 @@ def pgd_early_stop(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: floa
 
 
 def trades_attack(model: nn.Module, x: torch.Tensor, eps: float, step_size: float | None = None,
-                  steps: int = 10, generator: torch.Generator | None = None) -> torch.Tensor:
+                  steps: int = 10, generator: torch.Generator | None = None,
+                  fp16_safe: bool = False) -> torch.Tensor:
     """TRADES' inner maximization (Zhang et al. 2019): Linf PGD on KL(f(x) || f(x + delta)).
 
     Starts at x + 0.001 * N(0, I), unclamped (the start may leave [0, 1] by up to ~0.004), exactly as the
@@ -213,7 +233,7 @@ def trades_attack(model: nn.Module, x: torch.Tensor, eps: float, step_size: floa
         delta = 0.001 * _rand(x.shape, x, generator, normal=True)   # no projection: as the reference
         for _ in range(steps):
             delta.requires_grad_(True)
-            loss = F.kl_div(F.log_softmax(model(x + delta), 1), p_clean, reduction="sum")
+            loss = F.kl_div(F.log_softmax(_logits(model, x + delta, fp16_safe), 1), p_clean, reduction="sum")
             delta = _ascent(x, delta.detach(), _input_grad(loss, delta), eps, alpha, "linf")
     return (x + delta).detach()
 

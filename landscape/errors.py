@@ -41,3 +41,11 @@ class BusyError(LandscapeError):
 
 class ResourceError(LandscapeError):
     """A request that cannot finish: it would need more memory or time than is sensible or available."""
+
+
+EXIT_REQUEUE = 75  # sysexits' EX_TEMPFAIL: "try again later"; what a job script takes as "requeue me"
+
+
+class Preempted(Exception):
+    """A run stopped by a signal (SIGTERM, SIGUSR1) after writing a checkpoint it can resume from: not a
+    mistake, so no ``LandscapeError``; the console scripts exit ``EXIT_REQUEUE`` with its one line."""

@@ -8,9 +8,15 @@ it). So the analysis runs with TF32 off (``full_float32``), and each result reco
 ``describe()["tf32"]``). ``benchmarks/gpu_check.py`` measures the floor with TF32 on and off. On the CPU
 these flags do nothing.
 
-Autocast. Training may run its forward passes (the attack's included) under bf16 autocast
-(``precision="bf16"``): weights, gradients and the optimizer stay float32; bf16 has float32's exponent
-range, so no loss scaling is needed (float16 would need ``torch.amp.GradScaler``).
+Mixed precision (training). ``amp`` is "off" (float32), "bf16" or "fp16": the training step's forward
+passes, the attack's included, run under autocast; weights, gradients, the optimizer, validation and all
+analysis stay float32. bf16 has float32's exponent range and needs no loss scaling. fp16 does: the weight
+gradient goes through ``torch.amp.GradScaler``, and the attack scales each sample's logit gradient to
+O(1) before it flows back through the fp16 network (``landscape.attacks._logits``, ``fp16_safe``): every
+PGD step uses only the sign (Linf) or direction (L2) of each sample's gradient, which that leaves alone,
+while unscaled fp16 backward passes flush the small gradients of confidently classified samples to zero
+(those samples would never be attacked) and one scale for the whole batch overflows on the others. "auto":
+bf16 on a CUDA device that supports it, else off.
 """
 from __future__ import annotations
 
@@ -21,7 +27,7 @@ import torch
 
 from .errors import ConfigError
 
-PRECISIONS = ("fp32", "bf16")  # training: float32 throughout, or bf16 autocast of the forward passes
+AMP_MODES = ("off", "bf16", "fp16")  # training's autocast; "auto" resolves to one of them (resolve_amp)
 
 
 @contextlib.contextmanager
@@ -37,15 +43,23 @@ def full_float32(tf32: bool = False) -> Iterator[None]:
         matmul.allow_tf32, cudnn.allow_tf32 = saved
 
 
-def check_precision(precision: str) -> str:
-    """``precision`` if it is one of ``PRECISIONS``, else ``ConfigError``."""
-    if precision not in PRECISIONS:
-        raise ConfigError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
-    return precision
+def resolve_amp(amp: str, device: torch.device | str) -> str:
+    """``amp`` checked, with "auto" resolved for ``device``: bf16 on a CUDA device that supports it, else off."""
+    if amp == "auto":
+        dev = torch.device(device)
+        return "bf16" if dev.type == "cuda" and torch.cuda.is_bf16_supported() else "off"
+    if amp not in AMP_MODES:
+        raise ConfigError(f"unknown --amp {amp!r}; choose from auto, {', '.join(AMP_MODES)}")
+    return amp
 
 
-def autocast(device: torch.device | str, precision: str) -> contextlib.AbstractContextManager:
-    """The autocast context of a training step: bf16 autocast on ``device``'s type for "bf16", else none."""
-    if check_precision(precision) == "fp32":
+def autocast(device: torch.device | str, amp: str) -> contextlib.AbstractContextManager:
+    """The autocast context of a training step on ``device`` for a resolved ``amp`` (none for "off")."""
+    if resolve_amp(amp, device) == "off":
         return contextlib.nullcontext()
-    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+def grad_scaler(device: torch.device | str, amp: str) -> torch.amp.GradScaler:
+    """The loss scaler of a training run: active for fp16 only (disabled, it changes no number)."""
+    return torch.amp.GradScaler(torch.device(device).type, enabled=amp == "fp16")

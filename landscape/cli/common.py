@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 
 from ..distributed import World, finish, group_initialized, init_from_env
-from ..errors import LandscapeError, ModelError, OutputError
+from ..errors import EXIT_REQUEUE, LandscapeError, ModelError, OutputError, Preempted
 
 EXIT_BAD_INPUT = 2
 
@@ -255,6 +255,9 @@ def cli(prog: str) -> Callable[[Callable[[Sequence[str] | None], int | None]], C
             except (MemoryError, torch.OutOfMemoryError) as e:
                 print(f"{prog}: error: {_memory_hint(e)}", file=sys.stderr)
                 code = EXIT_BAD_INPUT
+            except Preempted as e:
+                print(f"{prog}: {' '.join(str(e).split())}", file=sys.stderr)
+                code = EXIT_REQUEUE
             except KeyboardInterrupt as e:
                 hint = " ".join(str(e).split())
                 print(f"{prog}: interrupted" + (f"; {hint}" if hint else ""), file=sys.stderr)

@@ -10,7 +10,7 @@ from typing import Sequence
 from ..data import available_datasets
 from ..io import write_json
 from ..models import available_models
-from ..precision import PRECISIONS
+from ..precision import AMP_MODES
 from ..training import METHODS, TrainConfig, Trainer
 from ..errors import ConfigError
 from ..training.config import DEFAULT_EPOCHS, DEFAULT_EPS, LR_SCHEDULES, SELECT_RULES
@@ -26,7 +26,8 @@ TYPES = {"--eps": nonneg_float, "--steps": positive_int, "--step-size": positive
          "--train-samples": positive_int, "--val-samples": positive_int, "--val-steps": positive_int,
          "--save-every": nonneg_int, "--hsat-every": positive_int, "--hsat-probe": positive_int,
          "--hsat-iters": int_range(2), "--hsat-bisect": positive_int, "--track-hessian-every": nonneg_int, "--track-probe": positive_int,
-         "--split-seed": int_range(0, 2 ** 63 - 1), "--name": plain_name}
+         "--split-seed": int_range(0, 2 ** 63 - 1), "--name": plain_name, "--ema": float_range(0.0, 1.0),
+         "--checkpoint-minutes": nonneg_float}
 
 DESCRIPTION = """\
 Train a classifier, robustly or not, and write runs/NAME/{config.json, metrics.csv, last.pt, best.pt}.
@@ -93,9 +94,16 @@ def build_parser() -> Parser:
                         "(lam(eps)-lam(0))/(lam(eps_max)-lam(0)), which is 0 at eps=0 (see hsat.py)")
     p.add_argument("--track-hessian-every", type=int, default=0,
                    help="log the top eigenvalue of the adversarial loss on a fixed probe set every N epochs")
-    p.add_argument("--precision", default=d.precision, choices=PRECISIONS,
-                   help="fp32, or bf16: forward passes (the attack's too) under bf16 autocast; weights, "
-                        "gradients and the optimizer stay float32 (about 2x faster on recent GPUs)")
+    p.add_argument("--amp", default=d.amp, choices=("auto", *AMP_MODES),
+                   help="mixed precision of the training step (the attack's forward passes too): bf16, fp16 "
+                        "(with loss scaling), off (float32); auto: bf16 on a CUDA GPU that supports it, else "
+                        "off. Validation and analysis stay float32")
+    p.add_argument("--ema", type=float, default=d.ema, metavar="DECAY",
+                   help="keep an exponential moving average of the weights (e.g. 0.995, with warm-up); it is "
+                        "validated each epoch and saved as best.pt (last.pt keeps the raw weights). 0: off")
+    p.add_argument("--checkpoint-minutes", type=float, default=d.checkpoint_minutes, metavar="M",
+                   help="also write last.pt in the middle of an epoch every M minutes (SIGTERM and SIGUSR1 "
+                        "always do, then exit 75 so that a job script can requeue; --resume continues exactly)")
     p.add_argument("--track-probe", type=int, default=d.track_probe, help="samples in the sharpness probe set")
     p.add_argument("--name", help="run name (default: METHOD-DATASET-epsEPS-sSEED)")
     p.add_argument("--runs-dir", "--out", dest="runs_dir", metavar="DIR", default="runs",

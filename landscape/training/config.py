@@ -11,7 +11,7 @@ from ..data import AUGMENTED, dataset_info
 from ..errors import ConfigError
 from ..io import safe_name
 from ..models import resolve_model_name
-from ..precision import check_precision
+from ..precision import resolve_amp
 from .curriculum import SCHEDULES
 from .objectives import CURRICULUM_METHODS, METHODS
 
@@ -62,7 +62,9 @@ class TrainConfig:
     hsat_normalize: str = "ratio"       # H-SAT: psi_H = lam(eps)/lam(eps_max) | affine: (lam(eps)-lam(0))/(lam(eps_max)-lam(0))
     track_hessian_every: int = 0        # log the adversarial top eigenvalue every N epochs (0: never)
     track_probe: int = 256              # samples in the sharpness-tracking probe set
-    precision: str = "fp32"             # fp32 | bf16 (autocast of the forward passes, attack included)
+    amp: str = "auto"                   # off | bf16 | fp16 | auto (bf16 on a CUDA device that has it, else off)
+    ema: float = 0.0                    # EMA decay of the weights (0: no EMA); best.pt then holds the EMA weights
+    checkpoint_minutes: float = 0.0     # also write last.pt mid-epoch every M minutes (0: at epoch ends only)
     name: str | None = None
     extra: dict = field(default_factory=dict)
 
@@ -96,7 +98,12 @@ class TrainConfig:
             raise ConfigError(f"unknown LR schedule {c.lr_schedule!r}; choose from {', '.join(LR_SCHEDULES)}")
         if not (0 <= c.lam0 <= 1 and 0 <= c.ramp <= 1):
             raise ConfigError("lam0 and ramp must lie in [0, 1]")
-        check_precision(c.precision)
+        if c.amp != "auto":
+            resolve_amp(c.amp, "cpu")  # checks the name; "auto" is resolved by the Trainer, for its device
+        if not (c.ema == 0 or 0 < c.ema < 1):
+            raise ConfigError(f"--ema takes a decay in (0, 1), e.g. 0.995, or 0 for none; got {c.ema}")
+        if not (c.checkpoint_minutes >= 0 and math.isfinite(c.checkpoint_minutes)):
+            raise ConfigError(f"--checkpoint-minutes must be >= 0, got {c.checkpoint_minutes}")
         if c.select not in SELECT_RULES:
             raise ConfigError(f"unknown selection rule {c.select!r}; choose from {', '.join(SELECT_RULES)}")
         if c.select == "pgd" and c.eps is None:
@@ -137,5 +144,6 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
+        """The config a checkpoint stored; a run from before ``amp`` existed trained in float32 ("off")."""
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        return cls(**{"amp": "off", **{k: v for k, v in d.items() if k in names}})

@@ -29,6 +29,7 @@ class Step:
     steps: int
     step_size: float
     beta: float = 6.0
+    fp16_safe: bool = False  # the attack's input gradients kept from underflowing under fp16 autocast (attacks._logits)
 
 
 def standard(model: nn.Module, x: torch.Tensor, y: torch.Tensor, s: Step, g: torch.Generator) -> BatchLoss:
@@ -39,21 +40,22 @@ def standard(model: nn.Module, x: torch.Tensor, y: torch.Tensor, s: Step, g: tor
 
 def adversarial(model: nn.Module, x: torch.Tensor, y: torch.Tensor, s: Step, g: torch.Generator) -> BatchLoss:
     """Madry AT: cross-entropy at Linf PGD examples of budget ``s.eps`` (random start)."""
-    x_adv = pgd(model, x, y, s.eps, s.step_size, s.steps, generator=g)
+    x_adv = pgd(model, x, y, s.eps, s.step_size, s.steps, generator=g, fp16_safe=s.fp16_safe)
     logits = model(x_adv)
     return BatchLoss(F.cross_entropy(logits, y), logits)
 
 
 def probability_sat(model: nn.Module, x: torch.Tensor, y: torch.Tensor, s: Step, g: torch.Generator) -> BatchLoss:
     """P-SAT: cross-entropy at PGD examples early-stopped per sample where psi_P would exceed lam."""
-    x_adv = pgd_early_stop(model, x, y, s.eps, s.lam, s.step_size, s.steps, generator=g)
+    x_adv = pgd_early_stop(model, x, y, s.eps, s.lam, s.step_size, s.steps, generator=g,
+                           fp16_safe=s.fp16_safe)
     logits = model(x_adv)
     return BatchLoss(F.cross_entropy(logits, y), logits)
 
 
 def trades(model: nn.Module, x: torch.Tensor, y: torch.Tensor, s: Step, g: torch.Generator) -> BatchLoss:
     """TRADES: CE(f(x), y) + beta * KL(f(x) || f(x_adv)) / batch, x_adv maximizing the KL term."""
-    x_adv = trades_attack(model, x, s.eps, s.step_size, s.steps, generator=g)
+    x_adv = trades_attack(model, x, s.eps, s.step_size, s.steps, generator=g, fp16_safe=s.fp16_safe)
     return trades_loss(model, x, x_adv, y, s.beta)
 
 

@@ -1,8 +1,12 @@
 """The training loop: SGD, LR schedule, curriculum, validation, best/last checkpoints, resume, metrics.csv.
 
 Reproducibility: all randomness is drawn from CPU generators derived from (seed, purpose, epoch), never
-from global RNG state, so a run resumed from ``last.pt`` at an epoch boundary replays exactly what an
-uninterrupted run does (bit-identical weights on the same device and thread count).
+from global RNG state, so a run resumed from ``last.pt`` replays exactly what an uninterrupted run does
+(bit-identical weights on the same device and thread count). ``last.pt`` is written at the end of every
+epoch and, mid-epoch, on SIGTERM / SIGUSR1 (then the run stops with ``Preempted``: exit 75 from the
+command line, for a job script to requeue) and every ``checkpoint_minutes``; a mid-epoch ``last.pt``
+holds the epoch's position (``EpochState``: batches done, generator states, running sums), and resuming
+skips the batches done and goes on with the same generators.
 Files in ``out/NAME/``: config.json, metrics.csv, last.pt, best.pt, epoch_XXX.pt with ``save_every`` and
 hsat.json for H-SAT (``RUN_FILES``); a fresh run (``overwrite``) deletes those of an earlier run first.
 """
@@ -13,6 +17,8 @@ import dataclasses
 import io
 import math
 import re
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,14 +29,15 @@ from torch import nn
 from .._version import __version__
 from ..checkpoint import load_weights, read_checkpoint, save_checkpoint
 from ..data import Dataset, augment, load_dataset
-from ..errors import CheckpointError, ConfigError, NonFiniteLossError
+from ..errors import CheckpointError, ConfigError, NonFiniteLossError, Preempted
 from ..evaluate import evaluate
 from ..io import lock_folder, write_json, write_text
 from ..progress import progress_bar
 from ..models import build_model
-from ..precision import autocast
+from ..precision import autocast, grad_scaler, resolve_amp
 from .config import TrainConfig
 from .curriculum import eps_for_lambda, lam_schedule
+from .ema import ema_model, update_ema
 from .objectives import CURRICULUM_METHODS, OBJECTIVES, Step
 
 _SHUFFLE, _ATTACK, _AUGMENT = 1, 2, 3
@@ -106,6 +113,69 @@ def _write_metrics(path: Path, history: list[dict]) -> None:
     write_text(path, buf.getvalue())
 
 
+STOP_SIGNALS = ("SIGTERM", "SIGUSR1")  # what SLURM sends before a time limit (--signal) or on preemption
+
+
+@dataclass
+class EpochState:
+    """An epoch in progress: the batches done, the running sums of its metrics row and the states of its
+    attack and augmentation generators; what a mid-epoch ``last.pt`` stores (``to_dict``) to resume it."""
+    epoch: int
+    g_attack: torch.Generator
+    g_aug: torch.Generator
+    batch: int = 0
+    loss_sum: torch.Tensor | None = None
+    correct: torch.Tensor | None = None
+    seen: int = 0
+    seconds: float = 0.0
+    extra: dict = field(default_factory=dict)
+    lam: float = 1.0
+    eps_t: float | None = None
+
+    @classmethod
+    def start(cls, seed: int, epoch: int, device: torch.device) -> "EpochState":
+        return cls(epoch, derived_generator(seed, _ATTACK, epoch), derived_generator(seed, _AUGMENT, epoch),
+                   loss_sum=torch.zeros((), device=device), correct=torch.zeros((), device=device, dtype=torch.long))
+
+    def to_dict(self) -> dict:
+        return {"epoch": self.epoch, "batch": self.batch, "loss_sum": self.loss_sum.detach().cpu(),
+                "correct": self.correct.detach().cpu(), "seen": self.seen, "seconds": self.seconds,
+                "extra": self.extra, "lam": self.lam, "eps_t": self.eps_t,
+                "g_attack": self.g_attack.get_state(), "g_aug": self.g_aug.get_state()}
+
+    @classmethod
+    def from_dict(cls, d: dict, device: torch.device) -> "EpochState":
+        gens = []
+        for key in ("g_attack", "g_aug"):
+            g = torch.Generator()
+            g.set_state(d[key])
+            gens.append(g)
+        return cls(int(d["epoch"]), *gens, batch=int(d["batch"]), loss_sum=d["loss_sum"].to(device),
+                   correct=d["correct"].to(device), seen=int(d["seen"]), seconds=float(d["seconds"]),
+                   extra=dict(d["extra"]), lam=float(d["lam"]), eps_t=d["eps_t"])
+
+
+class _StopSignals:
+    """While active, SIGTERM and SIGUSR1 set ``received`` (the signal's name) instead of killing the process;
+    the previous handlers come back after. Only in the main thread (elsewhere Python allows no handler)."""
+
+    def __init__(self):
+        self.received: str | None = None
+        self._old: dict = {}
+
+    def __enter__(self) -> "_StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for name in STOP_SIGNALS:
+                sig = getattr(signal, name)
+                self._old[sig] = signal.signal(sig, lambda num, frame: setattr(self, "received",
+                                                                                signal.Signals(num).name))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
 class Trainer:
     """One training run. ``Trainer(cfg).fit()`` trains from scratch; ``Trainer.resume(run_dir).fit()`` continues.
 
@@ -115,8 +185,8 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, out: str | Path = "runs", device: str | torch.device = "cpu",
                  progress: bool = True, overwrite: bool = False):
-        self.cfg = cfg.resolved()
         self.device = torch.device(device)
+        self.cfg = dataclasses.replace(cfg.resolved(), amp=resolve_amp(cfg.amp, self.device))
         self.progress = progress
         self.run_dir = Path(out) / self.cfg.name
         stale = run_files(self.run_dir)
@@ -132,6 +202,7 @@ class Trainer:
             p.unlink(missing_ok=True)
         self.epoch, self.step, self.history, self.best = 0, 0, [], (-math.inf, -1)
         self.state: dict = {}
+        self.current: EpochState | None = None  # the epoch in progress (resumed mid-epoch: where it stopped)
 
     @classmethod
     def resume(cls, run_dir: str | Path, device: str | torch.device = "cpu", progress: bool = True,
@@ -152,6 +223,8 @@ class Trainer:
             raise CheckpointError(f"{run_dir / 'last.pt'} is not a landscape training checkpoint")
         cfg = TrainConfig.from_dict(ck["config"]["train"]).resolved()
         changes = {**(changes or {}), **({"epochs": epochs} if epochs is not None else {})}
+        if "amp" in changes:
+            changes["amp"] = resolve_amp(changes["amp"], device)
         _check_resume_changes(cfg, changes, run_dir, int(ck.get("epoch") or 0))
         self = cls.__new__(cls)
         self.cfg = dataclasses.replace(cfg, **changes).resolved()
@@ -163,6 +236,11 @@ class Trainer:
         self.epoch, self.step = int(ck["epoch"]), int(ts["step"])
         self.history, self.best = list(ts["history"]), tuple(ts["best"])
         self.state = dict(ts.get("extra", {}))
+        if "scaler" in ts:
+            self.scaler.load_state_dict(ts["scaler"])
+        if self.ema is not None:
+            self.ema.load_state_dict(ts["ema"])
+        self.current = EpochState.from_dict(ts["epoch_state"], self.device) if ts.get("epoch_state") else None
         return self
 
     # ----------------------------------------------------------------------------------------------
@@ -179,6 +257,8 @@ class Trainer:
         self.model: nn.Module = build_model(c.model, self.info, seed=c.seed).to(self.device)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=c.lr, momentum=c.momentum,
                                          weight_decay=c.weight_decay)
+        self.scaler = grad_scaler(self.device, c.amp)
+        self.ema = ema_model(self.model, c.ema) if c.ema else None
         self.iters_per_epoch = math.ceil(len(self.train_set) / c.batch_size)
         self.total_iters = self.iters_per_epoch * c.epochs
         self.objective = OBJECTIVES[c.method]
@@ -214,7 +294,7 @@ class Trainer:
         else:
             eps_t = c.eps
         step_size = c.step_size * (eps_t / c.eps) if c.eps else 0.0
-        return Step(eps=eps_t, lam=lam, steps=c.steps, step_size=step_size, beta=c.beta)
+        return Step(eps=eps_t, lam=lam, steps=c.steps, step_size=step_size, beta=c.beta, fp16_safe=c.amp == "fp16")
 
     # ----------------------------------------------------------------------------------------------
     def fit(self) -> TrainResult:
@@ -225,65 +305,91 @@ class Trainer:
             bar = progress_bar(self.total_iters, c.name, "it", initial=self.step, show=self.progress,
                                dynamic_ncols=True)
             try:
-                while self.epoch < c.epochs:
-                    row = self._train_epoch(bar)
-                    self._finish_epoch(row)
-                    bar.set_postfix({k: row[k] for k in ("train_loss", "val_clean", "val_pgd", "lam", "eps_t")})
+                with _StopSignals() as stop:
+                    while self.epoch < c.epochs:
+                        row = self._train_epoch(bar, stop)
+                        self._finish_epoch(row)
+                        bar.set_postfix({k: row[k] for k in ("train_loss", "val_clean", "val_pgd", "lam", "eps_t")})
             finally:
                 bar.close()
         return TrainResult(self.run_dir, self.history, self.best[1], self.cfg, seconds=time.perf_counter() - t_fit)
 
-    def _train_epoch(self, bar) -> dict:
+    def _train_epoch(self, bar, stop: _StopSignals | None = None) -> dict:
+        """The current epoch's remaining batches (all of them, unless resumed mid-epoch), then validation.
+        Between batches: a mid-epoch ``last.pt`` on a stop signal (then ``Preempted``) or when
+        ``checkpoint_minutes`` have passed since the last one."""
         c, epoch = self.cfg, self.epoch
-        g_shuffle = derived_generator(c.seed, _SHUFFLE, epoch)
-        g_attack = derived_generator(c.seed, _ATTACK, epoch)
-        g_aug = derived_generator(c.seed, _AUGMENT, epoch)
-        extra: dict = {}
-        if self.hsat is not None:
-            extra.update(self.hsat.maybe_calibrate(self, force=True))
+        st = self.current if self.current is not None and self.current.epoch == epoch else \
+            EpochState.start(c.seed, epoch, self.device)
+        self.current = st
+        if self.hsat is not None and st.batch == 0:
+            st.extra.update(self.hsat.maybe_calibrate(self, force=True))
         self.model.train()
-        t0 = time.perf_counter()
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), device=self.device, dtype=torch.long)
-        seen, lam, s = 0, 1.0, None
-        for i, (x, y) in enumerate(self.train_set.batches(c.batch_size, shuffle=True, generator=g_shuffle)):
+        t0 = last_save = time.perf_counter()
+        batches = self.train_set.batches(c.batch_size, shuffle=True,
+                                         generator=derived_generator(c.seed, _SHUFFLE, epoch))
+        for i, (x, y) in enumerate(batches):
+            if i < st.batch:  # done before the run was stopped: the same shuffle, skipped
+                continue
             if c.augment:
-                x = augment(x, g_aug)
+                x = augment(x, st.g_aug)
             if self.hsat is not None and i > 0:
-                extra.update(self.hsat.maybe_calibrate(self))
-            lam = self._lam(self.step)
-            s = self._step_state(lam)
-            for group in self.optimizer.param_groups:
-                group["lr"] = learning_rate(c, self.step, self.total_iters)
-            with autocast(self.device, c.precision):
-                out = self.objective(self.model, x, y, s, g_attack)
-            if not torch.isfinite(out.loss):
-                last = self.run_dir / "last.pt"
-                kept = (f"the last good checkpoint is {last} (epoch {epoch})" if epoch and last.exists() else
-                        "no checkpoint was written (it failed in the first epoch)")
-                raise NonFiniteLossError(f"loss became {out.loss.item()} at epoch {epoch + 1}, iteration {i + 1}; "
-                                         f"stopped, {kept}; try a smaller --lr")
-            self.optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
-            self.optimizer.step()
-            loss_sum += out.loss.detach() * len(y)
-            correct += (out.logits.detach().argmax(1) == y).sum()
-            seen += len(y)
-            self.step += 1
+                st.extra.update(self.hsat.maybe_calibrate(self))
+            self._train_step(x, y, st, i)
             bar.update(1)
-        train_seconds = time.perf_counter() - t0
+            received = stop.received if stop is not None else None
+            due = c.checkpoint_minutes and time.perf_counter() - last_save >= 60 * c.checkpoint_minutes
+            if received or (due and st.batch < self.iters_per_epoch):
+                st.seconds += time.perf_counter() - t0
+                t0 = last_save = time.perf_counter()
+                self._save_last(mid_epoch=True)
+                if received:
+                    raise Preempted(f"stopped by {received} in epoch {epoch + 1} after batch {st.batch} of "
+                                    f"{self.iters_per_epoch}; {self.run_dir / 'last.pt'} holds the run at that "
+                                    f"point; continue with: landscape-train --resume {self.run_dir}")
+        train_seconds = st.seconds + time.perf_counter() - t0
+        self.current = None
         t1 = time.perf_counter()
-        val = evaluate(self.model, self.val_x, self.val_y, attack=c.attack(steps=c.val_steps), seed=c.seed)
-        val_loss = _clean_loss(self.model, self.val_x, self.val_y)
-        row = {"epoch": epoch + 1, "lr": learning_rate(c, self.step - 1, self.total_iters), "lam": lam,
-               "eps_t": s.eps if s else c.eps, "train_loss": loss_sum.item() / seen,
-               "train_acc": correct.item() / seen, "val_clean": val.clean_acc, "val_pgd": val.pgd_acc,
+        evaluated = self.ema.module if self.ema is not None else self.model
+        val = evaluate(evaluated, self.val_x, self.val_y, attack=c.attack(steps=c.val_steps), seed=c.seed)
+        val_loss = _clean_loss(evaluated, self.val_x, self.val_y)
+        row = {"epoch": epoch + 1, "lr": learning_rate(c, self.step - 1, self.total_iters), "lam": st.lam,
+               "eps_t": st.eps_t if st.batch else c.eps, "train_loss": st.loss_sum.item() / st.seen,
+               "train_acc": st.correct.item() / st.seen, "val_clean": val.clean_acc, "val_pgd": val.pgd_acc,
                "val_loss": val_loss, "train_seconds": train_seconds, "val_seconds": time.perf_counter() - t1}
         if self.tracker is not None and (epoch + 1) % c.track_hessian_every == 0:
             row.update(self.tracker.measure(self.model))
-        row.update(extra)
-        row["seconds"] = time.perf_counter() - t0
+        row.update(st.extra)
+        row["seconds"] = train_seconds + row["val_seconds"]
         return row
+
+    def _train_step(self, x: torch.Tensor, y: torch.Tensor, st: EpochState, i: int) -> None:
+        """One iteration: LR and curriculum for ``self.step``, the objective (attack included) under the
+        run's autocast, the (scaled) backward pass and SGD step, the EMA update, the epoch's running sums."""
+        c = self.cfg
+        lam = self._lam(self.step)
+        s = self._step_state(lam)
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(c, self.step, self.total_iters)
+        with autocast(self.device, c.amp):
+            out = self.objective(self.model, x, y, s, st.g_attack)
+        if not torch.isfinite(out.loss):
+            last = self.run_dir / "last.pt"
+            kept = (f"the last good checkpoint is {last} (epoch {self.epoch})" if self.epoch and last.exists()
+                    else "no checkpoint was written (it failed in the first epoch)")
+            raise NonFiniteLossError(f"loss became {out.loss.item()} at epoch {self.epoch + 1}, iteration {i + 1}; "
+                                     f"stopped, {kept}; try a smaller --lr")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(out.loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.ema is not None:
+            update_ema(self.ema, self.model)
+        st.loss_sum += out.loss.detach().float() * len(y)
+        st.correct += (out.logits.detach().argmax(1) == y).sum()
+        st.seen += len(y)
+        st.batch, st.lam, st.eps_t = i + 1, lam, s.eps
+        self.step += 1
 
     def _finish_epoch(self, row: dict) -> None:
         c = self.cfg
@@ -293,18 +399,32 @@ class Trainer:
         row.update(select=c.select, select_score=value)
         metrics = dict(row)
         cfg = self.checkpoint_config()
+        averaged = self.ema.module if self.ema is not None else self.model  # the weights validated
         if c.save_every and self.epoch % c.save_every == 0:
-            save_checkpoint(self.run_dir / f"epoch_{self.epoch:03d}.pt", self.model, cfg, metrics, self.epoch)
+            save_checkpoint(self.run_dir / f"epoch_{self.epoch:03d}.pt", averaged, cfg, metrics, self.epoch)
         if key > self.best[0]:
             self.best = (key, self.epoch)
-            save_checkpoint(self.run_dir / "best.pt", self.model, cfg, metrics, self.epoch)
-        train_state = {"optimizer": self.optimizer.state_dict(), "step": self.step, "history": self.history,
-                       "best": list(self.best), "extra": self.state}
-        save_checkpoint(self.run_dir / "last.pt", self.model, cfg, metrics, self.epoch, train_state)
+            save_checkpoint(self.run_dir / "best.pt", averaged, cfg, metrics, self.epoch)
+        self._save_last(metrics)
         _write_metrics(self.run_dir / "metrics.csv", self.history)
         if "hsat_log" in self.state:
             write_json(self.run_dir / "hsat.json", {"landscape_version": __version__,
                                                     "calibrations": self.state["hsat_log"]})
+
+
+    def _save_last(self, metrics: dict | None = None, mid_epoch: bool = False) -> None:
+        """``last.pt``: the raw weights and everything resume needs (optimizer, loss scaler, EMA, step,
+        history, best, H-SAT state and, ``mid_epoch``, the epoch in progress), written atomically."""
+        st = self.current if mid_epoch else None
+        train_state = {"optimizer": self.optimizer.state_dict(), "step": self.step, "history": self.history,
+                       "best": list(self.best), "extra": self.state, "scaler": self.scaler.state_dict(),
+                       "epoch_state": st.to_dict() if st is not None else None}
+        if self.ema is not None:
+            train_state["ema"] = self.ema.state_dict()
+        if st is not None:
+            metrics = {"mid_epoch": {"epoch": st.epoch + 1, "batch": st.batch, "of": self.iters_per_epoch}}
+        save_checkpoint(self.run_dir / "last.pt", self.model, self.checkpoint_config(), metrics, self.epoch,
+                        train_state)
 
 
 def _clean_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> float:
