@@ -55,7 +55,27 @@ def check_eps(eps: float, norm: str = "linf") -> None:
         raise ConfigError(f"eps must lie in [0, 1] for Linf attacks on [0, 1] inputs, got {eps}")
 
 
-def _rand(shape: torch.Size, x: torch.Tensor, generator: torch.Generator | None, normal: bool = False):
+class RowShard:
+    """A generator for the rows ``[lo, hi)`` of a batch of ``rows`` samples: every draw of a batch-shaped
+    tensor is made for the whole batch from ``generator`` and cut to those rows. Data-parallel training
+    gives each process a shard of the global batch and one of these over the same generator, so that every
+    sample gets the random start a single process gives it (cost: each process draws the whole batch's
+    noise, negligible beside the attack's passes)."""
+
+    def __init__(self, generator: torch.Generator, rows: int, lo: int, hi: int):
+        self.generator, self.rows, self.lo, self.hi = generator, rows, lo, hi
+
+    def draw(self, shape: torch.Size, dtype: torch.dtype, normal: bool) -> torch.Tensor:
+        if shape[0] != self.hi - self.lo:
+            raise ValueError(f"RowShard for rows {self.lo}:{self.hi} asked for a batch of {shape[0]}")
+        full = (torch.randn if normal else torch.rand)((self.rows, *shape[1:]), generator=self.generator,
+                                                        dtype=dtype)
+        return full[self.lo:self.hi]
+
+
+def _rand(shape: torch.Size, x: torch.Tensor, generator: torch.Generator | RowShard | None, normal: bool = False):
+    if isinstance(generator, RowShard):
+        return generator.draw(shape, x.dtype, normal).to(x.device)
     r = (torch.randn if normal else torch.rand)(shape, generator=generator, dtype=x.dtype)
     return r.to(x.device)
 

@@ -180,3 +180,32 @@ def test_bad_eps_is_refused(setup):
             attacks.pgd(model, x, y, eps)
     with pytest.raises(ConfigError):
         attacks.pgd(model, x, y, 0.1, norm="l7")
+
+
+def test_fp16_safe_attack_moves_confident_samples_that_fp16_would_freeze():
+    """Under fp16 autocast the input gradient of a confidently classified sample (1 - p_y ~ 1e-9) flushes to
+    zero and PGD never moves it; with fp16_safe (what training under --amp fp16 uses) every sample's
+    gradient has float32's signs and every sample moves."""
+    import torch.nn.functional as F
+    from landscape.attacks import _input_grad, _logits, pgd
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(10, 32), torch.nn.ReLU(), torch.nn.Linear(32, 3))
+    with torch.no_grad():
+        net[2].weight.mul_(300)
+    x = torch.rand(6, 10)
+    y = net(x).argmax(1)
+    y[0] = (y[0] + 1) % 3  # one misclassified sample: a large gradient, which must not overflow either
+    d = torch.zeros_like(x, requires_grad=True)
+    g32 = torch.autograd.grad(F.cross_entropy(net(x + d), y, reduction="sum"), d)[0]
+    assert (g32 != 0).any(1).all()
+    moved = {}
+    for safe in (False, True):
+        d = torch.zeros_like(x, requires_grad=True)
+        with torch.autocast("cpu", dtype=torch.float16):
+            g = _input_grad(F.cross_entropy(_logits(net, x + d, safe), y, reduction="sum"), d)
+            moved[safe] = (pgd(net, x, y, 0.1, steps=3, random_init=False, fp16_safe=safe) != x).any(1)
+        if safe:
+            assert torch.equal(g.sign(), g32.sign())
+        else:
+            assert not (g != 0).any(1).all()   # the failure fp16_safe exists for
+    assert moved[True].all() and not moved[False].all()

@@ -319,7 +319,7 @@ def test_resume_refuses_another_amp_or_ema_and_old_runs_were_float32(tmp_path, c
 def test_ema_weights_are_validated_and_saved_as_best(tmp_path):
     """With --ema, best.pt holds the averaged weights (validated each epoch) and last.pt the raw ones; the
     average lies between the runs' start and end (it is not the raw weights)."""
-    res = train(TrainConfig(**{**TINY, "method": "at"}, model="cnn-small-bn", epochs=2, ema=0.9, name="e"), out=tmp_path)
+    res = train(TrainConfig(**{**TINY, "method": "at"}, model="cnn-small-bn", epochs=1, ema=0.9, name="e"), out=tmp_path)
     raw = load_checkpoint(tmp_path / "e" / "last.pt").model.state_dict()
     best = load_checkpoint(tmp_path / "e" / "best.pt")
     avg = best.model.state_dict()

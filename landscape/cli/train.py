@@ -17,7 +17,7 @@ from ..training.config import DEFAULT_EPOCHS, DEFAULT_EPS, LR_SCHEDULES, SELECT_
 from ..training.trainer import RESUME_SAFE
 from ..training.curriculum import SCHEDULES
 from .common import (Parser, add_device, check_output, cli, float_range, int_range, learning_rate, nonneg_float,
-                     nonneg_int, on_interrupt, plain_name, positive_float, positive_int, resolve_device, set_types,
+                     nonneg_int, on_interrupt, plain_name, positive_float, positive_int, resolve_world, set_types,
                      unit_interval)
 
 TYPES = {"--eps": nonneg_float, "--steps": positive_int, "--step-size": positive_float, "--beta": nonneg_float,
@@ -104,6 +104,9 @@ def build_parser() -> Parser:
     p.add_argument("--checkpoint-minutes", type=float, default=d.checkpoint_minutes, metavar="M",
                    help="also write last.pt in the middle of an epoch every M minutes (SIGTERM and SIGUSR1 "
                         "always do, then exit 75 so that a job script can requeue; --resume continues exactly)")
+    p.add_argument("--sync-bn", action="store_true",
+                   help="under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm; needs GPUs "
+                        "with nccl); without it each process normalizes its own shard")
     p.add_argument("--track-probe", type=int, default=d.track_probe, help="samples in the sharpness probe set")
     p.add_argument("--name", help="run name (default: METHOD-DATASET-epsEPS-sSEED)")
     p.add_argument("--runs-dir", "--out", dest="runs_dir", metavar="DIR", default="runs",
@@ -153,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_output(args.runs_dir, "--runs-dir", folder=True)
     elif Path(args.resume).is_dir():
         check_output(args.resume, "--resume", folder=True)
-    device = resolve_device(args.device)
+    world, device = resolve_world(args.device)   # under torchrun: one process per GPU (nccl) or CPU share
     progress = not args.quiet
     if args.resume is not None:
         typed = {t.split("=")[0] for t in (sys.argv[1:] if argv is None else argv)}
@@ -167,6 +170,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         trainer = Trainer(_config(args), args.runs_dir, device, progress, overwrite=args.overwrite)
     with on_interrupt(lambda: _resume_hint(trainer, args)):
         result = trainer.fit()
+    if not world.main:  # rank 0 reports and writes
+        return 0
     last = result.history[-1]
     best = result.history[result.best_epoch - 1]
     print(f"{result.run_dir}: {len(result.history)} epochs; last val {_accuracies(last)}; best.pt = epoch "

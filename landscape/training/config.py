@@ -65,6 +65,7 @@ class TrainConfig:
     amp: str = "auto"                   # off | bf16 | fp16 | auto (bf16 on a CUDA device that has it, else off)
     ema: float = 0.0                    # EMA decay of the weights (0: no EMA); best.pt then holds the EMA weights
     checkpoint_minutes: float = 0.0     # also write last.pt mid-epoch every M minutes (0: at epoch ends only)
+    sync_bn: bool = False               # torchrun: BatchNorm statistics over the global batch (SyncBatchNorm)
     name: str | None = None
     extra: dict = field(default_factory=dict)
 

@@ -12,6 +12,7 @@ hsat.json for H-SAT (``RUN_FILES``); a fresh run (``overwrite``) deletes those o
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
@@ -28,7 +29,9 @@ from torch import nn
 
 from .._version import __version__
 from ..checkpoint import load_weights, read_checkpoint, save_checkpoint
+from ..attacks import RowShard, eval_mode
 from ..data import Dataset, augment, load_dataset
+from ..distributed import all_reduce_sum, shard_bounds, world
 from ..errors import CheckpointError, ConfigError, NonFiniteLossError, Preempted
 from ..evaluate import evaluate
 from ..io import lock_folder, write_json, write_text
@@ -38,7 +41,7 @@ from ..precision import autocast, grad_scaler, resolve_amp
 from .config import TrainConfig
 from .curriculum import eps_for_lambda, lam_schedule
 from .ema import ema_model, update_ema
-from .objectives import CURRICULUM_METHODS, OBJECTIVES, Step
+from .objectives import CURRICULUM_METHODS, OBJECTIVES, EachInput, Step
 
 _SHUFFLE, _ATTACK, _AUGMENT = 1, 2, 3
 RUN_FILES = ("config.json", "metrics.csv", "last.pt", "best.pt", "hsat.json")   # + epoch_XXX.pt
@@ -187,7 +190,8 @@ class Trainer:
                  progress: bool = True, overwrite: bool = False):
         self.device = torch.device(device)
         self.cfg = dataclasses.replace(cfg.resolved(), amp=resolve_amp(cfg.amp, self.device))
-        self.progress = progress
+        self.world = world()
+        self.progress = progress and self.world.main
         self.run_dir = Path(out) / self.cfg.name
         stale = run_files(self.run_dir)
         if stale and not overwrite:
@@ -198,7 +202,7 @@ class Trainer:
                               f"{' ...' if len(stale) > 3 else ''}); replace them with --overwrite or choose "
                               "another --name")
         self._setup()
-        for p in stale:  # --overwrite: no epoch_XXX.pt / hsat.json of the old run may sit beside the new one
+        for p in stale if self.world.main else ():  # --overwrite: no old epoch_XXX.pt / hsat.json may stay
             p.unlink(missing_ok=True)
         self.epoch, self.step, self.history, self.best = 0, 0, [], (-math.inf, -1)
         self.state: dict = {}
@@ -228,7 +232,8 @@ class Trainer:
         _check_resume_changes(cfg, changes, run_dir, int(ck.get("epoch") or 0))
         self = cls.__new__(cls)
         self.cfg = dataclasses.replace(cfg, **changes).resolved()
-        self.device, self.progress, self.run_dir = torch.device(device), progress, run_dir
+        self.device, self.run_dir, self.world = torch.device(device), run_dir, world()
+        self.progress = progress and self.world.main
         self._setup()
         ts = ck["train_state"]
         load_weights(self.model, ck["model_state"], str(run_dir / "last.pt"))
@@ -255,6 +260,14 @@ class Trainer:
         self.val_x, self.val_y = val.tensors(n_val, self.device)
         self.info = train.info
         self.model: nn.Module = build_model(c.model, self.info, seed=c.seed).to(self.device)
+        if c.sync_bn and self.world.active:
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        if self.world.active and c.batch_size < self.world.size:
+            raise ConfigError(f"--batch-size {c.batch_size} is the global batch: it must hold at least one "
+                              f"sample per process ({self.world.size} processes)")
+        # the model the training loss runs through: DDP (gradients all-reduced in backward) under torchrun
+        self.ddp: nn.Module = self.model if not self.world.active else nn.parallel.DistributedDataParallel(
+            EachInput(self.model), device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=c.lr, momentum=c.momentum,
                                          weight_decay=c.weight_decay)
         self.scaler = grad_scaler(self.device, c.amp)
@@ -300,8 +313,11 @@ class Trainer:
     def fit(self) -> TrainResult:
         """Train the remaining epochs, writing checkpoints and metrics after each one."""
         c, t_fit = self.cfg, time.perf_counter()
-        with lock_folder(self.run_dir):  # a second process training into this folder is refused
-            write_json(self.run_dir / "config.json", {"landscape_version": __version__, **self.checkpoint_config()})
+        # a second run training into this folder is refused (rank 0 holds the lock and writes every file)
+        with lock_folder(self.run_dir) if self.world.main else contextlib.nullcontext():
+            if self.world.main:
+                write_json(self.run_dir / "config.json",
+                           {"landscape_version": __version__, **self.checkpoint_config()})
             bar = progress_bar(self.total_iters, c.name, "it", initial=self.step, show=self.progress,
                                dynamic_ncols=True)
             try:
@@ -337,7 +353,7 @@ class Trainer:
                 st.extra.update(self.hsat.maybe_calibrate(self))
             self._train_step(x, y, st, i)
             bar.update(1)
-            received = stop.received if stop is not None else None
+            received = self._agreed_stop(stop)
             due = c.checkpoint_minutes and time.perf_counter() - last_save >= 60 * c.checkpoint_minutes
             if received or (due and st.batch < self.iters_per_epoch):
                 st.seconds += time.perf_counter() - t0
@@ -350,12 +366,10 @@ class Trainer:
         train_seconds = st.seconds + time.perf_counter() - t0
         self.current = None
         t1 = time.perf_counter()
-        evaluated = self.ema.module if self.ema is not None else self.model
-        val = evaluate(evaluated, self.val_x, self.val_y, attack=c.attack(steps=c.val_steps), seed=c.seed)
-        val_loss = _clean_loss(evaluated, self.val_x, self.val_y)
+        val_clean, val_pgd, val_loss = self._validate(self.ema.module if self.ema is not None else self.model)
         row = {"epoch": epoch + 1, "lr": learning_rate(c, self.step - 1, self.total_iters), "lam": st.lam,
                "eps_t": st.eps_t if st.batch else c.eps, "train_loss": st.loss_sum.item() / st.seen,
-               "train_acc": st.correct.item() / st.seen, "val_clean": val.clean_acc, "val_pgd": val.pgd_acc,
+               "train_acc": st.correct.item() / st.seen, "val_clean": val_clean, "val_pgd": val_pgd,
                "val_loss": val_loss, "train_seconds": train_seconds, "val_seconds": time.perf_counter() - t1}
         if self.tracker is not None and (epoch + 1) % c.track_hessian_every == 0:
             row.update(self.tracker.measure(self.model))
@@ -371,23 +385,35 @@ class Trainer:
         s = self._step_state(lam)
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(c, self.step, self.total_iters)
+        g: torch.Generator | RowShard = st.g_attack
+        n = len(y)
+        if self.world.active:  # this process's rows of the global batch, with their own random starts
+            lo, hi = shard_bounds(n, self.world)
+            x, y, g = x[lo:hi], y[lo:hi], RowShard(st.g_attack, n, lo, hi)
         with autocast(self.device, c.amp):
-            out = self.objective(self.model, x, y, s, st.g_attack)
-        if not torch.isfinite(out.loss):
+            out = self.objective(self.ddp, x, y, s, g, **({"attack_model": self.model} if self.world.active else {}))
+        loss_n = out.loss.detach().float() * len(y)
+        correct = (out.logits.detach().argmax(1) == y).sum()
+        loss = out.loss
+        if self.world.active:  # the batch's sums over all processes; DDP averages gradients over processes
+            sums = all_reduce_sum(torch.stack([loss_n, correct.float()]))
+            loss_n, correct = sums[0], sums[1].round().long()
+            loss = out.loss * (len(y) * self.world.size / n)  # the global batch's mean, after DDP's average
+        if not torch.isfinite(loss_n):
             last = self.run_dir / "last.pt"
             kept = (f"the last good checkpoint is {last} (epoch {self.epoch})" if self.epoch and last.exists()
                     else "no checkpoint was written (it failed in the first epoch)")
             raise NonFiniteLossError(f"loss became {out.loss.item()} at epoch {self.epoch + 1}, iteration {i + 1}; "
                                      f"stopped, {kept}; try a smaller --lr")
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(out.loss).backward()
+        self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         if self.ema is not None:
             update_ema(self.ema, self.model)
-        st.loss_sum += out.loss.detach().float() * len(y)
-        st.correct += (out.logits.detach().argmax(1) == y).sum()
-        st.seen += len(y)
+        st.loss_sum += loss_n
+        st.correct += correct
+        st.seen += n
         st.batch, st.lam, st.eps_t = i + 1, lam, s.eps
         self.step += 1
 
@@ -398,12 +424,16 @@ class Trainer:
         value, key = selection_score(c.select, row)
         row.update(select=c.select, select_score=value)
         metrics = dict(row)
+        improved = key > self.best[0]
+        if improved:
+            self.best = (key, self.epoch)
+        if not self.world.main:  # rank 0 writes the run's files
+            return
         cfg = self.checkpoint_config()
         averaged = self.ema.module if self.ema is not None else self.model  # the weights validated
         if c.save_every and self.epoch % c.save_every == 0:
             save_checkpoint(self.run_dir / f"epoch_{self.epoch:03d}.pt", averaged, cfg, metrics, self.epoch)
-        if key > self.best[0]:
-            self.best = (key, self.epoch)
+        if improved:
             save_checkpoint(self.run_dir / "best.pt", averaged, cfg, metrics, self.epoch)
         self._save_last(metrics)
         _write_metrics(self.run_dir / "metrics.csv", self.history)
@@ -411,6 +441,37 @@ class Trainer:
             write_json(self.run_dir / "hsat.json", {"landscape_version": __version__,
                                                     "calibrations": self.state["hsat_log"]})
 
+    def _agreed_stop(self, stop: _StopSignals | None) -> str | None:
+        """The stop signal received, by this process or (under torchrun) any other: all stop at one batch."""
+        received = stop.received if stop is not None else None
+        if not self.world.active:
+            return received
+        flag = all_reduce_sum(torch.tensor([0.0 if received is None else 1.0], device=self.device))
+        return (received or "a stop signal (to another process)") if flag.item() > 0 else None
+
+    def _validate(self, model: nn.Module) -> tuple[float, float | None, float]:
+        """Validation clean accuracy, PGD accuracy (None without an attack) and clean cross-entropy. Under
+        torchrun each process takes a shard, cut on the attack's batches (seeded by position), and the
+        counts are summed: the numbers one process gets."""
+        c = self.cfg
+        attack = c.attack(steps=c.val_steps)
+        if not self.world.active:
+            val = evaluate(model, self.val_x, self.val_y, attack=attack, seed=c.seed)
+            return val.clean_acc, val.pgd_acc, _clean_loss(model, self.val_x, self.val_y)
+        from ..evaluate import predict
+        n = len(self.val_y)
+        lo, hi = shard_bounds(n, self.world, attack.batch_size if attack is not None else 1)
+        x, y = self.val_x[lo:hi], self.val_y[lo:hi]
+        counts = torch.zeros(3, dtype=torch.float64, device=self.device)
+        if len(y):
+            counts[0] = (predict(model, x) == y).sum()
+            if attack is not None and attack.active:
+                counts[1] = (predict(model, attack.examples(model, x, y, c.seed, start=lo)) == y).sum()
+            with eval_mode(model), torch.inference_mode():
+                counts[2] = torch.nn.functional.cross_entropy(model(x), y, reduction="sum").double()
+        clean, robust, loss = (all_reduce_sum(counts) / n).tolist()
+        pgd = None if attack is None else robust if attack.active else clean
+        return clean, pgd, loss
 
     def _save_last(self, metrics: dict | None = None, mid_epoch: bool = False) -> None:
         """``last.pt``: the raw weights and everything resume needs (optimizer, loss scaler, EMA, step,
@@ -423,6 +484,8 @@ class Trainer:
             train_state["ema"] = self.ema.state_dict()
         if st is not None:
             metrics = {"mid_epoch": {"epoch": st.epoch + 1, "batch": st.batch, "of": self.iters_per_epoch}}
+        if not self.world.main:
+            return
         save_checkpoint(self.run_dir / "last.pt", self.model, self.checkpoint_config(), metrics, self.epoch,
                         train_state)
 
