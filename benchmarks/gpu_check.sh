@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The CUDA path end to end, then measured, in under 8 minutes on one GPU (issue 24).
 #   A. the console scripts on the GPU (synthetic CIFAR-shaped data, no download), each step's time and peak
-#      GPU memory: landscape-train (1 epoch PGD-AT, preact-resnet18), landscape-spectrum (top-5, trace,
+#      GPU memory: landscape-train (1 epoch PGD-AT, preact-resnet18, bf16 autocast, EMA), the same run
+#      stopped by SIGTERM mid-epoch (exit 75) and resumed, landscape-spectrum (top-5, trace,
 #      density of the adversarial loss), landscape-surface (2D), torchrun with nccl (one process per GPU
 #      present: the top-5 again, its HVPs all-reduced), landscape-eval --autoattack on 64 samples;
 #   B. benchmarks/gpu_check.py in the time left: seconds per gradient and HVP (graphs kept / rebuilt /
@@ -62,8 +63,9 @@ if [ "$MODE" = gpu ]; then
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$WORK/site" "$WHEELS"/*.whl \
       && export PYTHONPATH="$PYTHONPATH:$WORK/site" || echo "gpu_check.sh: warning: could not install $WHEELS" >&2
   fi
-  DEVICE=cuda MODEL=preact-resnet18 NPROC=$NGPU BACKEND=nccl
+  DEVICE=cuda MODEL=preact-resnet18 NPROC=$NGPU BACKEND=nccl AMP=bf16 PREEMPT_AFTER=0.5
   TRAIN=(--train-samples 2048 --batch-size 128 --steps 3 --val-samples 256)
+  PRE_TRAIN=(--train-samples 4096 --batch-size 128 --steps 10 --val-samples 256)
   SPEC=(--samples 256 --top-k 5 --trace --trace-max-hvps 100 --density --density-probes 1 --density-steps 40)
   SURF=(--samples 256 --x=-1:1:9 --y=-1:1:9)
   DIST=(--samples 256 --top-k 5 --loss adversarial)
@@ -72,8 +74,9 @@ if [ "$MODE" = gpu ]; then
   nvidia-smi -L
   "$PY" -c 'import torch; print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}")'
 else
-  DEVICE=cpu MODEL=cnn-small-bn NPROC=2 BACKEND=gloo
+  DEVICE=cpu MODEL=cnn-small-bn NPROC=2 BACKEND=gloo AMP=off PREEMPT_AFTER=0.5
   TRAIN=(--train-samples 128 --batch-size 64 --steps 1 --val-samples 32 --val-steps 1)
+  PRE_TRAIN=(--train-samples 512 --batch-size 64 --steps 3 --val-samples 32 --val-steps 1)
   SPEC=(--samples 32 --top-k 1 --max-hvps 15 --trace --trace-max-hvps 8 --density --density-probes 1 --density-steps 6)
   SURF=(--samples 32 --x=-1:1:3 --y=-1:1:3)
   DIST=(--samples 32 --top-k 1 --max-hvps 15 --loss adversarial)
@@ -112,9 +115,27 @@ PYEOF
 }
 
 RUN="$WORK/runs/gpu-check"
-step "train (1 epoch PGD-AT)" train --method at --dataset synthetic-cifar10 --model "$MODEL" --epochs 1 \
-  "${TRAIN[@]}" --runs-dir "$WORK/runs" --name gpu-check --overwrite --device "$DEVICE" --quiet --json "$WORK/train.json"
+step "train (1 epoch PGD-AT, $AMP, EMA)" train --method at --dataset synthetic-cifar10 --model "$MODEL" --epochs 1 \
+  "${TRAIN[@]}" --amp "$AMP" --ema 0.99 --runs-dir "$WORK/runs" --name gpu-check --overwrite --device "$DEVICE" \
+  --quiet --json "$WORK/train.json"
 CK="$RUN/last.pt"
+
+# preemption: SIGTERM in the middle of the first epoch (once the run has written config.json), which must
+# write a mid-epoch last.pt and exit 75; then --resume must finish the run.
+PRE="$WORK/runs/preempt"
+t0=$(date +%s.%N)
+"$PY" -m landscape.cli.train --method at --dataset synthetic-cifar10 --model "$MODEL" --epochs 1 "${PRE_TRAIN[@]}" \
+  --amp "$AMP" --ema 0.99 --runs-dir "$WORK/runs" --name preempt --overwrite --device "$DEVICE" --quiet &
+pid=$!
+for _ in $(seq 600); do [ -f "$PRE/config.json" ] && break; sleep 0.1; done
+sleep "$PREEMPT_AFTER"
+kill -TERM "$pid" 2>/dev/null
+wait "$pid"; rc=$?
+timeout 240 "$PY" -m landscape.cli.train --resume "$PRE" --device "$DEVICE" --quiet; rc2=$?
+t1=$(date +%s.%N)
+[ "$rc" = 75 ] && [ "$rc2" = 0 ] || FAILED=1
+printf '%-36s exit %s then %s  %6.1f s  (SIGTERM after %s s: 75 = checkpointed mid-epoch; --resume: 0)\n' \
+  "preempt (SIGTERM, --resume)" "$rc" "$rc2" "$(awk "BEGIN {print $t1 - $t0}")" "$PREEMPT_AFTER" >> "$SUMMARY"
 step "spectrum (top-k, trace, density)" spectrum "$CK" --loss adversarial "${SPEC[@]}" --device "$DEVICE" \
   --json "$WORK/spectrum.json"
 step "surface (2D, clean)" surface "$CK" --dim 2 "${SURF[@]}" --device "$DEVICE" --out "$WORK/surface"

@@ -34,9 +34,10 @@ def test_cpu_dry_run(tmp_path):
     proc = _run("--cpu", timeout=900, env={"WORK": str(tmp_path)})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = (tmp_path / "summary.txt").read_text()
-    for step in ("train", "spectrum", "surface", "torchrun", "eval", "top eigenvalues"):
+    for step in ("train", "spectrum", "surface", "torchrun", "eval", "top eigenvalues", "preempt"):
         assert step in summary, summary
     assert "TF32 False" in summary
+    assert "exit 75 then 0" in summary   # SIGTERM mid-epoch: checkpointed, then resumed
     rows = json.loads((tmp_path / "gpu_check.json").read_text())["rows"]
     tasks = {r["task"] for r in rows}
     assert {"hvp-graphs", "floor", "train", "ours-top5", "ours-trace", "ours-density", "ref-top5"} <= tasks
