@@ -351,9 +351,8 @@ class Trainer:
                 x = augment(x, st.g_aug)
             if self.hsat is not None and i > 0:
                 st.extra.update(self.hsat.maybe_calibrate(self))
-            self._train_step(x, y, st, i)
+            received = self._train_step(x, y, st, i, stop)
             bar.update(1)
-            received = self._agreed_stop(stop)
             due = c.checkpoint_minutes and time.perf_counter() - last_save >= 60 * c.checkpoint_minutes
             if received or (due and st.batch < self.iters_per_epoch):
                 st.seconds += time.perf_counter() - t0
@@ -377,9 +376,12 @@ class Trainer:
         row["seconds"] = train_seconds + row["val_seconds"]
         return row
 
-    def _train_step(self, x: torch.Tensor, y: torch.Tensor, st: EpochState, i: int) -> None:
+    def _train_step(self, x: torch.Tensor, y: torch.Tensor, st: EpochState, i: int,
+                    stop: _StopSignals | None = None) -> str | None:
         """One iteration: LR and curriculum for ``self.step``, the objective (attack included) under the
-        run's autocast, the (scaled) backward pass and SGD step, the EMA update, the epoch's running sums."""
+        run's autocast, the (scaled) backward pass and SGD step, the EMA update, the epoch's running sums.
+        Returns the stop signal received so far (under torchrun: by any process, agreed in the one
+        all-reduce of the batch's sums, so that every process stops after the same batch)."""
         c = self.cfg
         lam = self._lam(self.step)
         s = self._step_state(lam)
@@ -394,10 +396,13 @@ class Trainer:
             out = self.objective(self.ddp, x, y, s, g, **({"attack_model": self.model} if self.world.active else {}))
         loss_n = out.loss.detach().float() * len(y)
         correct = (out.logits.detach().argmax(1) == y).sum()
-        loss = out.loss
+        loss, received = out.loss, stop.received if stop is not None else None
         if self.world.active:  # the batch's sums over all processes; DDP averages gradients over processes
-            sums = all_reduce_sum(torch.stack([loss_n, correct.float()]))
+            flag = torch.tensor(0.0 if received is None else 1.0, device=loss_n.device)
+            sums = all_reduce_sum(torch.stack([loss_n, correct.float(), flag]))
             loss_n, correct = sums[0], sums[1].round().long()
+            if sums[2] > 0:
+                received = received or "a stop signal (to another process)"
             loss = out.loss * (len(y) * self.world.size / n)  # the global batch's mean, after DDP's average
         if not torch.isfinite(loss_n):
             last = self.run_dir / "last.pt"
@@ -416,6 +421,7 @@ class Trainer:
         st.seen += n
         st.batch, st.lam, st.eps_t = i + 1, lam, s.eps
         self.step += 1
+        return received
 
     def _finish_epoch(self, row: dict) -> None:
         c = self.cfg
@@ -440,14 +446,6 @@ class Trainer:
         if "hsat_log" in self.state:
             write_json(self.run_dir / "hsat.json", {"landscape_version": __version__,
                                                     "calibrations": self.state["hsat_log"]})
-
-    def _agreed_stop(self, stop: _StopSignals | None) -> str | None:
-        """The stop signal received, by this process or (under torchrun) any other: all stop at one batch."""
-        received = stop.received if stop is not None else None
-        if not self.world.active:
-            return received
-        flag = all_reduce_sum(torch.tensor([0.0 if received is None else 1.0], device=self.device))
-        return (received or "a stop signal (to another process)") if flag.item() > 0 else None
 
     def _validate(self, model: nn.Module) -> tuple[float, float | None, float]:
         """Validation clean accuracy, PGD accuracy (None without an attack) and clean cross-entropy. Under
