@@ -40,15 +40,21 @@ def _read_csv(path):
         return list(csv.DictReader(f))
 
 
+def _reference_and_stopped(tmp_path, args, kill_at, signame="SIGKILL"):
+    """Run ``args`` to the end (tmp_path/ref/r) and again in a child that sends itself ``signame`` at
+    objective call ``kill_at`` (tmp_path/k/r); returns the stopped child's CompletedProcess."""
+    ref = run_cli("train", *args, "--out", str(tmp_path / "ref"), "--name", "r")
+    assert ref.returncode == 0, ref.stderr
+    env = {**os.environ, "KILL_AT": str(kill_at), "SIGNAL": signame, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-c", KILLER, *args, "--out", str(tmp_path / "k"), "--name", "r"],
+                          env=env, capture_output=True, text=True, timeout=300)
+
+
 @pytest.mark.parametrize("method", ["p-sat", "h-sat"])
 def test_sigkill_mid_epoch_then_resume_is_identical(tmp_path, method):
     args = ["--method", method, *SMALL] + (["--track-hessian-every", "1", "--hsat-probe", "64"]
                                            if method == "h-sat" else [])
-    ref = run_cli("train", *args, "--out", str(tmp_path / "ref"), "--name", "r")
-    assert ref.returncode == 0, ref.stderr
-    env = {**os.environ, "KILL_AT": "15", "OMP_NUM_THREADS": "1"}
-    killed = subprocess.run([sys.executable, "-c", KILLER, *args, "--out", str(tmp_path / "k"), "--name", "r"],
-                            env=env, capture_output=True, text=True, timeout=300)
+    killed = _reference_and_stopped(tmp_path, args, 15)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     run = tmp_path / "k" / "r"
     assert read_checkpoint(run / "last.pt")["epoch"] == 2       # died in epoch 3
@@ -267,11 +273,7 @@ def test_stop_signal_mid_epoch_saves_exits_75_and_resume_is_bit_identical(tmp_pa
     """A real SIGTERM / SIGUSR1 in the middle of epoch 3: last.pt is written at that batch (weights, optimizer,
     EMA, generators, running sums), exit 75 with one line; --resume gives the uninterrupted run's numbers."""
     args = ["--method", "at", "--ema", "0.9", *SMALL]
-    ref = run_cli("train", *args, "--out", str(tmp_path / "ref"), "--name", "r")
-    assert ref.returncode == 0, ref.stderr
-    env = {**os.environ, "KILL_AT": "15", "SIGNAL": signame, "OMP_NUM_THREADS": "1"}
-    stopped = subprocess.run([sys.executable, "-c", KILLER, *args, "--out", str(tmp_path / "k"), "--name", "r"],
-                             env=env, capture_output=True, text=True, timeout=300)
+    stopped = _reference_and_stopped(tmp_path, args, 15, signame)
     assert stopped.returncode == 75, stopped.stderr
     lines = stopped.stderr.strip().splitlines()
     assert len(lines) == 1 and f"stopped by {signame} in epoch 3 after batch 3 of 6" in lines[0], lines
@@ -289,11 +291,7 @@ def test_checkpoint_minutes_writes_mid_epoch_and_a_kill_resumes_from_there(tmp_p
     """--checkpoint-minutes (here every batch) keeps last.pt at most a batch behind: SIGKILLed in epoch 3,
     the run resumes from its last batch, not from epoch 2, with the uninterrupted run's numbers."""
     args = ["--method", "p-sat", "--checkpoint-minutes", "1e-6", *SMALL]
-    ref = run_cli("train", *args, "--out", str(tmp_path / "ref"), "--name", "r")
-    assert ref.returncode == 0, ref.stderr
-    env = {**os.environ, "KILL_AT": "16", "OMP_NUM_THREADS": "1"}
-    killed = subprocess.run([sys.executable, "-c", KILLER, *args, "--out", str(tmp_path / "k"), "--name", "r"],
-                            env=env, capture_output=True, text=True, timeout=300)
+    killed = _reference_and_stopped(tmp_path, args, 16)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     run = tmp_path / "k" / "r"
     assert read_checkpoint(run / "last.pt")["metrics"]["mid_epoch"] == {"epoch": 3, "batch": 3, "of": 6}

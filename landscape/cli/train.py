@@ -107,6 +107,12 @@ def build_parser() -> Parser:
     p.add_argument("--sync-bn", action="store_true",
                    help="under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm; needs GPUs "
                         "with nccl); without it each process normalizes its own shard")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model for the training step, attack included (compiles once, a "
+                        "minute or more; off by default until a GPU measurement shows where it pays)")
+    p.add_argument("--channels-last", action="store_true",
+                   help="channels-last memory format for convolutional models (usually faster with --amp on "
+                        "recent GPUs; off by default until measured)")
     p.add_argument("--track-probe", type=int, default=d.track_probe, help="samples in the sharpness probe set")
     p.add_argument("--name", help="run name (default: METHOD-DATASET-epsEPS-sSEED)")
     p.add_argument("--runs-dir", "--out", dest="runs_dir", metavar="DIR", default="runs",

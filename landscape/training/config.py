@@ -66,6 +66,8 @@ class TrainConfig:
     ema: float = 0.0                    # EMA decay of the weights (0: no EMA); best.pt then holds the EMA weights
     checkpoint_minutes: float = 0.0     # also write last.pt mid-epoch every M minutes (0: at epoch ends only)
     sync_bn: bool = False               # torchrun: BatchNorm statistics over the global batch (SyncBatchNorm)
+    compile: bool = False               # torch.compile the model for the training step (attack included)
+    channels_last: bool = False         # channels-last memory format for convolutional models (CUDA)
     name: str | None = None
     extra: dict = field(default_factory=dict)
 

@@ -265,9 +265,14 @@ class Trainer:
         if self.world.active and c.batch_size < self.world.size:
             raise ConfigError(f"--batch-size {c.batch_size} is the global batch: it must hold at least one "
                               f"sample per process ({self.world.size} processes)")
-        # the model the training loss runs through: DDP (gradients all-reduced in backward) under torchrun
-        self.ddp: nn.Module = self.model if not self.world.active else nn.parallel.DistributedDataParallel(
-            EachInput(self.model), device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if c.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        # what the step's passes run through (self.model stays the module whose weights are saved): compiled
+        # with --compile (same parameters), and under torchrun the training loss through DDP (gradients
+        # all-reduced in backward) while the attack uses the bare (compiled) module
+        self.fast: nn.Module = torch.compile(self.model) if c.compile else self.model
+        self.ddp: nn.Module = self.fast if not self.world.active else nn.parallel.DistributedDataParallel(
+            EachInput(self.fast), device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=c.lr, momentum=c.momentum,
                                          weight_decay=c.weight_decay)
         self.scaler = grad_scaler(self.device, c.amp)
@@ -389,11 +394,13 @@ class Trainer:
             group["lr"] = learning_rate(c, self.step, self.total_iters)
         g: torch.Generator | RowShard = st.g_attack
         n = len(y)
+        if c.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         if self.world.active:  # this process's rows of the global batch, with their own random starts
             lo, hi = shard_bounds(n, self.world)
             x, y, g = x[lo:hi], y[lo:hi], RowShard(st.g_attack, n, lo, hi)
         with autocast(self.device, c.amp):
-            out = self.objective(self.ddp, x, y, s, g, **({"attack_model": self.model} if self.world.active else {}))
+            out = self.objective(self.ddp, x, y, s, g, **({"attack_model": self.fast} if self.world.active else {}))
         loss_n = out.loss.detach().float() * len(y)
         correct = (out.logits.detach().argmax(1) == y).sum()
         loss, received = out.loss, stop.received if stop is not None else None
