@@ -85,7 +85,7 @@ def train_run(label: str, eps: float, s: Scale, runs: Path, seed: int, track: bo
     if (run / "last.pt").exists():
         ck = ls.load_checkpoint(run / "last.pt")
         stored = TrainConfig.from_dict((ck.config or {}).get("train", {})).resolved().to_dict()
-        if stored == cfg.resolved().to_dict():  # fields added to TrainConfig since take their defaults
+        if stored == cfg.resolved("cpu").to_dict():  # fields added to TrainConfig since take their defaults
             if ck.epoch >= s.epochs:
                 return run
             log(f"resuming {run}")

@@ -195,7 +195,8 @@ def test_refusal_on_rank_0_stops_every_rank_with_one_line(ckpt, tmp_path):
 
 # --- training under torchrun (DistributedDataParallel) -------------------------------------------------------
 
-@pytest.mark.parametrize("method,extra", [("at", []), ("p-sat", []), ("trades", ["--ema", "0.9"])])
+@pytest.mark.parametrize("method,extra", [("at", []), pytest.param("p-sat", [], marks=pytest.mark.slow),
+                                          pytest.param("trades", ["--ema", "0.9"], marks=pytest.mark.slow)])
 def test_two_process_training_equals_one_process(tmp_path, method, extra):
     """torchrun --nproc-per-node 2 landscape-train (gloo): the global batch shared out, each sample with the
     random start one process gives it, gradients averaged by DDP: after two epochs of a BatchNorm-free model

@@ -268,7 +268,7 @@ def _same_run(a, b, keys=("epoch", "lam", "eps_t", "train_loss", "train_acc", "v
         assert all(torch.equal(wa[k], wb[k]) for k in wa), name
 
 
-@pytest.mark.parametrize("signame", ["SIGTERM", "SIGUSR1"])
+@pytest.mark.parametrize("signame", ["SIGTERM", pytest.param("SIGUSR1", marks=pytest.mark.slow)])
 def test_stop_signal_mid_epoch_saves_exits_75_and_resume_is_bit_identical(tmp_path, signame):
     """A real SIGTERM / SIGUSR1 in the middle of epoch 3: last.pt is written at that batch (weights, optimizer,
     EMA, generators, running sums), exit 75 with one line; --resume gives the uninterrupted run's numbers."""

@@ -71,8 +71,9 @@ class TrainConfig:
     name: str | None = None
     extra: dict = field(default_factory=dict)
 
-    def resolved(self) -> "TrainConfig":
-        """A copy with every default filled in and every value checked (``ConfigError`` on bad input)."""
+    def resolved(self, device: str | None = None) -> "TrainConfig":
+        """A copy with every default filled in and every value checked (``ConfigError`` on bad input); with
+        ``device``, ``amp="auto"`` resolved for it too (what the Trainer on that device records)."""
         c = dataclasses.replace(self)
         if c.method not in METHODS:
             raise ConfigError(f"unknown method {c.method!r}; choose from {', '.join(METHODS)}")
@@ -101,8 +102,8 @@ class TrainConfig:
             raise ConfigError(f"unknown LR schedule {c.lr_schedule!r}; choose from {', '.join(LR_SCHEDULES)}")
         if not (0 <= c.lam0 <= 1 and 0 <= c.ramp <= 1):
             raise ConfigError("lam0 and ramp must lie in [0, 1]")
-        if c.amp != "auto":
-            resolve_amp(c.amp, "cpu")  # checks the name; "auto" is resolved by the Trainer, for its device
+        if c.amp != "auto" or device is not None:
+            c.amp = resolve_amp(c.amp, device or "cpu")  # "auto" stays until a device is known
         if not (c.ema == 0 or 0 < c.ema < 1):
             raise ConfigError(f"--ema takes a decay in (0, 1), e.g. 0.995, or 0 for none; got {c.ema}")
         if not (c.checkpoint_minutes >= 0 and math.isfinite(c.checkpoint_minutes)):

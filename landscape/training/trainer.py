@@ -189,7 +189,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, out: str | Path = "runs", device: str | torch.device = "cpu",
                  progress: bool = True, overwrite: bool = False):
         self.device = torch.device(device)
-        self.cfg = dataclasses.replace(cfg.resolved(), amp=resolve_amp(cfg.amp, self.device))
+        self.cfg = cfg.resolved(self.device)
         self.world = world()
         self.progress = progress and self.world.main
         self.run_dir = Path(out) / self.cfg.name
@@ -207,6 +207,7 @@ class Trainer:
         self.epoch, self.step, self.history, self.best = 0, 0, [], (-math.inf, -1)
         self.state: dict = {}
         self.current: EpochState | None = None  # the epoch in progress (resumed mid-epoch: where it stopped)
+        self.stop: _StopSignals | None = None    # the stop signals, while fit() runs
 
     @classmethod
     def resume(cls, run_dir: str | Path, device: str | torch.device = "cpu", progress: bool = True,
@@ -246,6 +247,7 @@ class Trainer:
         if self.ema is not None:
             self.ema.load_state_dict(ts["ema"])
         self.current = EpochState.from_dict(ts["epoch_state"], self.device) if ts.get("epoch_state") else None
+        self.stop = None
         return self
 
     # ----------------------------------------------------------------------------------------------
@@ -326,16 +328,16 @@ class Trainer:
             bar = progress_bar(self.total_iters, c.name, "it", initial=self.step, show=self.progress,
                                dynamic_ncols=True)
             try:
-                with _StopSignals() as stop:
+                with _StopSignals() as self.stop:
                     while self.epoch < c.epochs:
-                        row = self._train_epoch(bar, stop)
+                        row = self._train_epoch(bar)
                         self._finish_epoch(row)
                         bar.set_postfix({k: row[k] for k in ("train_loss", "val_clean", "val_pgd", "lam", "eps_t")})
             finally:
                 bar.close()
         return TrainResult(self.run_dir, self.history, self.best[1], self.cfg, seconds=time.perf_counter() - t_fit)
 
-    def _train_epoch(self, bar, stop: _StopSignals | None = None) -> dict:
+    def _train_epoch(self, bar) -> dict:
         """The current epoch's remaining batches (all of them, unless resumed mid-epoch), then validation.
         Between batches: a mid-epoch ``last.pt`` on a stop signal (then ``Preempted``) or when
         ``checkpoint_minutes`` have passed since the last one."""
@@ -356,7 +358,7 @@ class Trainer:
                 x = augment(x, st.g_aug)
             if self.hsat is not None and i > 0:
                 st.extra.update(self.hsat.maybe_calibrate(self))
-            received = self._train_step(x, y, st, i, stop)
+            received = self._train_step(x, y, st, i, self.stop)
             bar.update(1)
             due = c.checkpoint_minutes and time.perf_counter() - last_save >= 60 * c.checkpoint_minutes
             if received or (due and st.batch < self.iters_per_epoch):
