@@ -29,7 +29,7 @@ from torch import nn
 
 from .._version import __version__
 from ..checkpoint import load_weights, read_checkpoint, save_checkpoint
-from ..attacks import RowShard, eval_mode
+from ..attacks import RowShard
 from ..data import Dataset, augment, load_dataset
 from ..distributed import all_reduce_sum, shard_bounds, world
 from ..errors import CheckpointError, ConfigError, NonFiniteLossError, Preempted
@@ -358,7 +358,7 @@ class Trainer:
                 x = augment(x, st.g_aug)
             if self.hsat is not None and i > 0:
                 st.extra.update(self.hsat.maybe_calibrate(self))
-            received = self._train_step(x, y, st, i, self.stop)
+            received = self._train_step(x, y, st, i)
             bar.update(1)
             due = c.checkpoint_minutes and time.perf_counter() - last_save >= 60 * c.checkpoint_minutes
             if received or (due and st.batch < self.iters_per_epoch):
@@ -383,8 +383,7 @@ class Trainer:
         row["seconds"] = train_seconds + row["val_seconds"]
         return row
 
-    def _train_step(self, x: torch.Tensor, y: torch.Tensor, st: EpochState, i: int,
-                    stop: _StopSignals | None = None) -> str | None:
+    def _train_step(self, x: torch.Tensor, y: torch.Tensor, st: EpochState, i: int) -> str | None:
         """One iteration: LR and curriculum for ``self.step``, the objective (attack included) under the
         run's autocast, the (scaled) backward pass and SGD step, the EMA update, the epoch's running sums.
         Returns the stop signal received so far (under torchrun: by any process, agreed in the one
@@ -405,7 +404,7 @@ class Trainer:
             out = self.objective(self.ddp, x, y, s, g, **({"attack_model": self.fast} if self.world.active else {}))
         loss_n = out.loss.detach().float() * len(y)
         correct = (out.logits.detach().argmax(1) == y).sum()
-        loss, received = out.loss, stop.received if stop is not None else None
+        loss, received = out.loss, self.stop.received if self.stop is not None else None
         if self.world.active:  # the batch's sums over all processes; DDP averages gradients over processes
             flag = torch.tensor(0.0 if received is None else 1.0, device=loss_n.device)
             sums = all_reduce_sum(torch.stack([loss_n, correct.float(), flag]))
@@ -474,15 +473,16 @@ class Trainer:
             counts[0] = (predict(model, x) == y).sum()
             if attack is not None and attack.active:
                 counts[1] = (predict(model, attack.examples(model, x, y, c.seed, start=lo)) == y).sum()
-            with eval_mode(model), torch.inference_mode():
-                counts[2] = torch.nn.functional.cross_entropy(model(x), y, reduction="sum").double()
+            counts[2] = _clean_loss(model, x, y) * len(y)
         clean, robust, loss = (all_reduce_sum(counts) / n).tolist()
         pgd = None if attack is None else robust if attack.active else clean
         return clean, pgd, loss
 
     def _save_last(self, metrics: dict | None = None, mid_epoch: bool = False) -> None:
         """``last.pt``: the raw weights and everything resume needs (optimizer, loss scaler, EMA, step,
-        history, best, H-SAT state and, ``mid_epoch``, the epoch in progress), written atomically."""
+        history, best, H-SAT state and, ``mid_epoch``, the epoch in progress), written atomically by rank 0."""
+        if not self.world.main:
+            return
         st = self.current if mid_epoch else None
         train_state = {"optimizer": self.optimizer.state_dict(), "step": self.step, "history": self.history,
                        "best": list(self.best), "extra": self.state, "scaler": self.scaler.state_dict(),
@@ -491,8 +491,6 @@ class Trainer:
             train_state["ema"] = self.ema.state_dict()
         if st is not None:
             metrics = {"mid_epoch": {"epoch": st.epoch + 1, "batch": st.batch, "of": self.iters_per_epoch}}
-        if not self.world.main:
-            return
         save_checkpoint(self.run_dir / "last.pt", self.model, self.checkpoint_config(), metrics, self.epoch,
                         train_state)
 
