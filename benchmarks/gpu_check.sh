@@ -8,13 +8,17 @@
 #   B. benchmarks/gpu_check.py in the time left: seconds per gradient and HVP (graphs kept / rebuilt /
 #      TF32), top-5, trace and density against PyHessian 0.1 and hessian-eigenthings 1.0 with errors
 #      against a tight reference, the float32 floor with TF32 on and off, PGD-AT images/s in float32 and
-#      bf16 autocast; PreAct-ResNet-18 and WRN-34-10, 256 samples. Ends with one summary.
+#      bf16 autocast; PreAct-ResNet-18 and WRN-34-10, 256 samples;
+#   C. benchmarks/train_throughput.py on the GPU (issue 20): landscape-train against a bare PGD-AT loop,
+#      PreAct-ResNet-18 float32 / bf16 / fp16, then bf16 with channels_last, torch.compile and both, then
+#      cnn-small; rows that would overrun THROUGHPUT_S (default 240) are skipped. Ends with one summary.
 #
 # Usage:  bash benchmarks/gpu_check.sh            (needs a CUDA GPU; fails at once without one)
 #         bash benchmarks/gpu_check.sh --cpu      (dry run of the same steps on the CPU, tiny settings,
 #                                                  gloo instead of nccl; checks the script, not CUDA)
 # Environment: PYTHON (default python3), WORK (folder for runs and results; default a fresh temp folder),
-#   BUDGET_S (seconds for A and B together, default 450), WHEELS (default .whl in the repository root).
+#   BUDGET_S (seconds for A and B together, default 450), WHEELS (default .whl in the repository root),
+#   PARTS (which parts run, default "console measure throughput"; "train" runs only A's two training steps).
 # Packages: the GPU machine has torch, numpy, scipy, pandas, matplotlib, tqdm, scikit-learn and safetensors
 #   but no network; landscape runs from this source tree, and what it lacks travels as wheels in the
 #   git-ignored folder .whl, installed here into $WORK/site (no index, no dependencies). Make it once:
@@ -37,6 +41,9 @@ done
 
 START=$(date +%s)
 BUDGET_S=${BUDGET_S:-450}
+THROUGHPUT_S=${THROUGHPUT_S:-240}
+PARTS=" ${PARTS:-console measure throughput} "
+has() { [[ "$PARTS" == *" $1 "* ]]; }
 PY=${PYTHON:-python3}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -71,6 +78,10 @@ if [ "$MODE" = gpu ]; then
   DIST=(--samples 256 --top-k 5 --loss adversarial)
   AA=64
   MEASURE=()
+  P=preact-resnet18
+  THROUGHPUT=(--device cuda --rounds 2 --epochs 1 --combos "$P:off:plain:1,$P:bf16:plain:1,$P:fp16:plain:1,\
+$P:bf16:channels_last:1,$P:bf16:compile:1,$P:off:compile:1,$P:bf16:compile+channels_last:1,cnn-small:off:plain:1,\
+cnn-small:bf16:plain:1,cnn-small:off:compile:1")
   nvidia-smi -L
   "$PY" -c 'import torch; print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}")'
 else
@@ -82,6 +93,7 @@ else
   DIST=(--samples 32 --top-k 1 --max-hvps 15 --loss adversarial)
   AA=8
   MEASURE=(--cpu)
+  THROUGHPUT=(--device cpu --procs 1 --rounds 1 --epochs 1 --rows cnn-small --amp off --variants plain)
   export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 fi
 echo "gpu_check ($MODE): $MODEL on synthetic-cifar10, device $DEVICE, $NPROC process(es) with $BACKEND; files in $WORK"
@@ -115,6 +127,7 @@ PYEOF
 }
 
 RUN="$WORK/runs/gpu-check"
+if has console || has train; then
 step "train (1 epoch PGD-AT, $AMP, EMA)" train --method at --dataset synthetic-cifar10 --model "$MODEL" --epochs 1 \
   "${TRAIN[@]}" --amp "$AMP" --ema 0.99 --runs-dir "$WORK/runs" --name gpu-check --overwrite --device "$DEVICE" \
   --quiet --json "$WORK/train.json"
@@ -136,6 +149,8 @@ t1=$(date +%s.%N)
 [ "$rc" = 75 ] && [ "$rc2" = 0 ] || FAILED=1
 printf '%-36s exit %s then %s  %6.1f s  (SIGTERM after %s s: 75 = checkpointed mid-epoch; --resume: 0)\n' \
   "preempt (SIGTERM, --resume)" "$rc" "$rc2" "$(awk "BEGIN {print $t1 - $t0}")" "$PREEMPT_AFTER" >> "$SUMMARY"
+fi
+if has console; then
 step "spectrum (top-k, trace, density)" spectrum "$CK" --loss adversarial "${SPEC[@]}" --device "$DEVICE" \
   --json "$WORK/spectrum.json"
 step "surface (2D, clean)" surface "$CK" --dim 2 "${SURF[@]}" --device "$DEVICE" --out "$WORK/surface"
@@ -165,12 +180,23 @@ print(f"trace {(s.get('trace') or {}).get('estimate')}; HVPs {s.get('hvps')}; de
       f"TF32 {s.get('operator', {}).get('tf32')}")
 print(f"eval: clean {e.get('clean_acc')}, PGD {e.get('pgd_acc')}, AutoAttack {e.get('autoattack_acc')} (n={e.get('n')})")
 PYEOF
+fi
 
+: > "$WORK/gpu_check.md"
+if has measure; then
 LEFT=$(( BUDGET_S - ($(date +%s) - START) ))
 echo "measurements: $LEFT s left of $BUDGET_S"
 timeout $(( LEFT + 120 )) "$PY" "$ROOT/benchmarks/gpu_check.py" "${MEASURE[@]}" --budget-s "$LEFT" --out "$WORK" \
   > "$WORK/gpu_check.md" \
   || FAILED=1
+fi
+
+: > "$WORK/train_throughput.md"
+if has throughput; then
+  echo "train throughput: $THROUGHPUT_S s"
+  timeout $(( THROUGHPUT_S + 180 )) "$PY" "$ROOT/benchmarks/train_throughput.py" "${THROUGHPUT[@]}" \
+    --budget-s "$THROUGHPUT_S" --json "$WORK/train_throughput.json" > "$WORK/train_throughput.md" || FAILED=1
+fi
 
 {
   echo "# gpu_check ($MODE), $(date -u +%Y-%m-%d), $(basename "$ROOT")@$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')"
@@ -184,6 +210,10 @@ timeout $(( LEFT + 120 )) "$PY" "$ROOT/benchmarks/gpu_check.py" "${MEASURE[@]}" 
   echo "## B. measurements (benchmarks/gpu_check.py)"
   echo
   cat "$WORK/gpu_check.md"
+  echo
+  echo "## C. training throughput (benchmarks/train_throughput.py)"
+  echo
+  cat "$WORK/train_throughput.md"
   echo
   echo "total: $(( $(date +%s) - START )) s"
 } > "$WORK/report.md"
