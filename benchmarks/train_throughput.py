@@ -110,7 +110,7 @@ def measure(row: str, amp: str, rounds: int, epochs: int, device: str = "cpu", v
             model = build_model(row, dataset, seed=0).to(device)
             if channels_last:
                 model = model.to(memory_format=torch.channels_last)
-            fast = torch.compile(model) if compile_ else model
+            fast = torch.compile(model, dynamic=False) if compile_ else model
             opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
             scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
             gen = torch.Generator().manual_seed(r)
@@ -125,7 +125,8 @@ def measure(row: str, amp: str, rounds: int, epochs: int, device: str = "cpu", v
             ours += [h["train_seconds"] for h in res.history[1:]]
     return {"row": row, "dataset": dataset, "samples": len(y), "batch": batch, "steps": steps, "amp": amp,
             "variant": variant, "device": device.type, "bare_min": min(bare), "ours_min": min(ours),
-            "bare_median": statistics.median(bare), "ours_median": statistics.median(ours)}
+            "bare_median": statistics.median(bare), "ours_median": statistics.median(ours),
+            "bare_epochs": bare, "ours_epochs": ours}
 
 
 def worker(args) -> None:

@@ -187,13 +187,16 @@ class Trainer:
     """
 
     def __init__(self, cfg: TrainConfig, out: str | Path = "runs", device: str | torch.device = "cpu",
-                 progress: bool = True, overwrite: bool = False):
+                 progress: bool = True, overwrite: bool = False, *, _resume: tuple[Path, dict] | None = None):
+        """A run of ``cfg`` in ``out/cfg.name`` (refused if that folder holds another run, unless
+        ``overwrite``). ``_resume`` (``Trainer.resume``'s way in): the run folder and its ``last.pt``, whose
+        states replace the fresh ones after the same setup."""
         self.device = torch.device(device)
         self.cfg = cfg.resolved(self.device)
         self.world = world()
         self.progress = progress and self.world.main
-        self.run_dir = Path(out) / self.cfg.name
-        stale = run_files(self.run_dir)
+        self.run_dir = Path(out) / self.cfg.name if _resume is None else _resume[0]
+        stale = run_files(self.run_dir) if _resume is None else []
         if stale and not overwrite:
             if (self.run_dir / "last.pt").exists():
                 raise ConfigError(f"{self.run_dir} already holds a run; continue it with --resume {self.run_dir}, "
@@ -208,6 +211,8 @@ class Trainer:
         self.state: dict = {}
         self.current: EpochState | None = None  # the epoch in progress (resumed mid-epoch: where it stopped)
         self.stop: _StopSignals | None = None    # the stop signals, while fit() runs
+        if _resume is not None:
+            self._restore(*_resume)
 
     @classmethod
     def resume(cls, run_dir: str | Path, device: str | torch.device = "cpu", progress: bool = True,
@@ -231,11 +236,12 @@ class Trainer:
         if "amp" in changes:
             changes["amp"] = resolve_amp(changes["amp"], device)
         _check_resume_changes(cfg, changes, run_dir, int(ck.get("epoch") or 0))
-        self = cls.__new__(cls)
-        self.cfg = dataclasses.replace(cfg, **changes).resolved()
-        self.device, self.run_dir, self.world = torch.device(device), run_dir, world()
-        self.progress = progress and self.world.main
-        self._setup()
+        return cls(dataclasses.replace(cfg, **changes).resolved(), device=device, progress=progress,
+                   _resume=(run_dir, ck))
+
+    def _restore(self, run_dir: Path, ck: dict) -> None:
+        """The states of a ``last.pt`` (weights, optimizer, scaler, EMA, step, history, best, H-SAT state,
+        the epoch in progress) in place of the fresh ones."""
         ts = ck["train_state"]
         load_weights(self.model, ck["model_state"], str(run_dir / "last.pt"))
         self.optimizer.load_state_dict(ts["optimizer"])
@@ -247,8 +253,6 @@ class Trainer:
         if self.ema is not None:
             self.ema.load_state_dict(ts["ema"])
         self.current = EpochState.from_dict(ts["epoch_state"], self.device) if ts.get("epoch_state") else None
-        self.stop = None
-        return self
 
     # ----------------------------------------------------------------------------------------------
     def _setup(self) -> None:
@@ -271,8 +275,11 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         # what the step's passes run through (self.model stays the module whose weights are saved): compiled
         # with --compile (same parameters), and under torchrun the training loss through DDP (gradients
-        # all-reduced in backward) while the attack uses the bare (compiled) module
-        self.fast: nn.Module = torch.compile(self.model) if c.compile else self.model
+        # all-reduced in backward) while the attack uses the bare (compiled) module. Static shapes: an epoch
+        # has at most two batch sizes (full and last), each gets its own specialized graph instead of one
+        # dynamic-shape graph for both (P-SAT's early stopping masks with torch.where on the whole batch, so
+        # it adds no shapes: 5 graphs in all, none recompiled after the first epoch)
+        self.fast: nn.Module = torch.compile(self.model, dynamic=False) if c.compile else self.model
         self.ddp: nn.Module = self.fast if not self.world.active else nn.parallel.DistributedDataParallel(
             EachInput(self.fast), device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=c.lr, momentum=c.momentum,
