@@ -31,6 +31,7 @@ from landscape.analysis import (HessianOperator, eigen_directions, hessian_trace
 from landscape.analysis import plots  # noqa: E402
 from landscape.io import jsonable, read_json, write_json  # noqa: E402
 from landscape.training import TrainConfig, Trainer  # noqa: E402
+from sat_study_files import METHODS  # noqa: E402
 
 
 @dataclass
@@ -55,7 +56,6 @@ FULL = Scale(train_samples=6000, epochs=8, steps=7, val_samples=1000, test_sampl
              grid="-1:1:21", density_steps=40, track_probe=256, trace_hvps=200)
 SWEEP_EPS = (0.05, 0.1, 0.2, 0.3)
 LARGE_EPS = 0.3
-METHODS = ("at", "trades", "sat-eps", "p-sat", "h-sat", "h-sat-affine")
 # Labels that are a method with other settings: h-sat with the affine normalization of psi_H (see
 # landscape/training/hsat.py), added after the ratio form's curriculum degenerated in the first full run.
 VARIANTS = {"h-sat-affine": ("h-sat", {"hsat_normalize": "affine"})}

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from landscape.analysis.plots import plot_compare, pretty_method  # noqa: E402
 from landscape.io import read_json  # noqa: E402
-from sat_study import METHODS as METHOD_ORDER, model_row  # noqa: E402
+from sat_study_files import METHODS as METHOD_ORDER, model_row  # noqa: E402
 LAYER_NAMES = {"0": "conv1", "3": "conv2", "7": "fc1", "9": "fc2 (logits)"}   # cnn-small's weight layers
 DPI = 150
 

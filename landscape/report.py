@@ -21,8 +21,9 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ._version import __version__
-from .analysis import plots as P
-from .analysis.surface import SurfaceResult
+from . import results as R
+from . import runs as Runs
+from .analysis.surface_result import SurfaceResult
 from .errors import LandscapeError
 from .io import _atomic
 
@@ -145,32 +146,32 @@ def collect(paths: Iterable[str | os.PathLike]) -> list[RunEntry]:
     if not paths:
         raise LandscapeError("nothing to report: give run folders or result files")
     for raw in paths:
-        scanned = Path(raw).is_dir() and not P._is_surface_dir(Path(raw))
+        scanned = Path(raw).is_dir() and not R.is_surface_dir(Path(raw))
         for item in _items(Path(raw)):
             try:
-                kind = P.result_kind(item)
+                kind = R.result_kind(item)
             except LandscapeError:
                 if scanned:     # a file in a scanned folder that is no result (a log, a summary): left out
                     continue
                 raise
             if kind == "surface":
-                r = P._surface(item)
-                entry(P.describe(r), str(item)).surfaces.append(r)
+                r = R.as_surface(item)
+                entry(R.describe(r), str(item)).surfaces.append(r)
             elif kind == "training":
-                for df, meta in P._frames(item):
-                    info = P.describe(meta)
+                for df, meta in Runs.read_runs(item):
+                    info = R.describe(meta)
                     if info["eps"] is None and "eps_t" in df.columns and df["eps_t"].notna().any():
                         info["eps"] = float(df["eps_t"].max())
-                    b = P.best_epoch(df, meta)
+                    b = Runs.best_epoch(df, meta)
                     e = entry({**info, "best_epoch": b}, str(item))
                     e.metrics.append((df, meta))
             else:
-                d = P._load_json_like(item)
-                e = entry(P.describe(d), str(item))
+                d = R.load_result(item)
+                e = entry(R.describe(d), str(item))
                 e.evaluation.update({k: v for k, v in _accuracies(d).items() if k not in e.evaluation})
                 if isinstance(d.get("best_epoch"), int):
                     e.info.setdefault("best_epoch", d["best_epoch"])
-                eig, dens, trace = P._spectrum_parts(d)
+                eig, dens, trace = R.spectrum_parts(d)
                 e.eigen, e.density, e.trace = e.eigen or eig, e.density or dens, e.trace or trace
     out = [entries[k] for k in order]
     names = [e.name for e in out]   # labels: name, plus eps where one name appears with several
@@ -199,14 +200,14 @@ def surfaces_figure(entries: Sequence[RunEntry], field: str = "loss"):
     items = [(e, r) for e in entries for r in e.surfaces if r.dim == 2][:9]
     if not items:
         return None
-    zs = [P._field(r, field) for _, r in items]
-    lo, hi = P._finite_range(zs)
+    zs = [R.surface_field(r, field) for _, r in items]
+    lo, hi = R.finite_range(zs)
     ncols = min(3, len(items))
     nrows = (len(items) + ncols - 1) // ncols
     fig = make_subplots(rows=nrows, cols=ncols, specs=[[{"type": "surface"}] * ncols] * nrows,
                         subplot_titles=[e.label for e, _ in items], horizontal_spacing=0.02, vertical_spacing=0.06)
     for i, ((e, r), z) in enumerate(zip(items, zs)):
-        xn, yn = P.axis_names(r)
+        xn, yn = R.axis_names(r)
         fig.add_trace(go.Surface(x=r.x, y=r.y, z=np.where(np.isfinite(z), z, None).tolist(), cmin=lo, cmax=hi,
                                  colorscale="Viridis", showscale=(i == 0), name=e.label,
                                  colorbar=dict(title=field, len=0.8),
@@ -216,8 +217,8 @@ def surfaces_figure(entries: Sequence[RunEntry], field: str = "loss"):
         scene = "scene" if i == 0 else f"scene{i + 1}"
         fig.update_layout({scene: dict(xaxis_title=xn, yaxis_title=yn, zaxis_title=field,
                                        zaxis=dict(range=[lo, hi]), aspectmode="cube")})
-    info = P.describe(items[0][1])
-    _layout(fig, f"{field} surfaces (drag to rotate) — {P._what(info, noun=field)}", 430 * nrows + 80)
+    info = R.describe(items[0][1])
+    _layout(fig, f"{field} surfaces (drag to rotate) — {R.caption(info, noun=field)}", 430 * nrows + 80)
     return fig
 
 
@@ -230,7 +231,7 @@ def spectrum_figure(entries: Sequence[RunEntry]):
     fig = make_subplots(rows=1, cols=2, subplot_titles=("top Hessian eigenvalues", "eigenvalue density (SLQ)"),
                         column_widths=[0.35, 0.65])
     peak = max([float(np.max(e.density["density"])) for e in entries if e.density] or [1.0])
-    floor = peak * P.DENSITY_FLOOR
+    floor = peak * R.DENSITY_FLOOR
     for i, e in enumerate(entries):
         c = _colour(i)
         if e.eigen:
@@ -266,14 +267,14 @@ def training_figure(entries: Sequence[RunEntry]):
     runs = [(i, e, df, meta) for i, e in enumerate(entries) for df, meta in e.metrics]
     if not runs:
         return None
-    has_sharp = any(P._sharp_column(df) for _, _, df, _ in runs)
+    has_sharp = any(Runs.sharpness_column(df) for _, _, df, _ in runs)
     titles = ["loss", "accuracy (val.: clean solid, PGD dashed)", "curriculum: λ solid, ε_t dashed"]
     titles += ["sharpness (top eigenvalue)"] if has_sharp else []
     fig = make_subplots(rows=1, cols=len(titles), subplot_titles=titles, horizontal_spacing=0.06)
     for i, e, df, meta in runs:
         c = _colour(i)
-        x = P._epochs(df).tolist()
-        b = P.best_epoch(df, meta)
+        x = Runs.epochs(df).tolist()
+        b = Runs.best_epoch(df, meta)
         first = True
 
         def line(col: str, panel: int, dash: str = "solid") -> None:
@@ -282,7 +283,7 @@ def training_figure(entries: Sequence[RunEntry]):
                 return
             fig.add_trace(go.Scatter(x=x, y=df[col].tolist(), mode="lines+markers", name=e.label,
                                      legendgroup=e.label, showlegend=first, line=dict(color=c, dash=dash),
-                                     marker=dict(size=5), hovertemplate=f"{P.COLUMN_NAMES.get(col, col)}"
+                                     marker=dict(size=5), hovertemplate=f"{Runs.COLUMN_NAMES.get(col, col)}"
                                      " epoch %{x}: %{y:.4g}"), row=1, col=panel)
             first = False
         line("train_loss", 1)
@@ -290,11 +291,11 @@ def training_figure(entries: Sequence[RunEntry]):
         line("val_pgd", 2, "dash")
         line("lam", 3)
         line("eps_t", 3, "dash")
-        sc = P._sharp_column(df)
+        sc = Runs.sharpness_column(df)
         if has_sharp and sc:
             line(sc, 4)
         if b is not None and "val_pgd" in df.columns:
-            fig.add_trace(go.Scatter(x=[b], y=df["val_pgd"][P._epochs(df) == b].tolist(), mode="markers",
+            fig.add_trace(go.Scatter(x=[b], y=df["val_pgd"][Runs.epochs(df) == b].tolist(), mode="markers",
                                      marker=dict(symbol="star", size=14, color=c, line=dict(color="black", width=1)),
                                      legendgroup=e.label, showlegend=False,
                                      hovertemplate=f"best epoch {b}<extra>{html.escape(e.label)}</extra>"),
@@ -329,7 +330,7 @@ def table_html(entries: Sequence[RunEntry]) -> str:
             f"accuracies on {ev['n']} samples" if ev.get("n") and ev.get("n") != i.get("n") else "",
             str(i["dataset"]) if i.get("dataset") else "", str(i["model"]) if i.get("model") else "") if x)
         cells = [e.label, _pct(ev.get("clean")), _pct(ev.get("pgd")), _pct(ev.get("autoattack")), top,
-                 P.format_trace(e.trace) if e.trace else "–",
+                 R.format_trace(e.trace) if e.trace else "–",
                  str(i["best_epoch"]) if i.get("best_epoch") is not None else "–", settings]
         rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
     return ("<table class='runs'><thead><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr></thead><tbody>"

@@ -20,10 +20,7 @@ samples, direction kind), never from file names. ``with paper_style(): fig = ...
 from __future__ import annotations
 
 import contextlib
-import os
-import re
 import warnings
-from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import matplotlib
@@ -35,22 +32,18 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import LogLocator, MaxNLocator, NullLocator
 
 from ..errors import LandscapeError
-from ..io import read_json
-from .directions import current_meta
-from .surface import SurfaceResult, load_surface
+from ..results import (DENSITY_FLOOR, RESULT_KINDS, as_surface, as_surfaces, axis_names, caption,  # noqa: F401
+                       describe, finite_range, fmt_value, format_trace, result_kind, spectrum_parts,
+                       surface_directions, surface_field, trace_interval)
+from ..runs import (COLUMN_NAMES, best_epoch, epochs, is_numeric, pretty_method, read_runs,  # noqa: F401
+                    sharpness_column)
+from .surface import SurfaceResult
 
 SURFACE_KINDS = ("curve", "contour", "contourf", "surface3d", "compare")
 SPECTRUM_KINDS = ("spectrum", "eigenvalues", "density")
 RUN_KINDS = ("sharpness", "training")
 KINDS = SURFACE_KINDS + SPECTRUM_KINDS + RUN_KINDS
-RESULT_KINDS = ("surface", "spectrum", "eigenvalues", "trace", "density", "evaluation", "training")
-DENSITY_FLOOR = 1e-6          # the density's log axis starts at this fraction of its peak
 LINEAR_BELOW = 3.0            # colour scales are linear when max / min is below this
-METHOD_NAMES = {"standard": "standard", "at": "AT", "trades": "TRADES", "sat-eps": "SAT-ε", "p-sat": "P-SAT",
-                "h-sat": "H-SAT"}
-COLUMN_NAMES = {"train_loss": "training loss", "train_acc": "training accuracy", "val_clean": "clean accuracy (val.)",
-                "val_pgd": "PGD accuracy (val.)", "val_loss": "validation loss", "lam": "λ (curriculum)",
-                "eps_t": "ε_t (training budget)", "lr": "learning rate", "sharpness": "top eigenvalue"}
 STYLES = {
     "default": {},
     "paper": {"figure.figsize": (3.3, 2.5), "font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8,
@@ -110,163 +103,6 @@ def _legend(obj: Any, handles: list, **kwargs: Any) -> Any:
 
 # --- what a result is, and what it says about itself -------------------------------------------------------
 
-def _load_json_like(obj: Any) -> Any:
-    if isinstance(obj, (str, os.PathLike)):
-        p = Path(obj)
-        if not p.is_file():
-            raise LandscapeError(f"result file not found: {p}")
-        try:
-            return read_json(p)
-        except (OSError, ValueError) as e:
-            raise LandscapeError(f"{p} is not a JSON result file ({e})") from e
-    if hasattr(obj, "to_dict"):
-        return obj.to_dict()
-    return obj
-
-
-def _find(d: Any, *keys: str) -> Any:
-    """The value of the first of ``keys`` found in ``d`` or its nested dicts, shallowest first (None if absent)."""
-    level = [d]
-    while level:
-        for k in keys:
-            for node in level:
-                if isinstance(node, dict) and node.get(k) is not None and not isinstance(node.get(k), dict):
-                    return node[k]
-        level = [v for node in level if isinstance(node, dict) for k, v in node.items()
-                 if isinstance(v, dict) and k not in ("digests", "files")]
-    return None
-
-
-def _is_surface_dir(p: Path) -> bool:
-    return p.is_dir() and ((p / "surface.json").is_file() or (p / "surface.npz").is_file())
-
-
-def result_kind(obj: Any) -> str:
-    """The ``kind`` of a result (one of ``RESULT_KINDS``): its ``kind`` field, else inferred from its keys
-    (older files), a ``SurfaceResult``, a DataFrame / metrics.csv / run folder ("training")."""
-    import pandas as pd
-    if isinstance(obj, SurfaceResult):
-        return "surface"
-    if isinstance(obj, pd.DataFrame):
-        return "training"
-    if isinstance(obj, (str, os.PathLike)):
-        p = Path(obj)
-        if p.is_dir():
-            if _is_surface_dir(p):
-                return "surface"
-            if (p / "metrics.csv").is_file():
-                return "training"
-            raise LandscapeError(f"{p}: a folder without surface.json or metrics.csv")
-        if p.suffix == ".csv":
-            return "training"
-        if p.suffix == ".npz":
-            return "surface"
-        obj = _load_json_like(p)
-    obj = _load_json_like(obj)
-    if not isinstance(obj, dict):
-        raise LandscapeError("cannot tell what this result is (expected a JSON object)")
-    kind = obj.get("kind")
-    if kind in RESULT_KINDS:
-        return kind
-    if "x" in obj and "loss" in obj:
-        return "surface"
-    if "history" in obj and isinstance(obj["history"], list):
-        return "training"
-    eig, dens, trace = _spectrum_parts(obj)
-    parts = [name for name, v in (("eigenvalues", eig), ("density", dens), ("trace", trace)) if v]
-    if len(parts) > 1 or any(k in obj for k in ("top_eigenvalues", "top_eigenvalue")):
-        return "spectrum" if parts else "evaluation"
-    if parts:
-        return parts[0]
-    if any(k in obj for k in ("clean_acc", "pgd_acc", "autoattack_acc", "clean", "robust")):
-        return "evaluation"
-    raise LandscapeError("cannot tell what this result is (expected a surface, a spectrum, an evaluation "
-                         "or a metrics.csv)")
-
-
-def _run_name(d: dict) -> str | None:
-    """The run's name: a ``run`` field, else the folder of the checkpoint the result was computed from."""
-    if isinstance(d.get("run"), str):
-        return d["run"]
-    ck = _find(d, "checkpoint")
-    if isinstance(ck, str) and ck:
-        p = Path(ck)
-        return p.parent.name if p.suffix in (".pt", ".pth", ".safetensors", ".bin") and p.parent.name else p.stem
-    return None
-
-
-def _fmt(v: Any) -> str:
-    return f"{v:g}" if isinstance(v, (int, float)) else str(v)
-
-
-def pretty_method(name: str | None) -> str:
-    """``h-sat-affine`` -> ``H-SAT-affine``, ``at`` -> ``AT``: the house's display names of the methods."""
-    if not name:
-        return ""
-    for key in sorted(METHOD_NAMES, key=len, reverse=True):
-        if name == key or name.startswith(key + "-"):
-            return METHOD_NAMES[key] + name[len(key):]
-    return name
-
-
-def describe(obj: Any) -> dict:
-    """What produced a result, from its settings: ``name`` (method or run, for legends), ``method``, ``eps``,
-    ``loss``, ``dataset``, ``n`` (samples), ``model`` (None where the result does not say)."""
-    if isinstance(obj, SurfaceResult):
-        d: Any = {"settings": obj.settings}
-    else:
-        d = _load_json_like(obj) if not _is_frame_like(obj) else {}
-    if not isinstance(d, dict):
-        d = {}
-    run = _run_name(d)
-    method = _find(d, "method")
-    if method in ("lanczos", "eigsh", "hutch++", "hutchinson", "xtrace", "slq"):   # an estimator, not training
-        method = None
-    if method is None and run:
-        method = next((m for m in sorted(METHOD_NAMES, key=len, reverse=True)
-                       if run == m or run.startswith(m + "-")), None)
-    loss = _find(d, "loss")
-    eps = _find(d, "eps")
-    if loss == "clean":
-        eps = None
-    n = _find(d, "num_samples", "samples", "hessian_samples", "n", "n_test")
-    name = run or method or ""
-    if run:   # "at-eps0.3", "p-sat-digits-eps0.1-s0" -> "at", "p-sat": the rest goes to the title
-        from ..data import available_datasets   # the trainer's default name: METHOD-DATASET-epsEPS-sSEED
-        name = re.sub(r"-eps[\d.e-]+$|-s\d+$", "", run)
-        name = re.sub(r"-eps[\d.e-]+$|-s\d+$", "", name)
-        for ds in sorted({str(_find(d, "dataset") or ""), *available_datasets()} - {""}, key=len, reverse=True):
-            if name.endswith("-" + ds.replace(":", "_").replace("/", "_")):
-                name = name[:-len(ds) - 1]
-                break
-    return {"name": pretty_method(name) if name else "", "run": run, "method": method, "eps": eps,
-            "loss": loss if isinstance(loss, str) else None, "dataset": _find(d, "dataset"),
-            "n": int(n) if isinstance(n, (int, float)) and not isinstance(n, bool) else None,
-            "model": _find(d, "model", "arch")}
-
-
-def _is_frame_like(obj: Any) -> bool:
-    import pandas as pd
-    return isinstance(obj, pd.DataFrame) or (isinstance(obj, (str, os.PathLike)) and
-                                             (Path(obj).suffix == ".csv" or Path(obj).is_dir()))
-
-
-def _what(info: dict, with_eps: bool = True, noun: str = "loss") -> str:
-    """``adversarial loss (ε = 0.3), n = 512, fashion-mnist`` from ``describe``'s fields (``noun``: what is
-    measured, e.g. ``accuracy`` -> ``adversarial accuracy (ε = 0.3)``)."""
-    parts = []
-    if info.get("loss"):
-        loss = f"{info['loss']} {noun}"
-        if with_eps and info.get("eps") is not None:
-            loss += f" (ε = {_fmt(info['eps'])})"
-        parts.append(loss)
-    if info.get("n"):
-        parts.append(f"n = {info['n']}")
-    if info.get("dataset"):
-        parts.append(str(info["dataset"]))
-    return ", ".join(parts)
-
-
 def _labels_and_title(infos: list[dict], what: str, labels: Sequence[str] | None = None,
                       noun: str = "loss") -> tuple[list[str], str]:
     """One legend label per result (its method / run name, plus whatever differs between them) and a title
@@ -277,7 +113,7 @@ def _labels_and_title(infos: list[dict], what: str, labels: Sequence[str] | None
         out = list(labels)
     else:
         out = [i["name"] or f"result {k + 1}" for k, i in enumerate(infos)]
-        for key, fmt in (("eps", lambda v: f"ε = {_fmt(v)}"), ("loss", str), ("n", lambda v: f"n = {v}")):
+        for key, fmt in (("eps", lambda v: f"ε = {fmt_value(v)}"), ("loss", str), ("n", lambda v: f"n = {v}")):
             vals = {str(i.get(key)) for i in infos}
             if len(vals) > 1:
                 out = [f"{o}, {fmt(i[key])}" if i.get(key) is not None else o for o, i in zip(out, infos)]
@@ -285,80 +121,22 @@ def _labels_and_title(infos: list[dict], what: str, labels: Sequence[str] | None
             out = [f"{o} ({k + 1})" for k, o in enumerate(out)]
     shared = {k: infos[0].get(k) for k in ("loss", "eps", "n", "dataset")
               if len({str(i.get(k)) for i in infos}) == 1}
-    rest = _what(shared, noun=noun)
+    rest = caption(shared, noun=noun)
     return out, (f"{what} — {rest}" if what else rest) if rest else what
 
 
 # --- surfaces -----------------------------------------------------------------------------------------------
 
-def _surface(obj: Any) -> SurfaceResult:
-    if isinstance(obj, SurfaceResult):
-        return obj
-    if isinstance(obj, dict):
-        if obj.get("kind") not in (None, "surface") or "loss" not in obj or "x" not in obj:
-            raise LandscapeError("not a surface result (needs x and loss)")
-        return SurfaceResult.from_dict(obj)
-    return load_surface(obj)
-
-
-def _surfaces(objs: Any) -> list[SurfaceResult]:
-    return [_surface(o) for o in (objs if isinstance(objs, (list, tuple)) else [objs])]
-
-
-def _field(r: SurfaceResult, field: str) -> np.ndarray:
-    if field not in ("loss", "accuracy"):
-        raise LandscapeError(f"unknown field {field!r}; choose loss or accuracy")
-    z = np.asarray(r.loss if field == "loss" else r.accuracy, dtype=np.float64)
-    return np.where(r.mask, z, np.nan)
-
-
-def _directions(r: SurfaceResult) -> dict:
-    return current_meta((r.settings or {}).get("directions") or {})  # older files say "norm"
-
-
-def axis_names(r: SurfaceResult) -> tuple[str, str]:
-    """Axis names from the directions' settings: ``eigvec 1 (λ = 13.3)``, ``filter-normalized random dir. 1``,
-    ``PC 1 (62% of variance)``, ``interpolation to RUN``; ``direction 1`` when the surface does not say."""
-    d = _directions(r)
-    kind = d.get("kind")
-    names = []
-    for i in range(2):
-        if kind == "eigen":
-            ev = d.get("eigenvalues") or []
-            names.append(f"eigvec {i + 1}" + (f" (λ = {ev[i]:.3g})" if i < len(ev) else ""))
-        elif kind == "random":
-            nz = d.get("normalization", "filter")
-            names.append(("random dir." if nz in (None, "none") else f"{nz}-normalized random dir.")
-                         + f" {i + 1}")
-        elif kind == "pca":
-            evr = d.get("explained_variance_ratio") or []
-            names.append(f"PC {i + 1}" + (f" ({100 * evr[i]:.0f}% of variance)" if i < len(evr) else ""))
-        elif kind == "interpolate":
-            to = d.get("to")
-            names.append("interpolation α" + (f" (α = 1: {_run_name({'checkpoint': to})})" if to else "")
-                         if i == 0 else "direction 2")
-        else:
-            names.append(f"direction {i + 1}")
-    return names[0], names[1]
-
-
 def _surface_title(r: SurfaceResult, field: str) -> str:
     """``AT: adversarial loss (ε = 0.3), n = 512`` (or ``... accuracy ...``) from the surface's settings."""
     info = describe(r)
-    what = _what(info, noun=field) or field
+    what = caption(info, noun=field) or field
     return f"{info['name']}: {what}" if info["name"] else what
 
 
 def _need_2d(r: SurfaceResult, what: str) -> None:
     if r.dim != 2:
         raise LandscapeError(f"a {what} needs a 2D surface; this one is 1D (use kind 'curve')")
-
-
-def _finite_range(zs: Sequence[np.ndarray]) -> tuple[float, float]:
-    vals = np.concatenate([z[np.isfinite(z)].ravel() for z in zs]) if zs else np.zeros(0)
-    if vals.size == 0:
-        raise LandscapeError("the surface holds no computed points yet")
-    return float(vals.min()), float(vals.max())
 
 
 def colour_scale(lo: float, hi: float, log: bool, levels: int) -> tuple[np.ndarray, Normalize, np.ndarray, bool]:
@@ -398,8 +176,8 @@ def _check_comparable(rs: Sequence[SurfaceResult], mismatch: str) -> None:
     if mismatch not in ("refuse", "warn", "ignore"):
         raise LandscapeError(f"mismatch must be refuse, warn or ignore, got {mismatch!r}")
     problems = []
-    kinds = [_directions(r).get("kind") or "unknown" for r in rs]
-    norms = [_directions(r).get("normalization") for r in rs]
+    kinds = [surface_directions(r).get("kind") or "unknown" for r in rs]
+    norms = [surface_directions(r).get("normalization") for r in rs]
     if len(set(kinds)) > 1 or len(set(map(str, norms))) > 1:
         problems.append("different direction kinds (" + ", ".join(
             k + (f"/{n}" if n else "") for k, n in zip(kinds, norms)) + ")")
@@ -430,7 +208,7 @@ def _legend_handles(field: str, trajectory: bool, best_marked: bool = True) -> l
 
 def _trajectory(r: SurfaceResult) -> np.ndarray | None:
     """The training trajectory's coordinates in a PCA plane (checkpoints, then the model at the origin)."""
-    d = _directions(r)
+    d = surface_directions(r)
     coords = d.get("coords")
     if d.get("kind") != "pca" or not coords:
         return None
@@ -461,7 +239,7 @@ def plot_curve(results: Any, labels: Sequence[str] | None = None, log: bool = Fa
                mismatch: str = "refuse") -> Figure:
     """1D surfaces: loss (left axis, solid) and accuracy (right axis, dashed) along the direction; several
     results (e.g. clean and adversarial) are overlaid on the same axes."""
-    rs = _surfaces(results)
+    rs = as_surfaces(results)
     for r in rs:
         if r.dim != 1:
             raise LandscapeError("a curve needs a 1D surface; this one is 2D (use contour, contourf or surface3d)")
@@ -473,13 +251,13 @@ def plot_curve(results: Any, labels: Sequence[str] | None = None, log: bool = Fa
     ax2 = ax.twinx()
     for i, (r, lab) in enumerate(zip(rs, names)):
         color = f"C{i}"
-        ax.plot(r.x, _field(r, "loss"), "-", color=color, marker="." if len(r.x) <= 60 else None,
+        ax.plot(r.x, surface_field(r, "loss"), "-", color=color, marker="." if len(r.x) <= 60 else None,
                 label=f"{lab}: loss")
-        ax2.plot(r.x, _field(r, "accuracy"), "--", color=color, label=f"{lab}: accuracy")
+        ax2.plot(r.x, surface_field(r, "accuracy"), "--", color=color, label=f"{lab}: accuracy")
     ax.axvline(0, color="0.5", lw=0.6, ls=":")
     xnames = list(dict.fromkeys(axis_names(r)[0] for r in rs))
-    ev = [(_directions(r).get("eigenvalues") or [None])[0] for r in rs]
-    if len(xnames) > 1 and all(_directions(r).get("kind") == "eigen" for r in rs) and None not in ev:
+    ev = [(surface_directions(r).get("eigenvalues") or [None])[0] for r in rs]
+    if len(xnames) > 1 and all(surface_directions(r).get("kind") == "eigen" for r in rs) and None not in ev:
         xnames = ["eigvec 1 of each model (λ = " + ", ".join(f"{v:.3g}" for v in ev) + ")"]
     ax.set_xlabel(xnames[0] if len(xnames) == 1 else "direction 1 (" + "; ".join(xnames) + ")")
     ax.set_ylabel("loss (solid)")
@@ -502,10 +280,10 @@ def plot_curve(results: Any, labels: Sequence[str] | None = None, log: bool = Fa
 def plot_contour(result: Any, field: str = "loss", levels: int = 20, log: bool = True) -> Figure:
     """2D contour lines at round values (log-spaced for the loss when ``log`` and it spans a factor 3 or more),
     labelled; + marks the model, x the lowest point, and a PCA plane shows the training trajectory."""
-    r = _surface(result)
+    r = as_surface(result)
     _need_2d(r, "contour plot")
-    z = _field(r, field)
-    lo, hi = _finite_range([z])
+    z = surface_field(r, field)
+    lo, hi = finite_range([z])
     _, norm, _, use_log = colour_scale(lo, hi, log and field == "loss", levels)
     lv = _round_levels(lo, hi, use_log, levels)
     fig = _figure(5.6, 5.0)
@@ -533,16 +311,16 @@ def plot_surface3d(result: Any, field: str = "loss", log: bool = False, elev: fl
     """3D surface of the loss (or accuracy) over the 2D grid, with a colour bar. One surface drawn as a
     single mesh (no second artist to interleave with), so matplotlib's painter ordering has nothing to get
     wrong; masked (not computed) points are left out."""
-    r = _surface(result)
+    r = as_surface(result)
     _need_2d(r, "3D surface")
-    z = _field(r, field)
+    z = surface_field(r, field)
     X, Y = np.meshgrid(r.x, r.y)
-    lo, hi = _finite_range([z])
+    lo, hi = finite_range([z])
     use_log = log and field == "loss" and lo > 0
     shown = np.log10(z) if use_log else z
     fig = _figure(6.4, 5.2)
     ax = fig.add_subplot(projection="3d")
-    slo, shi = _finite_range([shown])
+    slo, shi = finite_range([shown])
     norm = Normalize(slo, shi if shi > slo else slo + 1e-9)
     surf = ax.plot_surface(X, Y, np.ma.masked_invalid(shown), cmap="viridis", norm=norm, linewidth=0,
                            antialiased=False, rstride=1, cstride=1, shade=False)
@@ -566,15 +344,15 @@ def plot_compare(results: Any, labels: Sequence[str] | None = None, field: str =
     values), e.g. clean vs adversarial, or AT vs SAT; up to 3 per row. 1D surfaces are overlaid on shared
     axes instead. Surfaces with different direction kinds or grids are refused (``mismatch="warn"``: drawn
     with a warning)."""
-    rs = _surfaces(results)
+    rs = as_surfaces(results)
     if all(r.dim == 1 for r in rs):
         return plot_curve(rs, labels=labels, log=log, mismatch=mismatch)
     for r in rs:
         _need_2d(r, "side-by-side comparison")
     if len(rs) > 1:
         _check_comparable(rs, mismatch)
-    zs = [_field(r, field) for r in rs]
-    lo, hi = _finite_range(zs)
+    zs = [surface_field(r, field) for r in rs]
+    lo, hi = finite_range(zs)
     lv, norm, ticks, use_log = colour_scale(lo, hi, log and field == "loss", levels)
     lines = _round_levels(lo, hi, use_log)
     infos = [describe(r) for r in rs]
@@ -622,63 +400,6 @@ def plot_compare(results: Any, labels: Sequence[str] | None = None, field: str =
 
 # --- spectra ------------------------------------------------------------------------------------------------
 
-def _spectrum_parts(d: Any) -> tuple[dict | None, dict | None, dict | None]:
-    """(eigenvalues {values, converged}, density {grid, density}, trace {estimate, half_width_95}) from any
-    spectrum-like JSON (new ``kind`` files, landscape-spectrum's, older analysis files), tolerantly."""
-    d = _load_json_like(d)
-    if not isinstance(d, dict):
-        raise LandscapeError("not a spectrum result")
-    eig = None
-    for key in ("top_eigenvalues", "eigenvalues", "top_k", "eigen"):
-        e = d.get(key)
-        if isinstance(e, dict) and isinstance(e.get("values"), list):
-            eig = e
-            break
-        if isinstance(e, list) and e and isinstance(e[0], (int, float)):
-            eig = {"values": e}
-            break
-    if eig is None and isinstance(d.get("values"), list) and d.get("kind") in (None, "eigenvalues"):
-        eig = d
-    if eig is not None:
-        values = [float(v) for v in eig["values"]]
-        conv = eig.get("converged")
-        eig = {"values": values, "converged": [bool(c) for c in conv] if isinstance(conv, list) and
-               len(conv) == len(values) else None}
-    dens = None
-    for key in ("density", "spectral_density", "esd"):
-        e = d.get(key)
-        if isinstance(e, dict) and "grid" in e and "density" in e:
-            dens = e
-            break
-    if dens is None and isinstance(d.get("grid"), (list, np.ndarray)) and isinstance(d.get("density"), (list, np.ndarray)):
-        dens = d
-    trace = None
-    t = d.get("trace")
-    if isinstance(t, dict) and t.get("estimate") is not None:
-        trace = trace_interval(t)
-    elif isinstance(t, (int, float)) and not isinstance(t, bool):
-        trace = trace_interval({"estimate": t, "stderr": d.get("trace_stderr")})
-    elif d.get("kind") == "trace" and d.get("estimate") is not None:
-        trace = trace_interval(d)
-    return eig, dens, trace
-
-
-def trace_interval(t: dict) -> dict:
-    """{estimate, half_width_95}: the house's one confidence convention (a 95% interval, as landscape-spectrum
-    prints it). Older results with only a standard error get 1.96 x stderr."""
-    est = float(t["estimate"])
-    hw = t.get("half_width_95")
-    if hw is None and t.get("stderr") is not None:
-        hw = 1.96 * float(t["stderr"])
-    return {"estimate": est, "half_width_95": None if hw is None else float(hw)}
-
-
-def format_trace(t: dict) -> str:
-    """``72.8 ± 3.15 (95%)``."""
-    t = trace_interval(t)
-    return f"{t['estimate']:.4g}" + (f" ± {t['half_width_95']:.3g} (95%)" if t["half_width_95"] is not None else "")
-
-
 def _many(obj: Any) -> list:
     return list(obj) if isinstance(obj, (list, tuple)) else [obj]
 
@@ -703,7 +424,7 @@ def plot_eigenvalues(results: Any, labels: Sequence[str] | None = None, log: boo
     """Top-k Hessian eigenvalues by rank as markers, one series per result (e.g. AT vs SAT); open markers
     are pairs whose residual did not reach the tolerance."""
     objs = _many(results)
-    parts = [(_spectrum_parts(o)[0], describe(o)) for o in objs]
+    parts = [(spectrum_parts(o)[0], describe(o)) for o in objs]
     names, title = _labels_and_title([p[1] for p in parts], "top Hessian eigenvalues", labels)
     fig = _figure(6.0, 4.2)
     ax = fig.add_subplot()
@@ -762,7 +483,7 @@ def plot_density(results: Any, labels: Sequence[str] | None = None, log: bool = 
     ``DENSITY_FLOOR`` (1e-6) of the highest peak; a result that also holds top-k eigenvalues shows them as rug
     ticks along the bottom."""
     objs = _many(results)
-    parts = [(_spectrum_parts(o), describe(o)) for o in objs]
+    parts = [(spectrum_parts(o), describe(o)) for o in objs]
     names, title = _labels_and_title([p[1] for p in parts], "Hessian eigenvalue density", labels)
     series = [(p[0][1], p[0][0], f"C{i}", name) for i, (p, name) in enumerate(zip(parts, names)) if p[0][1]]
     if not series:
@@ -777,7 +498,7 @@ def plot_density(results: Any, labels: Sequence[str] | None = None, log: bool = 
 def plot_spectrum(result: Any, log: bool = True) -> Figure:
     """Whatever one spectrum JSON holds: eigenvalues (markers, open where not converged) and/or the density
     (with the eigenvalues as rug ticks), side by side; the trace ± its 95% half-width in the title."""
-    eig, dens, trace = _spectrum_parts(result)
+    eig, dens, trace = spectrum_parts(result)
     info = describe(result)
     panels = [p for p, present in (("eig", eig), ("dens", dens)) if present]
     if not panels:
@@ -798,7 +519,7 @@ def plot_spectrum(result: Any, log: bool = True) -> Figure:
         else:
             _density_axis(ax, [(dens, eig, "C0", "density (SLQ)")], log)  # type: ignore[list-item]
             ax.set_title("spectral density")
-    head = " ".join(x for x in (info["name"], _what(info)) if x)
+    head = " ".join(x for x in (info["name"], caption(info)) if x)
     tr = f"trace = {format_trace(trace)}" if trace else ""
     if head or tr:
         _title(fig, "; ".join(x for x in (head, tr) if x))
@@ -807,96 +528,10 @@ def plot_spectrum(result: Any, log: bool = True) -> Figure:
 
 # --- training runs ------------------------------------------------------------------------------------------
 
-def _run_config(folder: Path) -> dict:
-    for name in ("summary.json", "training.json", "config.json"):
-        p = folder / name
-        if p.is_file():
-            try:
-                d = read_json(p)
-            except (OSError, ValueError):
-                continue
-            if isinstance(d, dict):
-                return d
-    return {}
-
-
-def _frames(obj: Any) -> list[tuple[Any, dict]]:
-    """[(metrics DataFrame, settings dict)] for a DataFrame, metrics.csv, run folder, training JSON (with a
-    ``history``), or a CSV of several runs (a ``method`` or ``run`` column): one entry per run."""
-    import pandas as pd
-    meta: dict = {}
-    if isinstance(obj, pd.DataFrame):
-        df = obj
-    elif isinstance(obj, dict) or (isinstance(obj, (str, os.PathLike)) and Path(obj).suffix == ".json"):
-        d = _load_json_like(obj)
-        if not isinstance(d, dict) or not isinstance(d.get("history"), list):
-            raise LandscapeError("a training result needs a 'history' (one row per epoch)")
-        df, meta = pd.DataFrame(d["history"]), d
-    else:
-        p = Path(obj)
-        if p.is_dir():
-            meta = _run_config(p)
-            meta.setdefault("run", p.name)
-            p = p / "metrics.csv"
-        elif p.name == "metrics.csv":
-            meta = _run_config(p.parent)
-            meta.setdefault("run", p.parent.name)
-        if not p.is_file():
-            raise LandscapeError(f"metrics file not found: {p}")
-        try:
-            df = pd.read_csv(p)
-        except (OSError, ValueError) as e:
-            raise LandscapeError(f"cannot read {p} as CSV ({e})") from e
-    for col in ("run", "method"):
-        if col in df.columns and df[col].nunique() > 1 or (col in df.columns and not meta):
-            return [(g.drop(columns=[col]).reset_index(drop=True), {**meta, col: k, "run": k} if col == "run"
-                     else {**meta, "method": k, "run": k})
-                    for k, g in df.groupby(col, sort=False)]
-    return [(df, meta)]
-
-
-def _epochs(df) -> np.ndarray:
-    return np.asarray(df["epoch"] if "epoch" in df.columns else np.arange(1, len(df) + 1))
-
-
-def best_epoch(df, meta: dict | None = None) -> int | None:
-    """The best epoch: the run's own record (``best_epoch``), else the trainer's rule (highest val_clean +
-    val_pgd, the first such epoch); None without validation columns."""
-    meta = meta or {}
-    if isinstance(meta.get("best_epoch"), int):
-        return meta["best_epoch"]
-    if "select_score" in df.columns and df["select_score"].notna().any():  # the run's own --select rule
-        score = df["select_score"].to_numpy(dtype=float)
-        lowest = "select" in df.columns and str(df["select"].iloc[-1]) == "loss"
-        return int(_epochs(df)[int(np.nanargmin(score) if lowest else np.nanargmax(score))])
-    if "val_clean" not in df.columns:
-        return None
-    score = df["val_clean"].fillna(0) + (df["val_pgd"].fillna(0) if "val_pgd" in df.columns else 0)
-    return int(_epochs(df)[int(np.argmax(score.to_numpy()))])
-
-
-def _numeric(series) -> bool:
-    """Whether a pandas column holds numbers (pandas 3 stores text in a dtype numpy cannot interpret)."""
-    import pandas as pd
-    return pd.api.types.is_numeric_dtype(series)
-
-
-def _sharp_column(df) -> str | None:
-    for c in df.columns:
-        if c.lower() == "sharpness":
-            return c
-    for c in df.columns:
-        lc = c.lower()
-        if ("sharp" in lc or "top_eig" in lc or "lambda_max" in lc or "eigenvalue" in lc) and \
-                _numeric(df[c]) and not lc.endswith(("_hvps", "_seconds", "_converged")):
-            return c
-    return None
-
-
 def _run_frames(metrics: Any) -> list[tuple[Any, dict]]:
     out: list = []
     for o in _many(metrics):
-        out += _frames(o)
+        out += read_runs(o)
     return out
 
 
@@ -914,10 +549,10 @@ def plot_sharpness(metrics: Any, labels: Sequence[str] | None = None) -> Figure:
     fig = _figure(6.4, 4.2)
     ax = fig.add_subplot()
     for i, ((df, meta), name) in enumerate(zip(runs, names)):
-        col = _sharp_column(df)
+        col = sharpness_column(df)
         if col is None:
             raise LandscapeError(f"{name or 'run'}: no sharpness column (columns: {', '.join(map(str, df.columns))})")
-        x = _epochs(df)
+        x = epochs(df)
         ok = df[col].notna().to_numpy()
         ax.plot(x[ok], df[col].to_numpy()[ok], "o-", color=f"C{i}", ms=4, label=name or COLUMN_NAMES.get(col, col))
         b = best_epoch(df, meta)
@@ -931,7 +566,7 @@ def plot_sharpness(metrics: Any, labels: Sequence[str] | None = None) -> Figure:
         h.append(Line2D([], [], ls="", marker="*", color="0.6", mec="k", mew=0.6, ms=11, label="best epoch"))
     _legend(ax, h)
     infos = [describe(m) for _, m in runs]
-    _title(ax, "sharpness during training" + (f" (ε = {_fmt(infos[0]['eps'])})" if infos[0]["eps"] is not None
+    _title(ax, "sharpness during training" + (f" (ε = {fmt_value(infos[0]['eps'])})" if infos[0]["eps"] is not None
                                                  and len({str(i['eps']) for i in infos}) == 1 else ""))
     return fig
 
@@ -945,7 +580,7 @@ def plot_training(metrics: Any, labels: Sequence[str] | None = None) -> Figure:
     names, _ = _labels_and_title([describe(m) for _, m in runs], "", labels)
     cols: dict[str, list[str]] = {"loss": [], "accuracy": [], "curriculum": []}
     for df, _ in runs:
-        num = [c for c in df.columns if c != "epoch" and _numeric(df[c])
+        num = [c for c in df.columns if c != "epoch" and is_numeric(df[c])
                and df[c].notna().any() and not c.endswith(("_seconds", "_hvps", "_converged")) and c != "seconds"]
         for c in num:
             lc = c.lower()
@@ -962,7 +597,7 @@ def plot_training(metrics: Any, labels: Sequence[str] | None = None) -> Figure:
     styles = ["-", "--", ":", "-."]
     many = len(runs) > 1
     for r, ((df, meta), name) in enumerate(zip(runs, names)):
-        x = _epochs(df)
+        x = epochs(df)
         b = best_epoch(df, meta)
         for g in panels:
             ax = axes[g]
@@ -999,7 +634,7 @@ def plot_training(metrics: Any, labels: Sequence[str] | None = None) -> Figure:
     head = names[0] if len(runs) == 1 and names[0] else ""
     eps = infos[0]["eps"] if len({str(i['eps']) for i in infos}) == 1 else None
     ds = infos[0]["dataset"] if len({str(i['dataset']) for i in infos}) == 1 else None
-    sub = ", ".join(x for x in (f"ε = {_fmt(eps)}" if eps is not None else "", str(ds or "")) if x)
+    sub = ", ".join(x for x in (f"ε = {fmt_value(eps)}" if eps is not None else "", str(ds or "")) if x)
     _title(fig, "training" + (f" — {head}" if head else "") + (f" ({sub})" if sub else ""))
     return fig
 
@@ -1030,7 +665,7 @@ def resolve_plot(obj: Any, kind: str | None = None) -> tuple[str, Any, Any]:
         raise LandscapeError(f"cannot plot different kinds of results together ({', '.join(sorted(what))})")
     what_one = what.pop()
     if what_one == "surface":
-        rs = _surfaces(objs)
+        rs = as_surfaces(objs)
         if kind is None:
             kind = "compare" if len(rs) > 1 else ("curve" if rs[0].dim == 1 else "contourf")
         if kind not in SURFACE_KINDS:
@@ -1042,7 +677,7 @@ def resolve_plot(obj: Any, kind: str | None = None) -> tuple[str, Any, Any]:
         return kind, {"contour": plot_contour, "contourf": plot_contourf, "surface3d": plot_surface3d}[kind], rs[0]
     if what_one == "spectrum":
         if kind is None:
-            kind = "density" if len(objs) > 1 and all(_spectrum_parts(o)[1] for o in objs) else \
+            kind = "density" if len(objs) > 1 and all(spectrum_parts(o)[1] for o in objs) else \
                 ("eigenvalues" if len(objs) > 1 else "spectrum")
         if kind not in SPECTRUM_KINDS:
             raise LandscapeError(f"kind {kind!r} does not apply to a spectrum; choose from {', '.join(SPECTRUM_KINDS)}")
@@ -1052,7 +687,7 @@ def resolve_plot(obj: Any, kind: str | None = None) -> tuple[str, Any, Any]:
             return kind, plot_spectrum, objs[0]
         return kind, (plot_density if kind == "density" else plot_eigenvalues), objs
     if kind is None:
-        kind = "sharpness" if all(_sharp_column(df) for df, _ in _run_frames(objs)) else "training"
+        kind = "sharpness" if all(sharpness_column(df) for df, _ in _run_frames(objs)) else "training"
     if kind not in RUN_KINDS:
         raise LandscapeError(f"kind {kind!r} does not apply to training metrics; choose from {', '.join(RUN_KINDS)}")
     return kind, (plot_training if kind == "training" else plot_sharpness), objs
@@ -1071,10 +706,23 @@ def plot_result(obj: Any, kind: str | None = None, **kwargs: Any) -> Figure:
 
 def draw(fn: Callable[..., Figure], arg: Any, **kwargs: Any) -> Figure:
     """``fn(arg, **kwargs)`` with only the keyword arguments ``fn`` takes (None values dropped): the second
-    half of ``plot_result``, for a caller that already has ``resolve_plot``'s answer."""
+    half of ``plot_result``, for a caller that already has ``resolve_plot``'s answer. An option that no
+    plotting function takes (a misspelled ``lables=``) is an error, not silently dropped."""
     import inspect
+    unknown = sorted(set(kwargs) - _plot_options())
+    if unknown:
+        raise LandscapeError(f"unknown plot option(s) {', '.join(unknown)}; the plotting functions take "
+                             f"{', '.join(sorted(_plot_options()))}")
     accepted = inspect.signature(fn).parameters
     return fn(arg, **{k: v for k, v in kwargs.items() if k in accepted and v is not None})
+
+
+def _plot_options() -> set[str]:
+    """Every keyword option of the plotting functions that ``plot_result`` dispatches to."""
+    import inspect
+    fns = (plot_curve, plot_contour, plot_contourf, plot_surface3d, plot_compare, plot_eigenvalues, plot_density,
+           plot_spectrum, plot_sharpness, plot_training)
+    return {name for f in fns for name in list(inspect.signature(f).parameters)[1:]}
 
 
 __all__ = ["plot_curve", "plot_contour", "plot_contourf", "plot_surface3d", "plot_compare", "plot_eigenvalues",

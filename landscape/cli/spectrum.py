@@ -8,10 +8,9 @@ from typing import Sequence
 
 import torch
 
-from .._version import __version__
 from ..attacks import check_eps
 from ..checkpoint import load_checkpoint
-from ..analysis.lanczos import fmt_bytes, parse_memory
+from ..analysis.lanczos import MemoryBudget, fmt_bytes
 from ..data import dataset_info, load_dataset
 from ..errors import ConfigError
 from ..io import save_figure, write_json
@@ -38,7 +37,7 @@ residual is within --tol, the trace by XTrace, Hutch++ or Hutchinson (--trace,
 --trace-method), the eigenvalue density by stochastic Lanczos
 quadrature (--density). --backend pyhessian runs PyHessian 0.1 on the same model and samples instead.
 
-Memory: the Lanczos bases live under --max-memory (default 35%% of the machine's memory, or of the GPU's).
+Memory: the Lanczos bases live under --max-memory (default 35% of the machine's memory, or of the GPU's).
 Before the work starts, two HVPs are timed and measured, and the estimated HVPs, seconds and peak memory
 are printed; a request that cannot fit is refused (exit 2) with its estimate. Top-k keeps its
 whole basis when it fits, else thick-restarts within what fits, in float64 when enough float64 vectors fit
@@ -121,10 +120,9 @@ def _check_args(args) -> None:
         raise ConfigError(f"--tol must be positive, got {args.tol}")
     if not args.atol >= 0:
         raise ConfigError(f"--atol must be >= 0, got {args.atol}")
-    if args.max_memory is not None:
-        parse_memory(args.max_memory)
-    if args.eps is not None:
-        check_eps(args.eps)
+    if args.eps is not None:   # the range depends on the norm (L2 budgets may exceed 1); without --attack-norm
+        # the checkpoint's norm decides, and the attack's spec checks eps against it once that is known
+        check_eps(args.eps, args.attack_norm) if args.attack_norm else check_eps(args.eps, "l2")
     if args.steps is not None and args.steps < 0:
         raise ConfigError(f"--steps must be >= 0, got {args.steps}")
     if args.samples is not None and args.samples < 1:
@@ -149,24 +147,28 @@ def _plot_function():
     return fn
 
 
-def _run_landscape(op, args, show: bool = True) -> dict:
+def _run_landscape(op, args, show: bool = True, plans: dict | None = None, hvp_peak: int | None = None) -> dict:
+    """The requested estimators under ``args.max_memory`` (the one ``MemoryBudget``), each Lanczos basis as
+    ``plans`` (the estimate's, printed before) says."""
     from ..analysis import hessian_trace, spectral_density, top_eigenvalues
+    plans = plans or {}
     out: dict = {}
     if args.top_k:
         with progress(f"top-{args.top_k} eigenvalues", "HVP", args.max_hvps, show, leave=False) as cb:
             eig = top_eigenvalues(op, k=args.top_k, tol=args.tol, which=args.which, max_hvps=args.max_hvps,
-                                  seed=args.seed, atol=args.atol, max_memory=args.max_memory, callback=cb)
+                                  seed=args.seed, atol=args.atol, max_memory=args.max_memory, callback=cb,
+                                  plan=plans.get("top_k"))
         out["top_eigenvalues"] = eig.to_dict()
     if args.trace:
         with progress("trace", "HVP", args.trace_max_hvps, show, leave=False) as cb:
             tr = hessian_trace(op, method=args.trace_method, tol=args.trace_tol, max_hvps=args.trace_max_hvps,
-                               seed=args.seed, callback=cb)
+                               seed=args.seed, callback=cb, max_memory=args.max_memory, hvp_peak=hvp_peak)
         out["trace"] = tr.to_dict()
     if args.density:
         with progress("density", "HVP", args.density_probes * args.density_steps, show, leave=False) as cb:
             rho = spectral_density(op, n_probes=args.density_probes, lanczos_steps=args.density_steps,
                                    sigma=args.sigma, seed=args.seed, max_memory=args.max_memory,
-                                   reorth=args.reorth, callback=cb)
+                                   reorth=args.reorth, callback=cb, plan=plans.get("density"))
         out["density"] = rho.to_dict()
     return out
 
@@ -213,11 +215,11 @@ def _precheck(model, args, device) -> None:
                            dtype=params[0].dtype if params else torch.float32), args, None)
 
 
-def _estimate(op, args) -> dict:
+def _estimate(op, args) -> tuple[dict, dict]:
     """Time two HVPs (measuring their peak memory), then plan the Lanczos bases under the budget (refusing
     what cannot fit) and estimate HVPs, seconds and the peak of the whole run (the trace's vectors are not
-    in the memory estimate)."""
-    from ..analysis.lanczos import default_max_memory, time_hvp
+    in the memory estimate). Returns the estimate and the plans, which the run then uses as they are."""
+    from ..analysis.lanczos import time_hvp
     from ..analysis.spectrum import default_max_hvps
     n = int(op.num_params)
     _plans(op, args, None)
@@ -228,16 +230,16 @@ def _estimate(op, args) -> dict:
             "trace": args.trace_max_hvps if args.trace else 0,
             "density": args.density_probes * min(args.density_steps, n) if args.density else 0}
     total = sum(hvps.values())
-    budget = parse_memory(args.max_memory) if args.max_memory else default_max_memory(op.device)
+    budget = args.max_memory.total
     return {"hvps_at_most": hvps, "hvp_seconds": seconds, "seconds_at_most": total * seconds,
             "hvp_peak_bytes": peak, "peak_bytes": max([p.estimated_peak for p in chosen.values()] or [peak]),
-            "max_memory": budget, "max_memory_default": args.max_memory is None, "timing_hvps": 2,
+            "max_memory": budget, "max_memory_default": args.max_memory.default, "timing_hvps": 2,
             "plans": {k: p.to_dict() for k, p in chosen.items()},
             "text": (f"estimate: at most {total} HVPs ({', '.join(f'{k} {v}' for k, v in hvps.items() if v)}), "
                      f"one HVP {seconds:.3g} s, so at most {_duration(total * seconds)}; peak memory "
                      f"~{fmt_bytes(max([p.estimated_peak for p in chosen.values()] or [peak]))} of "
                      f"{fmt_bytes(budget)} (--max-memory)"
-                     + "".join(f"; {p.describe()}" for p in chosen.values()))}
+                     + "".join(f"; {p.describe()}" for p in chosen.values()))}, chosen
 
 
 def _duration(s: float) -> str:
@@ -290,10 +292,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.plot = args.plot or default_plot_path(args.json, args.checkpoint, "spectrum")
     plot = _plot_function() if args.plot else None
     if args.json:
-        check_output(args.json, "--json")
+        check_output(args.json, "--json", inputs=[args.checkpoint])
     if args.plot:
-        check_output(args.plot, "--plot", image_formats())
+        check_output(args.plot, "--plot", image_formats(), inputs=[args.checkpoint, args.json])
     world, device = resolve_world(args.device)
+    given_memory = args.max_memory
+    args.max_memory = MemoryBudget.of(args.max_memory, device)   # THE budget, resolved once: passed down as is
     if world.active and args.backend == "pyhessian":
         raise ConfigError("--backend pyhessian runs in one process; drop torchrun or use --backend landscape")
     ck = load_checkpoint(args.checkpoint, args.arch, args.dataset, device, **source_options(args))
@@ -310,48 +314,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.perf_counter()
     attack = attack_from_args(args, ck.config) if args.loss == "adversarial" else None  # no eps: exit 2
     op = HessianOperator.from_checkpoint(ck, (x, y), loss=args.loss, attack=attack, bn=args.bn,
-                                         batch_size=args.batch_size, seed=args.seed, device=device)
+                                         batch_size=args.batch_size, seed=args.seed, device=device,
+                                         max_graph_memory=args.max_memory)
     setup_s = time.perf_counter() - t0
-    estimate = None
+    estimate, plans = None, {}
     if args.backend == "landscape":
-        estimate = _estimate(op, args)
+        estimate, plans = _estimate(op, args)
         if world.main:
             print(estimate["text"], flush=True)
-    res = _run_pyhessian(op, ck.model, args) if args.backend == "pyhessian" else _run_landscape(op, args, world.main)
+    res = _run_pyhessian(op, ck.model, args) if args.backend == "pyhessian" else \
+        _run_landscape(op, args, world.main, plans, estimate["hvp_peak_bytes"])
     if not world.main:  # rank 0 reports and writes; the others computed the same numbers
         return 0
 
-    parts = [k for k in ("top_eigenvalues", "trace", "density") if k in res]
-    hvps = {k: int(res[k]["hvps"]) for k in parts}
-    hvps["total"] = sum(hvps.values())
-    seconds = {"setup": setup_s, "attack": op.attack_seconds, **{k: float(res[k]["seconds"]) for k in parts}}
-    seconds["total"] = time.perf_counter() - t_start
+    from ..results import SPECTRUM_PARTS, SpectrumResult
+    result = SpectrumResult({k: v for k, v in res.items() if k in SPECTRUM_PARTS},
+                            seconds={"setup": setup_s, "attack": op.attack_seconds})
     desc = op.describe()
     adv = f" (eps {op.eps:g}, {op.steps} PGD steps of {op.step_size:.3g})" if args.loss == "adversarial" else ""
     procs = f" x {world.size} processes" if world.active else ""
     header = (f"{ck.arch} on {ds.name}/{args.split}, {op.num_samples} samples, {args.loss} loss{adv}, "
               f"{op.num_params:,} weights, bn={args.bn}, {device.type}{procs}, backend {args.backend}")
     _print_table(res, header)
-    print(f"total: {hvps['total']} HVPs, {seconds['total']:.2f} s")
+    result.seconds["total"] = time.perf_counter() - t_start
+    print(f"total: {result.hvps['total']} HVPs, {result.seconds['total']:.2f} s")
 
-    if "top_eigenvalues" in res:
-        res["eigenvalues"] = res["top_eigenvalues"]  # the shared name; "top_eigenvalues" for older readers
-    memory = None
     if estimate is not None:
-        memory = {"max_memory": estimate["max_memory"], "max_memory_default": estimate["max_memory_default"],
-                  "estimated_peak": estimate["peak_bytes"],
-                  **{k: res[k]["settings"]["memory"] for k in ("top_eigenvalues", "density")
-                     if k in res and "memory" in res[k].get("settings", {})}}
-    out = {"kind": "spectrum", "landscape_version": __version__, "command": "landscape-spectrum",
-           "argv": list(sys.argv[1:] if argv is None else argv),
-           "settings": {**vars(args), "samples": n, "eps": op.eps, "steps": op.steps, "step_size": op.step_size,
-                        "attack": desc["attack"]},
-           "checkpoint": str(args.checkpoint), "model": ck.arch, "dataset": ds.name, "split": args.split,
-           "num_samples": op.num_samples, "num_params": op.num_params, "device": str(device),
-           "world_size": world.size,
-           "backend": args.backend, "operator": desc, **res, "hvps": hvps, "seconds": seconds,
-           "memory": memory, "estimate": None if estimate is None else {k: v for k, v in estimate.items()
-                                                                       if k != "text"}}
+        result.memory = {"max_memory": estimate["max_memory"], "max_memory_default": estimate["max_memory_default"],
+                         "estimated_peak": estimate["peak_bytes"],
+                         **{k: res[k]["settings"]["memory"] for k in ("top_eigenvalues", "density")
+                            if k in res and "memory" in res[k].get("settings", {})}}
+        result.estimate = {k: v for k, v in estimate.items() if k != "text"}
+    result.context = {
+        "command": "landscape-spectrum", "argv": list(sys.argv[1:] if argv is None else argv),
+        "settings": {**vars(args), "max_memory": given_memory, "samples": n, "eps": op.eps, "steps": op.steps, "step_size": op.step_size,
+                     "attack": desc["attack"]},
+        "checkpoint": str(args.checkpoint), "model": ck.arch, "dataset": ds.name, "split": args.split,
+        "num_samples": op.num_samples, "num_params": op.num_params, "device": str(device),
+        "world_size": world.size, "backend": args.backend, "operator": desc,
+        **{k: v for k, v in res.items() if k not in SPECTRUM_PARTS}}   # the pyhessian backend's raw answer
+    out = result.to_dict()
     if args.json:
         write_json(args.json, out)
     if plot is not None:

@@ -12,6 +12,7 @@ from ..errors import ConfigError
 from ..io import safe_name
 from ..models import resolve_model_name
 from ..precision import resolve_amp
+from ..runs import SELECT_RULES, run_name
 from .curriculum import SCHEDULES
 from .objectives import CURRICULUM_METHODS, METHODS
 
@@ -20,10 +21,6 @@ DEFAULT_EPS = {"digits": 0.1, "mnist": 0.3, "fashion-mnist": 0.1, "cifar10": 8 /
 DEFAULT_EPOCHS = {"digits": 20, "mnist": 10, "fashion-mnist": 5}
 LR_SCHEDULES = ("piecewise", "cosine", "constant")
 HSAT_NORMALIZE = ("ratio", "affine")
-# best.pt rules: the validation number each one ranks epochs by (the highest wins; "loss": the lowest)
-SELECT_RULES = {"clean+pgd": "validation clean + PGD accuracy (the paper's rule)",
-                "pgd": "validation PGD accuracy", "clean": "validation clean accuracy",
-                "loss": "validation (clean) cross-entropy, lowest"}
 
 
 @dataclass
@@ -124,8 +121,7 @@ class TrainConfig:
         if c.augment is None:
             c.augment = info.name in AUGMENTED
         if c.name is None:
-            eps = "" if c.eps is None else f"-eps{c.eps:g}"
-            c.name = f"{c.method}-{c.dataset.replace(':', '_').replace('/', '_')}{eps}-s{c.seed}"
+            c.name = run_name(c.method, c.dataset, c.eps, c.seed)
         safe_name(c.name, "name")  # a run folder is out/NAME: a name must not lead out of out
         return c
 
