@@ -51,8 +51,10 @@ def check_eps(eps: float, norm: str = "linf") -> None:
     """Raise ``ConfigError`` for an unknown norm or an eps outside [0, 1] (Linf on [0, 1] inputs)."""
     if norm not in NORMS:
         raise ConfigError(f"unknown norm {norm!r}; choose from {', '.join(NORMS)}")
-    if not (eps == eps) or eps < 0 or (norm == "linf" and eps > 1):
+    if norm == "linf" and not 0 <= eps <= 1:
         raise ConfigError(f"eps must lie in [0, 1] for Linf attacks on [0, 1] inputs, got {eps}")
+    if not eps >= 0:   # NaN fails too
+        raise ConfigError(f"eps must be >= 0 for {norm.upper()} attacks, got {eps}")
 
 
 class RowShard:

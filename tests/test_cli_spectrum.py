@@ -136,3 +136,13 @@ def test_console_script_on_a_trained_run(trained_digits, tmp_path):
     assert len(d["top_eigenvalues"]["values"]) == 5 and d["hvps"]["total"] > 0
     bad = run_cli("spectrum", str(trained_digits / "best.pt"), "--samples", "0", env={"OMP_NUM_THREADS": "1"})
     assert_one_line_error(bad, 2, "samples")
+
+
+def test_l2_budget_above_one_is_accepted_for_an_l2_attack(mlp_ckpt, tmp_path, capsys):
+    """--attack-norm l2 --eps 1.5 (an L2 radius may exceed 1) was refused as if every attack were Linf; eval
+    and surface took it. The operator records the L2 attack it ran."""
+    out = tmp_path / "l2.json"
+    assert main([str(mlp_ckpt), "--top-k", "1", "--loss", "adversarial", "--attack-norm", "l2", "--eps", "1.5",
+                 "--steps", "2", *SMALL, "--json", str(out)]) == 0, capsys.readouterr().err
+    att = json.loads(out.read_text())["operator"]["attack"]
+    assert att["norm"] == "l2" and att["eps"] == 1.5

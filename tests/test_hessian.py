@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from landscape import load_dataset
+from cases import tiny_mlp
 from landscape.analysis import HessianOperator
 from landscape.analysis.hessian import samples
 from landscape.attacks import adversarial_examples
@@ -21,12 +22,6 @@ N = 32  # samples
 def data():
     x, y = load_dataset("digits", "test").tensors(N)
     return x.double(), y
-
-
-def tiny_mlp(seed=0):
-    """64 -> 12 -> 10 with tanh: 910 weights."""
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Flatten(), nn.Linear(64, 12), nn.Tanh(), nn.Linear(12, 10)).double()
 
 
 def tiny_bn_cnn(seed=0):
@@ -161,9 +156,9 @@ def test_dataset_input(data):
 def test_graph_built_once_for_one_batch(data):
     x, y = data
     net = tiny_mlp()
-    calls = []
-    net.register_forward_hook(lambda *a: calls.append(1))
     op = HessianOperator(net, (x, y), max_graph_memory=0)   # one batch: kept whatever the budget
+    calls = []
+    net.register_forward_hook(lambda *a: calls.append(1))   # after the entrance check's forward
     v = torch.randn(op.num_params, dtype=torch.float64)
     first = op.matvec(v)
     for _ in range(3):
@@ -183,9 +178,9 @@ def test_batch_graphs_kept_within_the_budget(data, fit):
     sizes = probe._graphs.sizes
     assert sizes[0] == sizes[1] > sizes[2] > 0
     budget = 0 if fit == 0 else sizes[0] * 2 + (sizes[2] if fit == 3 else 0)
-    calls = []
-    net.register_forward_hook(lambda *a: calls.append(1))
     op = HessianOperator(net, (x, y), batch_size=12, max_graph_memory=budget)
+    calls = []
+    hook = net.register_forward_hook(lambda *a: calls.append(1))   # after the entrance check's forwards
     for _ in range(3):
         torch.testing.assert_close(op.matvec(v), ref, rtol=1e-12, atol=1e-14)
     assert len(calls) == 3 + 2 * (3 - fit)               # first HVP builds all; later ones only the rebuilt
@@ -193,6 +188,7 @@ def test_batch_graphs_kept_within_the_budget(data, fit):
     assert (g["kept"], g["rebuilt_per_hvp"], g["budget_bytes"], g["planned"]) == (fit, 3 - fit, budget, True)
     assert g["kept_bytes"] <= budget
     assert op.preferred_block == (1 if fit == 3 else op.matmat_block)   # blocks pay only for rebuilt graphs
+    hook.remove()
     default = HessianOperator(net, (x, y), batch_size=12).describe()["graph_cache"]
     assert default["budget_bytes"] > 10 * sizes[0] and default["planned"] is False
 

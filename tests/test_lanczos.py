@@ -16,19 +16,7 @@ from landscape.checkpoint import save_checkpoint
 from landscape.cli.spectrum import main
 from landscape.data import dataset_info
 from landscape.errors import ConfigError
-from test_spectrum import MatrixOp, exact_case, spd_with_decay
-
-
-class FloatOp(MatrixOp):
-    """A dense matrix operator in the matrix's dtype (``dtype`` tells the engine which)."""
-
-    def __init__(self, A):
-        super().__init__(A)
-        self.dtype = A.dtype
-
-    def matvec(self, v):
-        self.hvp_count += 1
-        return self.A @ v.to(self.A.dtype)
+from cases import DiagOp, MatrixOp, decaying_spd, exact_case
 
 
 @pytest.fixture(scope="module", params=[torch.float64, torch.float32], ids=["float64", "float32"])
@@ -58,7 +46,7 @@ def test_thick_restart_finds_the_same_top_k(case, monkeypatch):
 
 
 def test_thick_restart_on_a_decaying_spectrum(monkeypatch):
-    A, lam = spd_with_decay(300)
+    A, lam = decaying_spd(300)
     with_capacity(monkeypatch, 12)
     res = top_eigenvalues(MatrixOp(A), k=5, tol=1e-8, max_hvps=300)
     assert res.all_converged and res.settings["thick_restarts"] >= 1
@@ -70,7 +58,7 @@ def test_local_reorthogonalization_keeps_gauss_quadrature_exact(dtype):
     """Without a kept basis, the m-node rule still reproduces the probe's moments v^T D^p v for p <= 2m - 1
     (here up to 7 with 12 steps), and its largest node converges to the (isolated) largest eigenvalue."""
     d = torch.linspace(-1.0, 4.0, 60, dtype=torch.float64) ** 3
-    op = FloatOp(torch.diag(d).to(dtype))
+    op = MatrixOp(torch.diag(d).to(dtype))
     rho = spectral_density(op, n_probes=3, lanczos_steps=12, reorth="local", seed=0)
     assert rho.settings["reorth"] == "local" and rho.settings["memory"]["capacity"] == 3
     rtol = 1e-5 if dtype == torch.float32 else 1e-10
@@ -100,17 +88,6 @@ def test_local_density_matches_exact_hessian_and_full(case):
     # ghosts: local reorthogonalization repeats converged extreme Ritz values; a full basis does not
     copies = lambda r: [int(np.sum(np.isclose(row, ev[-1], rtol=1e-5))) for row in r.nodes]
     assert max(copies(loc)) >= 2 and copies(full) == [1] * 6
-
-
-class DiagOp:
-    """A float32 diagonal operator: cheap HVPs, so n can be large enough for a float32 basis's rounding to show."""
-
-    def __init__(self, d):
-        self.d, self.num_params, self.dtype, self.device, self.hvp_count = d, d.numel(), d.dtype, d.device, 0
-
-    def matvec(self, v):
-        self.hvp_count += 1
-        return self.d * v.to(self.d.dtype)
 
 
 def test_float64_basis_converges_where_a_float32_basis_stalls():
@@ -155,7 +132,7 @@ def test_float32_residuals_are_true_ones():
     lam = torch.cat([torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64),
                      torch.linspace(100, 1000, n - 3, dtype=torch.float64)])
     A64 = (Q * lam) @ Q.T
-    op = FloatOp(A64.float())
+    op = MatrixOp(A64.float())
     res = top_eigenvalues(op, k=3, which="SA", tol=1e-6, seed=0, return_vectors=True)
     np.testing.assert_allclose(res.values, [0.5, 1.0, 2.0], rtol=1e-4)
     assert np.all(res.lanczos_residuals <= 1e-6 * np.abs(res.values))       # what used to be reported
@@ -179,7 +156,7 @@ def test_optimistic_estimates_are_followed_until_true_residuals_pass(monkeypatch
     (float32 HVPs after thick restarts), and the search stopped unconverged. Simulated here by estimates 1000x
     too optimistic: the first true-residual check fails, Lanczos goes on with a tightened tolerance, and
     the result converges by its true residuals, against the exact spectrum."""
-    A, lam = spd_with_decay(300)
+    A, lam = decaying_spd(300)
 
     class Optimistic(spectrum.Lanczos):
         def ritz(self):
@@ -282,5 +259,9 @@ def test_cli_prints_the_estimate_and_records_the_memory_choice(cnn_ckpt, tmp_pat
     assert d["eigenvalues"]["kind"] == "eigenvalues" and d["density"]["kind"] == "density"
     assert d["memory"]["density"]["reorth"] == "local" and d["memory"]["top_eigenvalues"]["reorth"] == "full"
     est = d["estimate"]
-    assert est["hvp_seconds"] > 0 and est["peak_bytes"] >= est["hvp_peak_bytes"] > 0
-    assert est["hvps_at_most"]["density"] == 6
+    assert est["hvp_seconds"] > 0 and est["hvps_at_most"]["density"] == 6
+    # the plan printed is the plan run: the estimate's plans are the ones the estimators recorded, field for field
+    assert est["plans"]["top_k"] == d["memory"]["top_eigenvalues"]
+    assert est["plans"]["density"] == d["memory"]["density"]
+    assert est["peak_bytes"] == max(p["estimated_peak"] for p in est["plans"].values())
+    assert f"peak memory ~{fmt_bytes(est['peak_bytes'])}" in first

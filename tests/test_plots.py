@@ -9,9 +9,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
-import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from cases import DiagOp  # noqa: E402
 from landscape.analysis import plots  # noqa: E402
 from landscape.analysis.surface import SurfaceResult  # noqa: E402
 from landscape.errors import LandscapeError  # noqa: E402
@@ -36,20 +36,10 @@ def _surface(dim, shift=0.0, loss="clean", partial=False):
     return SurfaceResult(x, y, loss_v, acc, mask, settings, "h")
 
 
-class _DiagOp:
-    """A diagonal matrix as an operator for the spectrum engine: real spectrum results, cheaply."""
-    def __init__(self, d):
-        self.d = torch.as_tensor(d, dtype=torch.float64)
-        self.num_params, self.device = len(d), torch.device("cpu")
-
-    def matvec(self, v):
-        return self.d * v
-
-
 @pytest.fixture(scope="module")
 def spectrum_json(tmp_path_factory):
     from landscape.analysis.spectrum import hessian_trace, spectral_density, top_eigenvalues
-    op = _DiagOp(np.r_[np.linspace(-1, 1, 60), [5.0, 8.0, 12.0]])
+    op = DiagOp(np.r_[np.linspace(-1, 1, 60), [5.0, 8.0, 12.0]])
     d = {"kind": "spectrum", "top_eigenvalues": top_eigenvalues(op, k=3, seed=0).to_dict(),
          "trace": hessian_trace(op, seed=0, max_hvps=30).to_dict(),
          "density": spectral_density(op, n_probes=2, lanczos_steps=20, seed=0).to_dict()}

@@ -1,55 +1,32 @@
 """Trace estimators (Hutchinson, Hutch++, XTrace) against exact traces and their stated errors over seeds."""
 import json
+from pathlib import Path
 import math
 
 import numpy as np
 import pytest
 import torch
 from scipy.stats import t as t_dist
-from torch import nn
 
-from landscape import __version__, load_dataset
+from landscape import __version__
 from landscape.analysis import HessianOperator, TraceResult, hessian_trace
 from landscape.analysis import spectrum
 from landscape.analysis.trace import AUTO_RULE, _sphere, _xtrace_estimates
 from landscape.errors import ConfigError
+from cases import MatrixOp, decaying_spd, exact_case
 
 METHODS = ("hutchinson", "hutch++", "xtrace")
 
 
-class MatrixOp:
-    """A dense symmetric matrix as an operator (float64), counting its products."""
-
-    def __init__(self, A):
-        self.A, self.num_params, self.device, self.hvp_count = A, A.shape[0], torch.device("cpu"), 0
-
-    def matvec(self, v):
-        self.hvp_count += 1
-        return self.A @ v.to(self.A.dtype)
-
-
-def decaying(n=200, seed=0, flat=False):
-    """Q diag(lam) Q^T: a few large eigenvalues and a 1/i tail (Hessian-like), or all of similar size."""
-    g = torch.Generator().manual_seed(seed)
-    Q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
-    if flat:
-        lam = 1.0 + torch.rand(n, generator=g, dtype=torch.float64)
-    else:
-        lam = torch.cat([torch.tensor([50.0, 30.0, 20.0, 12.0, 8.0], dtype=torch.float64),
-                         1.0 / torch.arange(1, n - 4, dtype=torch.float64)])
-    return (Q * lam) @ Q.T
+def decaying(n: int, seed: int = 0, flat: bool = False) -> torch.Tensor:
+    return decaying_spd(n, seed, flat)[0]
 
 
 @pytest.fixture(scope="module")
 def mlp_case():
     """A 910-weight tanh MLP on 32 digits: its operator and exact Hessian (float64)."""
-    x, y = load_dataset("digits", "test").tensors(32)
-    x = x.double()
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 12), nn.Tanh(), nn.Linear(12, 10)).double()
-    op = HessianOperator(net, (x, y))
-    f = lambda p: nn.functional.cross_entropy(torch.func.functional_call(net, op.unflatten(p), (x,)), y)
-    return op, torch.autograd.functional.hessian(f, op.param_vector(), vectorize=True)
+    op, H, _ = exact_case(torch.float64)
+    return op, H
 
 
 def test_xtrace_estimates_equal_the_naive_leave_one_out_formula():
@@ -164,9 +141,10 @@ def test_auto_and_stopping_rule():
 def test_memory_cap_limits_the_sketch():
     op = MatrixOp(decaying(300))
     per_col = 4 * 8 * 300
-    tr = hessian_trace(op, tol=0, max_hvps=90, max_memory=10 * per_col)   # 10 columns fit, xtrace wants 45
+    # the budget beside an HVP that needs nothing: 10 columns fit, xtrace wants 45
+    tr = hessian_trace(op, tol=0, max_hvps=90, max_memory=10 * per_col, hvp_peak=0)
     assert tr.settings["chosen"] == "hutch++" and tr.sketch_size <= 5 and tr.hvps == 90
-    x = hessian_trace(op, method="xtrace", tol=0, max_hvps=90, max_memory=10 * per_col)
+    x = hessian_trace(op, method="xtrace", tol=0, max_hvps=90, max_memory=10 * per_col, hvp_peak=0)
     assert x.sketch_size == 10 and x.hvps == 20
 
 
@@ -213,3 +191,31 @@ def test_old_rtol_keyword_warns_and_gives_the_same_estimate():
         assert old.settings["tol"] == 0.2 and "rtol" not in old.settings
     with pytest.raises(ConfigError, match="not both"):
         hessian_trace(op, tol=0.1, rtol=0.1)
+
+
+def test_trace_takes_the_one_memory_budget_and_stays_within_it(tmp_path):
+    """``max_memory="1GB"`` (the analysis's budget, as --max-memory writes it): the probes get what is left
+    of it beside what the process holds, and the whole process's peak stays under it (a fresh process: the
+    test runner's own memory is not the trace's)."""
+    import subprocess
+    import sys
+    code = """
+import json, torch
+from landscape import load_dataset
+from landscape.analysis import HessianOperator, hessian_trace
+from landscape.analysis.lanczos import PeakMemory
+from cases import tiny_mlp
+x, y = load_dataset("digits", "test").tensors(64)
+op = HessianOperator(tiny_mlp(torch.float32), (x, y), max_graph_memory="1GB")
+with PeakMemory("cpu") as pk:
+    tr = hessian_trace(op, max_memory="1GB", max_hvps=60, tol=0)
+print(json.dumps({"peak": pk.peak, "settings": {k: tr.settings[k] for k in ("max_memory", "max_memory_default",
+                  "probe_memory", "chosen")}, "hvps": tr.hvps}))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**__import__("os").environ, "PYTHONPATH": str(Path(__file__).parent)})
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.splitlines()[-1])
+    s = out["settings"]
+    assert s["max_memory"] == 10 ** 9 and s["max_memory_default"] is False and 0 < s["probe_memory"] < 10 ** 9
+    assert out["hvps"] == 60 and out["peak"] <= 10 ** 9

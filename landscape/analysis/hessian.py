@@ -15,7 +15,7 @@ trained on digits, 256 samples, 151k weights; median of 5 calls):
 
 Forward-over-reverse cannot reuse a graph; double backward can, which makes it the clear winner when the
 graphs can be kept: the operator keeps each batch's gradient graph between HVPs while the graphs fit
-``max_graph_memory`` bytes (default: a quarter of the memory free on the device) and rebuilds the others at
+``max_graph_memory`` bytes (default: ``lanczos.GRAPH_SHARE`` of the default memory budget; a ``MemoryBudget``: its share) and rebuilds the others at
 every HVP, where the two methods are within noise of each other. A kept graph is checked before every reuse
 against the weights it was built at, and rebuilt when they changed (``_GraphCache``).
 
@@ -70,9 +70,10 @@ from ..attack_spec import DEFAULT_BATCH_SIZE, DEFAULT_STEPS, AttackSpec, resolve
 from ..attacks import check_eps
 from ..data import Dataset, cut_batches
 from ..distributed import World, all_reduce_sum, shard_bounds, world
+from ..inputs import check_batch
 from ..errors import ConfigError, DataError
 from ..precision import full_float32
-from .lanczos import available_memory
+from .lanczos import MemoryBudget, parse_memory
 
 LOSSES = ("clean", "adversarial")
 BN_MODES = ("running", "batch")
@@ -127,7 +128,6 @@ def _as_batches(data: Any, batch_size: int | None, device: torch.device) -> list
     return batches
 
 
-GRAPH_MEMORY_FRACTION = 0.25  # default graph budget: this fraction of the memory free on the device at construction
 # columns per vmapped double-backward pass in ``matmat``, by device type (measured: benchmarks/hvp_matmat.py)
 MATMAT_BLOCK = {"cpu": 16, "cuda": 16}
 MATMAT_VMAP = {"cpu": False, "cuda": False}  # one vmapped pass per block (True) or one pass per column
@@ -149,15 +149,19 @@ class _GraphCache:
     copy of them in memory. A parameter object replaced in the model cannot be followed: ``ConfigError``.
     """
 
-    def __init__(self, op: "HessianOperator", budget: int | None):
-        if budget is not None and not budget >= 0:
+    def __init__(self, op: "HessianOperator", budget: "int | str | MemoryBudget | None"):
+        given = None if budget is None or (isinstance(budget, MemoryBudget) and budget.default) else budget
+        if budget is None or isinstance(budget, MemoryBudget):   # the graphs' share of the analysis's budget
+            budget = MemoryBudget.of(budget, op.device).graphs
+        elif isinstance(budget, str):
+            budget = parse_memory(budget)
+        if not budget >= 0:
             raise ConfigError(f"max_graph_memory must be >= 0 bytes, got {budget}")
         # a weak reference: the operator owns its cache, and a strong one back would make a cycle that keeps
         # the operator and its gradient graphs alive until the cycle collector happens to run (one cause of
         # a long study process growing to 8.8 GB: ~0.75 GB per model before, ~0.5 GB after this fix)
-        self.op, self.given = weakref.proxy(op), budget
-        self.budget = int(budget) if budget is not None else int(GRAPH_MEMORY_FRACTION *
-                                                                   available_memory(op.device))
+        self.op, self.given = weakref.proxy(op), given if not isinstance(given, MemoryBudget) else given.total
+        self.budget = int(budget)
         self.graphs: dict[int, list[torch.Tensor | None]] = {}
         self.sizes: dict[int, int] = {}   # measured bytes of each batch's graph
         self.rebuilt: set[int] = set()    # batches whose graph did not fit: rebuilt at every HVP
@@ -240,7 +244,7 @@ class HessianOperator:
                  seed: int = 0, device: str | torch.device | None = None, restarts: int = 1,
                  hvp_method: str = "double-backward", attack_batch_size: int | None = None,
                  distributed: bool = True, attack: AttackSpec | None = None,
-                 max_graph_memory: int | None = None, tf32: bool = False):
+                 max_graph_memory: "int | str | MemoryBudget | None" = None, tf32: bool = False):
         if loss not in LOSSES:
             raise ConfigError(f"unknown loss {loss!r}; choose from {', '.join(LOSSES)}")
         if bn not in BN_MODES:
@@ -269,6 +273,10 @@ class HessianOperator:
             check_eps(float(eps), norm)
         self.batch_size = batch_size
         self.batches = _as_batches(data, batch_size, self.device)
+        with full_float32(self.tf32):   # named before any work (the attack, an HVP); one forward of one sample
+            for i, (bx, by) in enumerate(self.batches):
+                check_batch(model, bx, by, "HessianOperator's data" + (f" (batch {i + 1})" if len(self.batches) > 1
+                                                                       else ""), unit_interval=loss == "adversarial")
         self.num_samples = int(sum(len(x) for x, _ in self.batches))
         self.world = world() if distributed else World()
         self.shard = (0, self.num_samples)

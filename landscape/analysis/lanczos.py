@@ -75,7 +75,7 @@ def parse_memory(text: str | int | float) -> int:
     if isinstance(text, (int, float)) and not isinstance(text, bool):
         value = float(text)
     else:
-        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-zA-Z]*)\s*", str(text))
+        m = re.fullmatch(r"\s*(-?[0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-zA-Z]*)\s*", str(text))
         if not m or m.group(2).lower() not in _UNITS:
             raise ConfigError(f"cannot read the memory size {text!r}; write e.g. 8GB, 512MB or 1.5GiB")
         value = float(m.group(1)) * _UNITS[m.group(2).lower()]
@@ -146,6 +146,40 @@ def default_max_memory(device: torch.device | str) -> int:
         return 8 * 10 ** 9
     avail = info.get("MemAvailable", total) + memory_in_use(device)
     return int(min(DEFAULT_FRACTION * total, 0.8 * avail))
+
+
+#: the share of the budget that the operator's kept gradient graphs may take (HessianOperator's default
+#: max_graph_memory); the plans count what they took in the measured HVP peak, so the total stays the budget
+GRAPH_SHARE = 0.5
+
+
+@dataclass(frozen=True)
+class MemoryBudget:
+    """THE memory budget of an analysis (``--max-memory``), resolved once: ``total`` bytes for everything the
+    analysis holds on ``device`` (model, data, gradient graphs, Lanczos bases, trace sketches); ``default``
+    when the user gave none (``default_max_memory``). ``graphs``: the gradient graphs' share
+    (``GRAPH_SHARE``). Every function that takes ``max_memory`` takes one of these, bytes, "8GB" or None."""
+    total: int
+    default: bool
+    device: str = "cpu"
+
+    @classmethod
+    def of(cls, max_memory: "int | str | MemoryBudget | None", device: torch.device | str) -> "MemoryBudget":
+        """The budget ``max_memory`` asks for on ``device`` (None: the default). Cost: none (a read of
+        /proc/meminfo or of CUDA's free memory for the default)."""
+        if isinstance(max_memory, MemoryBudget):
+            return max_memory
+        if max_memory is None:
+            return cls(default_max_memory(device), True, str(torch.device(device)))
+        return cls(parse_memory(max_memory), False, str(torch.device(device)))
+
+    @property
+    def graphs(self) -> int:
+        return int(GRAPH_SHARE * self.total)
+
+    def to_dict(self) -> dict:
+        return {"max_memory": self.total, "max_memory_default": self.default, "graph_share": GRAPH_SHARE,
+                "device": self.device}
 
 
 class PeakMemory:
@@ -228,10 +262,9 @@ class MemoryPlan:
         return f"{self.task}: {kept}, peak ~{fmt_bytes(self.estimated_peak)}"
 
 
-def _budget(op: Operator, max_memory: int | str | None) -> tuple[int, bool]:
-    if max_memory is None:
-        return default_max_memory(op.device), True
-    return parse_memory(max_memory), False
+def _budget(op: Operator, max_memory: "int | str | MemoryBudget | None") -> tuple[int, bool]:
+    b = MemoryBudget.of(max_memory, op.device)
+    return b.total, b.default
 
 
 #: what the base of a plan counts: the measured peak of one HVP, or (before one ran) the process's memory now
@@ -546,4 +579,4 @@ class LocalLanczos:
 Callback = Callable[[int, int], None] | None
 
 __all__ = ["Lanczos", "LocalLanczos", "MemoryPlan", "PeakMemory", "plan_top_k", "choose_top_k_plan", "plan_density",
-           "parse_memory", "fmt_bytes", "default_max_memory", "memory_in_use", "time_hvp", "eigh_tri", "min_top_k_capacity"]
+           "parse_memory", "fmt_bytes", "default_max_memory", "MemoryBudget", "memory_in_use", "time_hvp", "eigh_tri", "min_top_k_capacity"]

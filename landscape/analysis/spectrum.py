@@ -41,8 +41,8 @@ import torch
 
 from .._version import __version__
 from ..errors import ConfigError
-from .lanczos import (Lanczos, LocalLanczos, Operator, PeakMemory, choose_top_k_plan, gaussian, hv, op_dtype,
-                      op_settings, plan_density, rademacher)
+from .lanczos import (Lanczos, LocalLanczos, MemoryBudget, MemoryPlan, Operator, PeakMemory, choose_top_k_plan,
+                      gaussian, hv, min_top_k_capacity, op_dtype, op_settings, plan_density, rademacher)
 from .trace import TRACE_METHODS, TraceResult, hessian_trace  # noqa: F401  (moved to trace.py; re-exported)
 
 WHICH = ("LA", "SA", "LM")
@@ -70,6 +70,15 @@ def _same_on_all_ranks(op: Any, plan: Any) -> Any:
         from ..distributed import broadcast_from_main
         return broadcast_from_main(plan)
     return plan
+
+
+def _check_plan(plan: MemoryPlan, task: str, least: int) -> None:
+    """A plan handed in must be for this task and hold the fewest basis vectors the task works with."""
+    if not isinstance(plan, MemoryPlan) or plan.task != task:
+        raise ConfigError(f"plan must be a MemoryPlan for the {task} (lanczos.{'choose_top_k_plan' if task == 'top-k' else 'plan_density'}), "
+                          f"got {getattr(plan, 'task', type(plan).__name__)!r}")
+    if plan.capacity < least:
+        raise ConfigError(f"the plan keeps {plan.capacity} basis vectors; the {task} needs at least {least}")
 
 
 def _key(theta: np.ndarray | float, which: str) -> np.ndarray | float:
@@ -139,8 +148,8 @@ def default_max_hvps(n: int, k: int) -> int:
 def top_eigenvalues(op: Operator, k: int = 1, tol: float = 1e-3, which: str = "LA",
                     max_hvps: int | None = None, seed: int = 0, return_vectors: bool = False,
                     v0: torch.Tensor | None = None, method: str = "lanczos", atol: float = 0.0,
-                    basis_dtype: torch.dtype | None = None, max_memory: int | str | None = None,
-                    callback: Callback = None) -> EigenResult:
+                    basis_dtype: torch.dtype | None = None, max_memory: "int | str | MemoryBudget | None" = None,
+                    callback: Callback = None, plan: MemoryPlan | None = None) -> EigenResult:
     """The ``k`` extreme eigenvalues of ``op`` (``which``: LA largest, SA smallest, LM largest magnitude).
 
     Lanczos with full reorthogonalization from a seeded Gaussian start (or ``v0``, a warm start such as
@@ -153,11 +162,16 @@ def top_eigenvalues(op: Operator, k: int = 1, tol: float = 1e-3, which: str = "L
     float64 when at least ~2k float64 vectors fit the budget, else the operator's dtype; see
     ``lanczos.choose_top_k_plan``), all ``max_hvps + 1`` vectors when they fit in ``max_memory`` (bytes or
     "8GB"; default ``lanczos.default_max_memory``), else as many as fit with thick restarts (ConfigError when not
-    even ~2k fit). ``method="eigsh"`` uses scipy's ARPACK instead (float64; its residuals cost k more HVPs).
+    even ~2k fit). ``plan``: a basis plan made beforehand (``lanczos.choose_top_k_plan``, e.g. the one
+    ``landscape-spectrum`` printed in its estimate), used as it is instead of planning again.
+    ``method="eigsh"`` uses scipy's ARPACK instead (float64; its residuals cost k more HVPs).
     """
     n = int(op.num_params)
     if which not in WHICH:
         raise ConfigError(f"unknown which {which!r}; choose from {', '.join(WHICH)}")
+    for name, v in (("k", k), ("max_hvps", max_hvps), ("seed", seed)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer))):
+            raise ConfigError(f"{name} must be a whole number, got {v!r}")
     if not 1 <= k <= n:
         raise ConfigError(f"k must lie in [1, {n}] (the operator's size), got {k}")
     if not tol > 0:
@@ -175,7 +189,7 @@ def top_eigenvalues(op: Operator, k: int = 1, tol: float = 1e-3, which: str = "L
         res = _eigsh(op, k, tol, which, budget, gen, return_vectors, v0, atol, settings)
     elif method == "lanczos":
         res = _lanczos_top(op, k, tol, which, budget, gen, return_vectors, v0, atol, basis_dtype, max_memory,
-                           callback, settings)
+                           callback, settings, plan)
     else:
         raise ConfigError(f"unknown method {method!r}; choose lanczos or eigsh")
     res.seconds = time.perf_counter() - t0
@@ -183,7 +197,7 @@ def top_eigenvalues(op: Operator, k: int = 1, tol: float = 1e-3, which: str = "L
 
 
 def _lanczos_top(op, k, tol, which, budget, gen, return_vectors, v0, atol, dtype, max_memory, callback,
-                 settings):
+                 settings, plan=None):
     """Lanczos until the k wanted Ritz pairs converge, then their true residuals.
 
     After a breakdown (only with exactly repeated eigenvalues, i.e. tiny or degenerate operators) each
@@ -193,11 +207,16 @@ def _lanczos_top(op, k, tol, which, budget, gen, return_vectors, v0, atol, dtype
     HVP budget), a thick restart keeps the ``keep`` wanted Ritz vectors.
     """
     n = int(op.num_params)
+    if plan is not None:
+        _check_plan(plan, "top-k", min(min_top_k_capacity(k), min(budget, n) + 1))
+        dtype = getattr(torch, plan.dtype)
     q0 = _start_vector(n, v0, gen, op.device, dtype or op_dtype(op))
     q0 = q0 / q0.norm()
     with PeakMemory(op.device) as pk:  # the first Lanczos HVP, measured to plan the basis
         w0 = hv(op, q0)
-    plan = _same_on_all_ranks(op, choose_top_k_plan(op, k, budget, max_memory, pk.peak, return_vectors, dtype))
+    if plan is None:
+        plan = choose_top_k_plan(op, k, budget, max_memory, pk.peak, return_vectors, dtype)
+    plan = _same_on_all_ranks(op, plan)
     dtype = getattr(torch, plan.dtype)  # rank 0's choice on every rank
     lz = Lanczos(op, q0, gen, plan.capacity, dtype, plan.basis_device, first_hv=w0)
     del w0, q0
@@ -363,15 +382,16 @@ def _slq_run(op: Operator, steps: int, q0: torch.Tensor, gen: torch.Generator, r
 
 
 def spectral_density(op: Operator, n_probes: int = 3, lanczos_steps: int = 80, sigma: float | None = None,
-                     grid_points: int = 1000, seed: int = 0, max_memory: int | str | None = None,
-                     reorth: str = "auto", callback: Callback = None) -> DensityResult:
+                     grid_points: int = 1000, seed: int = 0, max_memory: "int | str | MemoryBudget | None" = None,
+                     reorth: str = "auto", callback: Callback = None, plan: MemoryPlan | None = None) -> DensityResult:
     """Eigenvalue density by stochastic Lanczos quadrature: ``n_probes`` Lanczos runs of ``lanczos_steps``
     HVPs each, nodes = Ritz values, weights = squared first components / n_probes, broadened by Gaussians of
     width ``sigma`` (default 1% of the node range) on ``grid_points`` points padded by 5 sigma. Cost:
     n_probes * lanczos_steps HVPs. ``reorth``: "full" keeps each probe's basis (lanczos_steps + 1 vectors in
     the operator's dtype), "local" three vectors (O(n) memory; ghost copies of converged Ritz values share
     their weight, so moments and extreme nodes stay right), "auto" (default) "full" when it fits in
-    ``max_memory`` (bytes or "8GB"; default ``lanczos.default_max_memory``), else "local".
+    ``max_memory`` (bytes or "8GB"; default ``lanczos.default_max_memory``), else "local". ``plan``: a
+    basis plan made beforehand (``lanczos.plan_density``), used as it is instead of planning again.
     """
     if n_probes < 1 or lanczos_steps < 1 or grid_points < 2:
         raise ConfigError("n_probes and lanczos_steps must be >= 1 and grid_points >= 2")
@@ -384,7 +404,9 @@ def spectral_density(op: Operator, n_probes: int = 3, lanczos_steps: int = 80, s
     dtype = op_dtype(op)
     nodes = np.zeros((n_probes, steps))
     weights = np.zeros((n_probes, steps))
-    hvps, plan = 0, None
+    hvps = 0
+    if plan is not None:
+        _check_plan(plan, "density", 3)
     for p in range(n_probes):
         q0 = rademacher(n, gen, op.device, dtype)
         q0 /= q0.norm()

@@ -31,7 +31,8 @@ rebuilt gradient graph among a block: see ``benchmarks/hvp_matmat.py``).
 
 Memory: XTrace keeps Omega, Q and Z (3 n x s, float64, preallocated; Y in chunks of ~s / 8), Hutch++ keeps
 Q and Y (2 n x s);
-``max_memory`` (bytes, default a quarter of the memory free on the operator's device) caps s.
+s is capped by what is left of ``max_memory`` (the analysis's one budget, ``lanczos.MemoryBudget``) beside
+the memory one HVP needs.
 """
 from __future__ import annotations
 
@@ -46,13 +47,12 @@ import torch
 from .._version import __version__
 from ..deprecation import renamed_keywords
 from ..errors import ConfigError
-from .lanczos import available_memory, op_settings
+from .lanczos import MemoryBudget, memory_in_use, op_settings
 
 TRACE_METHODS = ("auto", "xtrace", "hutch++", "hutchinson")
 Callback = Callable[[int, int], None] | None
 # method="auto": (smallest budget, method), the last row whose budget <= max_hvps wins
 AUTO_RULE = ((0, "hutchinson"), (20, "xtrace"))
-MEMORY_FRACTION = 0.25
 
 
 @dataclass
@@ -185,7 +185,8 @@ def _xtrace_estimates(Om: torch.Tensor, dOmY: torch.Tensor, Q: torch.Tensor, R: 
 @renamed_keywords(rtol="tol")
 def hessian_trace(op: Any, method: str = "auto", tol: float = 1e-2, max_hvps: int | None = None,
                   seed: int = 0, min_probes: int = 10, sketch_size: int | None = None,
-                  max_memory: int | None = None, callback: Callback = None) -> TraceResult:
+                  max_memory: "int | str | MemoryBudget | None" = None, callback: Callback = None,
+                  hvp_peak: int | None = None) -> TraceResult:
     """Estimate tr(H) from HVPs (``op``: ``num_params``, ``device``, ``matvec``, optionally ``matmat``).
 
     Stops when the 95% half-width <= tol * |estimate| (after at least ``min_probes`` probes, i.e. terms
@@ -193,7 +194,9 @@ def hessian_trace(op: Any, method: str = "auto", tol: float = 1e-2, max_hvps: in
     ``tol`` is relative (``settings["tol"]``); ``rtol=`` is its deprecated old name.
     ``sketch_size`` (Hutch++ only): columns of S, default min(budget // 3, 20). ``method``: ``auto``
     (see ``AUTO_RULE``), ``xtrace``, ``hutch++`` or ``hutchinson`` (module docstring). Cost: at most
-    ``max_hvps`` HVPs; memory: see the module docstring.
+    ``max_hvps`` HVPs; memory: see the module docstring. ``max_memory`` is the analysis's one budget
+    (``lanczos.MemoryBudget``: bytes, "8GB", or None for the default); the probes get what is left of it
+    beside ``hvp_peak`` (the measured peak of one HVP; default: the memory in use now, a lower bound).
     """
     if method not in TRACE_METHODS:
         raise ConfigError(f"unknown trace method {method!r}; choose from {', '.join(TRACE_METHODS)}")
@@ -206,7 +209,9 @@ def hessian_trace(op: Any, method: str = "auto", tol: float = 1e-2, max_hvps: in
     if min_probes < 2:
         raise ConfigError(f"min_probes must be at least 2, got {min_probes}")
     device = getattr(op, "device", torch.device("cpu"))
-    memory = int(max_memory) if max_memory is not None else int(MEMORY_FRACTION * available_memory(device))
+    total = MemoryBudget.of(max_memory, device)
+    base = int(hvp_peak) if hvp_peak is not None else memory_in_use(device)
+    memory = max(total.total - base, 0)                # what the probes may hold
     max_cols = max(memory // (4 * 8 * n), 0)         # n x s float64 blocks: at most 4 alive at once
     chosen = method
     if method == "auto":
@@ -217,7 +222,8 @@ def hessian_trace(op: Any, method: str = "auto", tol: float = 1e-2, max_hvps: in
     gen = torch.Generator().manual_seed(int(seed))
     apply = _Counter(op, budget, callback)
     settings = {"method": method, "chosen": chosen, "tol": tol, "max_hvps": budget, "seed": seed,
-                "min_probes": min_probes, "max_memory": memory}
+                "min_probes": min_probes, "max_memory": total.total, "max_memory_default": total.default,
+                "probe_memory": memory}
     if chosen == "xtrace":
         res = _xtrace(apply, n, budget, tol, min_probes, max_cols, gen, device)
     else:
