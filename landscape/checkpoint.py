@@ -74,14 +74,43 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, config: dict, met
     return atomic_torch_save(obj, path)
 
 
+_NOT_CHECKPOINTS = {b"\x89PNG": "a PNG image", b"%PDF": "a PDF document", b"<!DO": "an HTML page",
+                    b"<htm": "an HTML page"}
+
+
+def _check_file(path: Path) -> None:
+    """A one-line ``CheckpointError`` naming what ``path`` is when it cannot be a checkpoint: missing, a
+    folder, not a regular file (a FIFO, a device such as /dev/null), empty, or a file of another kind (an
+    image, a JSON result, a CSV) recognized by its first bytes. Cost: a stat and a read of 8 bytes."""
+    import stat
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.is_dir():
+        hint = " (a run folder: give its best.pt or last.pt)" if (path / "best.pt").is_file() else ""
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file{hint}")
+    mode = path.stat().st_mode
+    if not stat.S_ISREG(mode):
+        kind = "a FIFO" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) \
+            else "a socket" if stat.S_ISSOCK(mode) else "not a regular file"
+        raise CheckpointError(f"{path} is {kind}, not a checkpoint file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path} is empty, not a checkpoint")
+    with open(path, "rb") as f:
+        head = f.read(8)
+    what = next((w for sig, w in _NOT_CHECKPOINTS.items() if head.startswith(sig)), None)
+    if what is None and head.lstrip()[:1] in (b"{", b"["):
+        what = "a JSON file (a result, not a checkpoint)"
+    if what is not None:
+        raise CheckpointError(f"{path} is {what}, not a checkpoint")
+
+
 def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
     """``torch.load(path, weights_only=True)`` with every failure turned into a one-line ``CheckpointError``.
 
     A file carrying pickled code or arbitrary objects is refused without running anything.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+    _check_file(path)
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
@@ -101,8 +130,7 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 def read_safetensors(path: str | os.PathLike) -> dict:
     """The tensors of a ``.safetensors`` file (a format that cannot hold code), as a CPU state_dict."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+    _check_file(path)
     try:
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -263,6 +291,9 @@ def load_checkpoint(path: str | os.PathLike, arch: str | None = None, dataset: s
                 raise CheckpointError(f"{path} was made with the class {arch_name}; pass --arch {arch_name} "
                                       "to import it (a checkpoint alone never runs code)")
             arch_name, kwargs = arch, kwargs or dict(config.get("arch_kwargs") or {})
+        elif arch and arch not in (arch_name, "auto"):
+            raise CheckpointError(f"{path} holds a {arch_name} (its config says so); --arch {arch} does not match "
+                                  "it: drop --arch (a landscape checkpoint names its own model)")
         state, foreign = obj.get("model_state"), False
         if not isinstance(state, dict):
             raise CheckpointError(f"{path} is a landscape checkpoint without its weights (no 'model_state')")

@@ -11,6 +11,7 @@ from torch import nn
 from ._version import __version__
 from .attack_spec import AttackSpec, MissingEpsError
 from .attacks import eval_mode
+from .inputs import check_batch
 from .errors import ConfigError
 
 
@@ -68,6 +69,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float | No
         attack = AttackSpec(eps=eps, steps=steps, step_size=step_size, restarts=restarts, batch_size=batch_size)
     if autoattack and attack is None:
         raise MissingEpsError("AutoAttack needs an eps")
+    check_batch(model, x, y, "evaluate", unit_interval=attack is not None)   # before any work
     t0 = time.perf_counter()
     clean = accuracy(model, x, y, batch_size)
     robust = None

@@ -6,6 +6,7 @@ import argparse
 import functools
 import math
 import os
+import re
 import shlex
 import sys
 import tempfile
@@ -42,6 +43,24 @@ class Parser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
+
+    def parse_known_args(self, args=None, namespace=None):
+        """argparse's, except that a value that starts with a minus sign and a digit (``--max-memory -5GB``,
+        ``--eps -0.1``) is taken as the option's value, so that it is refused for what it is instead of
+        "expected one argument"."""
+        argv = list(sys.argv[1:] if args is None else args)
+        takes_value = {o for a in self._actions if a.nargs is None and a.option_strings for o in a.option_strings}
+        out: list[str] = []
+        i = 0
+        while i < len(argv):
+            tok = argv[i]
+            if tok in takes_value and i + 1 < len(argv) and re.match(r"-\.?\d", argv[i + 1]):
+                out.append(f"{tok}={argv[i + 1]}")
+                i += 2
+                continue
+            out.append(tok)
+            i += 1
+        return super().parse_known_args(out, namespace)
 
     def error(self, message: str):  # noqa: D401 - argparse API
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")
@@ -117,8 +136,14 @@ def is_figure_path(token: str) -> bool:
 
 
 def is_folder_token(token: str) -> bool:
-    """Whether ``token`` is an existing folder (the value of ``--resume DIR``)."""
-    return not token.startswith("-") and Path(token).is_dir()
+    """Whether ``token`` is the value of ``--resume DIR``: an existing folder, or a name that cannot be the
+    checkpoint argument (no checkpoint suffix, no ``source:NAME``, not an existing file), so that a folder
+    that does not exist gets "nothing to resume" rather than "unrecognized argument"."""
+    from ..runs import CHECKPOINT_SUFFIXES
+    if token.startswith("-"):
+        return False
+    p = Path(token)
+    return p.is_dir() or not (p.suffix.lower() in CHECKPOINT_SUFFIXES or ":" in token or p.is_file())
 
 
 def glue_optional_values(argv: Sequence[str], options: dict[str, Callable[[str], bool]]) -> list[str]:
@@ -151,16 +176,28 @@ def image_formats() -> tuple[str, ...]:
 
 
 def check_output(path: str | os.PathLike, what: str, suffixes: Sequence[str] | None = None,
-                 folder: bool = False) -> Path:
-    """Make sure ``path`` can be written before any work starts, or raise ``OutputError``: a file path must not
+                 folder: bool = False, inputs: Sequence[str | os.PathLike] = ()) -> Path:
+    """Make sure ``path`` can be written before any work starts, or raise ``OutputError``: it must not be one
+    of the command's ``inputs`` (nor, for a file, lie inside an input folder's files) nor a file no result may
+    replace (``runs.protected_reason``: a checkpoint, a run's files, a surface's state); a file path must not
     be an existing folder, a folder path (``folder=True``) not an existing file, no parent may be a file, the
     suffix must be one of ``suffixes`` (without dots) when given, and the nearest existing folder must accept
     a new file (tried by creating and removing one, so it holds for root and read-only file systems too,
     where ``os.access`` says yes). Creates nothing: missing folders are made when the file is written
     (``landscape.io`` does so for every output). Returns ``path``. Cost: a few system calls."""
+    from ..runs import protected_reason
     p = Path(path)
     if str(path) == "":
         raise OutputError(f"{what}: empty path")
+    for src in inputs:
+        if src is not None and str(src) and _same_file(p, Path(src)):
+            raise OutputError(f"{what} {p} is also an input of this command; it would be replaced by the "
+                              "output: write the output elsewhere")
+    if not folder:
+        reason = protected_reason(p)
+        if reason:
+            raise OutputError(f"{what} {p} would replace an existing file that no result may replace: {reason}; "
+                              "write the output elsewhere")
     if folder:
         if p.exists() and not p.is_dir():
             raise OutputError(f"{what} {p} exists and is not a folder")
@@ -184,6 +221,17 @@ def check_output(path: str | os.PathLike, what: str, suffixes: Sequence[str] | N
     except OSError as e:
         raise OutputError(f"cannot write {what} {p}: {anc} is not writable ({e.strerror or e})") from None
     return p
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name the same file or folder (links followed where both exist, else as absolute
+    paths: two outputs of one command given the same new name)."""
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return os.path.abspath(a) == os.path.abspath(b)
 
 
 def check_compatible(ck: Any, info: Any) -> None:

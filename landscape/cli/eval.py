@@ -42,7 +42,7 @@ def build_parser() -> Parser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.json:
-        check_output(args.json, "--json")
+        check_output(args.json, "--json", inputs=[args.checkpoint])
     device = resolve_device(args.device)
     ck = load_checkpoint(args.checkpoint, args.arch, args.dataset, device, **source_options(args))
     check_compatible(ck, dataset_info(args.dataset or ck.dataset, args.data_dir))

@@ -75,9 +75,9 @@ def default_out(first: str, kind: str, field: str | None = None) -> Path:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.json:
-        check_output(args.json, "--json")
+        check_output(args.json, "--json", inputs=args.results)
     if args.out:
-        check_output(args.out, "--out", image_formats())
+        check_output(args.out, "--out", image_formats(), inputs=args.results)
     from ..analysis.plots import SURFACE_KINDS, draw, paper_style, resolve_plot
     labels = [s.strip() for s in args.labels.split(",")] if args.labels else None
     if labels is not None and len(labels) != len(args.results):
@@ -89,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.field and kind not in SURFACE_KINDS:
         raise ConfigError(f"--field applies to surfaces; this is a {kind} figure")
     out = Path(args.out) if args.out else default_out(args.results[0], kind, args.field)
-    check_output(out, "--out", image_formats())
+    check_output(out, "--out", image_formats(), inputs=args.results)
     with paper_style(args.style), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         fig = draw(fn, arg, field=args.field, log=args.log, labels=labels,

@@ -40,9 +40,9 @@ def build_parser() -> Parser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out = Path(args.out)
-    check_output(out, "--out", ("html", "htm"))
+    check_output(out, "--out", ("html", "htm"), inputs=args.paths)
     if args.json:
-        check_output(args.json, "--json")
+        check_output(args.json, "--json", inputs=[*args.paths, out])
     from ..report import write_report
     out, entries = write_report(args.paths, out, args.title)
     size = out.stat().st_size / 1e6

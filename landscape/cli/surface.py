@@ -160,6 +160,11 @@ def _directions(args, ck, x, y, dim, attack, device):
                                   seed=args.seed)
     if args.directions == "interpolate":
         other = load_checkpoint(args.to, args.arch, args.dataset, device, **source_options(args))
+        if all((ck.dataset, ck.arch, other.dataset, other.arch)) and \
+                (ck.dataset, ck.arch) != (other.dataset, other.arch):
+            raise ConfigError(f"--to {args.to} is a {other.arch} for {other.dataset}, but {args.checkpoint} is a "
+                              f"{ck.arch} for {ck.dataset}: interpolation needs two checkpoints of one model on "
+                              "one dataset")
         return D.DirectionSet([D.interpolation_direction(ck.model, other.model, buffers=args.bn_buffers)],
                               {"kind": "interpolate", "to": str(args.to), "buffers": args.bn_buffers})
     folder = args.trajectory or str(Path(args.checkpoint).parent)
@@ -232,6 +237,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.resume:  # --resume DIR: the run in DIR
         if args.out and Path(args.out).resolve() != Path(args.resume).resolve():
             raise ConfigError(f"--resume {args.resume} and --out {args.out} name different runs; give one")
+        if not Path(args.resume).is_dir():
+            raise ConfigError(f"--resume {args.resume}: no surface to resume there (the folder does not exist)")
         args.out = args.resume
     args.resume = args.resume is not None
     dim = args.dim or (1 if args.directions == "interpolate" else 2)
@@ -243,12 +250,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         points *= len(_grid(y_spec, "--y"))
         _check_points(points, f"--x {x_spec} --y {y_spec}")
     out = Path(args.out) if args.out else _default_out(args, dim)
-    check_output(out, "--out", folder=True)
+    check_output(out, "--out", folder=True, inputs=[args.checkpoint, args.to])
     if args.json:
-        check_output(args.json, "--json")
+        check_output(args.json, "--json", inputs=[args.checkpoint, args.to])
     if args.plot is not None:
         args.plot = Path(args.plot) if args.plot else out / "surface.png"
-        check_output(args.plot, "--plot", image_formats())
+        check_output(args.plot, "--plot", image_formats(), inputs=[args.checkpoint, args.to, args.json])
     world, device = resolve_world(args.device)
     ck = load_checkpoint(args.checkpoint, args.arch, args.dataset, device, **source_options(args))
     check_compatible(ck, dataset_info(args.dataset or ck.dataset, args.data_dir))

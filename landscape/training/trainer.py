@@ -8,16 +8,13 @@ command line, for a job script to requeue) and every ``checkpoint_minutes``; a m
 holds the epoch's position (``EpochState``: batches done, generator states, running sums), and resuming
 skips the batches done and goes on with the same generators.
 Files in ``out/NAME/``: config.json, metrics.csv, last.pt, best.pt, epoch_XXX.pt with ``save_every`` and
-hsat.json for H-SAT (``RUN_FILES``); a fresh run (``overwrite``) deletes those of an earlier run first.
+hsat.json for H-SAT (``landscape.runs.RUN_FILES``); a fresh run (``overwrite``) deletes those of an earlier run first.
 """
 from __future__ import annotations
 
 import contextlib
-import csv
 import dataclasses
-import io
 import math
-import re
 import signal
 import threading
 import time
@@ -34,18 +31,17 @@ from ..data import Dataset, augment, load_dataset
 from ..distributed import all_reduce_sum, shard_bounds, world
 from ..errors import CheckpointError, ConfigError, NonFiniteLossError, Preempted
 from ..evaluate import evaluate
-from ..io import lock_folder, write_json, write_text
+from ..io import LOCK_NAME, lock_folder, write_json
 from ..progress import progress_bar
 from ..models import build_model
 from ..precision import autocast, grad_scaler, resolve_amp
+from ..runs import run_files, selection_score, write_metrics
 from .config import TrainConfig
 from .curriculum import eps_for_lambda, lam_schedule
 from .ema import ema_model, update_ema
 from .objectives import CURRICULUM_METHODS, OBJECTIVES, EachInput, Step
 
 _SHUFFLE, _ATTACK, _AUGMENT = 1, 2, 3
-RUN_FILES = ("config.json", "metrics.csv", "last.pt", "best.pt", "hsat.json")   # + epoch_XXX.pt
-_EPOCH_FILE = re.compile(r"epoch_\d{3,}\.pt")
 # flags that may differ on --resume (they change no number); every TrainConfig field must match the run's
 RESUME_SAFE = ("device", "quiet", "json")
 
@@ -63,22 +59,6 @@ def learning_rate(cfg: TrainConfig, step: int, total: int) -> float:
     if cfg.lr_schedule == "cosine":
         return cfg.lr * 0.5 * (1 + math.cos(math.pi * frac))
     return cfg.lr
-
-
-def run_files(run_dir: Path) -> list[Path]:
-    """The files of ``run_dir`` that the trainer writes (``RUN_FILES`` and epoch_XXX.pt), nothing else."""
-    if not run_dir.is_dir():
-        return []
-    return sorted(p for p in run_dir.iterdir() if p.is_file()
-                  and (p.name in RUN_FILES or _EPOCH_FILE.fullmatch(p.name)))
-
-
-def selection_score(rule: str, row: dict) -> tuple[float, float]:
-    """(the validation number ``rule`` ranks by, a key where higher is better) for one metrics row."""
-    pgd = row["val_pgd"] if row["val_pgd"] is not None else 0.0
-    value = {"clean+pgd": row["val_clean"] + pgd, "pgd": pgd, "clean": row["val_clean"],
-             "loss": row["val_loss"]}[rule]
-    return value, (-value if rule == "loss" else value)
 
 
 @dataclass
@@ -102,18 +82,6 @@ class TrainResult:
                 "seconds": self.seconds, "run_dir": str(self.run_dir), "epochs_done": len(self.history),
                 "select": self.config.select, "best_epoch": self.best_epoch, "best": best,
                 "history": self.history, **self.extra}
-
-
-def _write_metrics(path: Path, history: list[dict]) -> None:
-    keys: list[str] = []
-    for row in history:
-        keys += [k for k in row if k not in keys]
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=keys)
-    w.writeheader()
-    for row in history:
-        w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-    write_text(path, buf.getvalue())
 
 
 STOP_SIGNALS = ("SIGTERM", "SIGUSR1")  # what SLURM sends before a time limit (--signal) or on preemption
@@ -196,15 +164,26 @@ class Trainer:
         self.world = world()
         self.progress = progress and self.world.main
         self.run_dir = Path(out) / self.cfg.name if _resume is None else _resume[0]
-        stale = run_files(self.run_dir) if _resume is None else []
-        if stale and not overwrite:
-            if (self.run_dir / "last.pt").exists():
-                raise ConfigError(f"{self.run_dir} already holds a run; continue it with --resume {self.run_dir}, "
-                                  "replace it with --overwrite or choose another --name")
-            raise ConfigError(f"{self.run_dir} holds files of an earlier run ({', '.join(p.name for p in stale[:3])}"
-                              f"{' ...' if len(stale) > 3 else ''}); replace them with --overwrite or choose "
-                              "another --name")
-        self._setup()
+        # the folder is locked BEFORE it is examined (rank 0 holds the lock until fit() ends, or until
+        # close()): a second run of the same name started a moment later is refused at once instead of
+        # both finding the folder empty and the first one being replaced
+        self._lock = contextlib.ExitStack()
+        created = not self.run_dir.exists()
+        if self.world.main:
+            self._lock.enter_context(lock_folder(self.run_dir))
+        try:
+            stale = run_files(self.run_dir) if _resume is None else []
+            if stale and not overwrite:
+                if (self.run_dir / "last.pt").exists():
+                    raise ConfigError(f"{self.run_dir} already holds a run; continue it with --resume "
+                                      f"{self.run_dir}, replace it with --overwrite or choose another --name")
+                raise ConfigError(f"{self.run_dir} holds files of an earlier run ("
+                                  f"{', '.join(p.name for p in stale[:3])}{' ...' if len(stale) > 3 else ''}); "
+                                  "replace them with --overwrite or choose another --name")
+            self._setup()
+        except BaseException:
+            self.close(remove_empty=created)
+            raise
         for p in stale if self.world.main else ():  # --overwrite: no old epoch_XXX.pt / hsat.json may stay
             p.unlink(missing_ok=True)
         self.epoch, self.step, self.history, self.best = 0, 0, [], (-math.inf, -1)
@@ -253,6 +232,17 @@ class Trainer:
         if self.ema is not None:
             self.ema.load_state_dict(ts["ema"])
         self.current = EpochState.from_dict(ts["epoch_state"], self.device) if ts.get("epoch_state") else None
+
+    def close(self, remove_empty: bool = False) -> None:
+        """Release the run folder's lock (fit() does at its end); ``remove_empty``: also remove the folder when
+        it holds nothing but the lock file (a run that failed before writing anything)."""
+        self._lock.close()
+        if remove_empty and self.world.main and self.run_dir.is_dir():
+            rest = [p for p in self.run_dir.iterdir() if p.name != LOCK_NAME]
+            if not rest:
+                (self.run_dir / LOCK_NAME).unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    self.run_dir.rmdir()
 
     # ----------------------------------------------------------------------------------------------
     def _setup(self) -> None:
@@ -327,8 +317,8 @@ class Trainer:
     def fit(self) -> TrainResult:
         """Train the remaining epochs, writing checkpoints and metrics after each one."""
         c, t_fit = self.cfg, time.perf_counter()
-        # a second run training into this folder is refused (rank 0 holds the lock and writes every file)
-        with lock_folder(self.run_dir) if self.world.main else contextlib.nullcontext():
+        # rank 0 holds the folder's lock (taken in __init__) and writes every file; released at the end
+        with self._lock:
             if self.world.main:
                 write_json(self.run_dir / "config.json",
                            {"landscape_version": __version__, **self.checkpoint_config()})
@@ -457,7 +447,7 @@ class Trainer:
         if improved:
             save_checkpoint(self.run_dir / "best.pt", averaged, cfg, metrics, self.epoch)
         self._save_last(metrics)
-        _write_metrics(self.run_dir / "metrics.csv", self.history)
+        write_metrics(self.run_dir / "metrics.csv", self.history)
         if "hsat_log" in self.state:
             write_json(self.run_dir / "hsat.json", {"landscape_version": __version__,
                                                     "calibrations": self.state["hsat_log"]})

@@ -1,0 +1,189 @@
+"""Mistakes a new user makes (issue 22), each named in one line before any work, and none losing data:
+outputs that would replace an input or a run's files, things that are not checkpoints, a --resume of a
+folder that does not exist, negative sizes, checkpoints of different models, and the Python API's arguments
+checked at the entrance."""
+import hashlib
+import json
+import os
+import shutil
+
+import pytest
+import torch
+from torch import nn
+
+import landscape as ls
+from conftest import assert_one_line_error, run_main
+from landscape.analysis import HessianOperator, top_eigenvalues
+from landscape.checkpoint import load_checkpoint, save_checkpoint
+from landscape.cli.eval import main as eval_main
+from landscape.cli.plot import main as plot_main
+from landscape.cli.spectrum import main as spectrum_main
+from landscape.cli.surface import main as surface_main
+from landscape.data import dataset_info
+from landscape.errors import CheckpointError, ConfigError, DataError
+
+
+def digest(path) -> str:
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A run folder (config.json, last.pt, best.pt, metrics.csv) of an untrained cnn-small on digits, copied
+    from nothing but save_checkpoint: cheap, and every file a real run has that the tests aim at."""
+    folder = tmp_path_factory.mktemp("runs") / "at-digits"
+    folder.mkdir()
+    cfg = {"model": "cnn-small", "dataset": "digits", "dataset_info": dataset_info("digits").to_dict(),
+           "method": "at", "eps": 0.1}
+    model = ls.build_model("cnn-small", "digits", seed=0)
+    for name in ("last.pt", "best.pt"):
+        save_checkpoint(folder / name, model, cfg, {}, 1)
+    (folder / "config.json").write_text(json.dumps(cfg))
+    (folder / "metrics.csv").write_text("epoch,val_clean\n1,0.5\n")
+    return folder
+
+
+@pytest.mark.parametrize("main,args,target", [
+    (eval_main, ["{ck}", "--samples", "4", "--json", "{ck}"], "best.pt"),
+    (eval_main, ["{ck}", "--samples", "4", "--json", "{run}/last.pt"], "last.pt"),
+    (spectrum_main, ["{ck}", "--samples", "4", "--top-k", "1", "--json", "{run}/config.json"], "config.json"),
+    (surface_main, ["{ck}", "--samples", "4", "--dim", "1", "--x=-1:1:3", "--out", "{tmp}/s", "--json",
+                    "{run}/last.pt"], "last.pt"),
+    (eval_main, ["{ck}", "--samples", "4", "--json", "{run}/metrics.csv"], "metrics.csv"),
+], ids=["eval-json-onto-its-checkpoint", "eval-json-onto-last.pt", "spectrum-json-onto-config.json",
+        "surface-json-onto-last.pt", "eval-json-onto-metrics.csv"])
+def test_an_output_never_replaces_an_input_or_a_run_file(run, tmp_path, capsys, main, args, target):
+    before = digest(run / target)
+    argv = [a.format(ck=run / "best.pt", run=run, tmp=tmp_path) for a in args]
+    proc = run_main(main, argv, capsys)
+    assert_one_line_error(proc, contains="write the output elsewhere")
+    assert digest(run / target) == before
+    assert proc.stdout == ""   # refused before any work
+
+
+def test_plot_json_onto_the_result_it_reads(tmp_path, capsys):
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"kind": "eigenvalues", "values": [3.0, 2.0], "converged": [True, True]}))
+    before = digest(spec)
+    proc = run_main(plot_main, [spec, "--json", spec], capsys)
+    assert_one_line_error(proc, contains="also an input")
+    assert digest(spec) == before
+
+
+@pytest.mark.parametrize("make,says", [
+    (lambda p: p.mkdir(), "is a folder"),
+    (lambda p: os.mkfifo(p), "is a FIFO"),
+    (lambda p: p.write_bytes(b"\x89PNG\r\n\x1a\n" + b"0" * 32), "PNG image"),
+    (lambda p: p.write_text('{"kind": "spectrum"}'), "JSON file"),
+    (lambda p: p.write_bytes(b""), "is empty"),
+], ids=["folder", "fifo", "png", "json-result", "empty"])
+def test_what_is_not_a_checkpoint_is_named(tmp_path, make, says):
+    p = tmp_path / "thing.pt"
+    make(p)
+    with pytest.raises(CheckpointError, match=says):
+        load_checkpoint(p)
+
+
+def test_dev_null_is_a_device_not_a_missing_checkpoint():
+    with pytest.raises(CheckpointError, match="a device"):
+        load_checkpoint("/dev/null")
+
+
+def test_arch_that_contradicts_our_own_checkpoint_is_refused(run):
+    with pytest.raises(CheckpointError, match="drop --arch"):
+        load_checkpoint(run / "best.pt", arch="nope")
+    assert load_checkpoint(run / "best.pt", arch="cnn-small").arch == "cnn-small"
+
+
+def test_surface_resume_of_a_missing_folder_says_so(run, tmp_path, capsys):
+    proc = run_main(surface_main, [run / "best.pt", "--resume", tmp_path / "nowhere"], capsys)
+    assert_one_line_error(proc, contains="no surface to resume")
+
+
+def test_negative_memory_is_refused_for_what_it_is(run, capsys):
+    proc = run_main(spectrum_main, [run / "best.pt", "--max-memory", "-5GB"], capsys)
+    assert_one_line_error(proc, contains="must be positive")
+
+
+def test_interpolation_between_different_models_is_named(run, tmp_path, capsys):
+    other = tmp_path / "mlp.pt"
+    cfg = {"model": "mlp", "dataset": "digits", "dataset_info": dataset_info("digits").to_dict(), "method": "at"}
+    save_checkpoint(other, ls.build_model("mlp", "digits", seed=0), cfg, {}, 1)
+    proc = run_main(surface_main, [run / "best.pt", "--directions", "interpolate", "--to", other, "--dim", "1",
+                                   "--samples", "4", "--out", tmp_path / "s"], capsys)
+    assert_one_line_error(proc, contains="one model on one dataset")
+
+
+# --- the Python API checks its arguments at the entrance --------------------------------------------------
+
+@pytest.fixture(scope="module")
+def model_xy():
+    model = ls.build_model("cnn-small", "digits", seed=0).eval()
+    x, y = ls.load_dataset("digits", "test").tensors(32)
+    return model, x, y
+
+
+@pytest.mark.parametrize("change,says", [
+    (lambda x, y: (x.double(), y), "float64 but the model's weights are torch.float32"),
+    (lambda x, y: (x, y.float()), "integer class indices"),
+    (lambda x, y: (x, y + 10), "labels lie in"),
+    (lambda x, y: (x.flatten(1), y), "cannot take inputs of shape"),
+    (lambda x, y: (x, y[:5]), "32 inputs but"),
+    (lambda x, y: (x * 255, y), "not [0, 1]"),
+    (lambda x, y: (torch.where(x > 0.5, float("nan"), x), y), "NaN"),
+], ids=["float64-inputs", "float-labels", "labels-out-of-range", "flattened-images", "5-labels",
+        "0-255-inputs", "nan-inputs"])
+def test_evaluate_and_the_operator_name_bad_data_before_any_work(model_xy, change, says):
+    model, x, y = model_xy
+    bx, by = change(x, y)
+    with pytest.raises(DataError, match=says.replace("[", r"\[").replace("]", r"\]")):
+        ls.evaluate(model, bx, by, 0.1, steps=2)
+    with pytest.raises(DataError, match=says.replace("[", r"\[").replace("]", r"\]")):
+        HessianOperator(model, (bx, by), loss="adversarial", eps=0.1, steps=2)
+
+
+def test_clean_evaluation_allows_other_scales_and_the_operator_its_clean_loss(model_xy):
+    """The [0, 1] rule is the attacks' box: clean accuracy and the clean-loss Hessian take any scale."""
+    model, x, y = model_xy
+    assert ls.evaluate(model, x * 2, y).pgd_acc is None
+    assert HessianOperator(model, (x * 2, y)).num_samples == 32
+
+
+def test_a_model_of_another_dtype_is_named(model_xy):
+    model, x, y = model_xy
+    with pytest.raises(DataError, match="float64"):
+        HessianOperator(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).double(), (x, y))
+
+
+def test_top_eigenvalues_wants_a_whole_k_before_the_work(model_xy):
+    model, x, y = model_xy
+    op = HessianOperator(model, (x[:8], y[:8]))
+    with pytest.raises(ConfigError, match="whole number"):
+        top_eigenvalues(op, k=2.5)
+    assert op.hvp_count == 0
+
+
+def test_two_trainers_of_one_name_cannot_both_hold_the_folder(tmp_path):
+    """The folder is locked before it is examined: a second run of the same name, started while the first is
+    being set up, is refused at once (it used to find the folder empty too, and replace the first)."""
+    from landscape.errors import BusyError
+    from landscape.training import TrainConfig
+    from landscape.training.trainer import Trainer
+    cfg = TrainConfig(method="standard", epochs=1, train_samples=64, batch_size=32, val_samples=16, name="same")
+    first = Trainer(cfg, tmp_path)
+    with pytest.raises(BusyError, match="in use"):
+        Trainer(cfg, tmp_path)
+    first.fit()
+    assert (tmp_path / "same" / "best.pt").exists()
+    with pytest.raises(ConfigError, match="already holds a run"):   # and after it, the run is there to see
+        Trainer(cfg, tmp_path)
+
+
+def test_a_trainer_that_fails_in_setup_leaves_no_folder(tmp_path):
+    from landscape.training import TrainConfig
+    from landscape.training.trainer import Trainer
+    cfg = TrainConfig(method="standard", epochs=1, dataset="cifar10", data_dir=str(tmp_path / "none"), name="gone")
+    with pytest.raises(ls.errors.LandscapeError):   # CIFAR-10 is not there (and tests never download)
+        Trainer(cfg, tmp_path / "runs")
+    assert not (tmp_path / "runs" / "gone").exists()
+    shutil.rmtree(tmp_path / "runs", ignore_errors=True)
