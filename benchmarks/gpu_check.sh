@@ -72,7 +72,7 @@ if [ "$MODE" = gpu ]; then
   fi
   DEVICE=cuda MODEL=preact-resnet18 NPROC=$NGPU BACKEND=nccl AMP=bf16 PREEMPT_AFTER=0.5
   TRAIN=(--train-samples 2048 --batch-size 128 --steps 3 --val-samples 256)
-  PRE_TRAIN=(--train-samples 4096 --batch-size 128 --steps 10 --val-samples 256)
+  PRE_TRAIN=(--train-samples 3072 --batch-size 128 --steps 10 --val-samples 256)
   SPEC=(--samples 256 --top-k 5 --trace --trace-max-hvps 100 --density --density-probes 1 --density-steps 40)
   SURF=(--samples 256 --x=-1:1:9 --y=-1:1:9)
   DIST=(--samples 256 --top-k 5 --loss adversarial)

@@ -33,7 +33,7 @@ class LogBar:
         self.file = file or sys.stderr
         self.interval = _interval() if interval is None else interval
         self._start_n, self._t0 = initial, time.monotonic()
-        self._last, self._lines, self._postfix = self._t0, 0, ""
+        self._last, self._lines, self._postfix, self._last_key = self._t0, 0, "", None
 
     def _line(self) -> str:
         elapsed = time.monotonic() - self._t0
@@ -50,6 +50,7 @@ class LogBar:
         print(self._line(), file=self.file, flush=True)
         self._lines += 1
         self._last = time.monotonic()
+        self._last_key = (self.n, self._postfix)
 
     def refresh(self) -> None:
         if time.monotonic() - self._last >= self.interval:
@@ -64,9 +65,10 @@ class LogBar:
         self._postfix = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in vals.items())
 
     def close(self) -> None:
-        if self._lines and self.n != getattr(self, "_closed_at", None):
+        """The last line, unless nothing has changed since the last one written (the density's bar printed
+        its final line twice: once on reaching its total, once at close)."""
+        if self._lines and (self.n, self._postfix) != self._last_key:
             self._emit()
-        self._closed_at = self.n
 
 
 def progress_bar(total: int | None = None, desc: str = "", unit: str = "it", initial: int = 0,

@@ -246,10 +246,12 @@ def spectrum_parts(d: Any) -> tuple[dict | None, dict | None, dict | None]:
     if eig is None and isinstance(d.get("values"), list) and d.get("kind") in (None, "eigenvalues"):
         eig = d
     if eig is not None:
-        values = [float(v) for v in eig["values"]]
+        values = [float(v) if v is not None else float("nan") for v in eig["values"]]
         conv = eig.get("converged")
-        eig = {"values": values, "converged": [bool(c) for c in conv] if isinstance(conv, list) and
-               len(conv) == len(values) else None}
+        conv = [bool(c) for c in conv] if isinstance(conv, list) and len(conv) == len(values) else None
+        if not all(np.isfinite(values)):   # a NaN / infinite eigenvalue is never "converged"
+            conv = [bool(np.isfinite(v)) and (conv is None or conv[i]) for i, v in enumerate(values)]
+        eig = {"values": values, "converged": conv}
     dens = None
     for key in ("density", "spectral_density", "esd"):
         e = d.get(key)

@@ -160,12 +160,34 @@ def read_runs(obj: Any) -> list[tuple[Any, dict]]:
             df = pd.read_csv(p)
         except (OSError, ValueError) as e:
             raise LandscapeError(f"cannot read {p} as CSV ({e})") from e
+    _check_metrics(df, str(obj) if isinstance(obj, (str, os.PathLike)) else "the training metrics")
     for col in ("run", "method"):
         if col in df.columns and df[col].nunique() > 1 or (col in df.columns and not meta):
             return [(g.drop(columns=[col]).reset_index(drop=True), {**meta, col: k, "run": k} if col == "run"
                      else {**meta, "method": k, "run": k})
                     for k, g in df.groupby(col, sort=False)]
     return [(df, meta)]
+
+
+def _check_metrics(df, where: str) -> None:
+    """A metrics table the plots and the report may draw: at least one epoch, and numbers in every column the
+    house names (``COLUMN_NAMES``, ``epoch``); else one ``LandscapeError`` for every reader alike."""
+    if len(df) == 0:
+        raise LandscapeError(f"{where}: no epoch has finished yet (the metrics hold only a header)")
+    for col in ("epoch", *COLUMN_NAMES):
+        if col in df.columns and not is_numeric(df[col]):
+            import pandas as pd
+            bad = [v for v in df[col] if not pd.isna(v) and not _is_number(v)]   # missing values are allowed
+            if bad:
+                raise LandscapeError(f"{where}: column {col!r} holds {bad[0]!r}, not a number")
+
+
+def _is_number(v: Any) -> bool:
+    try:
+        float(v)
+        return True
+    except (TypeError, ValueError):
+        return False
 
 
 def epochs(df) -> np.ndarray:

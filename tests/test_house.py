@@ -32,3 +32,22 @@ def test_results_and_report_load_no_plotting_library():
             "print(bad); sys.exit(1 if bad else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_a_progress_line_is_never_printed_twice(capsys):
+    """A bar that reaches its total writes its last line once (the density's was written again at close)."""
+    import io
+    from landscape.progress import LogBar
+    out = io.StringIO()
+    bar = LogBar(total=3, desc="density", unit="HVP", file=out, interval=0.0)
+    for _ in range(3):
+        bar.update(1)
+    bar.close()
+    lines = out.getvalue().splitlines()
+    assert [l.split(",")[0] for l in lines] == ["density: 1/3 HVP (33%)", "density: 2/3 HVP (67%)",
+                                               "density: 3/3 HVP (100%)"]
+    bar2 = LogBar(total=2, desc="train", file=out, interval=0.0)
+    bar2.update(2)
+    bar2.set_postfix(loss=0.5)
+    bar2.close()                                   # the postfix changed: the last line says so
+    assert out.getvalue().splitlines()[-1].endswith("[loss=0.5]")

@@ -187,3 +187,49 @@ def test_a_trainer_that_fails_in_setup_leaves_no_folder(tmp_path):
         Trainer(cfg, tmp_path / "runs")
     assert not (tmp_path / "runs" / "gone").exists()
     shutil.rmtree(tmp_path / "runs", ignore_errors=True)
+
+
+# --- pictures that are honest, options never silently clipped ------------------------------------------------
+
+def test_nan_eigenvalues_are_not_drawn_as_a_converged_empty_panel(tmp_path):
+    from landscape.analysis import plots
+    from landscape.results import spectrum_parts
+    nan = {"kind": "eigenvalues", "values": [float("nan"), float("nan")], "converged": [True, True]}
+    assert spectrum_parts(nan)[0]["converged"] == [False, False]
+    with pytest.raises(ls.errors.LandscapeError, match="finite eigenvalues"):
+        plots.plot_eigenvalues(nan)
+    with pytest.raises(ls.errors.LandscapeError, match="finite eigenvalues"):
+        plots.plot_spectrum(nan)
+    some = {"kind": "eigenvalues", "values": [3.0, float("nan")], "converged": [True, True]}
+    fig = plots.plot_eigenvalues(some)
+    assert "1 not finite" in " ".join(t.get_text() for t in fig.axes[0].get_legend().get_texts())
+
+
+@pytest.mark.parametrize("csv,says", [("epoch,train_loss,val_clean\n", "only a header"),
+                                      ("epoch,train_loss,val_clean\n1,abc,0.5\n", "'abc', not a number")],
+                         ids=["header-only", "non-number"])
+def test_plot_and_report_refuse_the_same_bad_metrics(tmp_path, capsys, csv, says):
+    from landscape.cli.report import main as report_main
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "metrics.csv").write_text(csv)
+    assert_one_line_error(run_main(plot_main, [run / "metrics.csv", "--out", tmp_path / "p.png"], capsys),
+                          contains=says)
+    assert_one_line_error(run_main(report_main, [run, "--out", tmp_path / "r.html"], capsys), contains=says)
+
+
+def test_train_samples_above_the_split_are_refused_not_clipped(tmp_path, capsys):
+    from landscape.cli.train import main as train_main
+    proc = run_main(train_main, ["--method", "standard", "--train-samples", "100000", "--epochs", "1",
+                                 "--runs-dir", tmp_path], capsys)
+    assert_one_line_error(proc, contains="has only 1294 samples")
+    assert not any(tmp_path.iterdir())   # and no empty run folder is left behind
+
+
+def test_spectrum_refuses_what_would_take_longer_than_max_hours(run, capsys):
+    """The estimate is printed; a run over --max-hours stops there (the surface had the option, the spectrum
+    announced 2.7 h and started)."""
+    proc = run_main(spectrum_main, [run / "best.pt", "--samples", "8", "--top-k", "1", "--max-hours", "1e-9"],
+                    capsys)
+    assert_one_line_error(proc, contains="more than --max-hours 1e-09")
+    assert proc.stdout.startswith("estimate:") and "rank" not in proc.stdout   # no eigenvalue table: no work

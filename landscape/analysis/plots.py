@@ -431,13 +431,16 @@ def plot_eigenvalues(results: Any, labels: Sequence[str] | None = None, log: boo
     drawn = kmax = 0
     any_unconv = False
     for i, ((eig, _), name) in enumerate(zip(parts, names)):
-        if not eig or not eig["values"]:
+        if not eig or not np.isfinite(eig["values"]).any():   # nothing to draw: no empty panel passed off
             continue
+        bad = int((~np.isfinite(eig["values"])).sum())
+        if bad:
+            name = f"{name} ({bad} not finite, not drawn)"
         ranks = np.arange(1, len(eig["values"]) + 1) + (i - (len(objs) - 1) / 2) * 0.08
         any_unconv |= _eig_markers(ax, ranks, eig["values"], eig["converged"], f"C{i}", name)
         drawn, kmax = drawn + 1, max(kmax, len(eig["values"]))
     if not drawn:
-        raise LandscapeError("no eigenvalues in the result(s)")
+        raise LandscapeError("no finite eigenvalues in the result(s) (NaN or missing): nothing to draw")
     ax.set_xlabel("rank")
     ax.set_ylabel("eigenvalue")
     if log:
@@ -500,9 +503,11 @@ def plot_spectrum(result: Any, log: bool = True) -> Figure:
     (with the eigenvalues as rug ticks), side by side; the trace ± its 95% half-width in the title."""
     eig, dens, trace = spectrum_parts(result)
     info = describe(result)
+    if eig and not np.isfinite(eig["values"]).any():
+        eig = None   # NaN eigenvalues: no panel that looks like a result
     panels = [p for p, present in (("eig", eig), ("dens", dens)) if present]
     if not panels:
-        raise LandscapeError("the spectrum result holds neither eigenvalues nor a density")
+        raise LandscapeError("the spectrum result holds neither finite eigenvalues nor a density")
     fig = _figure(5.2 * len(panels), 4.2)
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, p in zip(axes, panels):

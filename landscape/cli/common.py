@@ -178,8 +178,7 @@ def image_formats() -> tuple[str, ...]:
 def check_output(path: str | os.PathLike, what: str, suffixes: Sequence[str] | None = None,
                  folder: bool = False, inputs: Sequence[str | os.PathLike] = ()) -> Path:
     """Make sure ``path`` can be written before any work starts, or raise ``OutputError``: it must not be one
-    of the command's ``inputs`` (nor, for a file, lie inside an input folder's files) nor a file no result may
-    replace (``runs.protected_reason``: a checkpoint, a run's files, a surface's state); a file path must not
+    of the command's ``inputs`` nor a file no result may replace (``runs.protected_reason``: a checkpoint, a run's files, a surface's state); a file path must not
     be an existing folder, a folder path (``folder=True``) not an existing file, no parent may be a file, the
     suffix must be one of ``suffixes`` (without dots) when given, and the nearest existing folder must accept
     a new file (tried by creating and removing one, so it holds for root and read-only file systems too,

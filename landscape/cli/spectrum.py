@@ -12,7 +12,7 @@ from ..attacks import check_eps
 from ..checkpoint import load_checkpoint
 from ..analysis.lanczos import MemoryBudget, fmt_bytes
 from ..data import dataset_info, load_dataset
-from ..errors import ConfigError
+from ..errors import ConfigError, ResourceError
 from ..io import save_figure, write_json
 from .attack_args import add_attack_arguments, attack_from_args
 from .common import (TORCHRUN_HELP, Parser, add_checkpoint_source, add_device, check_compatible, check_output, cli,
@@ -27,7 +27,7 @@ TYPES = {"--top-k": nonneg_int, "--tol": positive_float, "--max-hvps": positive_
          "--density-steps": int_range(MIN_DENSITY_STEPS), "--sigma": positive_float, "--eps": finite_float,
          "--steps": nonneg_int, "--step-size": positive_float, "--samples": positive_int,
          "--batch-size": positive_int, "--attack-batch-size": positive_int, "--restarts": positive_int,
-         "--seed": int_range(0, 2 ** 63 - 1)}
+         "--seed": int_range(0, 2 ** 63 - 1), "--max-hours": positive_float}
 
 DESCRIPTION = """\
 Curvature of a checkpoint's loss over the first N samples of a split: the Hessian with respect to the
@@ -83,6 +83,9 @@ def build_parser() -> Parser:
     p.add_argument("--sigma", type=float, help="Gaussian broadening of the density (default 1%% of the range)")
     p.add_argument("--reorth", choices=("auto", "full", "local"), default="auto",
                    help="density: keep each probe's basis (full), three vectors (local), or full when it fits")
+    p.add_argument("--max-hours", type=float, default=24.0,
+                   help="refuse, after the estimate and before the work, a run whose estimated time (HVPs at "
+                        "most x the time of one) exceeds this many hours")
     p.add_argument("--max-memory", metavar="SIZE",
                    help="memory budget, e.g. 8GB or 512MB (default: 35%% of the device's memory)")
     p.add_argument("--loss", choices=("clean", "adversarial"), default="clean",
@@ -322,6 +325,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         estimate, plans = _estimate(op, args)
         if world.main:
             print(estimate["text"], flush=True)
+        hours = estimate["seconds_at_most"] / 3600
+        if hours > args.max_hours:
+            raise ResourceError(f"the estimate is up to {hours:,.1f} hours, more than --max-hours {args.max_hours:g}; "
+                                "ask for fewer HVPs (--max-hvps, --trace-max-hvps, --density-steps/-probes) or "
+                                "fewer --samples, or raise --max-hours")
     res = _run_pyhessian(op, ck.model, args) if args.backend == "pyhessian" else \
         _run_landscape(op, args, world.main, plans, estimate["hvp_peak_bytes"])
     if not world.main:  # rank 0 reports and writes; the others computed the same numbers

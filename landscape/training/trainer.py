@@ -29,7 +29,7 @@ from ..checkpoint import load_weights, read_checkpoint, save_checkpoint
 from ..attacks import RowShard
 from ..data import Dataset, augment, load_dataset
 from ..distributed import all_reduce_sum, shard_bounds, world
-from ..errors import CheckpointError, ConfigError, NonFiniteLossError, Preempted
+from ..errors import CheckpointError, ConfigError, DataError, NonFiniteLossError, Preempted
 from ..evaluate import evaluate
 from ..io import LOCK_NAME, lock_folder, write_json
 from ..progress import progress_bar
@@ -191,7 +191,11 @@ class Trainer:
         self.current: EpochState | None = None  # the epoch in progress (resumed mid-epoch: where it stopped)
         self.stop: _StopSignals | None = None    # the stop signals, while fit() runs
         if _resume is not None:
-            self._restore(*_resume)
+            try:
+                self._restore(*_resume)
+            except BaseException:
+                self.close()
+                raise
 
     @classmethod
     def resume(cls, run_dir: str | Path, device: str | torch.device = "cpu", progress: bool = True,
@@ -249,8 +253,11 @@ class Trainer:
         c = self.cfg
         train = load_dataset(c.dataset, "train", c.data_dir, c.download, c.split_seed)
         val = load_dataset(c.dataset, "val", c.data_dir, c.download, c.split_seed)
-        if c.train_samples:
-            train = train.subset(min(c.train_samples, len(train)))
+        if c.train_samples:   # more than the split holds is refused (it was clipped silently)
+            if c.train_samples > len(train):
+                raise DataError(f"--train-samples {c.train_samples}: the {train.split} split of {c.dataset} has only "
+                                f"{len(train)} samples")
+            train = train.subset(c.train_samples)
         self.train_set: Dataset = train.to(self.device)
         n_val = min(c.val_samples or len(val), len(val))
         self.val_x, self.val_y = val.tensors(n_val, self.device)
