@@ -29,3 +29,21 @@ def test_the_report_quotes_the_committed_study():
         m, s = g[col].mean()[(method, eps)], g[col].std(ddof=1)[(method, eps)]
         quoted = fmt.format(m, s) if fmt else f"{100 * m:.1f} ± {100 * s:.1f}"
         assert quoted in text, f"{method} eps {eps} {col}: {quoted} not in docs/reproduction.md"
+
+
+@pytest.mark.slow   # ~45 s: it trains the run it analyzes
+def test_the_readme_python_example_runs_as_written(tmp_path):
+    """The README's Python block, run verbatim in a fresh folder and process: it makes the run it analyzes
+    (it used to load one that nothing before it created) and prints as it goes (it ran two minutes without a
+    word)."""
+    import subprocess
+    import sys
+    text = (REPO / "README.md").read_text()
+    block = text[text.index("## Python API"):]
+    code = block[block.index("```python\n") + 10:block.index("```\n", block.index("```python\n") + 10)]
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout.splitlines()
+    assert [l.split(" ")[0] for l in out] == ["clean", "top-5", "trace", "density:"], proc.stdout
+    assert (tmp_path / "runs" / "at-digits-eps0.1-s0" / "best.pt").is_file()

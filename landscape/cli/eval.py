@@ -49,6 +49,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     attack = attack_from_args(args, ck.config)  # no eps anywhere: one line asking for --eps
     ds = load_dataset(args.dataset or ck.dataset, args.split, args.data_dir, args.download)
     x, y = ds.tensors(args.samples, device)
+    if args.autoattack:   # the ensemble runs silently inside pyautoattack: say what is coming
+        print(f"landscape-eval: AutoAttack (standard: APGD-CE, APGD-T, FAB-T, Square) on {len(y)} samples at "
+              f"eps {attack.eps:g} after PGD-{attack.steps}; it runs thousands of passes per sample and shows no "
+              "progress until it ends", file=sys.stderr, flush=True)
     res = evaluate(ck.model, x, y, batch_size=args.batch_size, seed=args.seed, autoattack=args.autoattack,
                    attack=attack)
     line = f"{args.checkpoint}: {ds.name}/{args.split} n={res.n}  clean {res.clean_acc:.4f}"
