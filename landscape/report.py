@@ -97,20 +97,30 @@ def _key(info: dict) -> tuple:
 
 
 def _accuracies(d: dict) -> dict:
-    """clean / PGD / AutoAttack accuracies wherever a result keeps them."""
+    """clean / PGD / AutoAttack accuracies wherever a result keeps them, each with the number of samples it
+    was measured on (``KEY_n``): two results of one run may have used different samples."""
     out = {}
+    n = next((d[k] for k in ("n", "n_test") if isinstance(d.get(k), int)), None)
     for key, names in (("clean", ("clean_acc", "clean_accuracy", "clean")),
                        ("pgd", ("pgd_acc", "pgd20_acc", "robust_acc", "pgd_accuracy", "pgd")),
                        ("autoattack", ("autoattack_acc", "aa_acc", "autoattack"))):
-        for n in names:
-            v = d.get(n)
+        for name in names:
+            v = d.get(name)
             if isinstance(v, (int, float)) and not isinstance(v, bool):
-                out[key] = float(v)
+                out[key], out[f"{key}_n"] = float(v), n
                 break
-    for n in ("n", "n_test"):
-        if isinstance(d.get(n), int):
-            out["n"] = d[n]
+    if n is not None:
+        out["n"] = n
     return out
+
+
+def _accuracy_cells(ev: dict) -> list[str]:
+    """The clean / PGD / AutoAttack cells of one row; each says its sample count when the row's accuracies
+    were not all measured on the same number of samples (PGD on 359 beside AutoAttack on 16)."""
+    ns = {ev.get(f"{k}_n") for k in ("clean", "pgd", "autoattack") if k in ev}
+    mixed = len(ns) > 1
+    return [_pct(ev.get(k)) + (f" (n = {ev.get(f'{k}_n')})" if mixed and k in ev and ev.get(f"{k}_n") else "")
+            for k in ("clean", "pgd", "autoattack")]
 
 
 def collect(paths: Iterable[str | os.PathLike]) -> list[RunEntry]:
@@ -168,7 +178,12 @@ def collect(paths: Iterable[str | os.PathLike]) -> list[RunEntry]:
             else:
                 d = R.load_result(item)
                 e = entry(R.describe(d), str(item))
-                e.evaluation.update({k: v for k, v in _accuracies(d).items() if k not in e.evaluation})
+                acc = _accuracies(d)   # an accuracy and its sample count come together, from one result
+                for key in ("clean", "pgd", "autoattack"):
+                    if key in acc and key not in e.evaluation:
+                        e.evaluation[key], e.evaluation[f"{key}_n"] = acc[key], acc[f"{key}_n"]
+                if "n" in acc:
+                    e.evaluation.setdefault("n", acc["n"])
                 if isinstance(d.get("best_epoch"), int):
                     e.info.setdefault("best_epoch", d["best_epoch"])
                 eig, dens, trace = R.spectrum_parts(d)
@@ -329,7 +344,7 @@ def table_html(entries: Sequence[RunEntry]) -> str:
             f"n = {i['n']}" if i.get("n") else "",
             f"accuracies on {ev['n']} samples" if ev.get("n") and ev.get("n") != i.get("n") else "",
             str(i["dataset"]) if i.get("dataset") else "", str(i["model"]) if i.get("model") else "") if x)
-        cells = [e.label, _pct(ev.get("clean")), _pct(ev.get("pgd")), _pct(ev.get("autoattack")), top,
+        cells = [e.label, *_accuracy_cells(ev), top,
                  R.format_trace(e.trace) if e.trace else "–",
                  str(i["best_epoch"]) if i.get("best_epoch") is not None else "–", settings]
         rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")

@@ -233,3 +233,15 @@ def test_spectrum_refuses_what_would_take_longer_than_max_hours(run, capsys):
                     capsys)
     assert_one_line_error(proc, contains="more than --max-hours 1e-09")
     assert proc.stdout.startswith("estimate:") and "rank" not in proc.stdout   # no eigenvalue table: no work
+
+
+def test_the_report_says_when_a_row_mixes_sample_counts(run, tmp_path):
+    """PGD on 359 samples and AutoAttack on 16 in one row: each cell says its n (the table mixed them silently)."""
+    from landscape.report import collect, table_html
+    base = {"checkpoint": str(run / "best.pt"), "dataset": "digits", "eps": 0.1}
+    (tmp_path / "pgd.json").write_text(json.dumps({**base, "clean_acc": 0.9, "pgd_acc": 0.5, "n": 359}))
+    (tmp_path / "aa.json").write_text(json.dumps({**base, "clean_acc": 0.875, "autoattack_acc": 0.25, "n": 16}))
+    html = table_html(collect([tmp_path / "pgd.json", tmp_path / "aa.json"]))
+    assert "50.0% (n = 359)" in html and "25.0% (n = 16)" in html and "90.0% (n = 359)" in html
+    same = table_html(collect([tmp_path / "pgd.json"]))
+    assert "(n = " not in same     # one count for the whole row: nothing to say
