@@ -66,7 +66,8 @@ def test_collect_groups_each_runs_results(runs):
     assert [e.label for e in entries] == ["AT", "P-SAT"]          # from the settings, not the folder names
     at = entries[0]
     assert len(at.surfaces) == 1 and len(at.metrics) == 1
-    assert at.evaluation == {"clean": pytest.approx(0.61), "pgd": 0.42, "autoattack": 0.39, "n": 200}
+    assert at.evaluation == {"clean": pytest.approx(0.61), "pgd": 0.42, "autoattack": 0.39, "n": 200,
+                             "clean_n": 200, "pgd_n": 200, "autoattack_n": 200}   # each with its sample count
     assert at.eigen["converged"] == [True, True, False] and at.trace["half_width_95"] == 0.9
     assert at.info["best_epoch"] == 5                             # highest val_clean + val_pgd (epoch 6 dips)
     html = report.table_html(entries)
