@@ -245,3 +245,12 @@ def test_the_report_says_when_a_row_mixes_sample_counts(run, tmp_path):
     assert "50.0% (n = 359)" in html and "25.0% (n = 16)" in html and "90.0% (n = 359)" in html
     same = table_html(collect([tmp_path / "pgd.json"]))
     assert "(n = " not in same     # one count for the whole row: nothing to say
+
+
+def test_surface_refuses_an_absurd_attack_before_running_it(run, tmp_path, capsys):
+    """--restarts 100000000 ran for minutes with no estimate (the time check only looked at big grids and
+    timed a whole point first): now one forward pass is timed and the attack's cost counted."""
+    proc = run_main(surface_main, [run / "best.pt", "--dim", "1", "--x=-1:1:3", "--samples", "8", "--loss",
+                                   "adversarial", "--restarts", "100000000", "--out", tmp_path / "s"], capsys)
+    assert_one_line_error(proc, contains="more than --max-hours 24")
+    assert not (tmp_path / "s" / "surface.json").exists()

@@ -129,21 +129,24 @@ def _check_points(points: int, what: str) -> None:
 
 
 def _check_time(ck, x, y, args, points: int, attack) -> None:
-    """Time one grid point (a forward pass over the samples; a PGD attack's worth for reattack) and refuse
-    when ``points`` of them would take longer than ``--max-hours``. Runs only for grids over 1000 points."""
+    """Time one forward pass over the samples and refuse, before any attack or grid point, a surface whose
+    estimate exceeds ``--max-hours``: each point is a forward pass (with reattack, also a PGD attack: steps x
+    restarts forward+backward passes, ~3 forwards each), and the fixed mode's one attack at the centre is
+    counted too. Cost: one forward pass."""
     import time
     from ..analysis.surface import loss_and_accuracy
-    if points <= 1000:
-        return
     t0 = time.perf_counter()
     loss_and_accuracy(ck.model, x, y, args.batch_size)
     per = time.perf_counter() - t0
-    if attack is not None and args.adv_mode == "reattack":
-        per *= 1 + 3 * attack.steps * attack.restarts  # a PGD step is a forward and a backward pass
-    hours = per * points / 3600
+    attack_s = per * 3 * attack.steps * attack.restarts if attack is not None else 0.0
+    total = points * (per + (attack_s if args.adv_mode == "reattack" else 0.0)) + \
+        (attack_s if attack is not None and args.adv_mode == "fixed" else 0.0)
+    hours = total / 3600
     if hours > args.max_hours:
-        raise ResourceError(f"{points:,} grid points x ~{per:.3g} s each is ~{hours:,.1f} hours, more than "
-                            f"--max-hours {args.max_hours:g}; use fewer points or --samples, or raise --max-hours")
+        what = f"{points:,} grid points x ~{total / points:.3g} s each" if args.adv_mode == "reattack" or \
+            attack is None else f"{points:,} grid points and an attack of ~{attack_s:.3g} s"
+        raise ResourceError(f"{what} is ~{hours:,.1f} hours, more than --max-hours {args.max_hours:g}; use fewer "
+                            "points, --samples, --steps or --restarts, or raise --max-hours")
 
 
 def _directions(args, ck, x, y, dim, attack, device):
