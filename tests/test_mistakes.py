@@ -38,8 +38,17 @@ def run(tmp_path_factory):
     model = ls.build_model("cnn-small", "digits", seed=0)
     for name in ("last.pt", "best.pt"):
         save_checkpoint(folder / name, model, cfg, {}, 1)
+    save_checkpoint(folder / "epoch_001.pt", model, cfg, {}, 1)
     (folder / "config.json").write_text(json.dumps(cfg))
     (folder / "metrics.csv").write_text("epoch,val_clean\n1,0.5\n")
+    (folder / "hsat.json").write_text("{}")
+    from safetensors.torch import save_file
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "weights.safetensors"))
+    surf = folder.parent / "surf"   # a surface folder's state files
+    surf.mkdir()
+    (surf / "surface.json").write_text(json.dumps({"kind": "surface", "x": [0.0], "loss": [1.0]}))
+    for name in ("surface.npz", "directions.pt"):
+        (surf / name).write_bytes(b"state")
     return folder
 
 
@@ -50,14 +59,24 @@ def run(tmp_path_factory):
     (surface_main, ["{ck}", "--samples", "4", "--dim", "1", "--x=-1:1:3", "--out", "{tmp}/s", "--json",
                     "{run}/last.pt"], "last.pt"),
     (eval_main, ["{ck}", "--samples", "4", "--json", "{run}/metrics.csv"], "metrics.csv"),
+    (eval_main, ["{ck}", "--samples", "4", "--json", "{run}/epoch_001.pt"], "epoch_001.pt"),
+    (spectrum_main, ["{ck}", "--samples", "4", "--top-k", "1", "--json", "{run}/last.pt"], "last.pt"),
+    (spectrum_main, ["{ck}", "--samples", "4", "--top-k", "1", "--json", "{run}/hsat.json"], "hsat.json"),
+    (eval_main, ["{ck}", "--samples", "4", "--json", "{surf}/surface.json"], "surface.json"),
+    (spectrum_main, ["{ck}", "--samples", "4", "--top-k", "1", "--json", "{surf}/directions.pt"], "directions.pt"),
+    (eval_main, ["{ck}", "--samples", "4", "--json", "{run}/weights.safetensors"], "weights.safetensors"),
+    (plot_main, ["{surf}", "--out", "{surf}/surface.npz"], "surface.npz"),
 ], ids=["eval-json-onto-its-checkpoint", "eval-json-onto-last.pt", "spectrum-json-onto-config.json",
-        "surface-json-onto-last.pt", "eval-json-onto-metrics.csv"])
+        "surface-json-onto-last.pt", "eval-json-onto-metrics.csv", "eval-json-onto-epoch-file",
+        "spectrum-json-onto-last.pt", "spectrum-json-onto-hsat.json", "eval-json-onto-a-surface-state",
+        "spectrum-json-onto-directions.pt", "eval-json-onto-a-safetensors-file", "plot-out-onto-surface.npz"])
 def test_an_output_never_replaces_an_input_or_a_run_file(run, tmp_path, capsys, main, args, target):
-    before = digest(run / target)
-    argv = [a.format(ck=run / "best.pt", run=run, tmp=tmp_path) for a in args]
+    folder = run.parent / "surf" if target in ("surface.json", "directions.pt", "surface.npz") else run
+    before = digest(folder / target)
+    argv = [a.format(ck=run / "best.pt", run=run, tmp=tmp_path, surf=run.parent / "surf") for a in args]
     proc = run_main(main, argv, capsys)
     assert_one_line_error(proc, contains="write the output elsewhere")
-    assert digest(run / target) == before
+    assert digest(folder / target) == before
     assert proc.stdout == ""   # refused before any work
 
 
@@ -76,7 +95,10 @@ def test_plot_json_onto_the_result_it_reads(tmp_path, capsys):
     (lambda p: p.write_bytes(b"\x89PNG\r\n\x1a\n" + b"0" * 32), "PNG image"),
     (lambda p: p.write_text('{"kind": "spectrum"}'), "JSON file"),
     (lambda p: p.write_bytes(b""), "is empty"),
-], ids=["folder", "fifo", "png", "json-result", "empty"])
+    (lambda p: p.write_bytes(b"%PDF-1.7\n" + b"0" * 32), "PDF document"),
+    (lambda p: p.write_text("<!DOCTYPE html><html></html>"), "HTML page"),
+    (lambda p: p.write_text('[{"epoch": 1}]'), "JSON file"),
+], ids=["folder", "fifo", "png", "json-result", "empty", "pdf", "html", "json-list"])
 def test_what_is_not_a_checkpoint_is_named(tmp_path, make, says):
     p = tmp_path / "thing.pt"
     make(p)
@@ -89,9 +111,10 @@ def test_dev_null_is_a_device_not_a_missing_checkpoint():
         load_checkpoint("/dev/null")
 
 
-def test_arch_that_contradicts_our_own_checkpoint_is_refused(run):
+@pytest.mark.parametrize("arch", ["nope", "mlp", "preact-resnet18"])
+def test_arch_that_contradicts_our_own_checkpoint_is_refused(run, arch):
     with pytest.raises(CheckpointError, match="drop --arch"):
-        load_checkpoint(run / "best.pt", arch="nope")
+        load_checkpoint(run / "best.pt", arch=arch)
     assert load_checkpoint(run / "best.pt", arch="cnn-small").arch == "cnn-small"
 
 
@@ -131,8 +154,14 @@ def model_xy():
     (lambda x, y: (x, y[:5]), "32 inputs but"),
     (lambda x, y: (x * 255, y), "not [0, 1]"),
     (lambda x, y: (torch.where(x > 0.5, float("nan"), x), y), "NaN"),
+    (lambda x, y: (x, y - 1), "labels lie in [-1"),
+    (lambda x, y: (x, y.view(-1, 1)), "one class index per input"),
+    (lambda x, y: ((x * 255).to(torch.uint8), y), "floating point"),
+    (lambda x, y: (x, y.bool()), "integer class indices"),
+    (lambda x, y: (x[0], y[:1]), "cannot take inputs of shape"),
 ], ids=["float64-inputs", "float-labels", "labels-out-of-range", "flattened-images", "5-labels",
-        "0-255-inputs", "nan-inputs"])
+        "0-255-inputs", "nan-inputs", "negative-labels", "labels-as-a-column", "uint8-images", "bool-labels",
+        "one-image-without-batch"])
 def test_evaluate_and_the_operator_name_bad_data_before_any_work(model_xy, change, says):
     model, x, y = model_xy
     bx, by = change(x, y)
