@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .attacks import eval_mode
 from .errors import DataError
 
 
@@ -50,13 +51,8 @@ def check_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, what: str = 
         raise DataError(f"{what}: inputs lie in [{float(x.min()):.4g}, {float(x.max()):.4g}], not [0, 1] (the "
                         "attacks' box); scale them to [0, 1] (or normalize inside the model)")
     try:
-        with torch.no_grad():
-            was = model.training
-            model.eval()
-            try:
-                out = model(x[:1])
-            finally:
-                model.train(was)
+        with eval_mode(model), torch.no_grad():   # every submodule's mode comes back as it was
+            out = model(x[:1])
     except RuntimeError as e:
         first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
         raise DataError(f"{what}: the model cannot take inputs of shape {tuple(x.shape[1:])} ({first})") from None

@@ -150,7 +150,8 @@ class _GraphCache:
     """
 
     def __init__(self, op: "HessianOperator", budget: "int | str | MemoryBudget | None"):
-        given = None if budget is None or (isinstance(budget, MemoryBudget) and budget.default) else budget
+        given = budget.total if isinstance(budget, MemoryBudget) and not budget.default else \
+            None if isinstance(budget, MemoryBudget) else budget   # what the caller asked for (None: default)
         if budget is None or isinstance(budget, MemoryBudget):   # the graphs' share of the analysis's budget
             budget = MemoryBudget.of(budget, op.device).graphs
         elif isinstance(budget, str):
@@ -160,7 +161,7 @@ class _GraphCache:
         # a weak reference: the operator owns its cache, and a strong one back would make a cycle that keeps
         # the operator and its gradient graphs alive until the cycle collector happens to run (one cause of
         # a long study process growing to 8.8 GB: ~0.75 GB per model before, ~0.5 GB after this fix)
-        self.op, self.given = weakref.proxy(op), given if not isinstance(given, MemoryBudget) else given.total
+        self.op, self.given = weakref.proxy(op), given
         self.budget = int(budget)
         self.graphs: dict[int, list[torch.Tensor | None]] = {}
         self.sizes: dict[int, int] = {}   # measured bytes of each batch's graph
