@@ -54,12 +54,11 @@ MUTANTS = {
         ["test_autoattack_standard_runs_and_is_sane", "test_autoattack_apgd_is_at_least_as_strong_as_pgd"],
         "AutoAttack attacks at half the eps (a radius/diameter mix-up): weaker, yet never above clean accuracy",
         """
-        import importlib
-        ev = importlib.import_module("landscape.evaluate")   # landscape.evaluate is also a function's name
-        real = ev.autoattack_accuracy
-        def autoattack_accuracy(model, x, y, eps, *a, **k):
-            return real(model, x, y, 0.5 * eps, *a, **k)
-        ev.autoattack_accuracy = autoattack_accuracy
+        from landscape import autoattack as aa
+        real = aa._member
+        def _member(model, x, y, attack, eps, *a, **k):
+            return real(model, x, y, attack, 0.5 * eps, *a, **k)
+        aa._member = _member
         """),
     "replan-after-estimate": (
         "test_lanczos.py", "test_cli_prints_the_estimate_and_records_the_memory_choice",

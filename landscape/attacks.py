@@ -13,6 +13,7 @@ Cost of PGD-k: k forward + k backward passes (plus one forward per restart when 
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from typing import Iterator
 
 import torch
@@ -181,6 +182,69 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step_siz
                 best = torch.where(better.view(-1, *([1] * (x.dim() - 1))), x_adv, best)
                 best_key = torch.where(better.view(-1, 1), key, best_key)
     return best
+
+
+ATTACK_LOSSES = ("ce", "margin")
+
+
+def per_sample_loss(logits: torch.Tensor, y: torch.Tensor, loss: str = "ce") -> torch.Tensor:
+    """Each sample's attack loss: ``ce`` the cross-entropy; ``margin`` the CW margin max_{j != y} z_j - z_y
+    on the logits (Carlini & Wagner 2017), which stays informative where a saturated softmax makes the
+    cross-entropy's gradient exactly zero. Above 0 the margin means misclassified."""
+    if loss == "ce":
+        return F.cross_entropy(logits, y, reduction="none")
+    if loss == "margin":
+        z_y = logits.gather(1, y.view(-1, 1)).squeeze(1)
+        return logits.scatter(1, y.view(-1, 1), float("-inf")).amax(1) - z_y
+    raise ConfigError(f"unknown attack loss {loss!r}; choose from {', '.join(ATTACK_LOSSES)}")
+
+
+@dataclass
+class AttackTrace:
+    """What ``pgd_trace`` saw: the last iterate ``x_adv``; ``loss`` (steps + 1, n), each sample's attack loss at
+    the start point and after every step; ``ever_adversarial`` (n,), some iterate was misclassified (the
+    sample is broken even when the last iterate is not: Pintor et al.'s "silent success");
+    ``final_adversarial`` (n,), the last iterate is misclassified."""
+    x_adv: torch.Tensor
+    loss: torch.Tensor
+    ever_adversarial: torch.Tensor
+    final_adversarial: torch.Tensor
+
+
+def pgd_trace(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step_size: float | None = None,
+              steps: int = 10, norm: str = "linf", loss: str = "ce", random_init: bool = True,
+              generator: torch.Generator | None = None, eot: int = 1, bn: str = "eval") -> AttackTrace:
+    """PGD as ``pgd`` (same start, step and projection: with ``loss="ce"`` and ``eot=1`` its last iterate is
+    ``pgd``'s bit for bit) on the attack loss ``loss`` (``per_sample_loss``), recording every sample's loss
+    at every iterate and whether any iterate was misclassified. ``eot > 1``: each step's gradient is the
+    mean over ``eot`` forward+backward passes (expectation over transformation, for randomized models).
+    Cost: eot * steps forward+backward passes plus one forward.
+    """
+    check_eps(eps, norm)
+    per_sample_loss(x.new_zeros(1, 2), y.new_zeros(1), loss)   # an unknown loss fails before any work
+    alpha = _default_step(eps, steps, step_size)
+    active = eps > 0 and steps > 0
+    losses, ever = [], torch.zeros(len(x), dtype=torch.bool, device=x.device)
+    with eval_mode(model, bn):
+        delta = random_start(x, eps, norm, generator) if random_init and active else torch.zeros_like(x)
+        for i in range(steps + 1):
+            last = i == steps or not active
+            delta.requires_grad_(not last)
+            grad = torch.zeros_like(x)
+            for _ in range(1 if last else max(eot, 1)):
+                logits = model(x + delta)
+                value = per_sample_loss(logits, y, loss)
+                if not last:
+                    grad = grad + _input_grad(value.sum(), delta)
+            with torch.no_grad():
+                losses.append(value.detach())
+                wrong = logits.argmax(1) != y
+                ever |= wrong
+            if last:
+                break
+            delta = _ascent(x, delta.detach(), grad / max(eot, 1), eps, alpha, norm)
+    trace = torch.stack(losses) if active else losses[0].unsqueeze(0)
+    return AttackTrace((x + delta).detach(), trace, ever, wrong)
 
 
 def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:

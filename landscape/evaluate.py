@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import ClassVar, Sequence
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -11,8 +11,8 @@ from torch import nn
 from ._version import __version__
 from .attack_spec import AttackSpec, MissingEpsError
 from .attacks import eval_mode
+from .autoattack import STANDARD, autoattack_accuracy, run_autoattack
 from .inputs import check_batch
-from .errors import ConfigError
 
 
 @dataclass
@@ -25,6 +25,7 @@ class EvalResult:
     seed: int
     autoattack_acc: float | None = None
     seconds: float = 0.0
+    autoattack_after: dict | None = None     # robust accuracy after each AutoAttack member
     settings: dict = field(default_factory=dict)
     kind: ClassVar[str] = "evaluation"
 
@@ -40,7 +41,7 @@ class EvalResult:
                     "attack": self.attack.to_dict() if self.attack else None}
         return {"kind": self.kind, "landscape_version": __version__, "settings": settings, "seconds": self.seconds,
                 "n": self.n, "clean_acc": self.clean_acc, "pgd_acc": self.pgd_acc,
-                "autoattack_acc": self.autoattack_acc, "eps": self.eps, "steps": self.steps,
+                "autoattack_acc": self.autoattack_acc, "autoattack_after": self.autoattack_after, "eps": self.eps, "steps": self.steps,
                 "step_size": self.step_size, "restarts": self.restarts, "seed": self.seed}
 
 
@@ -57,10 +58,11 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float | None = None, steps: int = 20,
              step_size: float | None = None, restarts: int = 1, batch_size: int = 256, seed: int = 0,
-             autoattack: bool = False, attack: AttackSpec | None = None) -> EvalResult:
+             autoattack: bool = False, attack: AttackSpec | None = None,
+             autoattack_state: str | None = None, progress: bool = False) -> EvalResult:
     """Clean accuracy and PGD accuracy under ``attack`` (default: ``AttackSpec`` from eps, steps, step_size
-    (None: 2.5 * eps / steps, the one rule), restarts, batch_size), optionally AutoAttack (standard).
-    No attack and no eps: clean accuracy only (``pgd_acc`` None).
+    (None: 2.5 * eps / steps, the one rule), restarts, batch_size), optionally AutoAttack (standard; ``autoattack_state``: a folder that keeps its per-sample outcome as
+    it comes, so that a rerun resumes: ``autoattack.run_autoattack``). No attack and no eps: clean accuracy only (``pgd_acc`` None).
 
     Cost: one forward per batch for clean accuracy; restarts * steps forward+backward passes per sample
     for PGD; AutoAttack's standard ensemble is far more expensive (thousands of passes per sample).
@@ -77,47 +79,11 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float | No
         robust = accuracy(model, attack.examples(model, x, y, seed), y, batch_size)
     elif attack is not None:
         robust = clean  # eps 0 or no steps: the inputs stay as they are
-    aa = autoattack_accuracy(model, x, y, attack.eps, batch_size, seed) if autoattack else None
-    return EvalResult(len(y), clean, robust, attack, seed, aa, time.perf_counter() - t0,
-                      {"batch_size": batch_size, "autoattack": bool(autoattack)})
+    aa = run_autoattack(model, x, y, attack.eps, attack.norm, seed, batch_size, state_dir=autoattack_state,
+                        progress=progress) if autoattack else None
+    return EvalResult(len(y), clean, robust, attack, seed, aa.accuracy if aa else None, time.perf_counter() - t0,
+                      {"batch_size": batch_size, "autoattack": bool(autoattack)},
+                      aa.accuracy_after() if aa else None)
 
 
-def _adversarial_inputs(out: object) -> torch.Tensor:
-    """The adversarial inputs from ``run_standard_evaluation``'s return value, whatever the package version:
-    a tensor (autoattack <= 0.1, pyautoattack < 0.2) or a tuple ``(x_adv, y_adv)`` (pyautoattack 0.2)."""
-    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
-        out = out[0]
-    if not isinstance(out, torch.Tensor):
-        raise ConfigError(f"AutoAttack returned a {type(out).__name__}, not adversarial inputs; "
-                          "this version of the AutoAttack package is not supported")
-    return out
-
-
-def autoattack_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
-                        batch_size: int = 256, seed: int = 0, attacks: Sequence[str] | None = None) -> float:
-    """Robust accuracy under AutoAttack (standard version, Linf) from the ``pyautoattack`` package;
-    ``attacks`` (e.g. ``("apgd-ce",)``) runs only those members of the ensemble instead.
-
-    Accepts both the old (``bs=``, returns ``x_adv``) and the 0.2 (``batch_size=``, returns
-    ``(x_adv, y_adv)``) interfaces. The returned inputs are checked to lie in the eps-ball and in [0, 1]
-    and re-classified here, so the accuracy is ours, not the package's bookkeeping.
-    Cost: the standard ensemble (APGD-CE, APGD-T, FAB-T, Square) on the samples still correct.
-    """
-    import inspect
-    try:
-        from pyautoattack import AutoAttack
-    except ImportError as e:
-        raise ConfigError("AutoAttack needs the optional extra: pip install 'landscape[autoattack]'") from e
-    with eval_mode(model):
-        if attacks is None:
-            adversary = AutoAttack(model, eps=eps, norm="Linf", version="standard", seed=seed, device=x.device)
-        else:
-            adversary = AutoAttack(model, eps=eps, norm="Linf", version="custom", attacks=list(attacks),
-                                   seed=seed, device=x.device)
-        adversary.verbose = False
-        run = adversary.run_standard_evaluation
-        size = "batch_size" if "batch_size" in inspect.signature(run).parameters else "bs"
-        x_adv = _adversarial_inputs(run(x, y, **{size: batch_size}))
-    if x_adv.shape != x.shape or (x_adv - x).abs().max().item() > eps + 1e-5 or x_adv.min() < 0 or x_adv.max() > 1:
-        raise ConfigError("AutoAttack returned inputs outside the eps-ball or [0, 1]; refusing its accuracy")
-    return accuracy(model, x_adv.to(x.device), y, batch_size)
+__all__ = ["EvalResult", "STANDARD", "accuracy", "autoattack_accuracy", "evaluate", "predict"]

@@ -5,7 +5,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from landscape import load_dataset
-from landscape.evaluate import _adversarial_inputs, autoattack_accuracy, evaluate
+from landscape.autoattack import adversarial_inputs as _adversarial_inputs, autoattack_accuracy
+from landscape.evaluate import evaluate
 
 pytest.importorskip("pyautoattack")
 

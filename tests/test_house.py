@@ -1,13 +1,13 @@
 """The house rules that keep one owner for each thing (issue 21), checked on the source: result files are
 read by the results owner (``landscape.results``, ``landscape.runs`` for run folders, and a surface's own
-storage), run names are parsed in one place, and the report and the results load no plotting library."""
+storage and AutoAttack's per-chunk state), run names are parsed in one place, and the report and the results load no plotting library."""
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "landscape"
-READERS = {"results.py", "runs.py", "io.py", "analysis/surface_result.py"}
+READERS = {"results.py", "runs.py", "io.py", "analysis/surface_result.py", "autoattack.py"}
 
 
 def _sources():
