@@ -24,7 +24,8 @@ from .errors import LandscapeError
 from .io import read_json
 from .runs import known_method, method_of_run, pretty_method
 
-RESULT_KINDS = ("surface", "spectrum", "eigenvalues", "trace", "density", "evaluation", "training")
+RESULT_KINDS = ("surface", "spectrum", "eigenvalues", "trace", "density", "evaluation", "training", "audit",
+                "input_surface")
 SPECTRUM_PARTS = ("top_eigenvalues", "trace", "density")   # a spectrum result's parts, under these keys
 DENSITY_FLOOR = 1e-6          # a density's log axis starts at this fraction of its peak (plots and report)
 
@@ -32,6 +33,8 @@ DENSITY_FLOOR = 1e-6          # a density's log axis starts at this fraction of 
 def load_result(obj: Any) -> Any:
     if isinstance(obj, (str, os.PathLike)):
         p = Path(obj)
+        if p.is_dir() and (p / "input_surface.json").is_file():
+            p = p / "input_surface.json"
         if not p.is_file():
             raise LandscapeError(f"result file not found: {p}")
         try:
@@ -74,13 +77,15 @@ def result_kind(obj: Any) -> str:
         if p.is_dir():
             if is_surface_dir(p):
                 return "surface"
+            if (p / "input_surface.json").is_file():
+                return "input_surface"
             if (p / "metrics.csv").is_file():
                 return "training"
             raise LandscapeError(f"{p}: a folder without surface.json or metrics.csv")
         if p.suffix == ".csv":
             return "training"
         if p.suffix == ".npz":
-            return "surface"
+            return "input_surface" if p.name == "input_surface.npz" else "surface"
         obj = load_result(p)
     obj = load_result(obj)
     if not isinstance(obj, dict):
@@ -90,6 +95,8 @@ def result_kind(obj: Any) -> str:
         return kind
     if "x" in obj and "loss" in obj:
         return "surface"
+    if "audit" in obj and isinstance(obj["audit"], dict) and "checks" in obj["audit"]:
+        return "audit"
     if "history" in obj and isinstance(obj["history"], list):
         return "training"
     eig, dens, trace = spectrum_parts(obj)

@@ -33,7 +33,7 @@ from matplotlib.ticker import LogLocator, MaxNLocator, NullLocator
 
 from ..errors import LandscapeError
 from ..results import (DENSITY_FLOOR, RESULT_KINDS, as_surface, as_surfaces, axis_names, caption,  # noqa: F401
-                       describe, finite_range, fmt_value, format_trace, result_kind, spectrum_parts,
+                       describe, finite_range, fmt_value, format_trace, load_result, result_kind, spectrum_parts,
                        surface_directions, surface_field, trace_interval)
 from ..runs import (COLUMN_NAMES, best_epoch, epochs, is_numeric, pretty_method, read_runs,  # noqa: F401
                     sharpness_column)
@@ -42,7 +42,8 @@ from .surface import SurfaceResult
 SURFACE_KINDS = ("curve", "contour", "contourf", "surface3d", "compare")
 SPECTRUM_KINDS = ("spectrum", "eigenvalues", "density")
 RUN_KINDS = ("sharpness", "training")
-KINDS = SURFACE_KINDS + SPECTRUM_KINDS + RUN_KINDS
+INPUT_KINDS = ("input",)
+KINDS = SURFACE_KINDS + SPECTRUM_KINDS + RUN_KINDS + INPUT_KINDS
 LINEAR_BELOW = 3.0            # colour scales are linear when max / min is below this
 STYLES = {
     "default": {},
@@ -644,6 +645,65 @@ def plot_training(metrics: Any, labels: Sequence[str] | None = None) -> Figure:
     return fig
 
 
+# --- the input-space landscape ------------------------------------------------------------------------------
+
+def plot_input_surface(results: Any, labels: Sequence[str] | None = None, log: bool = False) -> Figure:
+    """The input-space landscape (``analysis.input_space``), one row per result on one colour scale: the mean
+    loss over the (gradient, random) plane in units of eps; each kept sample's loss along the gradient
+    direction (b = 0) with the mean in bold; each sample's input curvature (histogram) when computed."""
+    objs = [load_result(o) for o in _many(results)]
+    if any(result_kind(o) != "input_surface" for o in objs):
+        raise LandscapeError("plot_input_surface draws input-space surfaces (landscape-surface --space input)")
+    infos = [describe(o) for o in objs]
+    names = list(labels) if labels else [i["name"] or f"result {k + 1}" for k, i in enumerate(infos)]
+    if len(names) != len(objs):
+        raise LandscapeError(f"{len(names)} labels for {len(objs)} results")
+    means = [np.asarray(o["mean_loss"], dtype=float) for o in objs]
+    lo, hi = finite_range(means)
+    curv = any("curvature" in o for o in objs)
+    cols = 3 if curv else 2
+    fig = _figure(4.2 * cols, 3.4 * len(objs))
+    axes = np.atleast_2d(fig.subplots(len(objs), cols, squeeze=False))
+    for row, (o, name, mean) in enumerate(zip(objs, names, means)):
+        a, b = np.asarray(o["a"], dtype=float), np.asarray(o["b"], dtype=float)
+        levels, norm, ticks, use_log = colour_scale(lo, hi, log, 30)
+        ax = axes[row, 0]
+        cs = ax.contourf(a, b, mean.T, levels=levels, norm=norm, cmap="viridis", extend="both")
+        fig.colorbar(cs, ax=ax, ticks=ticks, label="mean loss")
+        ax.plot([0], [0], marker="*", color="white", markersize=9, markeredgecolor="black")
+        ax.set_xlabel("a: along sign(∇ₓ loss) (× ε)")
+        ax.set_ylabel("b: random signs (× ε)")
+        ax.set_title(f"{name}: mean loss, n = {o['n']}")
+        ax = axes[row, 1]
+        j = int(np.argmin(np.abs(b)))
+        for k, ex in enumerate(o.get("examples", [])):
+            ax.plot(a, np.asarray(ex, dtype=float)[:, j], color="tab:blue", alpha=0.35, lw=0.8,
+                    label="samples" if k == 0 else None)
+        ax.plot(a, mean[:, j], color="black", lw=2, label="mean")
+        ax.set_xlabel("a (× ε), b = 0")
+        ax.set_ylabel("loss")
+        if log:
+            ax.set_yscale("log")
+        zero = o.get("zero_gradient_samples", 0)
+        ax.set_title(f"along the gradient ({zero} of {o['n']} zero gradients)")
+        ax.legend(loc="upper left")
+        if curv:
+            ax = axes[row, 2]
+            if "curvature" in o:
+                c = np.asarray(o["curvature"]["per_sample"], dtype=float)
+                c = c[np.isfinite(c)]
+                ax.hist(c, bins=30, color="tab:orange")
+                ax.axvline(np.median(c), color="black", lw=1, ls="--", label=f"median {np.median(c):.3g}")
+                ax.legend()
+            ax.set_xlabel("top eigenvalue of ∇²ₓ loss")
+            ax.set_ylabel("samples")
+            ax.set_title("input curvature")
+    eps = {str(i["eps"]) for i in infos}
+    _title(fig, "input-space loss landscape" + (f" (ε = {fmt_value(infos[0]['eps'])})" if len(eps) == 1
+                                                 and infos[0]["eps"] is not None else ""))
+    return fig
+
+
 # --- dispatch -----------------------------------------------------------------------------------------------
 
 def detect_kind(obj: Any) -> str:
@@ -655,6 +715,8 @@ def detect_kind(obj: Any) -> str:
         return "spectrum"
     if kind == "training":
         return "run"
+    if kind == "input_surface":
+        return "input"
     raise LandscapeError(f"nothing to draw for a result of kind {kind!r} (landscape-report tabulates it)")
 
 
@@ -680,6 +742,10 @@ def resolve_plot(obj: Any, kind: str | None = None) -> tuple[str, Any, Any]:
         if len(rs) > 1:
             raise LandscapeError(f"kind {kind!r} draws one surface; use 'compare' for several")
         return kind, {"contour": plot_contour, "contourf": plot_contourf, "surface3d": plot_surface3d}[kind], rs[0]
+    if what_one == "input":
+        if kind not in (None, "input"):
+            raise LandscapeError(f"kind {kind!r} does not apply to an input-space surface; use 'input'")
+        return "input", plot_input_surface, objs
     if what_one == "spectrum":
         if kind is None:
             kind = "density" if len(objs) > 1 and all(spectrum_parts(o)[1] for o in objs) else \
@@ -726,11 +792,11 @@ def _plot_options() -> set[str]:
     """Every keyword option of the plotting functions that ``plot_result`` dispatches to."""
     import inspect
     fns = (plot_curve, plot_contour, plot_contourf, plot_surface3d, plot_compare, plot_eigenvalues, plot_density,
-           plot_spectrum, plot_sharpness, plot_training)
+           plot_spectrum, plot_sharpness, plot_training, plot_input_surface)
     return {name for f in fns for name in list(inspect.signature(f).parameters)[1:]}
 
 
 __all__ = ["plot_curve", "plot_contour", "plot_contourf", "plot_surface3d", "plot_compare", "plot_eigenvalues",
-           "plot_density", "plot_spectrum", "plot_sharpness", "plot_training", "plot_result", "resolve_plot",
+           "plot_density", "plot_spectrum", "plot_sharpness", "plot_training", "plot_input_surface", "plot_result", "resolve_plot",
            "draw", "detect_kind", "result_kind", "describe", "axis_names", "paper_style", "trace_interval",
            "format_trace", "best_epoch", "colour_scale", "KINDS", "RESULT_KINDS", "STYLES", "DENSITY_FLOOR"]

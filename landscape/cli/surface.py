@@ -31,7 +31,16 @@ checkpoint without an eps needs --eps.
 
 Results go to --out DIR (surface.npz + surface.json, saved every few seconds; --resume continues an
 interrupted run with identical numbers; --plot adds surface.png). Cost per grid point: one forward pass
-over the samples (clean, fixed) or one PGD attack plus one forward pass (reattack)."""
+over the samples (clean, fixed) or one PGD attack plus one forward pass (reattack).
+
+--space input draws the landscape in INPUT space instead, the picture that shows gradient masking: each
+sample's loss at x + a*eps*sign(grad_x L) + b*eps*r (r random signs; L2: unit gradient and a unit Gaussian
+direction), a and b in units of eps (--x / --y, default -2:2:21), per sample and averaged; and each sample's
+input curvature (top eigenvalue of the Hessian of its loss with respect to its input, --curvature-iters
+Lanczos steps; 0 skips it). A robust model gives a smooth bowl rising along the gradient; a masked one is
+flat or jagged along it. Writes input_surface.json (mean surface, 16 samples' surfaces, curvature) and
+input_surface.npz (every sample) to --out; --plot draws it. Cost: one forward per grid point and sample,
+plus curvature-iters input HVPs per sample."""
 
 EPILOG = """\
 examples:
@@ -40,6 +49,7 @@ examples:
   landscape-surface runs/at/best.pt --directions interpolate --to runs/sat/best.pt --plot
   landscape-surface foreign.pt --arch cnn-small --dataset digits --out surf
   landscape-surface foreign.pt --arch cnn-small --dataset digits --resume surf   # after an interruption
+  landscape-surface runs/at/best.pt --space input --samples 256 --plot        # input space: masking?
 
 """ + TORCHRUN_HELP.format(prog="landscape-surface") + """ Grid points are shared out dynamically (each
 process takes the next unfinished point); a run stopped under any number of processes resumes under any
@@ -51,13 +61,17 @@ MAX_COORD = 1000.0      # grid coordinates are multiples of a direction (filter-
 TYPES = {"--eigen-tol": positive_float, "--eps": nonneg_float, "--steps": positive_int,
          "--step-size": positive_float, "--restarts": positive_int, "--samples": positive_int,
          "--batch-size": positive_int, "--attack-batch-size": positive_int, "--seed": int_range(0, 2 ** 63 - 1),
-         "--max-hours": positive_float}
+         "--max-hours": positive_float, "--curvature-iters": int_range(0, 10_000)}
 
 
 def build_parser() -> Parser:
     p = Parser(prog="landscape-surface", description=DESCRIPTION, epilog=EPILOG)
     add_checkpoint_source(p)
     g = p.add_argument_group("directions and grid")
+    g.add_argument("--space", choices=("weights", "input"), default="weights",
+                   help="the loss landscape over the weights (default) or over each input (see above)")
+    g.add_argument("--curvature-iters", type=int, default=20,
+                   help="--space input: Lanczos steps of each sample's input curvature (0: none; default 20)")
     g.add_argument("--dim", type=int, choices=(1, 2), help="1D or 2D surface (default: 2; 1 for interpolate)")
     g.add_argument("--directions", default="random", choices=("random", "eigen", "interpolate", "pca"),
                    help="how the directions are made")
@@ -244,6 +258,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ConfigError(f"--resume {args.resume}: no surface to resume there (the folder does not exist)")
         args.out = args.resume
     args.resume = args.resume is not None
+    if args.space == "input":
+        return _input_space(args)
     dim = args.dim or (1 if args.directions == "interpolate" else 2)
     _check(args, dim)
     x_spec = args.x or ("-0.5:1.5:21" if args.directions == "interpolate" else "-1:1:21")
@@ -324,6 +340,80 @@ def _run(args, ck, ds, x, y, n, dim, x_spec, y_spec, attack, out, world, device)
     print(f"wrote {out / 'surface.json'}" + (f", {', '.join(figures)}" if figures else ""))
     if args.json:
         write_json(args.json, {**summary, "figures": figures, "out": str(out)})
+    return 0
+
+
+INPUT_ONLY_WEIGHTS = {"directions": "random", "to": None, "trajectory": None, "normalization": "filter",
+                      "include_bn": False, "orthogonalize": False, "bn_buffers": "interpolate", "loss": "clean",
+                      "adv_mode": "fixed", "resume": False, "dim": None}
+
+
+def _input_space(args) -> int:
+    """--space input: the input-space surface and curvature of the first --samples samples (module help)."""
+    import time
+    from ..analysis.input_space import input_surface
+    from ..io import save_npz
+    changed = [k for k, v in INPUT_ONLY_WEIGHTS.items() if getattr(args, k) != v]
+    if changed:
+        flag = "--" + changed[0].replace("_", "-")
+        raise ConfigError(f"{flag} applies to the weight-space surface; --space input moves the inputs along "
+                          "their gradient and a random direction")
+    a_spec, b_spec = args.x or "-2:2:21", args.y or "-2:2:21"
+    points = len(_grid(a_spec, "--x")) * len(_grid(b_spec, "--y"))
+    ck_path = Path(args.checkpoint)
+    out = Path(args.out) if args.out else ck_path.parent / "surfaces" / f"{ck_path.stem}-input-2d"
+    check_output(out, "--out", folder=True, inputs=[args.checkpoint])
+    if args.json:
+        check_output(args.json, "--json", inputs=[args.checkpoint])
+    if args.plot is not None:
+        args.plot = Path(args.plot) if args.plot else out / "input_surface.png"
+        check_output(args.plot, "--plot", image_formats(), inputs=[args.checkpoint, args.json])
+    for name in ("input_surface.json", "input_surface.npz"):
+        if (out / name).exists() and not args.overwrite:
+            raise ConfigError(f"{out} already holds {name}; pass --overwrite to replace it or choose another --out")
+    world, device = resolve_world(args.device)
+    ck = load_checkpoint(args.checkpoint, args.arch, args.dataset, device, **source_options(args))
+    check_compatible(ck, dataset_info(args.dataset or ck.dataset, args.data_dir))
+    ds = load_dataset(args.dataset or ck.dataset, args.split, args.data_dir, args.download)
+    n = args.samples if args.samples is not None else min(256, len(ds))
+    x, y = ds.tensors(n, device)
+    attack = attack_from_args(args, ck.config)          # its eps and norm: the grid's unit
+    t0 = time.perf_counter()
+    from ..analysis.surface import loss_and_accuracy
+    loss_and_accuracy(ck.model, x, y, args.batch_size)
+    hours = (time.perf_counter() - t0) * (points + 3 * args.curvature_iters + 3) / 3600
+    if hours > args.max_hours:
+        raise ResourceError(f"{points:,} grid points and {args.curvature_iters} curvature steps on {n} samples is "
+                            f"~{hours:,.1f} hours, more than --max-hours {args.max_hours:g}; use fewer points or "
+                            "--samples, or raise --max-hours")
+    print(f"landscape-surface: input space of {n} samples, {points} points, ~{hours * 3600:.0f} s", file=sys.stderr,
+          flush=True)
+    res = input_surface(ck.model, x, y, attack, a_spec, b_spec, seed=args.seed, batch_size=args.batch_size,
+                        curvature_iters=args.curvature_iters, progress=world.main)
+    if not world.main:
+        return 0
+    with lock_folder(out):
+        d = {**res.to_dict(), "checkpoint": str(args.checkpoint), "arch": ck.arch, "dataset": ds.name,
+             "split": args.split}
+        write_json(out / "input_surface.json", d)
+        arrays = {"a": res.a, "b": res.b, "loss": res.loss, "correct": res.correct, "zero_gradient": res.zero_gradient}
+        if res.curvature is not None:
+            arrays["curvature"] = res.curvature
+        save_npz(out / "input_surface.npz", **arrays)
+    figures = []
+    if args.plot:
+        from ..analysis.plots import plot_input_surface
+        save_figure(plot_input_surface(d), args.plot, dpi=120)
+        figures.append(str(args.plot))
+    line = (f"{args.checkpoint}: input-space surface ({describe_attack(attack)}) on {points} points, n={n}; loss at "
+            f"the inputs {d['loss_at_input']:.4g}, rise along the gradient {d['rise_along_gradient']:.4g}, "
+            f"{d['zero_gradient_samples']} zero gradients")
+    if "curvature" in d:
+        line += f"; input curvature median {d['curvature']['median']:.4g}, max {d['curvature']['max']:.4g}"
+    print(line)
+    print(f"wrote {out / 'input_surface.json'}" + (f", {', '.join(figures)}" if figures else ""))
+    if args.json:
+        write_json(args.json, {**d, "figures": figures, "out": str(out)})
     return 0
 
 

@@ -1,0 +1,218 @@
+"""The loss landscape in input space: the picture that shows gradient masking, and the input curvature.
+
+``input_surface``: the loss at x + a * eps * g + b * eps * r for each sample, with g the attack's first step
+direction at x (Linf: the sign of the input gradient of the cross-entropy; L2: the unit gradient) and r a
+random direction of the same size (Linf: random signs; L2: a Gaussian direction of unit norm), a and b on a
+grid in units of eps (Tramer et al. 2018, Fig. 1; Engstrom et al. 2018). A robust model gives a smooth bowl
+that rises along g; a masked one a surface that is flat or jagged along g (a zero gradient gives g = 0: the
+a-axis is exactly flat, which is the point). Each sample's surface is kept, and their mean.
+
+``input_curvature``: each sample's top eigenvalue of the Hessian of its loss with respect to its input (the
+quantity CURE regularizes, Moosavi-Dezfooli et al. 2019), by Lanczos on input Hessian-vector products, all
+samples of a batch at once: in eval mode a sample's loss depends on its own input only, so one HVP of the
+summed loss gives every sample's own HVP. Written here rather than with ``analysis.lanczos`` (one operator
+over parameters) because this is n independent small problems advanced together.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .._version import __version__
+from ..attack_spec import AttackSpec
+from ..attacks import batch_generator, eval_mode
+from ..errors import ConfigError
+from ..inputs import check_batch
+from .surface_result import parse_grid
+
+EXAMPLES = 16     # per-sample surfaces kept in the JSON (all of them go to the .npz)
+
+
+@dataclass
+class InputSurfaceResult:
+    """Loss and accuracy at x + a eps g + b eps r: ``loss`` (n, len(a), len(b)) per sample, ``mean_loss`` and
+    ``accuracy`` (len(a), len(b)) over the samples; ``curvature`` (n,) the input-Hessian top eigenvalue of
+    each sample (None when not computed)."""
+    a: np.ndarray
+    b: np.ndarray
+    loss: np.ndarray
+    correct: np.ndarray
+    attack: AttackSpec
+    seed: int
+    zero_gradient: np.ndarray
+    curvature: np.ndarray | None = None
+    seconds: float = 0.0
+    settings: dict = field(default_factory=dict)
+    kind: ClassVar[str] = "input_surface"
+
+    @property
+    def mean_loss(self) -> np.ndarray:
+        return self.loss.mean(0)
+
+    @property
+    def accuracy(self) -> np.ndarray:
+        return self.correct.mean(0)
+
+    def roughness(self) -> np.ndarray:
+        """Per sample: the mean absolute second difference of its loss along a (at b = 0), relative to the
+        loss range along that line: near 0 for a smooth bowl, large for a jagged surface."""
+        j = int(np.argmin(np.abs(self.b)))
+        line = self.loss[:, :, j]
+        second = np.abs(np.diff(line, 2, axis=1)).mean(1) if line.shape[1] > 2 else np.zeros(len(line))
+        span = line.max(1) - line.min(1)
+        return np.where(span > 0, second / np.maximum(span, 1e-12), 0.0)
+
+    def rise_along_gradient(self) -> np.ndarray:
+        """Per sample: loss at (a = largest, b = 0) minus the loss at the origin: how much the gradient step
+        raises the loss (about 0 for a masked sample)."""
+        i0, j = int(np.argmin(np.abs(self.a))), int(np.argmin(np.abs(self.b)))
+        return self.loss[:, -1, j] - self.loss[:, i0, j]
+
+    def to_dict(self) -> dict:
+        i0, j0 = int(np.argmin(np.abs(self.a))), int(np.argmin(np.abs(self.b)))
+        d = {"kind": self.kind, "landscape_version": __version__,
+             "settings": {"samples": int(self.loss.shape[0]), "seed": self.seed, "attack": self.attack.to_dict(),
+                          **self.settings},
+             "seconds": self.seconds, "n": int(self.loss.shape[0]), "a": self.a.tolist(), "b": self.b.tolist(),
+             "mean_loss": self.mean_loss.tolist(), "accuracy": self.accuracy.tolist(),
+             "loss_at_input": float(self.loss[:, i0, j0].mean()),
+             "zero_gradient_samples": int(self.zero_gradient.sum()),
+             "rise_along_gradient": float(np.mean(self.rise_along_gradient())),
+             "roughness": float(np.mean(self.roughness())),
+             "examples": self.loss[:EXAMPLES].tolist()}
+        if self.curvature is not None:
+            c = self.curvature
+            d["curvature"] = {"per_sample": c.tolist(), "mean": float(c.mean()), "median": float(np.median(c)),
+                              "max": float(c.max())}
+        return d
+
+
+def _directions(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: AttackSpec,
+                generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(g, r, zero): the attack's step direction, a random direction of the same size, and which samples have
+    an all-zero or non-finite gradient. Cost: one forward+backward pass."""
+    with eval_mode(model):
+        xg = x.clone().requires_grad_(True)
+        grad, = torch.autograd.grad(F.cross_entropy(model(xg), y, reduction="sum"), xg)
+    flat = grad.flatten(1)
+    zero = (flat == 0).all(1) | ~torch.isfinite(flat).all(1)
+    grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
+    shape = (-1, *([1] * (x.dim() - 1)))
+    if attack.norm == "linf":
+        g = grad.sign()
+        r = torch.randint(0, 2, x.shape, generator=generator).to(x) * 2 - 1
+    else:
+        g = grad / grad.flatten(1).norm(dim=1).clamp_min(1e-30).view(shape)
+        r = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+        r = r / r.flatten(1).norm(dim=1).view(shape)
+    return g, r, zero
+
+
+def input_surface(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: AttackSpec,
+                  a: Any = "-2:2:21", b: Any = "-2:2:21", seed: int = 0, batch_size: int = 256,
+                  clip: bool = True, curvature_iters: int = 0, progress: bool = False) -> InputSurfaceResult:
+    """Each sample's loss and correctness on the grid ``a`` x ``b`` (units of ``attack.eps``) around its input
+    (module doc); ``clip`` keeps the points in [0, 1]; ``curvature_iters > 0`` adds ``input_curvature``. The
+    random direction of batch i is seeded by (seed, i). Cost: one forward+backward pass, then one forward per
+    grid point, per sample (plus ``curvature_iters`` input HVPs)."""
+    if not isinstance(attack, AttackSpec):
+        raise ConfigError(f"input_surface needs an AttackSpec (its eps and norm), got {type(attack).__name__}")
+    if attack.eps <= 0:
+        raise ConfigError("the input-space surface is drawn in units of eps: it needs eps > 0")
+    ga, gb = parse_grid(a, "a"), parse_grid(b, "b")
+    if isinstance(curvature_iters, bool) or not isinstance(curvature_iters, int) or curvature_iters < 0:
+        raise ConfigError(f"curvature_iters must be an integer >= 0, got {curvature_iters!r}")
+    check_batch(model, x, y, "input_surface")
+    from ..progress import progress_bar
+    t0 = time.perf_counter()
+    n = len(y)
+    loss = np.zeros((n, len(ga), len(gb)))
+    correct = np.zeros((n, len(ga), len(gb)), dtype=bool)
+    zero = np.zeros(n, dtype=bool)
+    bar = progress_bar(total=n * len(ga) * len(gb), desc="input surface", unit="pt", show=progress)
+    for lo in range(0, n, batch_size):
+        xb, yb = x[lo:lo + batch_size], y[lo:lo + batch_size]
+        g, r, z = _directions(model, xb, yb, attack, batch_generator(seed, lo))
+        zero[lo:lo + len(yb)] = z.cpu().numpy()
+        with eval_mode(model), torch.no_grad():
+            for i, ai in enumerate(ga):
+                for j, bj in enumerate(gb):
+                    xp = xb + attack.eps * (float(ai) * g + float(bj) * r)
+                    if clip:
+                        xp = xp.clamp(0, 1)
+                    logits = model(xp)
+                    loss[lo:lo + len(yb), i, j] = F.cross_entropy(logits, yb, reduction="none").double().cpu().numpy()
+                    correct[lo:lo + len(yb), i, j] = (logits.argmax(1) == yb).cpu().numpy()
+                    bar.update(len(yb))
+    bar.close()
+    curv = input_curvature(model, x, y, curvature_iters, seed, batch_size) if curvature_iters else None
+    return InputSurfaceResult(ga, gb, loss, correct, attack, int(seed), zero, curv, time.perf_counter() - t0,
+                              {"clip": clip, "curvature_iters": curvature_iters, "batch_size": batch_size,
+                               "direction": "sign of the input gradient" if attack.norm == "linf"
+                               else "unit input gradient", "random": "random signs" if attack.norm == "linf"
+                               else "unit Gaussian"})
+
+
+def input_hvp(model: nn.Module, x: torch.Tensor, y: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Each sample's input-Hessian times its own slice of ``v``: d^2 CE(f(x_i), y_i) / dx_i^2 v_i, for all i at
+    once (eval mode: samples do not interact). Cost: one forward and two backward passes."""
+    with eval_mode(model):
+        xg = x.detach().clone().requires_grad_(True)
+        g, = torch.autograd.grad(F.cross_entropy(model(xg), y, reduction="sum"), xg, create_graph=True)
+        hv, = torch.autograd.grad((g * v).sum(), xg)
+    return hv.detach()
+
+
+def input_curvature(model: nn.Module, x: torch.Tensor, y: torch.Tensor, iters: int = 20, seed: int = 0,
+                    batch_size: int = 256) -> np.ndarray:
+    """(n,) the largest eigenvalue of each sample's input Hessian: ``iters`` Lanczos steps with full
+    reorthogonalization, every sample of a batch advanced together (a sample whose Krylov space is exhausted,
+    as happens after at most rank + 1 steps, stops there: its tridiagonal is cut at that size). Exact once
+    ``iters`` exceeds the Hessian's rank (at most classes - 1 for a piecewise-linear network). Cost:
+    ``iters`` input HVPs per sample and O(iters^2 d) per sample for reorthogonalization."""
+    if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
+        raise ConfigError(f"curvature iterations must be a positive integer, got {iters!r}")
+    out = []
+    for lo in range(0, len(y), batch_size):
+        xb, yb = x[lo:lo + batch_size], y[lo:lo + batch_size]
+        m, d = len(yb), xb[0].numel()
+        gen = batch_generator(seed, lo)
+        v = torch.randn((m, d), generator=gen, dtype=torch.float64)
+        v = (v / v.norm(dim=1, keepdim=True)).to(xb.device)
+        basis = [v]
+        alpha = torch.zeros(m, iters, dtype=torch.float64, device=xb.device)
+        beta = torch.zeros(m, iters, dtype=torch.float64, device=xb.device)
+        alive = torch.ones(m, dtype=torch.bool, device=xb.device)
+        size = torch.full((m,), iters, dtype=torch.long, device=xb.device)
+        for k in range(iters):
+            w = input_hvp(model, xb, yb, basis[-1].to(xb.dtype).view_as(xb)).flatten(1).double()
+            alpha[:, k] = torch.where(alive, (w * basis[-1]).sum(1), 0.0)
+            for u in basis:                      # full reorthogonalization (twice is enough)
+                w = w - (w * u).sum(1, keepdim=True) * u
+            for u in basis:
+                w = w - (w * u).sum(1, keepdim=True) * u
+            nrm = w.norm(dim=1)
+            scale = alpha[:, :k + 1].abs().amax(1).clamp_min(1e-30)
+            done = alive & (nrm <= 1e-8 * scale)
+            size = torch.where(done, torch.full_like(size, k + 1), size)
+            alive &= ~done
+            if k + 1 == iters or not bool(alive.any()):
+                break
+            beta[:, k] = torch.where(alive, nrm, 0.0)
+            basis.append(torch.where(alive.view(-1, 1), w / nrm.clamp_min(1e-300).view(-1, 1), 0.0))
+        top = torch.empty(m, dtype=torch.float64)
+        for i in range(m):
+            s = int(size[i])
+            t = torch.diag(alpha[i, :s]) + torch.diag(beta[i, :s - 1], 1) + torch.diag(beta[i, :s - 1], -1)
+            top[i] = torch.linalg.eigvalsh(t.cpu())[-1]
+        out.append(top.numpy())
+    return np.concatenate(out)
+
+
+__all__ = ["InputSurfaceResult", "input_curvature", "input_hvp", "input_surface"]
