@@ -1,10 +1,12 @@
 """One self-contained HTML page that compares runs side by side (``landscape-report``).
 
 ``collect(paths)`` reads run folders (metrics.csv, config.json, surfaces/*, result JSONs inside), result
-files of any ``kind`` (surface, spectrum, eigenvalues, trace, density, evaluation, training; older files
+files of any ``kind`` (surface, spectrum, eigenvalues, trace, density, evaluation, audit, input_surface,
+training; older files
 without ``kind`` are recognised by content) and folders of results (e.g. ``results/sat``), and groups what
 belongs to one run (same method / run name and eps, from the results' settings) into a ``RunEntry``.
-``build_report(entries)`` returns the page: a table (clean / PGD / AutoAttack accuracy, top eigenvalue,
+``build_report(entries)`` returns the page: a table (clean / PGD / AutoAttack accuracy each with its n, the
+audit's verdict and the checks that flagged, top eigenvalue, input curvature,
 trace ± 95% half-width, settings) and interactive plotly figures (3D surfaces that rotate, eigenvalues,
 densities, training curves with the curriculum, sharpness over training). plotly's JavaScript is embedded
 once, so the page works offline. Needs the optional ``plotly`` package (``pip install 'landscape[report]'``).
@@ -41,6 +43,8 @@ class RunEntry:
     density: dict | None = None                        # {grid, density}
     trace: dict | None = None                          # {estimate, half_width_95}
     surfaces: list[SurfaceResult] = field(default_factory=list)
+    audit: dict | None = None                          # {verdict, failed}: landscape-eval --audit
+    input_surface: dict | None = None                  # landscape-surface --space input
     metrics: list[tuple[Any, dict]] = field(default_factory=list)   # (DataFrame, meta) per training history
     sources: list[str] = field(default_factory=list)
 
@@ -66,6 +70,8 @@ def _items(path: Path) -> list[Path]:
     results) its metrics.csv, surface folders (also under surfaces/), JSON results and CSVs of epochs."""
     if path.is_file() or (path / "surface.json").is_file() or (path / "surface.npz").is_file():
         return [path]
+    if (path / "input_surface.json").is_file():
+        return [path / "input_surface.json"]
     if not path.is_dir():
         raise LandscapeError(f"no such result or run folder: {path}")
     out: list[Path] = []
@@ -73,6 +79,8 @@ def _items(path: Path) -> list[Path]:
     for p in subs:
         if p.is_dir() and ((p / "surface.json").is_file() or (p / "surface.npz").is_file()):
             out.append(p)
+        elif p.is_dir() and (p / "input_surface.json").is_file():
+            out.append(p / "input_surface.json")
         elif p.is_file() and p.suffix == ".json" and p.name not in SKIP_JSON and ".directions" not in p.name:
             out.append(p)
         elif p.is_file() and p.suffix == ".csv" and _has_epochs(p):
@@ -115,12 +123,16 @@ def _accuracies(d: dict) -> dict:
 
 
 def _accuracy_cells(ev: dict) -> list[str]:
-    """The clean / PGD / AutoAttack cells of one row; each says its sample count when the row's accuracies
-    were not all measured on the same number of samples (PGD on 359 beside AutoAttack on 16)."""
-    ns = {ev.get(f"{k}_n") for k in ("clean", "pgd", "autoattack") if k in ev}
-    mixed = len(ns) > 1
-    return [_pct(ev.get(k)) + (f" (n = {ev.get(f'{k}_n')})" if mixed and k in ev and ev.get(f"{k}_n") else "")
+    """The clean / PGD / AutoAttack cells of one row, each with the number of samples it was measured on (two
+    results of one run may have used different samples: PGD on 359 beside AutoAttack on 16)."""
+    return [_pct(ev.get(k)) + (f" (n = {ev.get(f'{k}_n')})" if k in ev and ev.get(f"{k}_n") else "")
             for k in ("clean", "pgd", "autoattack")]
+
+
+def _audit_cell(a: dict | None) -> str:
+    if not a:
+        return "–"
+    return a["verdict"] + (f": {', '.join(a['failed'])}" if a["failed"] else "")
 
 
 def collect(paths: Iterable[str | os.PathLike]) -> list[RunEntry]:
@@ -167,6 +179,9 @@ def collect(paths: Iterable[str | os.PathLike]) -> list[RunEntry]:
             if kind == "surface":
                 r = R.as_surface(item)
                 entry(R.describe(r), str(item)).surfaces.append(r)
+            elif kind == "input_surface":
+                d = R.load_result(item)
+                entry(R.describe(d), str(item)).input_surface = d
             elif kind == "training":
                 for df, meta in Runs.read_runs(item):
                     info = R.describe(meta)
@@ -186,6 +201,10 @@ def collect(paths: Iterable[str | os.PathLike]) -> list[RunEntry]:
                     e.evaluation.setdefault("n", acc["n"])
                 if isinstance(d.get("best_epoch"), int):
                     e.info.setdefault("best_epoch", d["best_epoch"])
+                if kind == "audit" and e.audit is None:
+                    checks = d["audit"].get("checks", [])
+                    e.audit = {"verdict": d["audit"].get("verdict", "?"),
+                               "failed": [c.get("name", "?") for c in checks if c.get("passed") is False]}
                 eig, dens, trace = R.spectrum_parts(d)
                 e.eigen, e.density, e.trace = e.eigen or eig, e.density or dens, e.trace or trace
     out = [entries[k] for k in order]
@@ -234,6 +253,28 @@ def surfaces_figure(entries: Sequence[RunEntry], field: str = "loss"):
                                        zaxis=dict(range=[lo, hi]), aspectmode="cube")})
     info = R.describe(items[0][1])
     _layout(fig, f"{field} surfaces (drag to rotate) — {R.caption(info, noun=field)}", 430 * nrows + 80)
+    return fig
+
+
+def input_figure(entries: Sequence[RunEntry]):
+    """The input-space landscape of each run: mean loss along the gradient direction (b = 0) and along the
+    random direction (a = 0), in units of eps; a masked model's first curve is flat."""
+    go, make_subplots, _ = _plotly()
+    items = [e for e in entries if e.input_surface]
+    if not items:
+        return None
+    fig = make_subplots(rows=1, cols=2, subplot_titles=["along sign(∇ₓ loss)", "along a random sign direction"])
+    for i, e in enumerate(items):
+        d = e.input_surface
+        a, b, z = np.asarray(d["a"]), np.asarray(d["b"]), np.asarray(d["mean_loss"], dtype=float)
+        i0, j0 = int(np.argmin(np.abs(a))), int(np.argmin(np.abs(b)))
+        for col, (xs, ys) in enumerate(((a, z[:, j0]), (b, z[i0, :])), start=1):
+            fig.add_trace(go.Scatter(x=xs.tolist(), y=ys.tolist(), mode="lines", name=f"{e.label} (n = {d['n']})",
+                                     line=dict(color=_colour(i)), showlegend=col == 1, legendgroup=e.label),
+                          row=1, col=col)
+    fig.update_xaxes(title_text="× ε")
+    fig.update_yaxes(title_text="mean loss", col=1)
+    _layout(fig, "input-space loss (landscape-surface --space input)", 420)
     return fig
 
 
@@ -329,7 +370,8 @@ def _pct(v: Any) -> str:
 
 def table_html(entries: Sequence[RunEntry]) -> str:
     """The comparison table: accuracies, curvature and the settings of each run."""
-    head = ["run", "clean", "PGD", "AutoAttack", "top eigenvalue", "trace (± 95%)", "best epoch", "settings"]
+    head = ["run", "clean", "PGD", "AutoAttack", "audit", "top eigenvalue", "trace (± 95%)", "input curvature",
+            "best epoch", "settings"]
     rows = []
     for e in entries:
         ev, i = e.evaluation, e.info
@@ -344,8 +386,10 @@ def table_html(entries: Sequence[RunEntry]) -> str:
             f"n = {i['n']}" if i.get("n") else "",
             f"accuracies on {ev['n']} samples" if ev.get("n") and ev.get("n") != i.get("n") else "",
             str(i["dataset"]) if i.get("dataset") else "", str(i["model"]) if i.get("model") else "") if x)
-        cells = [e.label, *_accuracy_cells(ev), top,
+        curv = (e.input_surface or {}).get("curvature")
+        cells = [e.label, *_accuracy_cells(ev), _audit_cell(e.audit), top,
                  R.format_trace(e.trace) if e.trace else "–",
+                 f"median {curv['median']:.4g}, max {curv['max']:.4g}" if curv else "–",
                  str(i["best_epoch"]) if i.get("best_epoch") is not None else "–", settings]
         rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
     return ("<table class='runs'><thead><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr></thead><tbody>"
@@ -365,8 +409,8 @@ def build_report(entries: Sequence[RunEntry], title: str = "landscape report") -
     go, _, offline = _plotly()
     if not entries:
         raise LandscapeError("nothing to report")
-    sections = [("Loss surfaces", surfaces_figure(entries)), ("Hessian spectrum", spectrum_figure(entries)),
-                ("Training", training_figure(entries))]
+    sections = [("Loss surfaces", surfaces_figure(entries)), ("Input-space landscape", input_figure(entries)),
+                ("Hessian spectrum", spectrum_figure(entries)), ("Training", training_figure(entries))]
     body = [f"<h1>{html.escape(title)}</h1>",
             f"<div class='meta'>{len(entries)} runs · landscape {__version__} · "
             f"{time.strftime('%Y-%m-%d %H:%M')}</div>", "<h2>Summary</h2>", table_html(entries)]
@@ -394,5 +438,5 @@ def write_report(paths: Iterable[str | os.PathLike], out: str | os.PathLike, tit
     return out, entries
 
 
-__all__ = ["RunEntry", "collect", "build_report", "write_report", "table_html", "surfaces_figure",
+__all__ = ["RunEntry", "collect", "build_report", "write_report", "table_html", "surfaces_figure", "input_figure",
            "spectrum_figure", "training_figure"]

@@ -149,3 +149,32 @@ def test_report_renders_in_a_headless_browser(runs, tmp_path):
     # the surface panels (first figure) hold viridis colours: a 3D scene was painted, not just its axes
     viridis_purple = ((img[..., 0] < 0.35) & (img[..., 1] < 0.25) & (img[..., 2] > 0.3)).sum()
     assert viridis_purple > 2000, viridis_purple
+
+
+def test_report_shows_audit_verdict_input_curvature_and_every_n(tmp_path):
+    """An audit (AutoAttack on 40 samples), an evaluation (PGD on 359) and an input-space surface of one run:
+    one row with the verdict and the flagged check, every accuracy with its own n, and the curvature."""
+    run = tmp_path / "at-digits-eps0.1-s0"
+    (run / "surfaces" / "best-input-2d").mkdir(parents=True)
+    write_json(run / "config.json", {"model": "cnn-small", "dataset": "digits", "method": "at", "eps": 0.1})
+    ck = str(run / "best.pt")
+    write_json(run / "eval_audit.json", {   # read after eval.json
+        "kind": "audit", "settings": {"samples": 40, "attack": {"eps": 0.1}}, "checkpoint": ck, "n": 40,
+        "clean_acc": 0.9, "pgd_acc": 0.6, "autoattack_acc": 0.45, "robust_acc": 0.45,
+        "audit": {"verdict": "suspect", "checks": [
+            {"name": "black_box", "passed": False, "evidence": {}, "advice": "x"},
+            {"name": "gradients", "passed": True, "evidence": {}, "advice": "y"}]}})
+    write_json(run / "eval.json", {"kind": "evaluation", "settings": {"samples": 359, "attack": {"eps": 0.1}},
+                                   "checkpoint": ck, "n": 359, "clean_acc": 0.95, "pgd_acc": 0.7})
+    a = [-1.0, 0.0, 1.0]
+    write_json(run / "surfaces" / "best-input-2d" / "input_surface.json", {
+        "kind": "input_surface", "settings": {"samples": 8, "attack": {"eps": 0.1}}, "checkpoint": ck, "n": 8,
+        "a": a, "b": a, "mean_loss": [[1, 1, 1], [0.5, 0.4, 0.5], [2, 2, 2]], "accuracy": [[1] * 3] * 3,
+        "curvature": {"per_sample": [0.1] * 8, "mean": 0.1, "median": 0.125, "max": 0.5}, "examples": []})
+    entries = report.collect([run])
+    assert len(entries) == 1
+    page = report.table_html(entries)
+    assert "suspect: black_box" in page and "gradients" not in page
+    assert "(n = 359)" in page and "(n = 40)" in page      # PGD from the evaluation, AutoAttack from the audit
+    assert "median 0.125, max 0.5" in page
+    assert report.input_figure(entries) is not None
