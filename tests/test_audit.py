@@ -68,17 +68,20 @@ def test_judge_reapplies_thresholds_to_stored_evidence():
 # --- models ----------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def robust_mlps(tmp_path_factory):
-    """AT, TRADES and SAT-eps MLPs on digits at eps 0.1 (15 epochs each, a few seconds)."""
-    from landscape import load_checkpoint
+def robust_runs(tmp_path_factory):
+    """AT, TRADES and SAT-eps MLPs on digits at eps 0.1 (15 epochs each, a few seconds): their run folders."""
     from landscape.training import TrainConfig, train
     out = tmp_path_factory.mktemp("audit-runs")
-    models = {}
     for method in ("at", "trades", "sat-eps"):
         train(TrainConfig(method=method, model="mlp", eps=0.1, epochs=15, lr=0.05, val_samples=200, name=method),
               out=out, progress=False)
-        models[method] = load_checkpoint(out / method / "best.pt").model
-    return models
+    return out
+
+
+@pytest.fixture(scope="module")
+def robust_mlps(robust_runs):
+    from landscape import load_checkpoint
+    return {m: load_checkpoint(robust_runs / m / "best.pt").model for m in ("at", "trades", "sat-eps")}
 
 
 @pytest.fixture(scope="module")
@@ -220,3 +223,42 @@ def test_cli_audit_mistakes(trained_digits, tmp_path, capsys):
     assert_one_line_error(run_main(main, [ck, "--surrogate", ck], capsys), contains="--audit")
     assert_one_line_error(run_main(main, [ck, "--audit", "--no-autoattack", "--surrogate",
                                           str(tmp_path / "missing.pt")], capsys))
+
+
+_AA_SCRIPT = """
+import json, os, sys, torch
+import torch.distributed as dist
+from landscape import load_checkpoint, load_dataset
+from landscape.autoattack import run_autoattack
+torch.set_num_threads(1)
+if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    dist.init_process_group("gloo")
+m = load_checkpoint(sys.argv[1]).model
+x, y = load_dataset("digits", "test").tensors(24)
+r = run_autoattack(m, x, y, 0.1, chunk=8, attacks=("apgd-ce", "square"), square_queries=100)
+rank = dist.get_rank() if dist.is_initialized() else 0
+with open(sys.argv[2] + f".{rank}", "w") as f:
+    json.dump(r.broken_by, f)
+"""
+
+
+def test_autoattack_shared_out_under_torchrun_equals_one_process(robust_runs, tmp_path):
+    """Two processes (gloo) take every other chunk; each ends with the whole per-sample outcome, equal to one
+    process's."""
+    import os
+    import subprocess
+    import sys
+    script = tmp_path / "aa.py"
+    script.write_text(_AA_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    ck = str(robust_runs / "at" / "best.pt")
+    one = subprocess.run([sys.executable, str(script), ck, str(tmp_path / "one")], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                          str(script), ck, str(tmp_path / "two")], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert two.returncode == 0, two.stderr[-2000:]
+    single = json.loads((tmp_path / "one.0").read_text())
+    assert json.loads((tmp_path / "two.0").read_text()) == single == json.loads((tmp_path / "two.1").read_text())
+    assert len(single) == 24 and {None, "apgd-ce"} <= set(single), single   # survivors and broken ones
