@@ -242,6 +242,7 @@ with open(sys.argv[2] + f".{rank}", "w") as f:
 """
 
 
+@pytest.mark.slow
 def test_autoattack_shared_out_under_torchrun_equals_one_process(robust_runs, tmp_path):
     """Two processes (gloo) take every other chunk; each ends with the whole per-sample outcome, equal to one
     process's."""
