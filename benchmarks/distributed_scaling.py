@@ -26,6 +26,7 @@ def worker(args: argparse.Namespace) -> None:
     import torch.distributed as dist
 
     import landscape as ls
+    from landscape import AttackSpec
     from landscape.analysis import HessianOperator, loss_surface, random_directions, top_eigenvalues
     from landscape.distributed import finish, world as current_world
     from landscape.io import write_json
@@ -43,7 +44,7 @@ def worker(args: argparse.Namespace) -> None:
 
     dist.barrier()
     t0 = time.perf_counter()
-    op = HessianOperator(model, (x, y), loss="adversarial", eps=args.eps, steps=args.steps, seed=0)
+    op = HessianOperator(model, (x, y), loss="adversarial", attack=AttackSpec(eps=args.eps, steps=args.steps), seed=0)
     eig = top_eigenvalues(op, k=5, tol=1e-3, seed=0)
     dist.barrier()
     out["spectrum_seconds"] = time.perf_counter() - t0
@@ -54,7 +55,7 @@ def worker(args: argparse.Namespace) -> None:
     dist.barrier()
     t0 = time.perf_counter()
     res = loss_surface(model, (x, y), dirs, args.grid, args.grid, loss="adversarial", adv_mode="fixed",
-                       eps=args.eps, steps=args.steps, seed=0, batch_size=256)
+                       attack=AttackSpec(eps=args.eps, steps=args.steps), seed=0, batch_size=256)
     dist.barrier()
     out["surface_seconds"] = time.perf_counter() - t0
     out["surface_points"] = int(res.mask.size)

@@ -24,7 +24,7 @@ from typing import Callable
 
 import torch
 
-from landscape import build_model, load_dataset
+from landscape import AttackSpec, build_model, load_dataset
 from landscape.analysis.directions import random_directions
 from landscape.analysis.surface import loss_surface
 from landscape.attacks import adversarial_examples
@@ -115,7 +115,7 @@ def main() -> None:
         adversarial_examples(model, xr, yr, args.eps, None, args.steps, batch_size=bs, seed=0)
 
     r = timed_surface(lambda cb: loss_surface(model, (xr, yr), dirs, rgrid, rgrid, loss="adversarial",
-                                              adv_mode="reattack", eps=args.eps, steps=args.steps,
+                                              adv_mode="reattack", attack=AttackSpec(eps=args.eps, steps=args.steps),
                                               batch_size=bs, callback=cb), attack, device)
     print(f"reattack: {r['point'] * 1e3:9.3f} ms per grid point / {r['base'] * 1e3:9.3f} ms per PGD-{args.steps} "
           f"attack = {r['ratio']:.3f}  ({len(xr)} samples; a point is one attack + one forward pass; "

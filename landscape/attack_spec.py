@@ -165,5 +165,58 @@ def resolve_attack(config: Mapping[str, Any] | None = None, *, eps: float | None
     return AttackSpec(eps=eps, **kw)
 
 
-__all__ = ["AttackSpec", "ATTACK_BN", "DEFAULT_STEPS", "DEFAULT_BATCH_SIZE", "MissingEpsError", "NORMS",
-           "config_attack", "resolve_attack"]
+#: the loose attack keywords of the old signatures, and the AttackSpec field each one sets
+LOOSE_KEYWORDS = {"eps": "eps", "steps": "steps", "step_size": "step_size", "norm": "norm", "attack_norm": "norm",
+                  "restarts": "restarts", "attack_batch_size": "batch_size"}
+
+
+def takes_attack_spec(default_steps: int = DEFAULT_STEPS, adversarial_only: str | None = None,
+                      batch_from: str | None = None):
+    """Decorator for a function whose one attack argument is ``attack: AttackSpec | None``: the loose keywords
+    of its old signature (``LOOSE_KEYWORDS``; also an eps given positionally where the spec goes) still work
+    for scripts written against it, with a ``DeprecationWarning``, and become one ``AttackSpec`` made by the
+    one rule (validated once; ``steps`` defaults to ``default_steps``, the old signature's default). Loose
+    keywords beside ``attack=`` are refused. ``adversarial_only="loss"``: when the call's ``loss`` argument is
+    not "adversarial", loose keywords make no attack (they were ignored by the old signature too).
+    ``batch_from="batch_size"``: the old signature attacked in batches of that argument (the spec's batch size,
+    unless ``attack_batch_size`` is given)."""
+    import functools
+    import inspect
+    import warnings
+
+    def wrap(func):
+        sig = inspect.signature(func)
+        name = func.__qualname__.replace(".__init__", "")
+
+        @functools.wraps(func)
+        def inner(*args: Any, **kwargs: Any) -> Any:
+            loose = {k: kwargs.pop(k) for k in list(kwargs) if k in LOOSE_KEYWORDS}
+            bound = sig.bind_partial(*args, **kwargs)
+            given = bound.arguments.get("attack")
+            if isinstance(given, (int, float)) and not isinstance(given, bool):   # evaluate(model, x, y, 0.1)
+                loose.setdefault("eps", given)
+                bound.arguments["attack"] = given = None
+            if not loose:
+                return func(*bound.args, **bound.kwargs)
+            if given is not None:
+                raise ConfigError(f"{name}: give the attack as attack=AttackSpec(...) or by the old "
+                                  f"keywords ({', '.join(sorted(loose))}), not both")
+            warnings.warn(f"{name}: the loose attack keywords ({', '.join(sorted(loose))}) are deprecated; "
+                          "pass attack=AttackSpec(...)", DeprecationWarning, stacklevel=2)
+            loss = bound.arguments.get(adversarial_only, sig.parameters[adversarial_only].default) \
+                if adversarial_only else "adversarial"
+            fields = {LOOSE_KEYWORDS[k]: v for k, v in loose.items() if v is not None}
+            if loss == "adversarial" and fields.get("eps") is not None:
+                fields.setdefault("steps", default_steps)
+                if batch_from and bound.arguments.get(batch_from) is not None:
+                    fields.setdefault("batch_size", bound.arguments[batch_from])
+                bound.arguments["attack"] = AttackSpec(**fields)
+            elif fields.get("eps") is not None:
+                check_eps(float(fields["eps"]), fields.get("norm", "linf"))   # validated, though unused
+            return func(*bound.args, **bound.kwargs)
+        return inner
+    return wrap
+
+
+__all__ = ["AttackSpec", "ATTACK_BN", "DEFAULT_STEPS", "DEFAULT_BATCH_SIZE", "LOOSE_KEYWORDS", "MissingEpsError",
+           "NORMS", "config_attack", "resolve_attack", "takes_attack_spec"]

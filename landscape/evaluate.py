@@ -9,9 +9,10 @@ import torch
 from torch import nn
 
 from ._version import __version__
-from .attack_spec import AttackSpec, MissingEpsError
+from .attack_spec import AttackSpec, MissingEpsError, takes_attack_spec
 from .attacks import eval_mode
 from .autoattack import STANDARD, autoattack_accuracy, run_autoattack
+from .errors import ConfigError
 from .inputs import check_batch
 
 
@@ -25,8 +26,8 @@ class EvalResult:
     seed: int
     autoattack_acc: float | None = None
     seconds: float = 0.0
-    autoattack_after: dict | None = None     # robust accuracy after each AutoAttack member
     settings: dict = field(default_factory=dict)
+    autoattack_after: dict | None = None     # robust accuracy after each AutoAttack member
     kind: ClassVar[str] = "evaluation"
 
     eps = property(lambda self: self.attack.eps if self.attack else None)
@@ -56,19 +57,20 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return (predict(model, x, batch_size) == y).float().mean().item() if len(y) else float("nan")
 
 
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float | None = None, steps: int = 20,
-             step_size: float | None = None, restarts: int = 1, batch_size: int = 256, seed: int = 0,
-             autoattack: bool = False, attack: AttackSpec | None = None,
-             autoattack_state: str | None = None, progress: bool = False) -> EvalResult:
-    """Clean accuracy and PGD accuracy under ``attack`` (default: ``AttackSpec`` from eps, steps, step_size
-    (None: 2.5 * eps / steps, the one rule), restarts, batch_size), optionally AutoAttack (standard; ``autoattack_state``: a folder that keeps its per-sample outcome as
-    it comes, so that a rerun resumes: ``autoattack.run_autoattack``). No attack and no eps: clean accuracy only (``pgd_acc`` None).
+@takes_attack_spec(default_steps=20, batch_from="batch_size")
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: AttackSpec | None = None, *,
+             batch_size: int = 256, seed: int = 0, autoattack: bool = False, autoattack_state: str | None = None,
+             progress: bool = False) -> EvalResult:
+    """Clean accuracy and PGD accuracy under ``attack`` (an ``AttackSpec``; the old loose keywords eps, steps
+    (default 20), step_size, restarts still work, deprecated), optionally AutoAttack (standard;
+    ``autoattack_state``: a folder that keeps its per-sample outcome as it comes, so that a rerun resumes:
+    ``autoattack.run_autoattack``). No attack and no eps: clean accuracy only (``pgd_acc`` None).
 
     Cost: one forward per batch for clean accuracy; restarts * steps forward+backward passes per sample
     for PGD; AutoAttack's standard ensemble is far more expensive (thousands of passes per sample).
     """
-    if attack is None and eps is not None:
-        attack = AttackSpec(eps=eps, steps=steps, step_size=step_size, restarts=restarts, batch_size=batch_size)
+    if attack is not None and not isinstance(attack, AttackSpec):
+        raise ConfigError(f"attack must be an AttackSpec, got {type(attack).__name__}")
     if autoattack and attack is None:
         raise MissingEpsError("AutoAttack needs an eps")
     check_batch(model, x, y, "evaluate", unit_interval=attack is not None)   # before any work

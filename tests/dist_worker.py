@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 import landscape as ls
+from landscape import AttackSpec
 from landscape.analysis import (HessianOperator, hessian_trace, loss_surface, random_directions,
                                 spectral_density, top_eigenvalues)
 
@@ -27,8 +28,8 @@ def compute(surface_out: Path) -> dict:
     model, x, y = problem()
     out: dict = {}
     ops = {"clean": HessianOperator(model, (x, y), bn="batch", batch_size=30, seed=1),
-           "adversarial": HessianOperator(model, (x, y), loss="adversarial", eps=0.1, steps=3, seed=1,
-                                          attack_batch_size=16)}
+           "adversarial": HessianOperator(model, (x, y), loss="adversarial",
+                                          attack=AttackSpec(eps=0.1, steps=3, batch_size=16), seed=1)}
     for name, op in ops.items():
         eig = top_eigenvalues(op, k=3, tol=1e-4, seed=2)
         tr = hessian_trace(op, tol=0.0, max_hvps=24, seed=2)
@@ -40,7 +41,7 @@ def compute(surface_out: Path) -> dict:
                      "loss": loss, "grad_norm": float(grad.norm()), "num_samples": op.num_samples,
                      "local_samples": sum(len(b[0]) for b in op.batches)}
     dirs = random_directions(model, 2, seed=4)
-    res = loss_surface(model, (x, y), dirs, "-1:1:5", "-0.5:0.5:3", loss="adversarial", eps=0.1, steps=2,
+    res = loss_surface(model, (x, y), dirs, "-1:1:5", "-0.5:0.5:3", loss="adversarial", attack=AttackSpec(eps=0.1, steps=2),
                        batch_size=16, seed=5, out=surface_out, overwrite=True)
     out["surface_loss"] = res.loss.tolist()
     return out

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import assert_one_line_error, run_main
-from landscape import AttackSpec, build_model, load_dataset
+from landscape import AttackSpec, load_dataset
 from landscape.attacks import batch_generator, per_sample_loss, pgd, pgd_trace
 from landscape.audit import Check, Thresholds, audit, judge, judge_dict, wilson_lower
 from landscape.errors import ConfigError, DataError
@@ -91,7 +91,7 @@ def audit_data():
 
 def quick_audit(model, data, **kw):
     x, y = data
-    return audit(model, x, y, AttackSpec(eps=0.1, steps=20), autoattack=False, square_queries=300, restarts=2,
+    return audit(model, x, y, AttackSpec(eps=0.1, steps=20), autoattack=False, square_queries=300, effort_restarts=2,
                  eot=4, **kw)
 
 
@@ -165,8 +165,8 @@ def test_audit_refuses_bad_arguments_before_any_work(robust_mlps, audit_data):
         audit(m, x, y, 0.1)
     with pytest.raises(ConfigError, match="moves the inputs"):
         audit(m, x, y, AttackSpec(eps=0.0))
-    with pytest.raises(ConfigError, match="restarts"):
-        audit(m, x, y, AttackSpec(eps=0.1), restarts=0)
+    with pytest.raises(ConfigError, match="effort_restarts"):
+        audit(m, x, y, AttackSpec(eps=0.1), effort_restarts=0)
     with pytest.raises(DataError, match="not \\[0, 1\\]"):
         audit(m, x * 255, y, AttackSpec(eps=0.1))
 

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from landscape import load_dataset
+from landscape import AttackSpec, load_dataset
 from landscape.autoattack import adversarial_inputs as _adversarial_inputs, autoattack_accuracy
 from landscape.evaluate import evaluate
 
@@ -45,7 +45,7 @@ def exact_linf_robust_accuracy(linear: nn.Linear, x: torch.Tensor, y: torch.Tens
 def test_autoattack_standard_runs_and_is_sane(linear_digits):
     """The standard ensemble end to end (it crashed on pyautoattack 0.2's (x_adv, y_adv) return)."""
     x, y = load_dataset("digits", "test").tensors(16)
-    res = evaluate(linear_digits, x, y, 0.1, steps=20, autoattack=True)
+    res = evaluate(linear_digits, x, y, AttackSpec(eps=0.1, steps=20), autoattack=True)
     exact = exact_linf_robust_accuracy(linear_digits[1], x, y, 0.1)
     assert 0 < exact < res.clean_acc             # the budget leaves something for the comparison to show
     # a linear model's robust accuracy is known exactly: AutoAttack must find it (no attack can go below)
@@ -55,7 +55,7 @@ def test_autoattack_standard_runs_and_is_sane(linear_digits):
 
 def test_autoattack_apgd_is_at_least_as_strong_as_pgd(linear_digits):
     x, y = load_dataset("digits", "test").tensors(16)
-    res = evaluate(linear_digits, x, y, 0.05, steps=20)
+    res = evaluate(linear_digits, x, y, AttackSpec(eps=0.05, steps=20))
     aa = autoattack_accuracy(linear_digits, x, y, 0.05, attacks=("apgd-ce",))
     exact = exact_linf_robust_accuracy(linear_digits[1], x, y, 0.05)
     assert 0 < exact < res.clean_acc            # the budget leaves something for the comparison to show
@@ -75,5 +75,5 @@ def test_adversarial_inputs_of_every_package_version():
 def test_autoattack_standard_where_samples_survive(linear_digits):
     """The full ensemble (APGD-CE, APGD-T, FAB-T, Square) with survivors left for every member (~15 s)."""
     x, y = load_dataset("digits", "test").tensors(16)
-    res = evaluate(linear_digits, x, y, 0.05, steps=20, autoattack=True)
+    res = evaluate(linear_digits, x, y, AttackSpec(eps=0.05, steps=20), autoattack=True)
     assert 0 < res.autoattack_acc <= res.clean_acc and res.autoattack_acc <= res.pgd_acc + 1 / 16

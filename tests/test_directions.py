@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from landscape import build_model
+from landscape import AttackSpec, build_model
 from landscape.analysis.directions import (current_meta, direction_norm, dot, interpolation_direction,
                                            orthogonalize, pca_directions, random_direction, random_directions)
 from landscape.errors import ConfigError, LandscapeError
@@ -127,11 +127,11 @@ def test_eigen_directions_are_hessian_eigenvectors():
     x, y = load_dataset("digits", "test").tensors(40)
     x = x.double()
     for loss in ("clean", "adversarial"):
-        ds = eigen_directions(model, (x, y), loss, eps=0.1, steps=2, k=2, tol=1e-6, seed=0)
+        ds = eigen_directions(model, (x, y), loss, attack=AttackSpec(eps=0.1, steps=2), k=2, tol=1e-6, seed=0)
         assert ds.meta["kind"] == "eigen" and len(ds) == 2
         lam = ds.meta["eigenvalues"]
         assert lam[0] >= lam[1] > 0
-        op = HessianOperator(model, (x, y), loss=loss, eps=0.1, steps=2, seed=0)
+        op = HessianOperator(model, (x, y), loss=loss, attack=AttackSpec(eps=0.1, steps=2), seed=0)
         names = [n for n, _ in model.named_parameters()]
         for d, l in zip(ds, lam):
             v = torch.cat([d[n].reshape(-1) for n in names])

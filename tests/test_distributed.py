@@ -91,7 +91,7 @@ _SURFACE_SCRIPT = textwrap.dedent("""
     # A surface whose every forward pass sleeps, so a run can be killed half-way; under torchrun if launched so.
     import os, sys, time, torch
     from torch import nn
-    from landscape import build_model, load_dataset
+    from landscape import AttackSpec, build_model, load_dataset
     from landscape.analysis import random_directions, loss_surface
     torch.set_num_threads(1)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -105,7 +105,7 @@ _SURFACE_SCRIPT = textwrap.dedent("""
     m = nn.Sequential(build_model("mlp", "digits", seed=0), Sleep()).eval()
     xy = load_dataset("digits", "test").tensors(40)
     d = random_directions(m, 2, seed=0)
-    loss_surface(m, xy, d, "-1:1:6", "-1:1:4", loss="adversarial", adv_mode="reattack", eps=0.1, steps=2,
+    loss_surface(m, xy, d, "-1:1:6", "-1:1:4", loss="adversarial", adv_mode="reattack", attack=AttackSpec(eps=0.1, steps=2),
                  batch_size=16, seed=0, out=out, resume=True, save_every=1)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         dist.destroy_process_group()  # leaving with a live gloo group can abort at interpreter exit

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from landscape import load_dataset
+from landscape import AttackSpec, load_dataset
+from landscape.attack_spec import resolve_attack
 from cases import tiny_mlp
 from landscape.analysis import HessianOperator
 from landscape.analysis.hessian import samples
@@ -114,7 +115,7 @@ def test_running_stats_modes_and_grads_untouched(data, bn):
     net = tiny_bn_cnn().train()          # the operator must restore this mode afterwards
     net[1].momentum = 0.5
     before = {k: v.clone() for k, v in net.state_dict().items()}
-    op = HessianOperator(net, (x, y), loss="adversarial", eps=0.1, steps=2, bn=bn, batch_size=20)
+    op = HessianOperator(net, (x, y), loss="adversarial", attack=AttackSpec(eps=0.1, steps=2), bn=bn, batch_size=20)
     v = torch.randn(op.num_params, dtype=torch.float64)
     op.matvec(v)
     op.loss_and_grad()
@@ -261,7 +262,7 @@ def test_matmat_equals_exact_hessian(data, bn_hessian, batch_size, method):
 def test_adversarial_operator_is_clean_operator_at_stored_examples(data):
     x, y = data
     net = tiny_bn_cnn()
-    adv = HessianOperator(net, (x, y), loss="adversarial", eps=0.1, steps=3, seed=5, batch_size=20)
+    adv = HessianOperator(net, (x, y), loss="adversarial", attack=AttackSpec(eps=0.1, steps=3), seed=5, batch_size=20)
     xa, ya = samples(adv)
     expected = adversarial_examples(net, x, y, 0.1, None, 3, "linf", 1, 256, 5)
     torch.testing.assert_close(xa, expected, rtol=0, atol=0)
@@ -278,9 +279,9 @@ def test_adversarial_operator_is_clean_operator_at_stored_examples(data):
 def test_same_seed_same_numbers(data):
     x, y = data
     net = tiny_mlp()
-    a = HessianOperator(net, (x, y), loss="adversarial", eps=0.2, steps=2, seed=0)
-    b = HessianOperator(net, (x, y), loss="adversarial", eps=0.2, steps=2, seed=0)
-    c = HessianOperator(net, (x, y), loss="adversarial", eps=0.2, steps=2, seed=1)
+    a = HessianOperator(net, (x, y), loss="adversarial", attack=AttackSpec(eps=0.2, steps=2), seed=0)
+    b = HessianOperator(net, (x, y), loss="adversarial", attack=AttackSpec(eps=0.2, steps=2), seed=0)
+    c = HessianOperator(net, (x, y), loss="adversarial", attack=AttackSpec(eps=0.2, steps=2), seed=1)
     assert torch.equal(samples(a)[0], samples(b)[0])
     assert not torch.equal(samples(a)[0], samples(c)[0])
     v = torch.randn(a.num_params, dtype=torch.float64)
@@ -315,10 +316,12 @@ def test_to_scipy_and_from_checkpoint(data):
     adv = HessianOperator.from_checkpoint(ck, (x, y), loss="adversarial")
     assert (adv.eps, adv.steps, adv.step_size) == (0.05, 4, 0.02)
     assert adv.describe()["eps"] == 0.05 and adv.describe()["num_samples"] == N
-    adv2 = HessianOperator.from_checkpoint(ck, (x, y), loss="adversarial", eps=0.1, steps=1)
+    adv2 = HessianOperator.from_checkpoint(ck, (x, y), loss="adversarial",
+                                           attack=resolve_attack(ck.config, eps=0.1, steps=1))
     assert (adv2.eps, adv2.steps) == (0.1, 1)
     assert adv2.step_size == pytest.approx(2.5 * 0.1 / 1)  # the training step size was for eps 0.05, 4 steps
-    adv3 = HessianOperator.from_checkpoint(ck, (x, y), loss="adversarial", eps=0.1)
+    with pytest.warns(DeprecationWarning, match="loose attack keywords"):    # the old spelling, same rule
+        adv3 = HessianOperator.from_checkpoint(ck, (x, y), loss="adversarial", eps=0.1)
     assert (adv3.steps, adv3.step_size) == (4, pytest.approx(2.5 * 0.1 / 4))
     with pytest.raises(ConfigError, match="eps"):
         HessianOperator.from_checkpoint(types.SimpleNamespace(model=net, config={}), (x, y), loss="adversarial")
@@ -334,7 +337,7 @@ def test_bad_input_raises_landscape_errors(data):
     with pytest.raises(ConfigError, match="eps"):
         HessianOperator(net, (x, y), loss="adversarial")
     with pytest.raises(ConfigError):
-        HessianOperator(net, (x, y), loss="adversarial", eps=1.5)
+        HessianOperator(net, (x, y), loss="adversarial", attack=AttackSpec(eps=1.5))
     with pytest.raises(ConfigError):
         HessianOperator(net, (x, y), param_filter="nope")
     with pytest.raises(DataError):
@@ -385,7 +388,7 @@ def test_every_pass_runs_with_the_operators_tf32_flags(data, tf32):
     net.register_forward_hook(lambda *a: seen.append((torch.backends.cuda.matmul.allow_tf32,
                                                        torch.backends.cudnn.allow_tf32)))
     with full_float32(tf32=not tf32):
-        op = HessianOperator(net, (x, y), loss="adversarial", eps=0.1, steps=2, batch_size=16,
+        op = HessianOperator(net, (x, y), loss="adversarial", attack=AttackSpec(eps=0.1, steps=2), batch_size=16,
                              max_graph_memory=0, tf32=tf32)
         attack_passes = len(seen)
         op.loss_and_grad()

@@ -51,3 +51,40 @@ def test_a_progress_line_is_never_printed_twice(capsys):
     bar2.set_postfix(loss=0.5)
     bar2.close()                                   # the postfix changed: the last line says so
     assert out.getvalue().splitlines()[-1].endswith("[loss=0.5]")
+
+
+def test_no_function_takes_loose_attack_arguments_beside_a_spec():
+    """Issue 21: the attack is one object. Every function that attacks takes ``attack: AttackSpec``; the old
+    loose keywords reach it only through ``takes_attack_spec`` (deprecated aliases, one rule)."""
+    import inspect
+    import landscape as ls
+    from landscape.analysis import HessianOperator, eigen_directions, loss_surface
+    from landscape.analysis.input_space import input_surface
+    from landscape.attack_spec import LOOSE_KEYWORDS
+    from landscape.training.sharpness import adversarial_sharpness
+    fns = [ls.evaluate, ls.audit, HessianOperator.__init__, HessianOperator.from_checkpoint, loss_surface,
+           eigen_directions, input_surface, adversarial_sharpness]
+    for fn in fns:
+        params = set(inspect.signature(inspect.unwrap(fn)).parameters)
+        assert "attack" in params and not params & set(LOOSE_KEYWORDS), (fn.__qualname__, params & set(LOOSE_KEYWORDS))
+
+
+def test_old_loose_attack_keywords_are_one_deprecated_rule():
+    import warnings
+    import pytest
+    import torch
+    from landscape import AttackSpec, build_model, evaluate, load_dataset
+    from landscape.analysis import HessianOperator
+    from landscape.errors import ConfigError
+    m = build_model("mlp", "digits", seed=0)
+    x, y = load_dataset("digits", "test").tensors(8)
+    with pytest.warns(DeprecationWarning, match="loose attack keywords"):
+        old = evaluate(m, x, y, 0.1, steps=3, batch_size=4)        # eps positional, as the old signature took it
+    new = evaluate(m, x, y, AttackSpec(eps=0.1, steps=3, batch_size=4), batch_size=4)
+    assert old.attack == new.attack and old.pgd_acc == new.pgd_acc
+    with pytest.raises(ConfigError, match="not both"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        HessianOperator(m, (x, y), loss="adversarial", attack=AttackSpec(eps=0.1), eps=0.2)
+    with pytest.warns(DeprecationWarning):       # loose keywords with the clean loss make no attack, as before
+        assert HessianOperator(m, (x, y), eps=0.1).attack is None
+    assert torch.equal(x, load_dataset("digits", "test").tensors(8)[0])

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 import landscape as ls
+from landscape import AttackSpec
 from conftest import assert_one_line_error, run_main
 from landscape.analysis import HessianOperator, top_eigenvalues
 from landscape.checkpoint import load_checkpoint, save_checkpoint
@@ -166,9 +167,9 @@ def test_evaluate_and_the_operator_name_bad_data_before_any_work(model_xy, chang
     model, x, y = model_xy
     bx, by = change(x, y)
     with pytest.raises(DataError, match=says.replace("[", r"\[").replace("]", r"\]")):
-        ls.evaluate(model, bx, by, 0.1, steps=2)
+        ls.evaluate(model, bx, by, AttackSpec(eps=0.1, steps=2))
     with pytest.raises(DataError, match=says.replace("[", r"\[").replace("]", r"\]")):
-        HessianOperator(model, (bx, by), loss="adversarial", eps=0.1, steps=2)
+        HessianOperator(model, (bx, by), loss="adversarial", attack=AttackSpec(eps=0.1, steps=2))
 
 
 def test_clean_evaluation_allows_other_scales_and_the_operator_its_clean_loss(model_xy):
@@ -273,7 +274,7 @@ def test_the_report_says_when_a_row_mixes_sample_counts(run, tmp_path):
     html = table_html(collect([tmp_path / "pgd.json", tmp_path / "aa.json"]))
     assert "50.0% (n = 359)" in html and "25.0% (n = 16)" in html and "90.0% (n = 359)" in html
     same = table_html(collect([tmp_path / "pgd.json"]))
-    assert "(n = " not in same     # one count for the whole row: nothing to say
+    assert "90.0% (n = 359)" in same and "50.0% (n = 359)" in same   # every accuracy says its n (issue 23)
 
 
 def test_surface_refuses_an_absurd_attack_before_running_it(run, tmp_path, capsys):

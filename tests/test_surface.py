@@ -124,7 +124,7 @@ def test_weights_bit_identical_after_run_and_after_error():
     ptrs = {n: p.data_ptr() for n, p in model.named_parameters()}
     x, y = load_dataset("digits", "test").tensors(8)
     d = random_directions(model, 2, include_bn=True, seed=0)
-    loss_surface(model, (x, y), d, "-1:1:3", "-1:1:2", loss="adversarial", adv_mode="reattack", eps=0.1, steps=1)
+    loss_surface(model, (x, y), d, "-1:1:3", "-1:1:2", loss="adversarial", adv_mode="reattack", attack=AttackSpec(eps=0.1, steps=1))
 
     def same():
         after = model.state_dict()
@@ -144,7 +144,7 @@ def test_weights_bit_identical_after_run_and_after_error():
 
 def test_interrupted_then_resumed_equals_uninterrupted(mlp, xy, tmp_path):
     d = random_directions(mlp, 2, seed=0)
-    kw = dict(loss="adversarial", adv_mode="fixed", eps=0.1, steps=2, seed=3)
+    kw = dict(loss="adversarial", adv_mode="fixed", attack=AttackSpec(eps=0.1, steps=2), seed=3)
     full = loss_surface(mlp, xy, d, "-1:1:4", "-1:1:3", **kw)
 
     class Stop(Exception):
@@ -164,7 +164,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(mlp, xy, tmp_path):
     with pytest.raises(LandscapeError, match="resume"):
         loss_surface(mlp, xy, d, "-1:1:4", "-1:1:3", out=out, **kw)
     with pytest.raises(LandscapeError, match="eps"):
-        loss_surface(mlp, xy, d, "-1:1:4", "-1:1:3", out=out, resume=True, **{**kw, "eps": 0.2})
+        loss_surface(mlp, xy, d, "-1:1:4", "-1:1:3", out=out, resume=True, **{**kw, "attack": AttackSpec(eps=0.2, steps=2)})
     with pytest.raises(LandscapeError, match="different settings"):
         loss_surface(mlp, xy, d, "-1:1:5", "-1:1:3", out=out, resume=True, **kw)
     seen = []
@@ -182,7 +182,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(mlp, xy, tmp_path):
 def test_fixed_mode_centre_is_clean_loss_at_stored_examples(mlp, xy, tmp_path):
     x, y = xy
     d = random_directions(mlp, 2, seed=0)
-    r = loss_surface(mlp, xy, d, "-1:1:3", "-1:1:3", loss="adversarial", adv_mode="fixed", eps=0.2, steps=3,
+    r = loss_surface(mlp, xy, d, "-1:1:3", "-1:1:3", loss="adversarial", adv_mode="fixed", attack=AttackSpec(eps=0.2, steps=3),
                      out=tmp_path, seed=7)
     with np.load(tmp_path / "adversarial.npz") as z:
         x_adv = torch.from_numpy(z["x_adv"])
@@ -230,7 +230,7 @@ def test_bad_input(mlp, xy):
 
 _KILL_SCRIPT = textwrap.dedent("""
     import sys, time, torch
-    from landscape import build_model, load_dataset
+    from landscape import AttackSpec, build_model, load_dataset
     from landscape.analysis.directions import random_directions
     from landscape.analysis.surface import loss_surface
     torch.set_num_threads(1)
@@ -239,7 +239,7 @@ _KILL_SCRIPT = textwrap.dedent("""
     xy = load_dataset("digits", "test").tensors(32)
     d = random_directions(m, 2, seed=0)
     cb = (lambda done, total: time.sleep(pause)) if pause else None
-    loss_surface(m, xy, d, "-1:1:5", "-1:1:4", loss="adversarial", adv_mode="reattack", eps=0.1, steps=2,
+    loss_surface(m, xy, d, "-1:1:5", "-1:1:4", loss="adversarial", adv_mode="reattack", attack=AttackSpec(eps=0.1, steps=2),
                  seed=0, out=out, resume=True, save_every=1, callback=cb)
 """)
 

@@ -234,8 +234,9 @@ def test_hsat_bisection_finds_the_largest_admissible_eps():
     """On a known sharpness curve (lambda_max = 1 + 9 eps / eps_max), eps_t is the largest eps with
     lambda(eps) / lambda(eps_max) <= lam, to the bisection's precision, and never above it."""
     from types import SimpleNamespace
+    from landscape import AttackSpec
     from landscape.training.hsat import HSatCalibrator
-    cal = HSatCalibrator(torch.zeros(1), torch.zeros(1), eps_max=0.3, steps=1, step_size=0.1, every=None, iters=1,
+    cal = HSatCalibrator(torch.zeros(1), torch.zeros(1), AttackSpec(eps=0.3, steps=1, step_size=0.1), every=None, iters=1,
                          bisect=12, seed=0)
     cal._sharpness = lambda model, eps, v0: SimpleNamespace(value=1 + 9 * eps / 0.3, hvps=1, vector=None)
     for lam in (0.1, 0.25, 0.5, 0.9, 0.99):

@@ -159,12 +159,13 @@ def test_hsat_calibration_ratio_and_affine_on_a_known_sharpness_curve(monkeypatc
     """lambda_max(eps) = 10 + 5 eps/eps_max: the ratio psi_H never drops below 2/3, so lam = 0.5 gives
     eps_t = 0; the affine psi_H is eps/eps_max, so lam = 0.5 gives eps_max/2 (to bisection precision)."""
     from types import SimpleNamespace
+    from landscape import AttackSpec
     from landscape.training.hsat import HSatCalibrator
 
     x, y = torch.zeros(4, 1, 8, 8), torch.zeros(4, dtype=torch.long)
     got = {}
     for normalize in ("ratio", "affine"):
-        cal = HSatCalibrator(x, y, eps_max=0.3, steps=2, step_size=0.1, every=None, iters=4, bisect=8, seed=0,
+        cal = HSatCalibrator(x, y, AttackSpec(eps=0.3, steps=2, step_size=0.1), every=None, iters=4, bisect=8, seed=0,
                              normalize=normalize)
         monkeypatch.setattr(cal, "_sharpness", lambda model, eps, v0: SimpleNamespace(
             value=10 + 5 * eps / 0.3, hvps=1, vector=None))

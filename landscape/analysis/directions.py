@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..attack_spec import AttackSpec, takes_attack_spec
 from ..deprecation import renamed_keywords
 from ..digest import tensor_digest
 from ..errors import CheckpointError, ConfigError, LandscapeError
@@ -172,15 +173,15 @@ def _fix_sign(v: torch.Tensor) -> torch.Tensor:
     return -v if v[i] < 0 else v
 
 
-def eigen_directions(model: nn.Module, data: Any, loss: str = "clean", eps: float | None = None,
-                     steps: int = 10, step_size: float | None = None, k: int = 2, tol: float = 1e-3,
-                     seed: int = 0, attack: Any = None, **operator_kwargs: Any) -> DirectionSet:
+@takes_attack_spec(default_steps=10, adversarial_only="loss")
+def eigen_directions(model: nn.Module, data: Any, loss: str = "clean", attack: AttackSpec | None = None,
+                     k: int = 2, tol: float = 1e-3, seed: int = 0, **operator_kwargs: Any) -> DirectionSet:
     """The top-``k`` Hessian eigenvectors of the clean or adversarial loss on ``data``, as directions.
 
     Uses ``HessianOperator`` and ``top_eigenvalues`` (Lanczos). Each vector has unit norm over all
     parameters; its sign is fixed so that its largest-magnitude entry is positive. ``meta["eigenvalues"]``
-    holds the eigenvalues. The adversarial loss uses ``attack`` (an ``AttackSpec``; else one made from eps,
-    steps, step_size and the operator keywords): with the same spec and seed, ``loss_surface`` attacks the
+    holds the eigenvalues. The adversarial loss uses ``attack`` (an ``AttackSpec``; the old loose keywords
+    still work, deprecated): with the same spec and seed, ``loss_surface`` attacks the
     very same examples. Cost: what ``top_eigenvalues`` needs (tens of Hessian-vector products, each
     about two forward+backward passes over ``data``; plus one PGD attack for the adversarial loss).
     """
@@ -188,10 +189,8 @@ def eigen_directions(model: nn.Module, data: Any, loss: str = "clean", eps: floa
     from .spectrum import top_eigenvalues
     if loss not in ("clean", "adversarial"):
         raise ConfigError(f"unknown loss {loss!r}; choose clean or adversarial")
-    kwargs = dict(operator_kwargs)
-    if loss == "adversarial":
-        kwargs.update(eps=eps, steps=steps, step_size=step_size, attack=attack)
-    op = HessianOperator(model, data, loss=loss, seed=seed, **kwargs)
+    op = HessianOperator(model, data, loss=loss, attack=attack if loss == "adversarial" else None, seed=seed,
+                         **operator_kwargs)
     res = top_eigenvalues(op, k=k, tol=tol, seed=seed, return_vectors=True)
     vectors = res.vectors
     if vectors is None:

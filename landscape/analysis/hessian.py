@@ -66,8 +66,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..attack_spec import DEFAULT_BATCH_SIZE, DEFAULT_STEPS, AttackSpec, resolve_attack
-from ..attacks import check_eps
+from ..attack_spec import DEFAULT_STEPS, LOOSE_KEYWORDS, AttackSpec, resolve_attack, takes_attack_spec
 from ..data import Dataset, cut_batches
 from ..distributed import World, all_reduce_sum, shard_bounds, world
 from ..inputs import check_batch
@@ -239,19 +238,23 @@ class HessianOperator:
     ~1e-3 relative floor under each HVP on Ampere and later GPUs); ``describe()["tf32"]`` records it.
     """
 
-    def __init__(self, model: nn.Module, data: Any, loss: str = "clean", eps: float | None = None,
-                 steps: int | None = None, step_size: float | None = None, norm: str = "linf",
+    @takes_attack_spec(default_steps=DEFAULT_STEPS, adversarial_only="loss")
+    def __init__(self, model: nn.Module, data: Any, loss: str = "clean", attack: AttackSpec | None = None,
                  bn: str = "running", param_filter: ParamFilter = None, batch_size: int | None = None,
-                 seed: int = 0, device: str | torch.device | None = None, restarts: int = 1,
-                 hvp_method: str = "double-backward", attack_batch_size: int | None = None,
-                 distributed: bool = True, attack: AttackSpec | None = None,
-                 max_graph_memory: "int | str | MemoryBudget | None" = None, tf32: bool = False):
+                 seed: int = 0, device: str | torch.device | None = None, hvp_method: str = "double-backward",
+                 distributed: bool = True, max_graph_memory: "int | str | MemoryBudget | None" = None,
+                 tf32: bool = False):
         if loss not in LOSSES:
             raise ConfigError(f"unknown loss {loss!r}; choose from {', '.join(LOSSES)}")
         if bn not in BN_MODES:
             raise ConfigError(f"unknown bn mode {bn!r}; choose from {', '.join(BN_MODES)}")
         if hvp_method not in HVP_METHODS:
             raise ConfigError(f"unknown hvp_method {hvp_method!r}; choose from {', '.join(HVP_METHODS)}")
+        if attack is not None and not isinstance(attack, AttackSpec):
+            raise ConfigError(f"attack must be an AttackSpec, got {type(attack).__name__}")
+        if loss == "adversarial" and attack is None:
+            raise ConfigError("loss='adversarial' needs attack=AttackSpec(eps=...) (or HessianOperator."
+                              "from_checkpoint with a checkpoint whose config has eps)")
         self.model, self.loss, self.bn, self.seed = model, loss, bn, int(seed)
         self.hvp_method, self.tf32 = hvp_method, bool(tf32)
         self.params = _select_params(model, param_filter)
@@ -262,16 +265,7 @@ class HessianOperator:
         self._shapes = [p.shape for _, p in self.params]
         self._numels = [p.numel() for _, p in self.params]
         self.num_params = int(sum(self._numels))
-        self.attack = None  # the AttackSpec (loss='adversarial'); else None
-        if loss == "adversarial":
-            if attack is None and eps is None:
-                raise ConfigError("loss='adversarial' needs eps (or HessianOperator.from_checkpoint with a "
-                                  "checkpoint whose config has eps)")
-            self.attack = attack or AttackSpec(
-                eps=eps, norm=norm, steps=steps if steps is not None else DEFAULT_STEPS, step_size=step_size,
-                restarts=restarts, batch_size=attack_batch_size or DEFAULT_BATCH_SIZE)
-        elif eps is not None:
-            check_eps(float(eps), norm)
+        self.attack = attack if loss == "adversarial" else None   # the AttackSpec of the adversarial loss
         self.batch_size = batch_size
         self.batches = _as_batches(data, batch_size, self.device)
         with full_float32(self.tf32):   # named before any work (the attack, an HVP); one forward of one sample
@@ -283,30 +277,35 @@ class HessianOperator:
         self.shard = (0, self.num_samples)
         if self.world.active:
             self.shard = self._keep_shard(self.attack is not None, self.attack.batch_size if self.attack else 1)
-        self.eps = self.steps = self.step_size = None
-        self.norm, self.restarts = norm, int(restarts)
-        self.attack_seconds = 0.0
-        if self.attack is not None:
-            a = self.attack
-            self.eps, self.steps, self.step_size, self.norm, self.restarts = a.eps, a.steps, a.alpha, a.norm, a.restarts
-            self.attack_seconds = self._attack()
+        self.attack_seconds = self._attack() if self.attack is not None else 0.0
         self.hvp_count = 0
         self._graphs = _GraphCache(self, max_graph_memory)
         self.matmat_block = MATMAT_BLOCK.get(self.device.type, 1)
         self.matmat_vmap = MATMAT_VMAP.get(self.device.type, False)
 
     # --- construction helpers ----------------------------------------------------------------------
+    # the attack's settings, read from the spec (None for the clean loss)
+    eps = property(lambda self: self.attack.eps if self.attack else None)
+    steps = property(lambda self: self.attack.steps if self.attack else None)
+    step_size = property(lambda self: self.attack.alpha if self.attack else None)
+    norm = property(lambda self: self.attack.norm if self.attack else None)
+    restarts = property(lambda self: self.attack.restarts if self.attack else None)
+
     @classmethod
-    def from_checkpoint(cls, ck: Any, data: Any, loss: str = "clean", eps: float | None = None,
-                        steps: int | None = None, step_size: float | None = None, norm: str | None = None,
-                        attack: AttackSpec | None = None, **kwargs: Any) -> "HessianOperator":
-        """An operator on ``ck.model``; for the adversarial loss the attack is ``attack``, else the one rule
-        ``attack_spec.resolve_attack`` (given values, else the checkpoint's training attack; no eps: refused)."""
+    def from_checkpoint(cls, ck: Any, data: Any, loss: str = "clean", attack: AttackSpec | None = None,
+                        **kwargs: Any) -> "HessianOperator":
+        """An operator on ``ck.model``; for the adversarial loss the attack is ``attack``, else the checkpoint's
+        training attack (``attack_spec.resolve_attack``; no eps: refused). The old keywords (eps, steps,
+        step_size, norm, restarts, attack_batch_size) still override the checkpoint's values, deprecated."""
+        loose = {k: kwargs.pop(k) for k in list(kwargs) if k in LOOSE_KEYWORDS}
+        if loose:
+            import warnings
+            warnings.warn("HessianOperator.from_checkpoint: the loose attack keywords are deprecated; pass "
+                          "attack=resolve_attack(ck.config, eps=...)", DeprecationWarning, stacklevel=2)
         if loss == "adversarial" and attack is None:
-            attack = resolve_attack(getattr(ck, "config", {}) or {}, eps=eps, steps=steps, step_size=step_size,
-                                    norm=norm, restarts=kwargs.pop("restarts", None),
-                                    batch_size=kwargs.pop("attack_batch_size", None))
-        return cls(ck.model, data, loss=loss, eps=eps if loss != "adversarial" else None, attack=attack, **kwargs)
+            fields = {LOOSE_KEYWORDS[k]: v for k, v in loose.items()}
+            attack = resolve_attack(getattr(ck, "config", {}) or {}, **fields)
+        return cls(ck.model, data, loss=loss, attack=attack, **kwargs)
 
     def _keep_shard(self, adversarial: bool, attack_batch_size: int) -> tuple[int, int]:
         """Keep this rank's contiguous shard of the samples (re-cut into ``batch_size`` batches)."""
@@ -537,8 +536,7 @@ class HessianOperator:
         """Every setting that defines this operator (JSON-ready)."""
         pf = self._param_filter
         return {"loss": self.loss, "eps": self.eps, "steps": self.steps, "step_size": self.step_size,
-                "norm": self.norm if self.loss == "adversarial" else None,
-                "restarts": self.restarts if self.loss == "adversarial" else None,
+                "norm": self.norm, "restarts": self.restarts,
                 "attack": self.attack.to_dict() if self.attack else None,
                 "bn": self.bn, "num_params": self.num_params, "num_samples": self.num_samples,
                 "num_batches": len(self.batches), "batch_sizes": sorted({len(x) for x, _ in self.batches}),

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..attack_spec import AttackSpec
+from ..attack_spec import AttackSpec, takes_attack_spec
 from ..attacks import eval_mode
 from ..data import cut_batches
 from ..digest import tensor_digest
@@ -124,8 +124,7 @@ class _Plan:
 
 
 def _plan(directions: Any, x_grid: Any, y_grid: Any, loss: str, adv_mode: str, batch_size: int,
-          attack: AttackSpec | None, eps: float | None, steps: int, step_size: float | None, attack_norm: str,
-          restarts: int) -> _Plan:
+          attack: AttackSpec | None) -> _Plan:
     """Check the arguments (``ConfigError`` naming what is wrong) and make the directions list, the grids
     and, for the adversarial loss, the attack."""
     if loss not in LOSSES:
@@ -148,9 +147,9 @@ def _plan(directions: Any, x_grid: Any, y_grid: Any, loss: str, adv_mode: str, b
     ys = parse_grid(y_grid, "y grid") if len(directions) == 2 else None
     if loss == "adversarial":
         if attack is None:
-            if eps is None:
-                raise ConfigError("the adversarial loss needs eps")
-            attack = AttackSpec(eps=eps, norm=attack_norm, steps=steps, step_size=step_size, restarts=restarts)
+            raise ConfigError("the adversarial loss needs attack=AttackSpec(eps=...)")
+        if not isinstance(attack, AttackSpec):
+            raise ConfigError(f"attack must be an AttackSpec, got {type(attack).__name__}")
         if attack.steps < 1:
             raise ConfigError(f"PGD needs at least one step, got {attack.steps}")
     else:
@@ -313,21 +312,21 @@ def _finish(result: SurfaceResult) -> SurfaceResult:
 
 # --- the surface --------------------------------------------------------------------------------------
 
+@takes_attack_spec(default_steps=10, adversarial_only="loss")
 def loss_surface(model: nn.Module, data: Any, directions: Any, x_grid: Any, y_grid: Any = None,
-                 loss: str = "clean", adv_mode: str = "fixed", eps: float | None = None, steps: int = 10,
-                 step_size: float | None = None, attack_norm: str = "linf", restarts: int = 1,
+                 loss: str = "clean", adv_mode: str = "fixed", attack: AttackSpec | None = None,
                  batch_size: int = 512, seed: int = 0, out: str | os.PathLike | None = None,
                  resume: bool = False, overwrite: bool = False, save_every: int | None = None,
                  save_seconds: float = 10.0, meta: Mapping[str, Any] | None = None,
-                 callback: Callback = None, attack: AttackSpec | None = None) -> SurfaceResult:
+                 callback: Callback = None) -> SurfaceResult:
     """Loss and accuracy of ``model`` at theta0 + a*d1 (+ b*d2) for a in ``x_grid`` (and b in ``y_grid``).
 
     ``directions``: one direction dict (1D) or a sequence of one or two (a ``DirectionSet`` adds its
     ``meta`` to the settings); entries for buffers (an interpolation's BatchNorm statistics) move the
     buffers too (``settings["buffers"]``: "moved", "fixed" (the model's everywhere) or "none").
     Grids: ``"start:stop:num"`` or sequences.
-    ``loss="adversarial"`` needs ``attack`` (an ``AttackSpec``; else one made from eps, steps, step_size,
-    attack_norm and restarts, with the spec's default attack batch size): ``adv_mode="fixed"`` makes PGD
+    ``loss="adversarial"`` needs ``attack`` (an ``AttackSpec``; the old loose keywords eps, steps, step_size,
+    attack_norm and restarts still work, deprecated): ``adv_mode="fixed"`` makes PGD
     examples once at theta0 (seed ``seed``; the very examples ``HessianOperator`` makes with the same spec
     and seed) and evaluates every point on them; ``"reattack"`` re-runs PGD against the moved model at each
     point, seeded by ``point_seed(seed, index)`` so that any order of evaluation (and a resume) gives the same
@@ -342,8 +341,7 @@ def loss_surface(model: nn.Module, data: Any, directions: Any, x_grid: Any, y_gr
     point: one forward pass over the samples (clean, fixed), plus one PGD attack (reattack: steps
     forward+backward passes). Under torchrun every rank returns the same, complete result.
     """
-    plan = _plan(directions, x_grid, y_grid, loss, adv_mode, batch_size, attack, eps, steps, step_size,
-                 attack_norm, restarts)
+    plan = _plan(directions, x_grid, y_grid, loss, adv_mode, batch_size, attack)
     device, x, y = _resolve_model_data(model, data)
     mover = WeightMover(model, plan.directions)  # validates the directions
     result = _new_result(model, x, y, plan, mover, loss, batch_size, seed, meta, device)

@@ -23,28 +23,28 @@ import time
 import torch
 from torch import nn
 
+from ..attack_spec import AttackSpec
 from ..data import Dataset
-from .sharpness import adversarial_sharpness
+from .sharpness import adversarial_sharpness, tracking_attack
 
 
 class HSatCalibrator:
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, eps_max: float, steps: int, step_size: float,
-                 every: int | None, iters: int, bisect: int, seed: int, normalize: str = "ratio"):
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, attack: AttackSpec, every: int | None, iters: int,
+                 bisect: int, seed: int, normalize: str = "ratio"):
         self.x, self.y = x, y
         self.normalize = normalize
-        self.eps_max, self.steps, self.step_size = eps_max, steps, step_size
+        self.attack, self.eps_max = attack, attack.eps      # the attack at eps_max; eps_t scales its step
         self.every, self.iters, self.bisect, self.seed = every, iters, bisect, seed
 
     @classmethod
     def for_config(cls, cfg, train: Dataset, device: torch.device) -> "HSatCalibrator":
         x, y = train.tensors(min(cfg.hsat_probe, len(train)), device)
-        return cls(x, y, cfg.eps, cfg.steps, cfg.step_size, cfg.hsat_every, cfg.hsat_iters, cfg.hsat_bisect,
-                   cfg.seed, cfg.hsat_normalize)
+        return cls(x, y, tracking_attack(cfg), cfg.hsat_every, cfg.hsat_iters, cfg.hsat_bisect, cfg.seed,
+                   cfg.hsat_normalize)
 
     def _sharpness(self, model: nn.Module, eps: float, v0: torch.Tensor | None):
-        step = self.step_size * eps / self.eps_max
-        return adversarial_sharpness(model, self.x, self.y, eps, self.steps, step, self.seed,
-                                     max_hvps=self.iters, tol=1e-3, v0=v0)
+        at = self.attack.replace(eps=eps, step_size=self.attack.alpha * eps / self.eps_max) if eps > 0 else None
+        return adversarial_sharpness(model, self.x, self.y, at, self.seed, max_hvps=self.iters, tol=1e-3, v0=v0)
 
     def calibrate(self, model: nn.Module, lam: float, v0: torch.Tensor | None = None) -> dict:
         """eps_t for curriculum level ``lam``: the largest eps in [0, eps_max] (to bisection precision)

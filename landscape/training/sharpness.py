@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..analysis.hessian import HessianOperator
+from ..attack_spec import AttackSpec
 from ..analysis.spectrum import top_eigenvalues
 from ..data import Dataset
 
@@ -26,17 +27,18 @@ class Sharpness:
     seconds: float
 
 
-def adversarial_sharpness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int,
-                          step_size: float, seed: int, max_hvps: int, tol: float = 1e-2,
-                          v0: torch.Tensor | None = None) -> Sharpness:
-    """lambda_max of the Hessian (w.r.t. the weights) of the mean CE at PGD examples of budget ``eps``.
+def adversarial_sharpness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: AttackSpec | None,
+                          seed: int, max_hvps: int, tol: float = 1e-2, v0: torch.Tensor | None = None) -> Sharpness:
+    """lambda_max of the Hessian (w.r.t. the weights) of the mean CE at the PGD examples of ``attack`` (None or
+    eps 0: the clean loss).
 
-    Cost: ``steps`` forward+backward passes on the probe (the attack; none when eps = 0) plus at most
+    Cost: ``attack.steps`` forward+backward passes on the probe (none for the clean loss) plus at most
     ``max_hvps`` HVPs; ``v0`` warm-starts Lanczos (e.g. the previous estimate's eigenvector).
     """
     t0 = time.perf_counter()
-    op = HessianOperator(model, (x, y), loss="adversarial" if eps > 0 else "clean", eps=eps if eps > 0 else None,
-                         steps=steps, step_size=step_size, seed=seed, distributed=False)
+    adversarial = attack is not None and attack.eps > 0
+    op = HessianOperator(model, (x, y), loss="adversarial" if adversarial else "clean",
+                         attack=attack if adversarial else None, seed=seed, distributed=False)
     res = top_eigenvalues(op, k=1, tol=tol, max_hvps=max_hvps, seed=seed, return_vectors=True, v0=v0)
     op.release_graph()
     vec = res.vectors[0].detach().float() if res.vectors is not None else None
@@ -44,22 +46,25 @@ def adversarial_sharpness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ep
                      time.perf_counter() - t0)
 
 
+def tracking_attack(cfg) -> AttackSpec:
+    """The attack of sharpness tracking and H-SAT: the training eps, steps and step size, with the analysis'
+    attack batch size (the probe is attacked as one sample set, not in training batches)."""
+    return AttackSpec(eps=cfg.eps, steps=cfg.steps, step_size=cfg.step_size)
+
+
 class SharpnessTracker:
     """``--track-hessian-every N``: top eigenvalue of the adversarial loss at the training eps on the first
     ``track_probe`` validation samples, logged to metrics.csv as ``sharpness``."""
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int, step_size: float, seed: int,
-                 max_hvps: int = 60):
-        self.x, self.y, self.eps, self.steps, self.step_size, self.seed = x, y, eps, steps, step_size, seed
-        self.max_hvps = max_hvps
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, attack: AttackSpec, seed: int, max_hvps: int = 60):
+        self.x, self.y, self.attack, self.seed, self.max_hvps = x, y, attack, seed, max_hvps
 
     @classmethod
     def for_config(cls, cfg, val: Dataset, device: torch.device) -> "SharpnessTracker":
         x, y = val.tensors(min(cfg.track_probe, len(val)), device)
-        return cls(x, y, cfg.eps, cfg.steps, cfg.step_size, cfg.seed)
+        return cls(x, y, tracking_attack(cfg), cfg.seed)
 
     def measure(self, model: nn.Module) -> dict:
-        s = adversarial_sharpness(model, self.x, self.y, self.eps, self.steps, self.step_size, self.seed,
-                                  self.max_hvps)
+        s = adversarial_sharpness(model, self.x, self.y, self.attack, self.seed, self.max_hvps)
         return {"sharpness": s.value, "sharpness_hvps": s.hvps, "sharpness_converged": s.converged,
                 "sharpness_seconds": s.seconds}
