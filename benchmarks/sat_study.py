@@ -79,7 +79,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import landscape as ls  # noqa: E402
 from landscape.analysis import (DirectionSet, HessianOperator, eigen_directions, hessian_trace,  # noqa: E402
                                 interpolation_direction, loss_surface, random_directions, top_eigenvalues)
-from landscape.analysis.flatness import average_sharpness, worst_case_sharpness  # noqa: E402
+from landscape.analysis.flatness import average_loss_increase, worst_case_loss_increase  # noqa: E402
 from landscape.errors import ConfigError, LandscapeError  # noqa: E402
 from landscape.io import read_json, write_json, write_text  # noqa: E402
 from reproduce_sat import VARIANTS, cached_result, log, study_attack, train_run  # noqa: E402
@@ -332,9 +332,9 @@ def flatness_step(ctx: Context, spec: ModelSpec) -> dict:
         out: dict = {"kind": "flatness", "landscape_version": ls.__version__}
         for loss in ("clean", "adversarial"):
             out[loss] = {
-                "average": average_sharpness(ck.model, data, s.radii, s.directions, loss=loss, attack=att,
+                "average": average_loss_increase(ck.model, data, s.radii, s.directions, loss=loss, attack=att,
                                              seed=spec.seed).to_dict(),
-                "worst": worst_case_sharpness(ck.model, data, s.radii, steps=s.worst_steps, loss=loss,
+                "worst": worst_case_loss_increase(ck.model, data, s.radii, steps=s.worst_steps, loss=loss,
                                               attack=att, seed=spec.seed).to_dict()}
         out["seconds"] = sum(out[lo][m]["seconds"] for lo in ("clean", "adversarial") for m in ("average", "worst"))
         return out

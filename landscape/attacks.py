@@ -26,8 +26,10 @@ NORMS = ("linf", "l2")
 
 
 @contextlib.contextmanager
-def eval_mode(model: nn.Module, bn: str = "eval") -> Iterator[nn.Module]:
-    """Temporarily put ``model`` (and all submodules) in eval mode, with gradients enabled; restores the flags after.
+def eval_mode(model: nn.Module, bn: str = "eval", grad: bool = True) -> Iterator[nn.Module]:
+    """Temporarily put ``model`` (and all submodules) in eval mode, with gradients enabled (``grad=False``:
+    the caller's grad mode is left as it is); restores the flags after. The one place that sets BatchNorm's
+    mode for an attack or an analysis (the Hessian's ``bn="running"`` is ``bn="eval"`` here).
 
     ``bn="batch"``: BatchNorm layers normalize with each batch's own statistics instead (train mode with
     ``track_running_stats`` off, so the running statistics are neither read nor written)."""
@@ -39,7 +41,7 @@ def eval_mode(model: nn.Module, bn: str = "eval") -> Iterator[nn.Module]:
                 m.train()
                 m.track_running_stats = False
     try:
-        with torch.enable_grad():  # attacks need input gradients even when called under no_grad
+        with torch.enable_grad() if grad else contextlib.nullcontext():  # attacks need input gradients
             yield model
     finally:
         for m, mode, track in modes:

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from landscape.analysis import loss_surface, random_directions
-from landscape.analysis.flatness import average_sharpness, worst_case_sharpness
+from landscape.analysis.flatness import average_loss_increase, worst_case_loss_increase
 from landscape.attack_spec import AttackSpec
 from landscape.errors import ConfigError
 
@@ -58,7 +58,7 @@ def _quad(A, d):  # d^T H d for a direction of the Quadratic (block diagonal H)
 def test_average_is_exactly_r2_over_2_dHd_for_a_quadratic(normalization):
     model, data, A = _problem(at_minimum=False)  # the +- pair cancels the gradient term away from the minimum
     radii = [0.05, 0.2]
-    res = average_sharpness(model, data, radii, directions=5, normalization=normalization, seed=3,
+    res = average_loss_increase(model, data, radii, directions=5, normalization=normalization, seed=3,
                             criterion=criterion)
     dirs = random_directions(model, 5, normalization, False, 3)
     for j, r in enumerate(radii):
@@ -75,12 +75,12 @@ def test_average_expectation_filter_normalized():
     the sphere of radius ||w_f||); the average over many directions lands within a few standard errors."""
     model, data, A = _problem(F=3, m=4)
     r, R = 0.1, 400
-    res = average_sharpness(model, data, [r], directions=R, seed=1, criterion=criterion)
+    res = average_loss_increase(model, data, [r], directions=R, seed=1, criterion=criterion)
     w = model.w.detach()
     expect = 0.5 * r * r * float(sum(w[f].norm() ** 2 * torch.trace(A[f]) / 4 for f in range(3)))
     assert abs(res.increase[0] - expect) < 4 * res.stderr[0], (res.increase[0], expect, res.stderr[0])
     # and with plain Gaussian directions: r^2 tr(H) / 2
-    res = average_sharpness(model, data, [r], directions=R, normalization="none", seed=1, criterion=criterion)
+    res = average_loss_increase(model, data, [r], directions=R, normalization="none", seed=1, criterion=criterion)
     expect = 0.5 * r * r * float(sum(torch.trace(A[f]) for f in range(3)))
     assert abs(res.increase[0] - expect) < 4 * res.stderr[0]
 
@@ -90,7 +90,7 @@ def test_worst_case_reaches_the_closed_form_filter_ball():
     r^2/2 sum_f ||w_f||^2 lambda_max(A_f)."""
     model, data, A = _problem()
     radii = [0.01, 0.1]
-    res = worst_case_sharpness(model, data, radii, steps=25, seed=0, criterion=criterion)
+    res = worst_case_loss_increase(model, data, radii, steps=25, seed=0, criterion=criterion)
     w = model.w.detach()
     lam = torch.linalg.eigvalsh(A)[:, -1]
     for j, r in enumerate(radii):
@@ -103,12 +103,12 @@ def test_worst_case_reaches_the_closed_form_filter_ball():
 def test_worst_case_euclidean_ball_is_r2_lambda_max_over_2_and_bounds_the_average():
     model, data, A = _problem()
     r = 0.3
-    res = worst_case_sharpness(model, data, [r], steps=40, step_fraction=10.0, normalization="none", seed=0,
+    res = worst_case_loss_increase(model, data, [r], steps=40, step_fraction=10.0, normalization="none", seed=0,
                                criterion=criterion)
     lam_max = float(torch.linalg.eigvalsh(A).max())
     assert res.increase[0] == pytest.approx(0.5 * r * r * lam_max, rel=1e-4)
     # the average over random points of the same ball's boundary is below the worst case
-    avg = average_sharpness(model, data, [r / math.sqrt(12)], directions=20, normalization="none", seed=0,
+    avg = average_loss_increase(model, data, [r / math.sqrt(12)], directions=20, normalization="none", seed=0,
                             criterion=criterion)  # N(0, I) in 12 dims has norm ~ sqrt(12)
     assert max(avg.per_direction[0]) < res.increase[0]
 
@@ -116,7 +116,7 @@ def test_worst_case_euclidean_ball_is_r2_lambda_max_over_2_and_bounds_the_averag
 def test_without_steps_the_worst_case_is_the_random_start():
     model, data, A = _problem(at_minimum=True)
     r = 0.1
-    res = worst_case_sharpness(model, data, [r], steps=0, seed=4, criterion=criterion)
+    res = worst_case_loss_increase(model, data, [r], steps=0, seed=4, criterion=criterion)
     d = random_directions(model, 1, "filter", False, 4)[0]["w"]
     assert res.increase[0] == pytest.approx(0.5 * r * r * _quad(A, d), rel=1e-9)
 
@@ -137,13 +137,13 @@ def test_adversarial_average_matches_loss_surface_on_the_same_fixed_examples():
     attack = AttackSpec(eps=0.1, steps=5)
     before = [p.detach().clone() for p in model.parameters()]
     r = 0.3
-    res = average_sharpness(model, data, [r], directions=1, loss="adversarial", attack=attack, seed=7)
+    res = average_loss_increase(model, data, [r], directions=1, loss="adversarial", attack=attack, seed=7)
     d = random_directions(model, 1, "filter", False, 7)
     surf = loss_surface(model, data, d[0], [-r, 0.0, r], loss="adversarial", adv_mode="fixed", attack=attack, seed=7)
     assert res.base_loss == pytest.approx(surf.loss[1], rel=1e-6)
     assert res.increase[0] == pytest.approx(0.5 * (surf.loss[0] + surf.loss[2]) - surf.loss[1], rel=1e-5, abs=1e-7)
     assert res.settings["attack"]["eps"] == 0.1 and res.settings["adv_mode"] == "fixed"
-    worst = worst_case_sharpness(model, data, [r], steps=3, loss="adversarial", attack=attack, seed=7)
+    worst = worst_case_loss_increase(model, data, [r], steps=3, loss="adversarial", attack=attack, seed=7)
     assert worst.base_loss == pytest.approx(res.base_loss, rel=1e-9)
     assert worst.increase[0] > 0
     assert all(torch.equal(a, b.detach()) for a, b in zip(before, model.parameters()))  # weights untouched
@@ -152,10 +152,10 @@ def test_adversarial_average_matches_loss_surface_on_the_same_fixed_examples():
 def test_bad_settings_are_config_errors():
     model, data = _net_and_data()
     with pytest.raises(ConfigError):
-        average_sharpness(model, data, [0.1], loss="robust")
+        average_loss_increase(model, data, [0.1], loss="robust")
     with pytest.raises(ConfigError):
-        average_sharpness(model, data, [-0.1])
+        average_loss_increase(model, data, [-0.1])
     with pytest.raises(ConfigError):
-        worst_case_sharpness(model, data, [0.1], loss="adversarial")  # no attack
+        worst_case_loss_increase(model, data, [0.1], loss="adversarial")  # no attack
     with pytest.raises(ConfigError):
-        worst_case_sharpness(model, data, [0.1], normalization="unit")
+        worst_case_loss_increase(model, data, [0.1], normalization="unit")

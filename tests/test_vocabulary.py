@@ -130,3 +130,29 @@ def test_train_resume_without_a_folder_finds_the_run_its_flags_name(tmp_path, ca
     assert train_cli.main([*args, "--resume"]) == 0
     again = capsys.readouterr().out
     assert str(tmp_path / "standard-digits-s0") in again and again == first
+
+
+def test_sharpness_means_the_top_eigenvalue_only():
+    """Issue 21: the analysis' loss increases under weight perturbation are no longer called 'sharpness'; the
+    old names still work (same numbers) with a DeprecationWarning."""
+    import torch
+    from landscape import build_model, load_dataset
+    from landscape.analysis import average_loss_increase, average_sharpness, worst_case_loss_increase, \
+        worst_case_sharpness
+    m = build_model("mlp", "digits", seed=0)
+    data = load_dataset("digits", "test").tensors(16)
+    new = average_loss_increase(m, data, [0.05], directions=2, seed=0)
+    with pytest.warns(DeprecationWarning, match="average_loss_increase"):
+        old = average_sharpness(m, data, [0.05], directions=2, seed=0)
+    assert torch.equal(torch.as_tensor(new.increase), torch.as_tensor(old.increase))
+    with pytest.warns(DeprecationWarning, match="worst_case_loss_increase"):
+        worst_case_sharpness(m, data, [0.05], steps=1, seed=0)
+    assert worst_case_loss_increase.__name__ == "worst_case_loss_increase"
+
+
+def test_one_switch_for_batchnorm_modes():
+    """The attack's and the Hessian's BatchNorm modes go through one function (attacks.eval_mode)."""
+    import inspect
+    from landscape.analysis import hessian
+    assert "eval_mode(" in inspect.getsource(hessian.HessianOperator._mode)
+    assert "track_running_stats = False" not in inspect.getsource(hessian)

@@ -9,7 +9,7 @@ most ``r * ||W||`` (the layer-wise relative budget of Wu et al. 2020's adversari
 with one dimension (biases, BatchNorm) stay fixed unless ``include_bn``, as for ``random_directions``.
 Call the set B_r.
 
-* ``average_sharpness``  S_avg(r) = 1/(2R) sum_i sum_{s=+-1} [L(theta + s r d_i) - L(theta)], with d_i the R
+* ``average_loss_increase``  S_avg(r) = 1/(2R) sum_i sum_{s=+-1} [L(theta + s r d_i) - L(theta)], with d_i the R
   random directions of ``random_directions(model, R, normalization, include_bn, seed)`` (each on the boundary
   of B_1). The pair +-d_i cancels the first-order term: for a quadratic loss with Hessian H it equals
   r^2/(2R) sum_i d_i^T H d_i exactly, whose expectation over filter-normalized directions is
@@ -17,7 +17,7 @@ Call the set B_r.
   The average-case flatness of Keskar et al. 2017 (loss increase over a neighbourhood) in the scale of
   Li et al. 2018; Stutz, Hein & Schiele 2021 measure the same for the robust loss.
   Cost: 1 + 2 R len(radii) forward passes over the samples.
-* ``worst_case_sharpness``  S_max(r) = max_{delta in B_r} L(theta + delta) - L(theta), estimated from below
+* ``worst_case_loss_increase``  S_max(r) = max_{delta in B_r} L(theta + delta) - L(theta), estimated from below
   by projected gradient ascent on the weights: start at r d (a random boundary point), then ``steps`` times
   delta_f <- Proj_{B_r}(delta_f + alpha r ||w_f|| g_f / ||g_f||) per filter (g: the loss gradient at
   theta + delta; normalized per filter as PGD-L2 normalizes per sample), keeping the largest loss seen. The
@@ -192,7 +192,7 @@ def _settings(measure: str, loss: str, attack: AttackSpec | None, normalization:
 
 # --- the two measures ---------------------------------------------------------------------------------
 
-def average_sharpness(model: nn.Module, data: Any, radii: Sequence[float] | float = (0.1,), directions: int = 8,
+def average_loss_increase(model: nn.Module, data: Any, radii: Sequence[float] | float = (0.1,), directions: int = 8,
                       loss: str = "clean", attack: AttackSpec | None = None, normalization: str = "filter",
                       include_bn: bool = False, seed: int = 0, batch_size: int = 512,
                       criterion: Criterion = summed_cross_entropy) -> FlatnessResult:
@@ -227,7 +227,7 @@ def average_sharpness(model: nn.Module, data: Any, radii: Sequence[float] | floa
                           time.perf_counter() - t0)
 
 
-def worst_case_sharpness(model: nn.Module, data: Any, radii: Sequence[float] | float = (0.1,), steps: int = 5,
+def worst_case_loss_increase(model: nn.Module, data: Any, radii: Sequence[float] | float = (0.1,), steps: int = 5,
                          step_fraction: float = 1.0, restarts: int = 1, loss: str = "clean",
                          attack: AttackSpec | None = None, normalization: str = "filter", include_bn: bool = False,
                          seed: int = 0, batch_size: int = 512,
@@ -289,4 +289,22 @@ def worst_case_sharpness(model: nn.Module, data: Any, radii: Sequence[float] | f
     return FlatnessResult("worst", loss, rs, best_all, base, None, None, per, settings, time.perf_counter() - t0)
 
 
-__all__ = ["FlatnessResult", "average_sharpness", "worst_case_sharpness", "summed_cross_entropy", "LOSSES"]
+def _old_name(new, old: str):
+    """The name this function had before issue 21: 'sharpness' now means only the top Hessian eigenvalue
+    (training's metrics.csv column); a loss increase under weight perturbation is a loss increase."""
+    import functools
+    import warnings
+
+    @functools.wraps(new)
+    def alias(*args, **kwargs):
+        warnings.warn(f"{old} is now {new.__name__} (same arguments, same numbers)", DeprecationWarning, stacklevel=2)
+        return new(*args, **kwargs)
+    alias.__name__ = alias.__qualname__ = old
+    return alias
+
+
+average_sharpness = _old_name(average_loss_increase, "average_sharpness")
+worst_case_sharpness = _old_name(worst_case_loss_increase, "worst_case_sharpness")
+
+__all__ = ["FlatnessResult", "average_loss_increase", "worst_case_loss_increase", "average_sharpness",
+           "worst_case_sharpness", "summed_cross_entropy", "LOSSES"]

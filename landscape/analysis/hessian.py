@@ -58,15 +58,15 @@ import contextlib
 import math
 import time
 import weakref
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..attack_spec import DEFAULT_STEPS, LOOSE_KEYWORDS, AttackSpec, resolve_attack, takes_attack_spec
+from ..attacks import eval_mode
 from ..data import Dataset, cut_batches
 from ..distributed import World, all_reduce_sum, shard_bounds, world
 from ..inputs import check_batch
@@ -359,23 +359,10 @@ class HessianOperator:
         return self.flatten([p.detach() for _, p in self.params])
 
     # --- forward pass in the operator's mode ---------------------------------------------------------
-    @contextlib.contextmanager
-    def _mode(self) -> Iterator[None]:
-        """Eval mode; with bn="batch", BatchNorm layers use batch statistics and never touch their buffers."""
-        saved = [(m, m.training, getattr(m, "track_running_stats", None)) for m in self.model.modules()]
-        self.model.eval()
-        if self.bn == "batch":
-            for m in self.model.modules():
-                if isinstance(m, _BatchNorm):
-                    m.train()
-                    m.track_running_stats = False
-        try:
-            yield
-        finally:
-            for m, training, track in saved:
-                m.training = training
-                if track is not None:
-                    m.track_running_stats = track
+    def _mode(self) -> contextlib.AbstractContextManager:
+        """Eval mode; with bn="batch", BatchNorm layers use batch statistics and never touch their buffers
+        (``attacks.eval_mode``, the one owner of that switch; the caller's grad mode is kept)."""
+        return eval_mode(self.model, "batch" if self.bn == "batch" else "eval", grad=False)
 
     def _batch_loss(self, x: torch.Tensor, y: torch.Tensor, params: dict | None = None) -> torch.Tensor:
         """Summed cross-entropy of one batch (through ``functional_call`` when ``params`` are given)."""
