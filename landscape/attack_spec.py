@@ -57,8 +57,8 @@ class AttackSpec:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int):
                 raise ConfigError(f"attack {name} must be an integer, got {v!r}")
-        if self.steps < 0:
-            raise ConfigError(f"PGD steps must be >= 0, got {self.steps}")
+        if self.steps < 1:   # 0 steps made a "PGD" accuracy of the random start alone (the CLIs refused it)
+            raise ConfigError(f"PGD steps must be at least 1, got {self.steps}")
         if self.restarts < 1:
             raise ConfigError(f"restarts must be at least 1, got {self.restarts}")
         if self.batch_size < 1:

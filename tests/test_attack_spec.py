@@ -36,7 +36,7 @@ def test_spec_validates_and_round_trips():
                    batch_size=17, bn="batch")
     assert AttackSpec.from_dict(json.loads(json.dumps(b.to_dict()))) == b
     assert a.replace(steps=10).alpha == 0.025                        # the rule follows the steps
-    for bad in (dict(eps=-1), dict(eps=2), dict(eps=0.1, norm="l3"), dict(eps=0.1, steps=-1),
+    for bad in (dict(eps=-1), dict(eps=2), dict(eps=0.1, norm="l3"), dict(eps=0.1, steps=-1), dict(eps=0.1, steps=0),
                 dict(eps=0.1, restarts=0), dict(eps=0.1, batch_size=0), dict(eps=0.1, step_size=0),
                 dict(eps=0.1, bn="train"), dict(eps=None)):
         with pytest.raises(ConfigError):

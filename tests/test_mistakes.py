@@ -284,3 +284,13 @@ def test_surface_refuses_an_absurd_attack_before_running_it(run, tmp_path, capsy
                                    "adversarial", "--restarts", "100000000", "--out", tmp_path / "s"], capsys)
     assert_one_line_error(proc, contains="more than --max-hours 24")
     assert not (tmp_path / "s" / "surface.json").exists()
+
+
+def test_zero_pgd_steps_are_refused_alike_by_the_api_and_every_cli(run, capsys):
+    """AttackSpec(steps=0) was accepted and reported a 'PGD' accuracy of the random start alone, while the CLIs
+    refused --steps 0 (but landscape-spectrum took it): one rule now."""
+    from landscape.cli.spectrum import main as spectrum_main
+    with pytest.raises(ls.errors.ConfigError, match="at least 1"):
+        AttackSpec(eps=0.1, steps=0)
+    for main, extra in ((eval_main, []), (spectrum_main, ["--loss", "adversarial"]), (surface_main, [])):
+        assert_one_line_error(run_main(main, [run / "best.pt", "--steps", "0", *extra], capsys))

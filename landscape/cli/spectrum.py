@@ -25,7 +25,7 @@ MIN_DENSITY_STEPS = 5  # SLQ with m steps gives m nodes per probe: fewer than 5 
 TYPES = {"--top-k": nonneg_int, "--tol": positive_float, "--max-hvps": positive_int, "--trace-tol": nonneg_float, "--atol": nonneg_float,
          "--trace-max-hvps": positive_int, "--density-probes": positive_int,
          "--density-steps": int_range(MIN_DENSITY_STEPS), "--sigma": positive_float, "--eps": finite_float,
-         "--steps": nonneg_int, "--step-size": positive_float, "--samples": positive_int,
+         "--steps": positive_int, "--step-size": positive_float, "--samples": positive_int,
          "--batch-size": positive_int, "--attack-batch-size": positive_int, "--restarts": positive_int,
          "--seed": int_range(0, 2 ** 63 - 1), "--max-hours": positive_float}
 

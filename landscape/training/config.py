@@ -111,6 +111,8 @@ class TrainConfig:
             raise ConfigError("--select pgd needs an attack: a standard run without --eps has no PGD accuracy")
         if c.select in ("pgd", "clean+pgd") and c.val_steps < 1:
             raise ConfigError(f"--select {c.select} needs validation PGD: --val-steps must be at least 1")
+        if c.val_steps < 1 and c.eps is not None:   # validation attacks whenever there is an eps
+            raise ConfigError(f"--val-steps must be at least 1, got {c.val_steps}")
         if c.epochs is None:
             c.epochs = DEFAULT_EPOCHS.get(c.dataset, 30)
         for key in ("epochs", "batch_size"):
