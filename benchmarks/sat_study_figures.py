@@ -39,17 +39,25 @@ def _methods(df: pd.DataFrame) -> list[str]:
 
 
 def seed_bars(ax, groups: Sequence[tuple[str, Sequence[float]]], offset: float = 0.0, width: float = 0.8,
-              color=None, label: str | None = None) -> None:
-    """One bar per group at its mean, a +-1 s.d. error bar (when 2+ values) and a dot per seed."""
+              color=None, label: str | None = None, flagged: Sequence[Sequence[bool]] | None = None) -> None:
+    """One bar per group at its mean, a +-1 s.d. error bar (when 2+ values) and a dot per seed; a seed whose
+    model the audit flags (``flagged``, parallel to the values) is a red cross instead of a dot."""
     xs = np.arange(len(groups)) + offset
     for i, (x, (_, vals)) in enumerate(zip(xs, groups)):
-        v = np.asarray([a for a in vals if np.isfinite(a)], float)
+        flags = list(flagged[i]) if flagged is not None else [False] * len(vals)
+        keep = [(a, f) for a, f in zip(vals, flags) if np.isfinite(a)]
+        v = np.asarray([a for a, _ in keep], float)
         if not v.size:
             continue
         sd = v.std(ddof=1) if v.size > 1 else 0.0
         ax.bar(x, v.mean(), width, color=color, alpha=0.55, label=label if i == 0 else None,
                yerr=sd if v.size > 1 else None, capsize=3, error_kw={"lw": 1})
-        ax.plot(np.full(v.size, x), v, "k.", ms=4)
+        bad = np.asarray([f for _, f in keep], bool)
+        ax.plot(np.full((~bad).sum(), x), v[~bad], "k.", ms=4)
+        if bad.any():
+            ax.plot(np.full(bad.sum(), x), v[bad], "rx", ms=6, mew=1.5,
+                    label="audit: suspect" if not getattr(ax, "_flag_labelled", False) else None)
+            ax._flag_labelled = True
 
 
 def seed_line(ax, x: Sequence[float], runs: Sequence[Sequence[float]], label: str, color=None) -> None:
@@ -83,19 +91,26 @@ def fig_methods(df: pd.DataFrame, grid_eps: Sequence[float]) -> plt.Figure | Non
     if not grid_eps:
         return None
     cols = (("test_clean", "clean test accuracy"), ("test_pgd20", "PGD-20 test accuracy"),
-            ("eig1", "top eigenvalue (adv. loss)"))
-    fig, axes = plt.subplots(len(grid_eps), 3, figsize=(12, 3.1 * len(grid_eps)), constrained_layout=True,
-                             squeeze=False)
+            ("test_autoattack", "AutoAttack test accuracy"), ("eig1", "top eigenvalue (adv. loss)"))
+    cols = tuple(c for c in cols if c[0] in df.columns)
+    fig, axes = plt.subplots(len(grid_eps), len(cols), figsize=(4 * len(cols), 3.1 * len(grid_eps)),
+                             constrained_layout=True, squeeze=False)
+    suspect = df["audit_suspect"] == 1 if "audit_suspect" in df.columns else pd.Series(False, index=df.index)
     for row, eps in zip(axes, grid_eps):
         part = df[np.isclose(df.eps, eps)]
         ms = _methods(part)
         for ax, (col, name) in zip(row, cols):
-            seed_bars(ax, [(m, part[part.method == m][col].tolist()) for m in ms])
+            seed_bars(ax, [(m, part[part.method == m][col].tolist()) for m in ms],
+                      flagged=[suspect[part[part.method == m].index].tolist() for m in ms])
+            if getattr(ax, "_flag_labelled", False):
+                ax.legend(loc="upper right", fontsize="small")
             ax.set_xticks(range(len(ms)), [pretty_method(m) for m in ms], rotation=30, ha="right")
             ax.set_title(f"eps {eps:g}: {name}", fontsize="medium")
             if col.startswith("test_"):
                 ax.set_ylim(0, 1)
-    fig.suptitle("Each method: mean ± s.d. over seeds, dots = seeds")
+    fig.suptitle("Each method: mean ± s.d. over seeds, dots = seeds (red cross: the audit flags that model; "
+                 "AutoAttack and PGD-20 on 500 images in the audit, PGD-20 on 1,000 here)" if suspect.any() else
+                 "Each method: mean ± s.d. over seeds, dots = seeds")
     return fig
 
 

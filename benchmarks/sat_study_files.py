@@ -44,8 +44,16 @@ def model_row(folder: Path) -> tuple[dict, list[dict]]:
     if (folder / "path.json").exists():
         p = read_json(folder / "path.json")
         row.update(path_barrier_clean=p["clean"]["barrier"], path_barrier_adversarial=p["adversarial"]["barrier"])
+    if (folder / "audit.json").exists():      # AutoAttack and the audit (sat_study_audit.py), re-judged today
+        from landscape.audit import judge_dict
+        au = read_json(folder / "audit.json")
+        block = judge_dict(au["audit"])
+        acc = au["accuracies"]
+        row.update(test_autoattack=acc["autoattack"], audit_pgd20=acc["pgd"], audit_worst_case=acc["worst_case"],
+                   audit_n=au["n"], audit_suspect=float(block["verdict"] == "suspect"),
+                   audit_flags=" ".join(c["name"] for c in block["checks"] if c["passed"] is False))
     row["analysis_seconds"] = sum(float(read_json(p).get("seconds") or 0.0) for p in folder.glob("*.json")
-                                  if p.name != "train.json") + float(tr.get("eval_seconds") or 0.0)
+                                  if p.name not in ("train.json", "audit.json")) + float(tr.get("eval_seconds") or 0.0)
     layers = []
     if (folder / "layers.json").exists():
         for lr in read_json(folder / "layers.json")["layers"]:
