@@ -71,3 +71,18 @@ def test_autoattack_runs(trained_digits, tmp_path):
                           "--json", str(out)]) == 0
     res = json.loads(out.read_text())
     assert res["autoattack_acc"] <= res["pgd_acc"] + 1e-9
+
+
+def test_training_says_what_is_starting_before_the_first_epoch(tmp_path, capsys):
+    """A slow first epoch (WRN-34-10 on a CPU) printed nothing for minutes: one line on stdout says what runs,
+    before any batch; --quiet keeps it quiet."""
+    from conftest import run_main
+    from landscape.cli.train import main
+    args = ["--method", "at", "--epochs", "1", "--train-samples", "128", "--val-samples", "64", "--steps", "1",
+            "--runs-dir", str(tmp_path), "--name", "x"]
+    proc = run_main(main, args, capsys)
+    first = proc.stdout.splitlines()[0]
+    assert proc.returncode == 0 and first.startswith("landscape-train: ") and "128 training samples" in first
+    assert "parameters" in first and "epochs 1-1 of 1 batches" in first
+    quiet = run_main(main, [*args, "--name", "y", "--quiet"], capsys)
+    assert not quiet.stdout.startswith("landscape-train:")

@@ -174,6 +174,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         trainer = Trainer.resume(args.resume, device, progress, changes=changes)
     else:
         trainer = Trainer(_config(args), args.runs_dir, device, progress, overwrite=args.overwrite)
+    if world.main and progress:   # a slow first epoch is not silence: say what is starting, at once
+        c = trainer.cfg
+        params = sum(p.numel() for p in trainer.model.parameters())
+        done = trainer.epoch
+        print(f"landscape-train: {trainer.run_dir}: {c.method} on {c.dataset} ({len(trainer.train_set):,} training "
+              f"samples), {c.model} ({params:,} parameters), epochs {done + 1}-{c.epochs} of "
+              f"{trainer.iters_per_epoch} batches on {trainer.device}" + (f" x {world.size} processes"
+              if world.size > 1 else "") + "; progress on stderr", flush=True)
     with on_interrupt(lambda: _resume_hint(trainer, args)):
         result = trainer.fit()
     if not world.main:  # rank 0 reports and writes
