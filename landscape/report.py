@@ -167,9 +167,13 @@ def collect(paths: Iterable[str | os.PathLike]) -> list[RunEntry]:
     paths = list(paths)
     if not paths:
         raise LandscapeError("nothing to report: give run folders or result files")
+    seen: set[Path] = set()        # a run folder and one of its surfaces, both given: each result once
     for raw in paths:
         scanned = Path(raw).is_dir() and not R.is_surface_dir(Path(raw))
         for item in _items(Path(raw)):
+            if item.resolve() in seen:
+                continue
+            seen.add(item.resolve())
             try:
                 kind = R.result_kind(item)
             except LandscapeError:
@@ -231,7 +235,7 @@ def _layout(fig, title: str, height: int) -> None:
 def surfaces_figure(entries: Sequence[RunEntry], field: str = "loss"):
     """3D surfaces (rotatable), one scene per run with a 2D surface, on one colour scale."""
     go, make_subplots, _ = _plotly()
-    items = [(e, r) for e in entries for r in e.surfaces if r.dim == 2][:9]
+    items = [(e, r) for e in entries for r in e.surfaces if r.dim == 2][:MAX_SCENES]
     if not items:
         return None
     zs = [R.surface_field(r, field) for _, r in items]
@@ -254,6 +258,35 @@ def surfaces_figure(entries: Sequence[RunEntry], field: str = "loss"):
     info = R.describe(items[0][1])
     _layout(fig, f"{field} surfaces (drag to rotate) — {R.caption(info, noun=field)}", 430 * nrows + 80)
     return fig
+
+
+MAX_SCENES = 9     # 3D scenes per page; more surfaces are listed, not drawn
+
+
+def curves_figure(entries: Sequence[RunEntry], field: str = "loss"):
+    """The 1D surfaces (interpolations, 1D random or eigen directions) as curves, one colour per run (they were
+    left out of the page before)."""
+    go, _, _ = _plotly()
+    items = [(e, r) for e in entries for r in e.surfaces if r.dim == 1]
+    if not items:
+        return None
+    fig = go.Figure()
+    for i, (e, r) in enumerate(items):
+        z = R.surface_field(r, field)
+        xn, _ = R.axis_names(r)
+        fig.add_trace(go.Scatter(x=list(r.x), y=np.where(np.isfinite(z), z, None).tolist(), mode="lines+markers",
+                                 name=f"{e.label}: {xn}", line=dict(color=_colour(i))))
+    fig.update_xaxes(title_text="a")
+    fig.update_yaxes(title_text=field)
+    _layout(fig, f"1D {field} curves", 420)
+    return fig
+
+
+def undrawn_surfaces(entries: Sequence[RunEntry]) -> list[str]:
+    """Labels of the 2D surfaces beyond the page's MAX_SCENES 3D scenes (listed on the page, not dropped
+    silently)."""
+    items = [e.label for e in entries for r in e.surfaces if r.dim == 2]
+    return items[MAX_SCENES:]
 
 
 def input_figure(entries: Sequence[RunEntry]):
@@ -409,7 +442,8 @@ def build_report(entries: Sequence[RunEntry], title: str = "landscape report") -
     go, _, offline = _plotly()
     if not entries:
         raise LandscapeError("nothing to report")
-    sections = [("Loss surfaces", surfaces_figure(entries)), ("Input-space landscape", input_figure(entries)),
+    sections = [("Loss surfaces", surfaces_figure(entries)), ("Loss curves (1D)", curves_figure(entries)),
+                ("Input-space landscape", input_figure(entries)),
                 ("Hessian spectrum", spectrum_figure(entries)), ("Training", training_figure(entries))]
     body = [f"<h1>{html.escape(title)}</h1>",
             f"<div class='meta'>{len(entries)} runs · landscape {__version__} · "
@@ -418,6 +452,10 @@ def build_report(entries: Sequence[RunEntry], title: str = "landscape report") -
         if fig is None:
             continue
         body.append(f"<h2>{name}</h2>")
+        if name == "Loss surfaces" and undrawn_surfaces(entries):
+            left = undrawn_surfaces(entries)
+            body.append(f"<div class='meta'>{len(left)} more 2D surfaces not drawn (at most {MAX_SCENES} 3D "
+                        f"scenes per page): {html.escape(', '.join(left))}</div>")
         body.append(fig.to_html(full_html=False, include_plotlyjs=False,
                                 config={"displaylogo": False, "responsive": True}))
     sources = "".join(f"<li>{html.escape(e.label)}: {html.escape(', '.join(e.sources))}</li>" for e in entries)
@@ -439,4 +477,5 @@ def write_report(paths: Iterable[str | os.PathLike], out: str | os.PathLike, tit
 
 
 __all__ = ["RunEntry", "collect", "build_report", "write_report", "table_html", "surfaces_figure", "input_figure",
+           "curves_figure", "undrawn_surfaces",
            "spectrum_figure", "training_figure"]

@@ -178,3 +178,21 @@ def test_report_shows_audit_verdict_input_curvature_and_every_n(tmp_path):
     assert "(n = 359)" in page and "(n = 40)" in page      # PGD from the evaluation, AutoAttack from the audit
     assert "median 0.125, max 0.5" in page
     assert report.input_figure(entries) is not None
+
+
+def test_report_draws_each_surface_once_and_the_1d_ones_too(tmp_path):
+    """A run folder and one of its surfaces given together: the surface is collected once (it was drawn
+    twice); a 1D surface is drawn as a curve (it was dropped)."""
+    from landscape import build_model, load_dataset
+    from landscape.analysis import loss_surface, random_directions
+    run = tmp_path / "at-digits-eps0.1-s0"
+    m = build_model("mlp", "digits", seed=0)
+    xy = load_dataset("digits", "test").tensors(8)
+    d = random_directions(m, 2, seed=0)
+    loss_surface(m, xy, d, "-1:1:3", "-1:1:3", out=run / "surfaces" / "two")
+    loss_surface(m, xy, d[0], "-1:1:5", out=run / "surfaces" / "one")
+    write_json(run / "config.json", {"model": "mlp", "dataset": "digits", "method": "at", "eps": 0.1})
+    entries = report.collect([run, run / "surfaces" / "two"])
+    surfaces = [r for e in entries for r in e.surfaces]
+    assert sorted(r.dim for r in surfaces) == [1, 2]
+    assert report.curves_figure(entries) is not None and report.undrawn_surfaces(entries) == []
