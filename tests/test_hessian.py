@@ -397,3 +397,28 @@ def test_every_pass_runs_with_the_operators_tf32_flags(data, tf32):
     assert attack_passes > 0 and len(seen) > attack_passes + 2
     assert set(seen) == {(tf32, tf32)}
     assert op.describe()["tf32"] is tf32
+
+
+def test_a_sample_set_is_attacked_once_and_shared(data):
+    """Issue 21: the sample set (batches, shard, adversarial examples) is separate from the operator: made once,
+    it serves several operators (here the whole network and one layer) without attacking again, and gives
+    the numbers an operator made from raw data gives."""
+    from landscape.analysis import SampleSet
+    x, y = data
+    net = tiny_mlp()
+    calls = []
+    net.register_forward_hook(lambda *a: calls.append(1))
+    spec = AttackSpec(eps=0.1, steps=3)
+    ss = SampleSet.make(net, (x, y), spec, batch_size=20, seed=5)
+    made = len(calls)
+    whole = HessianOperator(net, ss, loss="adversarial")
+    layer = HessianOperator(net, ss, loss="adversarial", param_filter="3")
+    assert len(calls) == made and ss.attack_seconds > 0      # no second attack
+    direct = HessianOperator(net, (x, y), loss="adversarial", attack=spec, seed=5, batch_size=20)
+    v = torch.randn(whole.num_params, dtype=torch.float64)
+    assert torch.equal(whole.matvec(v), direct.matvec(v))
+    assert layer.num_params < whole.num_params and whole.attack == spec
+    with pytest.raises(ConfigError, match="without adversarial examples"):
+        HessianOperator(net, SampleSet.make(net, (x, y)), loss="adversarial")
+    with pytest.raises(ConfigError, match="another attack"):
+        HessianOperator(net, ss, loss="adversarial", attack=AttackSpec(eps=0.2))

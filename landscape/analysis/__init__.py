@@ -10,6 +10,7 @@ __all__ = ["HessianOperator", "top_eigenvalues", "hessian_trace", "spectral_dens
 from .directions import (DirectionSet, eigen_directions, interpolation_direction, orthogonalize, pca_directions,
                          random_direction, random_directions)
 from .surface import SurfaceResult, load_surface, loss_surface, parse_grid
+from .samples import SampleSet
 from .flatness import (FlatnessResult, average_loss_increase, average_sharpness, worst_case_loss_increase,
                        worst_case_sharpness)
 
@@ -17,7 +18,7 @@ _PLOTS = ("plot_result", "plot_curve", "plot_contour", "plot_contourf", "plot_su
           "plot_density", "plot_eigenvalues", "plot_spectrum", "plot_sharpness", "plot_training", "plot_input_surface")
 __all__ += ["DirectionSet", "random_direction", "random_directions", "orthogonalize", "eigen_directions",
             "interpolation_direction", "pca_directions", "SurfaceResult", "loss_surface", "load_surface",
-            "parse_grid", "FlatnessResult", "average_loss_increase", "worst_case_loss_increase",
+            "parse_grid", "SampleSet", "FlatnessResult", "average_loss_increase", "worst_case_loss_increase",
             "average_sharpness", "worst_case_sharpness", *_PLOTS]
 
 

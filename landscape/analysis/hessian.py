@@ -55,8 +55,6 @@ all ranks and agree with a single process to float round-off (the sum is taken i
 from __future__ import annotations
 
 import contextlib
-import math
-import time
 import weakref
 from typing import Any, Callable, Sequence
 
@@ -67,12 +65,11 @@ from torch import nn
 
 from ..attack_spec import DEFAULT_STEPS, LOOSE_KEYWORDS, AttackSpec, resolve_attack, takes_attack_spec
 from ..attacks import eval_mode
-from ..data import Dataset, cut_batches
-from ..distributed import World, all_reduce_sum, shard_bounds, world
-from ..inputs import check_batch
-from ..errors import ConfigError, DataError
+from ..distributed import all_reduce_sum
+from ..errors import ConfigError
 from ..precision import full_float32
 from .lanczos import MemoryBudget, parse_memory
+from .samples import SampleSet
 
 LOSSES = ("clean", "adversarial")
 BN_MODES = ("running", "batch")
@@ -96,35 +93,6 @@ def _select_params(model: nn.Module, param_filter: ParamFilter) -> list[tuple[st
         raise ConfigError(f"param_filter {param_filter!r} selects no trainable parameter; names are e.g. "
                           f"{', '.join(n for n, _ in named[:4])}")
     return keep
-
-
-def _as_batches(data: Any, batch_size: int | None, device: torch.device) -> list[Batch]:
-    """Normalize ``data`` ((x, y), a Dataset, or an iterable of (x, y) batches) to a list of batches on device.
-
-    A pair or a Dataset is cut into ``batch_size`` chunks (one batch when None); an iterable keeps its own
-    batches.
-    """
-    if batch_size is not None and batch_size < 1:
-        raise ConfigError(f"batch_size must be positive, got {batch_size}")
-    if isinstance(data, Dataset):
-        data = data.tensors()
-    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
-        x, y = data
-        if len(x) != len(y):
-            raise DataError(f"{len(x)} inputs but {len(y)} labels")
-        batches = cut_batches(x, y, batch_size)
-    else:
-        try:
-            batches = [tuple(b) for b in data]
-        except TypeError as e:
-            raise DataError("data must be an (inputs, labels) pair of tensors, a Dataset, or an iterable of "
-                            f"(inputs, labels) batches; got {type(data).__name__}") from e
-        if any(len(b) != 2 for b in batches):
-            raise DataError("every batch must be an (inputs, labels) pair")
-    batches = [(x.to(device), y.to(device)) for x, y in batches if len(x)]
-    if not batches:
-        raise DataError("the Hessian needs at least one sample; got an empty sample set")
-    return batches
 
 
 # columns per vmapped double-backward pass in ``matmat``, by device type (measured: benchmarks/hvp_matmat.py)
@@ -229,9 +197,11 @@ class HessianOperator:
     one HVP (``hvp_count``), whatever the number of batches; ``matmat(V)`` is k of them. Cost of one HVP,
     per batch: one double-backward pass through the batch's gradient graph, kept from the first HVP while
     the kept graphs fit ``max_graph_memory`` bytes (always, for a single batch), else rebuilt at every HVP
-    (+ one forward and one backward with ``create_graph``); ``describe()["graph_cache"]`` says which. Adversarial examples (``loss="adversarial"``) are made once, here, by seeded PGD
-    (``landscape.attacks.adversarial_examples``, cost: ``steps`` forward+backward passes per sample) at the
-    model's current weights and then held fixed; ``batches`` holds the samples the Hessian is taken over
+    (+ one forward and one backward with ``create_graph``); ``describe()["graph_cache"]`` says which.
+    ``data`` is a ``SampleSet`` (``analysis.samples``: batches, shard and adversarial examples made once, which
+    several operators may share) or raw data, from which one is made here: for ``loss="adversarial"`` the
+    PGD examples of ``attack`` (an ``AttackSpec``; cost: ``steps`` forward+backward passes per sample) at the
+    model's current weights, then held fixed; ``batches`` holds the samples the Hessian is taken over
     (on this rank: under ``torchrun`` each rank holds the shard ``shard`` of them; ``num_samples`` is the
     total over all ranks). ``distributed=False`` keeps every sample on every rank even in a process group.
     Every pass runs with TF32 off unless ``tf32=True`` (``landscape.precision.full_float32``: TF32 puts a
@@ -252,7 +222,7 @@ class HessianOperator:
             raise ConfigError(f"unknown hvp_method {hvp_method!r}; choose from {', '.join(HVP_METHODS)}")
         if attack is not None and not isinstance(attack, AttackSpec):
             raise ConfigError(f"attack must be an AttackSpec, got {type(attack).__name__}")
-        if loss == "adversarial" and attack is None:
+        if loss == "adversarial" and attack is None and not isinstance(data, SampleSet):
             raise ConfigError("loss='adversarial' needs attack=AttackSpec(eps=...) (or HessianOperator."
                               "from_checkpoint with a checkpoint whose config has eps)")
         self.model, self.loss, self.bn, self.seed = model, loss, bn, int(seed)
@@ -266,18 +236,25 @@ class HessianOperator:
         self._numels = [p.numel() for _, p in self.params]
         self.num_params = int(sum(self._numels))
         self.attack = attack if loss == "adversarial" else None   # the AttackSpec of the adversarial loss
-        self.batch_size = batch_size
-        self.batches = _as_batches(data, batch_size, self.device)
-        with full_float32(self.tf32):   # named before any work (the attack, an HVP); one forward of one sample
-            for i, (bx, by) in enumerate(self.batches):
-                check_batch(model, bx, by, "HessianOperator's data" + (f" (batch {i + 1})" if len(self.batches) > 1
-                                                                       else ""), unit_interval=loss == "adversarial")
-        self.num_samples = int(sum(len(x) for x, _ in self.batches))
-        self.world = world() if distributed else World()
-        self.shard = (0, self.num_samples)
-        if self.world.active:
-            self.shard = self._keep_shard(self.attack is not None, self.attack.batch_size if self.attack else 1)
-        self.attack_seconds = self._attack() if self.attack is not None else 0.0
+        if isinstance(data, SampleSet):      # made once, perhaps shared with other operators (one attack)
+            if loss == "adversarial" and data.attack is None:
+                raise ConfigError("loss='adversarial' on a SampleSet without adversarial examples: make it with "
+                                  "SampleSet.make(model, data, attack=...)")
+            if loss == "adversarial" and attack is not None and attack != data.attack:
+                raise ConfigError("the SampleSet's examples were made with another attack than attack=")
+            if loss == "adversarial":
+                self.attack = data.attack
+            if bn == "batch" and data.world.active and data.batch_size is None:
+                raise ConfigError("bn='batch' under torchrun needs batch_size: BatchNorm batches must not be "
+                                  "split between ranks")
+            self.sample_set = data
+        else:
+            self.sample_set = SampleSet.make(model, data, self.attack, batch_size=batch_size, seed=seed,
+                                             device=self.device, bn=bn, distributed=distributed, tf32=tf32,
+                                             what="HessianOperator's data")
+        ss = self.sample_set
+        self.batch_size, self.batches, self.num_samples, self.shard = ss.batch_size, ss.batches, ss.num_samples, ss.shard
+        self.world, self.attack_seconds = ss.world, ss.attack_seconds
         self.hvp_count = 0
         self._graphs = _GraphCache(self, max_graph_memory)
         self.matmat_block = MATMAT_BLOCK.get(self.device.type, 1)
@@ -306,33 +283,6 @@ class HessianOperator:
             fields = {LOOSE_KEYWORDS[k]: v for k, v in loose.items()}
             attack = resolve_attack(getattr(ck, "config", {}) or {}, **fields)
         return cls(ck.model, data, loss=loss, attack=attack, **kwargs)
-
-    def _keep_shard(self, adversarial: bool, attack_batch_size: int) -> tuple[int, int]:
-        """Keep this rank's contiguous shard of the samples (re-cut into ``batch_size`` batches)."""
-        unit = attack_batch_size if adversarial else 1
-        if self.bn == "batch":
-            if self.batch_size is None:
-                raise ConfigError("bn='batch' under torchrun needs batch_size: BatchNorm batches must not be "
-                                  "split between ranks")
-            unit = math.lcm(unit, self.batch_size)
-        lo, hi = shard_bounds(self.num_samples, self.world, unit)
-        x, y = samples(self)
-        self.batches = cut_batches(x[lo:hi], y[lo:hi], self.batch_size)
-        return lo, hi
-
-    def _attack(self) -> float:
-        """Replace the inputs by PGD adversarial examples, made on all samples (of this rank's shard) at once
-        in fixed attack batches seeded by their global position (so the examples depend neither on how the
-        Hessian batches are cut nor on the number of ranks)."""
-        t0 = time.perf_counter()
-        if not self.batches:  # an empty shard
-            return 0.0
-        x, y = samples(self)
-        with full_float32(self.tf32):
-            x_adv = self.attack.examples(self.model, x, y, self.seed, start=self.shard[0])
-        sizes = [len(b[0]) for b in self.batches]
-        self.batches = list(zip(torch.split(x_adv, sizes), torch.split(y, sizes)))
-        return time.perf_counter() - t0
 
     # --- flat vectors <-> parameter-shaped tensors ---------------------------------------------------
     @property
