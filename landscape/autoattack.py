@@ -231,9 +231,9 @@ def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: floa
     if w.active:   # every process gets every chunk's outcome
         import torch.distributed as dist
         gathered: list[Any] = [None] * w.size
-        dist.all_gather_object(gathered, records)
-        records = {lo: r for part in gathered for lo, r in part.items()}
-        resumed = int(distributed.all_reduce_sum(torch.tensor([resumed])).item())
+        dist.all_gather_object(gathered, (records, resumed))    # objects: works on gloo and nccl alike
+        records = {lo: r for part, _ in gathered for lo, r in part.items()}
+        resumed = sum(k for _, k in gathered)
     broken = [b for lo in starts for b in records[lo]["broken_by"]]
     return AutoAttackResult(n, float(eps), norm, int(seed), chunk, attacks, broken, time.perf_counter() - t0,
                             resumed, {"batch_size": batch_size, "state_dir": str(folder) if folder else None,

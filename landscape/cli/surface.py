@@ -336,10 +336,15 @@ def _run(args, ck, ds, x, y, n, dim, x_spec, y_spec, attack, out, world, device)
         line += f"; at the model: loss {summary['center']['loss']:.4g}, accuracy {summary['center']['accuracy']:.4f}"
     if "min_loss" in summary:
         line += f"; lowest loss {summary['min_loss']['loss']:.4g}"
+    return _report(args, line, out / "surface.json", summary, figures)
+
+
+def _report(args, line: str, written: Path, summary: dict, figures: list[str]) -> int:
+    """The summary line, what was written, and --json (both spaces)."""
     print(line)
-    print(f"wrote {out / 'surface.json'}" + (f", {', '.join(figures)}" if figures else ""))
+    print(f"wrote {written}" + (f", {', '.join(figures)}" if figures else ""))
     if args.json:
-        write_json(args.json, {**summary, "figures": figures, "out": str(out)})
+        write_json(args.json, {**summary, "figures": figures, "out": str(written.parent)})
     return 0
 
 
@@ -410,11 +415,7 @@ def _input_space(args) -> int:
             f"{d['zero_gradient_samples']} zero gradients")
     if "curvature" in d:
         line += f"; input curvature median {d['curvature']['median']:.4g}, max {d['curvature']['max']:.4g}"
-    print(line)
-    print(f"wrote {out / 'input_surface.json'}" + (f", {', '.join(figures)}" if figures else ""))
-    if args.json:
-        write_json(args.json, {**d, "figures": figures, "out": str(out)})
-    return 0
+    return _report(args, line, out / "input_surface.json", d, figures)
 
 
 if __name__ == "__main__":
