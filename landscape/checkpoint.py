@@ -242,15 +242,15 @@ def load_weights(model: nn.Module, state: dict, source: str = "checkpoint",
 
 def _load_robustbench(name: str, dataset: str | None, threat_model: str, model_dir: str | os.PathLike,
                       download: bool) -> tuple[nn.Module, dict, DatasetInfo, str]:
-    from .zoo import locate
+    from .zoo import locate, robustbench_dataset
     info = dataset_info(dataset or "cifar10")
-    zm = locate(name, info.name, threat_model, model_dir, download)
+    zm = locate(name, robustbench_dataset(info), threat_model, model_dir, download)
     state = _extract_state(read_checkpoint(zm.path), zm.path)
     if zm.skip_prefixes:
         state = {k: v for k, v in state.items()
                  if not any(k.removeprefix(p).startswith(zm.skip_prefixes) for p in ("", *_PREFIXES))}
     load_weights(zm.model, state, source=str(zm.path), optional=zm.optional)
-    config = {"model": f"robustbench:{name}", "dataset": info.name, "dataset_info": info.to_dict(),
+    config = {"model": f"robustbench:{name}", "dataset": robustbench_dataset(info), "dataset_info": info.to_dict(),
               "foreign": True, **zm.config}
     return zm.model, config, info, str(zm.path)
 

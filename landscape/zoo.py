@@ -15,13 +15,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import CheckpointError
+from .errors import CheckpointError, LandscapeError
 from .models import _PreActBlock
 
 THREAT_MODELS = ("Linf", "L2", "corruptions")
@@ -197,6 +197,29 @@ def _download(zoo, entry: dict, name: str, path: Path) -> None:
                               f"{type(e).__name__}: {' '.join(str(e).split())[:200]}") from e
     finally:
         tmp.unlink(missing_ok=True)
+
+
+RB_DATASETS = ("cifar10", "cifar100", "imagenet")
+
+
+def robustbench_dataset(info: Any) -> str:
+    """The RobustBench dataset whose models take ``info``'s data: itself when it is one of ``RB_DATASETS``,
+    else the one with the same input shape and number of classes (``--dataset synthetic-cifar10`` or another
+    32x32 10-class set evaluates a CIFAR-10 model: the lookup stays in RobustBench's cifar10 folder); none
+    is a ``CheckpointError``."""
+    from .data import dataset_info
+    if info.name in RB_DATASETS:
+        return info.name
+    for rb in RB_DATASETS:
+        try:
+            other = dataset_info(rb)
+        except LandscapeError:
+            continue
+        if (other.channels, other.size, other.num_classes) == (info.channels, info.size, info.num_classes):
+            return rb
+    raise CheckpointError(f"--dataset {info.name} ({info.channels}x{info.size}x{info.size}, {info.num_classes} "
+                          f"classes) matches no RobustBench dataset ({', '.join(RB_DATASETS)}) a robustbench:NAME "
+                          "model could take")
 
 
 def locate(name: str, dataset: str, threat_model: str = "Linf", model_dir: str | os.PathLike = "models",

@@ -201,6 +201,11 @@ def test_robustbench_sitawarin_from_model_dir(tmp_path, monkeypatch):
     assert sum(p.numel() for p in ck.model.parameters()) == 46_160_474  # WRN-34-10, CIFAR-10
     assert ck.dataset == "cifar10" and ck.config["eps"] == pytest.approx(8 / 255) and ck.config["norm"] == "linf"
     assert ck.arch == "robustbench:Sitawarin2020Improving" and "landscape table" in ck.config["architecture"]
+    # another dataset of CIFAR-10's shape is data to evaluate on: the model is still CIFAR-10's (issue 22)
+    other = ls.load_checkpoint("robustbench:Sitawarin2020Improving", dataset="synthetic-cifar10", model_dir=tmp_path)
+    assert other.dataset == "cifar10" and all(torch.equal(other.model.state_dict()[k], got[k]) for k in got)
+    with pytest.raises(CheckpointError, match="matches no RobustBench dataset"):
+        ls.load_checkpoint("robustbench:Sitawarin2020Improving", dataset="digits", model_dir=tmp_path)
     with pytest.raises(CheckpointError, match="pass --download"):
         ls.load_checkpoint("robustbench:Sitawarin2020Improving", dataset="cifar100", model_dir=tmp_path)
     with pytest.raises(CheckpointError, match="needs the robustbench package.*Sitawarin2020Improving"):

@@ -390,7 +390,8 @@ def add_checkpoint_source(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch-kwargs", type=_json_object, metavar="JSON",
                    help="keyword arguments for --arch CLASS, e.g. '{\"depth\": 34}' (default: none)")
     p.add_argument("--dataset", help="dataset of a foreign checkpoint (input shape, classes; robustbench: default "
-                                     "cifar10), or another dataset with the same input shape")
+                                     "cifar10), or another dataset with the same input shape (a robustbench:NAME "
+                                     "model is still looked up under the RobustBench dataset of that shape)")
     p.add_argument("--threat-model", default="Linf", help="robustbench:NAME: Linf, L2 or corruptions")
     p.add_argument("--model-dir", default="./models",
                    help="robustbench:NAME: RobustBench's model folder (its layout DIR/DATASET/THREAT/NAME.pt)")
