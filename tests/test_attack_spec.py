@@ -8,7 +8,7 @@ import torch
 
 from conftest import assert_one_line_error, run_main
 from landscape import build_model, load_dataset
-from landscape.analysis.hessian import HessianOperator, samples
+from landscape.analysis.hessian import HessianOperator
 from landscape.analysis.surface import loss_surface
 from landscape.attack_spec import AttackSpec, MissingEpsError, config_attack, resolve_attack
 from landscape.checkpoint import save_checkpoint
@@ -65,15 +65,17 @@ def test_eigen_directions_and_surface_attack_the_same_examples(tmp_path, capsys,
     from landscape.cli.surface import main as surface_main
     ck = tmp_path / "ck.pt"
     save_checkpoint(ck, build_model("mlp", "digits", seed=0), _config(method="at", eps=0.1, steps=2, step_size=0.05))
+    from landscape.analysis.samples import SampleSet
     seen = []
-    attack = HessianOperator._attack
+    make = SampleSet.make
 
-    def spy(self, *a, **k):
-        out = attack(self, *a, **k)
-        seen.append(samples(self)[0].clone())
+    def spy(*a, **k):
+        out = make(*a, **k)
+        if out.attack is not None:      # the Hessian's adversarial sample set
+            seen.append(out.tensors()[0].clone())
         return out
 
-    monkeypatch.setattr(HessianOperator, "_attack", spy)
+    monkeypatch.setattr(SampleSet, "make", spy)
     out = tmp_path / "s"
     r = run_main(surface_main, [ck, "--dim", "1", "--directions", "eigen", "--loss", "adversarial", "--samples",
                                 "300", "--x", "0:1:2", "--eigen-tol", "1e-1", "--out", out], capsys)
