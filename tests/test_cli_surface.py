@@ -165,3 +165,19 @@ def test_explicit_eps_zero_is_kept(ckpt, tmp_path, capsys):
     assert r.returncode == 0, r.stderr
     assert "note" not in r.stderr
     assert load_surface(out).settings["attack"]["eps"] == 0.0
+
+
+def test_resume_takes_the_checkpoint_and_settings_stored_in_the_folder(ckpt, tmp_path, capsys):
+    """landscape-surface --resume DIR continues from DIR's own settings (issue 22: every original flag had to be
+    repeated, or the run was 'made with different settings'); a flag given still wins and is checked."""
+    out = tmp_path / "s"
+    flags = ["--dim", "1", "--x=-0.5:0.5:3", "--loss", "adversarial", "--adv-mode", "reattack", "--steps", "2",
+             "--eps", "0.08", "--samples", "12", "--seed", "3", "--normalization", "layer", "--out", str(out)]
+    assert run_main(surface_main, [ckpt, *flags], capsys).returncode == 0
+    first = load_surface(out)
+    r = run_main(surface_main, ["--resume", str(out)], capsys)
+    assert r.returncode == 0, r.stderr
+    np.testing.assert_array_equal(load_surface(out).loss, first.loss)
+    assert "eps 0.08, 2 PGD steps" in r.stdout and "reattack" in r.stdout
+    assert_one_line_error(run_main(surface_main, ["--resume", str(out), "--normalization", "filter"], capsys),
+                          contains="different settings")

@@ -48,7 +48,7 @@ examples:
   landscape-surface runs/at/best.pt --dim 1 --x -1:1:51 --loss adversarial --adv-mode reattack
   landscape-surface runs/at/best.pt --directions interpolate --to runs/sat/best.pt --plot
   landscape-surface foreign.pt --arch cnn-small --dataset digits --out surf
-  landscape-surface foreign.pt --arch cnn-small --dataset digits --resume surf   # after an interruption
+  landscape-surface --resume surf      # after an interruption: the stored checkpoint and settings
   landscape-surface runs/at/best.pt --space input --samples 256 --plot        # input space: masking?
 
 """ + TORCHRUN_HELP.format(prog="landscape-surface") + """ Grid points are shared out dynamically (each
@@ -109,7 +109,8 @@ def build_parser() -> Parser:
     d.add_argument("--out", metavar="DIR",
                    help="output folder (default: CKPT's folder/surfaces/STEM-DIRECTIONS-LOSS-Dd)")
     d.add_argument("--resume", metavar="DIR", nargs="?", const="",
-                   help="continue the interrupted run stored in DIR (default: in --out), with the same settings")
+                   help="continue the interrupted run stored in DIR (default: in --out) with the settings and "
+                        "checkpoint stored there (CKPT and the flags may be left out)")
     d.add_argument("--overwrite", action="store_true", help="replace a run stored in --out")
     d.add_argument("--plot", metavar="PATH", nargs="?", const="",
                    help="also draw the surface: to PATH, or with no PATH to surface.png in the result folder "
@@ -246,11 +247,54 @@ def _glue_grids(argv: Sequence[str]) -> list[str]:
     return out
 
 
+def stored_defaults(folder: Path) -> tuple[dict, str | None]:
+    """The flags a stored surface in ``folder`` was made with (``--resume DIR`` continues from them, as
+    ``landscape-train --resume`` does) and its checkpoint; ({}, None) when the folder holds none."""
+    from ..analysis.surface_result import load_surface
+    if not (folder / "surface.json").is_file():
+        return {}, None
+    s = load_surface(folder).settings
+    info, spec = s.get("info") or {}, (s.get("directions") or {}).get("spec") or {}
+    d: dict = {"dim": spec.get("dim") or s.get("dim"), "directions": spec.get("directions"), "loss": s.get("loss"),
+               "batch_size": s.get("batch_size"), "seed": s.get("seed"), "samples": s.get("samples"),
+               "split": info.get("split"), "dataset": info.get("dataset"), "x": info.get("x_spec"),
+               "y": info.get("y_spec"), "normalization": spec.get("normalization"),
+               "include_bn": spec.get("include_bn"), "orthogonalize": spec.get("orthogonalize"),
+               "eigen_tol": spec.get("tol"), "bn_buffers": spec.get("buffers"), "to": spec.get("to"),
+               "trajectory": spec.get("trajectory")}
+    att = s.get("attack")
+    if att:
+        d.update(adv_mode=att.get("mode"), eps=att.get("eps"), steps=att.get("steps"), restarts=att.get("restarts"),
+                 attack_norm=att.get("norm"), attack_batch_size=att.get("batch_size"), attack_bn=att.get("bn"),
+                 random_start=att.get("random_start"),
+                 step_size=None if att.get("step_size_default") else att.get("step_size"))
+    return {k: v for k, v in d.items() if v is not None}, info.get("checkpoint")
+
+
+def _resume_argv(argv: list[str]) -> tuple[list[str], dict]:
+    """``--resume DIR`` alone: the stored checkpoint put back in front when none is given, and the stored
+    settings as the parser's defaults (flags given still win, and the resume check refuses contradictions)."""
+    probe = build_parser()
+    for a in probe._actions:
+        if a.dest == "checkpoint":
+            a.nargs, a.default = "?", None
+    ns, _ = probe.parse_known_args(argv)
+    if not ns.resume:
+        return argv, {}
+    defaults, ckpt = stored_defaults(Path(ns.resume))
+    if ns.checkpoint is None and ckpt:
+        argv = [ckpt, *argv]
+    return argv, defaults
+
+
 @cli("landscape-surface")
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(glue_optional_values(_glue_grids(argv), {"--plot": is_figure_path,
-                                                                              "--resume": is_folder_token}))
+    argv = glue_optional_values(_glue_grids(argv), {"--plot": is_figure_path, "--resume": is_folder_token})
+    argv, stored = _resume_argv(argv)
+    parser = build_parser()
+    parser.set_defaults(**stored)
+    args = parser.parse_args(argv)
     if args.resume:  # --resume DIR: the run in DIR
         if args.out and Path(args.out).resolve() != Path(args.resume).resolve():
             raise ConfigError(f"--resume {args.resume} and --out {args.out} name different runs; give one")
