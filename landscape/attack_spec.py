@@ -104,12 +104,13 @@ class AttackSpec:
         return cls(**kw)
 
     def examples(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int = 0,
-                 start: int = 0) -> torch.Tensor:
+                 start: int = 0, callback: Any = None) -> torch.Tensor:
         """Adversarial examples of the whole set ``(x, y)`` under this spec (``attacks.adversarial_examples``:
         batches of ``batch_size`` seeded by (seed, start + position)). Cost: restarts * steps forward+backward
         passes per sample."""
         return adversarial_examples(model, x, y, self.eps, self.step_size, self.steps, self.norm, self.restarts,
-                                    self.batch_size, seed, start, random_init=self.random_start, bn=self.bn)
+                                    self.batch_size, seed, start, random_init=self.random_start, bn=self.bn,
+                                    callback=callback)
 
 
 def config_attack(config: Mapping[str, Any] | None) -> dict:

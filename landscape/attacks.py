@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -337,8 +337,10 @@ def batch_generator(seed: int, start: int) -> torch.Generator:
 def adversarial_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
                          step_size: float | None = None, steps: int = 10, norm: str = "linf",
                          restarts: int = 1, batch_size: int = 256, seed: int = 0, start: int = 0,
-                         random_init: bool = True, bn: str = "eval") -> torch.Tensor:
-    """PGD adversarial examples for a whole sample set, attacked in batches of ``batch_size``.
+                         random_init: bool = True, bn: str = "eval",
+                         callback: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """PGD adversarial examples for a whole sample set, attacked in batches of ``batch_size``
+    (``callback(done, total)``, samples, after each batch: progress).
 
     Batch b (starting at sample i) uses ``batch_generator(seed, start + i)``, so results are reproducible;
     ``start`` is the index of ``x[0]`` in a larger set of which ``x`` is a shard (a shard that begins on a
@@ -349,4 +351,6 @@ def adversarial_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps
     for i in range(0, len(x), batch_size):
         out[i:i + batch_size] = pgd(model, x[i:i + batch_size], y[i:i + batch_size], eps, step_size, steps,
                                     norm, random_init, restarts, batch_generator(seed, start + i), bn)
+        if callback is not None:
+            callback(min(i + batch_size, len(x)), len(x))
     return out

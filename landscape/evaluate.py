@@ -64,7 +64,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: AttackS
     """Clean accuracy and PGD accuracy under ``attack`` (an ``AttackSpec``; the old loose keywords eps, steps
     (default 20), step_size, restarts still work, deprecated), optionally AutoAttack (standard;
     ``autoattack_state``: a folder that keeps its per-sample outcome as it comes, so that a rerun resumes:
-    ``autoattack.run_autoattack``). No attack and no eps: clean accuracy only (``pgd_acc`` None).
+    ``autoattack.run_autoattack``; ``progress``: a progress line for PGD and AutoAttack). No attack and no eps: clean accuracy only (``pgd_acc`` None).
 
     Cost: one forward per batch for clean accuracy; restarts * steps forward+backward passes per sample
     for PGD; AutoAttack's standard ensemble is far more expensive (thousands of passes per sample).
@@ -78,7 +78,11 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: AttackS
     clean = accuracy(model, x, y, batch_size)
     robust = None
     if attack is not None and attack.active:
-        robust = accuracy(model, attack.examples(model, x, y, seed), y, batch_size)
+        from .progress import progress_bar
+        bar = progress_bar(total=len(y), desc=f"PGD-{attack.steps}", unit="sample", show=progress)
+        robust = accuracy(model, attack.examples(model, x, y, seed, callback=lambda done, _: bar.update(done - bar.n)),
+                          y, batch_size)
+        bar.close()
     elif attack is not None:
         robust = clean  # eps 0 or no steps: the inputs stay as they are
     aa = run_autoattack(model, x, y, attack.eps, attack.norm, seed, batch_size, state_dir=autoattack_state,

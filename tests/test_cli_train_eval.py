@@ -86,3 +86,18 @@ def test_training_says_what_is_starting_before_the_first_epoch(tmp_path, capsys)
     assert "parameters" in first and "epochs 1-1 of 1 batches" in first
     quiet = run_main(main, [*args, "--name", "y", "--quiet"], capsys)
     assert not quiet.stdout.startswith("landscape-train:")
+
+
+def test_eval_shows_pgd_progress_in_a_log(tmp_path, capsys, monkeypatch):
+    """PGD over a large split ran silently (hours for WRN-34-10 on a CPU): a progress line per interval now."""
+    from conftest import run_main
+    from landscape import build_model, save_checkpoint
+    from landscape.cli.eval import main
+    from landscape.data import dataset_info
+    ck = tmp_path / "ck.pt"
+    save_checkpoint(ck, build_model("mlp", "digits", seed=0), {"model": "mlp", "dataset": "digits", "method": "at",
+                                                               "eps": 0.1, "dataset_info": dataset_info("digits").to_dict()})
+    monkeypatch.setenv("LANDSCAPE_PROGRESS_SECONDS", "0")
+    proc = run_main(main, [ck, "--samples", "40", "--attack-batch-size", "16", "--steps", "2"], capsys)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.splitlines()[-1].startswith("PGD-2: 40/40 sample (100%)"), proc.stderr

@@ -103,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         clean, pgd, aa = res.accuracies["clean"], res.accuracies["pgd"], res.accuracies.get("autoattack")
     else:
         res = evaluate(ck.model, x, y, batch_size=args.batch_size, seed=args.seed, autoattack=run_aa,
-                       attack=attack, autoattack_state=args.autoattack_state, progress=say and run_aa)
+                       attack=attack, autoattack_state=args.autoattack_state, progress=say)
         clean, pgd, aa = res.clean_acc, res.pgd_acc, res.autoattack_acc
     if not say:
         return 0
