@@ -293,6 +293,7 @@ def cli(prog: str) -> Callable[[Callable[[Sequence[str] | None], int | None]], C
         @functools.wraps(fn)
         def main(argv: Sequence[str] | None = None) -> int:
             had_group = group_initialized()
+            code = 1     # a bug's exception keeps its traceback; the group is left without waiting
             try:
                 code = fn(argv) or 0
             except LandscapeError as e:
@@ -311,7 +312,7 @@ def cli(prog: str) -> Callable[[Callable[[Sequence[str] | None], int | None]], C
                 code = 130
             finally:
                 if not had_group:
-                    finish()
+                    finish(clean=code == 0)
             return code
         return main
     return deco
