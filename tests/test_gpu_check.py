@@ -29,6 +29,7 @@ def test_fails_clearly_without_a_gpu(tmp_path):
     assert not (tmp_path / "runs").exists()  # nothing started
 
 
+@pytest.mark.slow   # 2-3 minutes on 2 cores: the default run stays under CI's 20 minutes (make test-slow runs it)
 def test_cpu_dry_run(tmp_path):
     """Every console-script step and every measurement of benchmarks/gpu_check.py runs (tiny, on the CPU)."""
     proc = _run("--cpu", timeout=900, env={"WORK": str(tmp_path)})
