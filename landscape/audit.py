@@ -27,6 +27,7 @@ from ._version import __version__
 from .attack_spec import AttackSpec
 from .attacks import AttackTrace, batch_generator, eval_mode, pgd_trace, random_start
 from .errors import ConfigError
+from .evaluate import predict
 from .inputs import check_batch
 
 
@@ -248,11 +249,6 @@ def _batched_trace(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: Att
                        torch.cat([p.final_adversarial for p in parts]))
 
 
-def _logits(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    with eval_mode(model), torch.no_grad():
-        return torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
-
-
 def randomness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, passes: int = 5) -> dict:
     """AutoAttack's randomized-model test on (x, y): ``passes`` forward passes in eval mode; the largest change
     of the L2-normalized logits and whether the number correct differs. Cost: ``passes`` forwards."""
@@ -287,7 +283,7 @@ def _noise(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: AttackSpec,
     g = torch.Generator().manual_seed(seed * 1_000_003 + 424_242)
     for _ in range(draws):
         xn = x + random_start(x, spec.eps, spec.norm, g)
-        broken |= _logits(model, xn, batch_size).argmax(1) != y
+        broken |= predict(model, xn, batch_size) != y
     return broken
 
 
@@ -336,7 +332,7 @@ def audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: AttackSpec
         bar.update(1)
         return out
 
-    correct = timed("clean", 1, lambda: _logits(model, x, bs).argmax(1) == y)
+    correct = timed("clean", 1, lambda: predict(model, x, bs) == y)
     rnd = randomness(model, x[:bs], y[:bs])
     cost.add("randomness", 5 * min(bs, n) / n, 0.0)
     k = eot if (rnd["logit_change"] > t.randomized or rnd["predictions_differ"]) else 1
@@ -393,7 +389,7 @@ def audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: AttackSpec
     if surrogate is not None:
         def transfer() -> torch.Tensor:
             x_t = _batched_trace(surrogate, x, y, attack, seed, "ce", 1).x_adv
-            return _logits(model, x_t, bs).argmax(1) != y
+            return predict(model, x_t, bs) != y
         transferred = timed("transfer", attack.steps + 1, transfer)
     else:
         bar.update(1)

@@ -31,7 +31,7 @@ from torch import nn
 
 from . import distributed
 from ._version import __version__
-from .attacks import check_eps, eval_mode
+from .attacks import check_eps
 from .digest import tensor_digest
 from .errors import ConfigError
 from .io import read_json, write_json
@@ -143,11 +143,6 @@ def _member(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: str, eps
     return x_adv
 
 
-def _predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    with eval_mode(model), torch.no_grad():
-        return torch.cat([model(x[i:i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
-
-
 def _chunk_state(path: Path | None, settings: dict) -> dict | None:
     if path is None or not path.exists():
         return None
@@ -182,6 +177,7 @@ def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: floa
     if chunk < 1 or batch_size < 1:
         raise ConfigError("AutoAttack chunk and batch size must be positive")
     _package()
+    from .evaluate import predict   # evaluate imports this module: the one predict, imported when run
     n = len(y)
     folder = Path(state_dir) if state_dir is not None else None
     if folder is not None:
@@ -202,7 +198,7 @@ def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: floa
         path = folder / f"chunk-{lo:07d}.json" if folder is not None else None
         state = _chunk_state(path, settings)
         if state is None:
-            pred = _predict(model, xs, batch_size)
+            pred = predict(model, xs, batch_size)
             state = {"settings": settings, "done": [], "seconds": 0.0, "landscape_version": __version__,
                      "broken_by": [None if bool(p == t) else MISCLASSIFIED for p, t in zip(pred, ys)]}
         else:
@@ -217,7 +213,7 @@ def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: floa
                 idx = torch.tensor(left, device=xs.device)
                 x_adv = _member(model, xs[idx], ys[idx], attack, eps, norm, chunk_seed(seed, lo), batch_size,
                                 square_queries)
-                wrong = _predict(model, x_adv, batch_size) != ys[idx]
+                wrong = predict(model, x_adv, batch_size) != ys[idx]
                 for i, bad_i in zip(left, wrong.tolist()):
                     if bad_i:
                         state["broken_by"][i] = attack
