@@ -1,6 +1,8 @@
 """Issue 23: AutoAttack and the evaluation audit on every model of results/sat-study (45 models).
 
     python benchmarks/sat_study_audit.py --threads 2          # all of it, resumable: rerun to continue
+    python benchmarks/sat_study_audit.py --threads 1 --shard 0/2 & python benchmarks/sat_study_audit.py \
+        --threads 1 --shard 1/2                               # two processes of one thread each (2 cores)
     python benchmarks/sat_study_audit.py --only sat-eps-eps0.4-s2 at-eps0.3-s2
     python benchmarks/sat_study_audit.py --aggregate-only     # the tables again from the stored files
 
@@ -11,15 +13,18 @@ best epoch against train.json. Then ``landscape.audit`` on the first ``--samples
 the study's attack (PGD-20, step eps/4), AutoAttack (standard) included, its per-sample state kept in
 runs/sat-study/NAME/autoattack-state so that a stopped run loses at most one member's work on one chunk.
 Each model's result goes to results/sat-study/models/NAME/audit.json (atomic; skipped when present with the
-same settings, even without the checkpoint).
+same settings, even without the checkpoint): commit them as they come, since runs/ does not outlive a
+checkout. The models of the docs' input-space figure (``INPUT_SPACE``) also get their input-space surface
+(``landscape-surface --space input``, 256 images, curvature) in results/sat-study/input_space/NAME.json.
 
 Aggregate (``aggregate``): audit.csv (one row per model: clean, PGD-20 and AutoAttack accuracy on the same
 n images, the audit's worst case, the verdict and the checks that flagged, re-judged from the stored evidence
 under today's ``audit.Thresholds``, and whether the retrained model equals the committed one),
 summary_autoattack.md (mean and s.d. over seeds per method and eps, flagged models counted), and
 verdicts_autoattack.md (each method against AT on AutoAttack accuracy, ``sat_study.verdict``'s rule).
-The models run in the order below: the four of the earlier AutoAttack check first (seed 2; their committed
-AutoAttack numbers in results/sat-study/autoattack/ used the same 500 images and seed), then by seed.
+The models run in the order below: the two of the input-space figure and the four of the earlier AutoAttack
+check first (seed 2; the committed AutoAttack numbers in results/sat-study/autoattack/ used the same 500 images
+and seed), then by seed; ``--shard K/N`` takes every N-th of that order from the K-th.
 """
 from __future__ import annotations
 
@@ -39,7 +44,8 @@ from landscape.io import read_json, write_text  # noqa: E402
 from reproduce_sat import cached_result, log, study_attack, train_run  # noqa: E402
 from sat_study import GRID_EPS, METHODS, SCALES, SWEEP_EPS, ModelSpec, plan, verdict, _fmt  # noqa: E402
 
-FIRST = ("at-eps0.3-s2", "sat-eps-eps0.4-s2", "sat-eps-eps0.3-s2", "p-sat-eps0.3-s2")
+INPUT_SPACE = ("sat-eps-eps0.4-s2", "at-eps0.4-s2")
+FIRST = INPUT_SPACE + ("at-eps0.3-s2", "sat-eps-eps0.3-s2", "p-sat-eps0.3-s2")
 
 
 def ordered(specs: Sequence[ModelSpec]) -> list[ModelSpec]:
@@ -63,13 +69,28 @@ def retrained(run: Path, folder: Path, spec: ModelSpec, test: ls.Dataset, test_s
     return out
 
 
+def input_space(out: Path, run: Path, spec: ModelSpec) -> None:
+    """``landscape-surface best.pt --space input`` (256 test images, curvature) into input_space/NAME.json."""
+    from landscape.cli.surface import main as surface
+    dest = out / "input_space" / f"{spec.name}.json"
+    where = run / "input-space"
+    code = surface([str(run / "best.pt"), "--space", "input", "--samples", "256", "--seed", str(spec.seed),
+                    "--out", str(where), "--overwrite"])
+    if code != 0:
+        raise LandscapeError(f"{spec.name}: landscape-surface --space input exited {code}")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    write_text(dest, (where / "input_surface.json").read_text())
+    log(f"{spec.name}: input-space surface in {dest}")
+
+
 def audit_model(out: Path, runs: Path, spec: ModelSpec, test: ls.Dataset, samples: int) -> dict:
     """Retrain (or find) ``spec``'s model, compare it with the committed one, audit it: audit.json."""
     folder, s = out / "models" / spec.name, SCALES["full"]
     settings = {"step": "audit", "model": spec.name, "samples": samples, "attack": study_attack(spec.eps).to_dict(),
                 "seed": spec.seed, "autoattack": "standard"}
     path = folder / "audit.json"
-    if path.exists() and read_json(path).get("settings") == settings:
+    want_input = spec.name in INPUT_SPACE and not (out / "input_space" / f"{spec.name}.json").exists()
+    if path.exists() and read_json(path).get("settings") == settings and not want_input:
         log(f"{spec.name}: audited in {path}; skipped")
         return read_json(path)
     t0 = time.perf_counter()
@@ -89,7 +110,10 @@ def audit_model(out: Path, runs: Path, spec: ModelSpec, test: ls.Dataset, sample
         log(f"{spec.name}: {res.verdict} {res.failed}; clean {res.accuracies['clean']:.3f} PGD-20 "
             f"{res.accuracies['pgd']:.3f} AutoAttack {res.accuracies['autoattack']:.3f}")
         return {**res.to_dict(), "retrained": same, "train_seconds_this_run": t_train}
-    return cached_result(path, fn, settings)
+    result = cached_result(path, fn, settings)
+    if want_input:
+        input_space(out, run, spec)
+    return result
 
 
 def rows(out: Path) -> list[dict]:
@@ -168,6 +192,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--samples", type=int, default=500, help="test images audited (default 500)")
     p.add_argument("--only", nargs="+", help="these models only (names as in results/sat-study/models)")
     p.add_argument("--threads", type=int, help="torch threads (the study trained with 2)")
+    p.add_argument("--shard", default="0/1", metavar="K/N",
+                   help="every N-th model of the order from the K-th (run N processes side by side)")
     p.add_argument("--aggregate-only", action="store_true")
     args = p.parse_args(argv)
     out, runs = Path(args.out), Path(args.runs)
@@ -178,6 +204,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             specs = ordered(plan(METHODS, GRID_EPS, SWEEP_EPS, [0, 1, 2]))
             if args.only:
                 specs = [s for s in specs if s.name in set(args.only)]
+            k, n = (int(v) for v in args.shard.split("/"))
+            if not 0 <= k < n:
+                raise LandscapeError(f"--shard {args.shard}: K must be in 0..N-1")
+            specs = specs[k::n]
             test = ls.load_dataset("fashion-mnist", "test")
             for i, spec in enumerate(specs):
                 log(f"[{i + 1}/{len(specs)}] {spec.name}")
