@@ -249,6 +249,19 @@ def pgd_trace(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, st
     return AttackTrace((x + delta).detach(), trace, ever, wrong)
 
 
+def input_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(grad, logits, dead): the gradient of the summed cross-entropy with respect to ``x``, the logits
+    (detached), and per sample whether that gradient is all zero or not finite (shattered or saturated).
+    Runs in ``eval_mode``. Cost: one forward+backward pass."""
+    with eval_mode(model):
+        xg = x.detach().clone().requires_grad_(True)
+        logits = model(xg)
+        grad = _input_grad(F.cross_entropy(logits, y, reduction="sum"), xg)
+    flat = grad.flatten(1)
+    return grad, logits.detach(), (flat == 0).all(1) | ~torch.isfinite(flat).all(1)
+
+
 def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
     """Fast gradient sign method (Goodfellow et al. 2015): one signed step of size eps. One fwd + bwd."""
     return pgd(model, x, y, eps, step_size=eps, steps=1, random_init=False)

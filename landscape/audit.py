@@ -20,12 +20,11 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ._version import __version__
 from .attack_spec import AttackSpec
-from .attacks import AttackTrace, batch_generator, eval_mode, pgd_trace, random_start
+from .attacks import AttackTrace, batch_generator, eval_mode, input_gradient, pgd_trace, random_start
 from .errors import ConfigError
 from .evaluate import predict
 from .inputs import check_batch
@@ -264,14 +263,10 @@ def input_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_si
     """Per sample: the cross-entropy's input gradient is all zero or not finite; the float32 softmax of the
     predicted class is exactly 1. Cost: one forward+backward pass."""
     zero, sat = [], []
-    with eval_mode(model):
-        for i in range(0, len(x), batch_size):
-            xb = x[i:i + batch_size].clone().requires_grad_(True)
-            logits = model(xb)
-            g, = torch.autograd.grad(F.cross_entropy(logits, y[i:i + batch_size], reduction="sum"), xb)
-            flat = g.flatten(1)
-            zero.append((flat == 0).all(1) | ~torch.isfinite(flat).all(1))
-            sat.append(logits.detach().float().softmax(1).amax(1) == 1.0)
+    for i in range(0, len(x), batch_size):
+        _, logits, dead = input_gradient(model, x[i:i + batch_size], y[i:i + batch_size])
+        zero.append(dead)
+        sat.append(logits.float().softmax(1).amax(1) == 1.0)
     return {"zero": torch.cat(zero), "saturated": torch.cat(sat)}
 
 

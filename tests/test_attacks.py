@@ -209,3 +209,27 @@ def test_fp16_safe_attack_moves_confident_samples_that_fp16_would_freeze():
         else:
             assert not (g != 0).any(1).all()   # the failure fp16_safe exists for
     assert moved[True].all() and not moved[False].all()
+
+
+def test_input_gradient_is_the_closed_form_of_a_linear_softmax_model():
+    """grad_x sum CE(Wx + c, y) = W^T (softmax(Wx + c) - onehot(y)) per sample; a model whose output does not
+    depend on x has an all-zero gradient (dead), and a non-finite one is dead too."""
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(6, 3).double()
+    x, y = torch.randn(5, 6, dtype=torch.float64), torch.tensor([0, 1, 2, 1, 0])
+    grad, logits, dead = attacks.input_gradient(lin, x, y)
+    p = (x @ lin.weight.T + lin.bias).softmax(1)
+    expected = (p - F.one_hot(y, 3).double()) @ lin.weight.detach()
+    assert torch.allclose(grad, expected, atol=1e-12) and not dead.any() and not logits.requires_grad
+
+    class Constant(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.b = torch.nn.Parameter(torch.zeros(3, dtype=torch.float64))
+
+        def forward(self, x):
+            return (x * 0).sum(1, keepdim=True) + self.b * torch.where(x[:, :1] > 0, 1.0, float("inf"))
+    grad, _, dead = attacks.input_gradient(Constant(), x, y)
+    finite = torch.isfinite(grad).flatten(1).all(1)
+    assert finite.any() and (~finite).any()          # both kinds: all zero, and not finite
+    assert dead.all()

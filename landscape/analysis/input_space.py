@@ -26,7 +26,7 @@ from torch import nn
 
 from .._version import __version__
 from ..attack_spec import AttackSpec
-from ..attacks import batch_generator, eval_mode
+from ..attacks import batch_generator, eval_mode, input_gradient
 from ..errors import ConfigError
 from ..inputs import check_batch
 from .surface_result import parse_grid
@@ -97,11 +97,7 @@ def _directions(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: Atta
                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(g, r, zero): the attack's step direction, a random direction of the same size, and which samples have
     an all-zero or non-finite gradient. Cost: one forward+backward pass."""
-    with eval_mode(model):
-        xg = x.clone().requires_grad_(True)
-        grad, = torch.autograd.grad(F.cross_entropy(model(xg), y, reduction="sum"), xg)
-    flat = grad.flatten(1)
-    zero = (flat == 0).all(1) | ~torch.isfinite(flat).all(1)
+    grad, _, zero = input_gradient(model, x, y)
     grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
     shape = (-1, *([1] * (x.dim() - 1)))
     if attack.norm == "linf":
