@@ -38,7 +38,7 @@ class Thresholds:
     z: float = 2.0
     attack_gap: float = 0.5          # share of PGD-robust samples that a margin PGD or AutoAttack breaks
     more_effort: float = 0.15        # share of PGD-robust samples that 2x steps and restarts break
-    unbounded_accuracy: float = 0.05  # accuracy left at an unbounded budget
+    unbounded_accuracy: float = 0.05  # accuracy left at an unbounded budget (samples with a witness only)
     sweep_rise: float = 0.02         # accuracy rising with eps by more than this (beyond the sampling error)
     incomplete: float = 0.5          # share of surviving samples whose loss still rises at the end (PGD-20 with
     #                                  a step of eps/4 left 36% of an honest AT model's survivors rising: a short
@@ -147,7 +147,8 @@ JUDGES: dict[str, Callable[[dict, Thresholds], bool | None]] = {
     "transfer": lambda ev, t: _judge_share(ev, t, "transfer"),
     "fgsm_vs_pgd": lambda ev, t: _judge_share(ev, t, "fgsm"),
     "eps_sweep": lambda ev, t: None if "accuracy" not in ev else (
-        wilson_lower(ev["unbounded_robust"], ev["n"], t.z) <= t.unbounded_accuracy
+        wilson_lower(ev["unbounded_robust"] - ev.get("unbounded_without_witness", 0), ev["n"], t.z)
+        <= t.unbounded_accuracy
         and all(_rise_ok(a, b, ev["n"], t) for a, b in zip(ev["accuracy"], ev["accuracy"][1:]))),
 }
 
@@ -327,7 +328,8 @@ def audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: AttackSpec
         bar.update(1)
         return out
 
-    correct = timed("clean", 1, lambda: predict(model, x, bs) == y)
+    pred = timed("clean", 1, lambda: predict(model, x, bs))
+    correct = pred == y
     rnd = randomness(model, x[:bs], y[:bs])
     cost.add("randomness", 5 * min(bs, n) / n, 0.0)
     k = eot if (rnd["logit_change"] > t.randomized or rnd["predictions_differ"]) else 1
@@ -430,12 +432,19 @@ def audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: AttackSpec
                                                     f"{k_eff} of {m_gap} PGD-robust samples broken"}, t))
     # 3. eps sweep
     sweep_acc = [accuracies["pgd_margin"]] + [acc(b) for b in swept]
+    # The unbounded ball holds every other input of x: a survivor there is an attack failure when some input
+    # is predicted as another class (a witness). A model that predicts one class everywhere (collapsed) has
+    # no witness for the samples of that class: they survive because no other class exists, not by masking.
+    classes = pred.unique()
+    lone = (y == classes[0]) if classes.numel() == 1 else torch.zeros_like(correct)
+    survivors = correct & ~swept[-1]
+    summary = "margin PGD accuracy " + ", ".join(f"{a:.3f}@{e:g}" for e, a in zip([attack.eps, *eps_list], sweep_acc))
+    if classes.numel() == 1:
+        summary += f"; the model predicts class {int(classes[0])} for every input (collapsed)"
     checks.append(_check("eps_sweep", {"eps": [attack.eps, *eps_list], "accuracy": sweep_acc,
-                                       "unbounded_eps": big, "unbounded_robust": int((correct & ~swept[-1]).sum()),
-                                       "n": n, "loss": "margin",
-                                       "summary": "margin PGD accuracy " + ", ".join(
-                                           f"{a:.3f}@{e:g}" for e, a in zip([attack.eps, *eps_list], sweep_acc))},
-                         t))
+                                       "unbounded_eps": big, "unbounded_robust": int(survivors.sum()),
+                                       "unbounded_without_witness": int((survivors & lone).sum()),
+                                       "n": n, "loss": "margin", "summary": summary}, t))
     # 4. loss traces of PGD-CE (Pintor et al.'s incomplete optimization; a loss that never moves)
     trace = ce.loss.T                                        # (n, steps + 1)
     lo, hi = trace.amin(1, keepdim=True), trace.amax(1, keepdim=True)

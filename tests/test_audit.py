@@ -151,6 +151,30 @@ def test_each_broken_model_is_flagged_by_its_check(robust_mlps, audit_data, wrap
         assert next(c for c in res.checks if c.name == "randomized").evidence["eot"] == 4
 
 
+class Collapsed(nn.Module):
+    """A collapsed model (AT at too large an eps): class 3 wins everywhere, its logits still move with x."""
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.linspace(-1, 1, 64 * 10).view(10, 64) / 64)
+
+    def forward(self, x):
+        return x.flatten(1) @ self.w.T + 8.0 * F.one_hot(torch.tensor(3), 10)
+
+
+def test_a_collapsed_model_is_not_called_masked(audit_data):
+    """Its samples of class 3 survive every budget because no input is predicted as anything else (no witness
+    in the unbounded ball): eps_sweep passes and says so; the same evidence without that count would flag."""
+    res = quick_audit(Collapsed(), audit_data)
+    sweep = next(c for c in res.checks if c.name == "eps_sweep")
+    ev = sweep.evidence
+    assert ev["unbounded_robust"] == ev["unbounded_without_witness"] == int((audit_data[1] == 3).sum()) > 0
+    assert sweep.passed is True and "collapsed" in ev["summary"]
+    old = {k: v for k, v in ev.items() if k != "unbounded_without_witness"}
+    assert judge([Check("eps_sweep", True, old, "")], Thresholds())[0].passed is False
+    res = quick_audit(Quantized(Collapsed()), audit_data)   # a witness-free model is still judged by the rest
+    assert "gradients" in res.failed
+
+
 def test_transfer_check_uses_the_surrogate(robust_mlps, audit_data):
     res = quick_audit(robust_mlps["at"], audit_data, surrogate=robust_mlps["trades"])
     tr = next(c for c in res.checks if c.name == "transfer")
