@@ -44,8 +44,8 @@ from landscape.io import read_json, write_text  # noqa: E402
 from reproduce_sat import cached_result, log, study_attack, train_run  # noqa: E402
 from sat_study import GRID_EPS, METHODS, SCALES, SWEEP_EPS, ModelSpec, plan, verdict, _fmt  # noqa: E402
 
-INPUT_SPACE = ("sat-eps-eps0.4-s2", "at-eps0.4-s2")
-FIRST = INPUT_SPACE + ("at-eps0.3-s2", "sat-eps-eps0.3-s2", "p-sat-eps0.3-s2")
+INPUT_SPACE = ("sat-eps-eps0.4-s2", "at-eps0.4-s2", "at-eps0.3-s2")   # masked, collapsed, robust
+FIRST = INPUT_SPACE + ("sat-eps-eps0.3-s2", "p-sat-eps0.3-s2")
 
 
 def ordered(specs: Sequence[ModelSpec]) -> list[ModelSpec]:
