@@ -461,14 +461,24 @@ def study_model(ctx: Context, spec: ModelSpec, specs: Sequence[ModelSpec] = ()) 
 # --- aggregation ------------------------------------------------------------------------------------------
 
 def summarize(df, by: Sequence[str]):
-    """Mean, sample s.d. (ddof 1; NaN for one seed) and n over seeds of every numeric column, per group."""
+    """Mean, sample s.d. (ddof 1; NaN for one seed) and n over seeds of every numeric column, per group; with
+    the audit's ``audit_suspect`` column, ``flagged`` (models the audit calls suspect) of ``audited``."""
     import pandas as pd
-    values = [c for c in df.columns if c not in (*by, "seed") and pd.api.types.is_numeric_dtype(df[c])]
+    values = [c for c in df.columns if c not in (*by, "seed", "audit_suspect")
+              and pd.api.types.is_numeric_dtype(df[c])]
     g = df.groupby(list(by), sort=True)
     out = g[values].mean().add_suffix("_mean").join(g[values].std(ddof=1).add_suffix("_sd"))
     out["n"] = g.size()
     cols = [c for v in values for c in (f"{v}_mean", f"{v}_sd")] + ["n"]
+    if "audit_suspect" in df.columns:
+        out["flagged"], out["audited"] = g["audit_suspect"].sum(), g["audit_suspect"].count()
+        cols += ["flagged", "audited"]
     return out[cols].reset_index()
+
+
+def flagged_cell(flagged: float, audited: float) -> str:
+    """'k of m' models of a group flagged by the audit; '–' when none was audited."""
+    return f"{int(flagged)} of {int(audited)}" if audited else "–"
 
 
 def _fmt(m: float, s: float) -> str:
@@ -482,12 +492,15 @@ def markdown_table(summary, by: Sequence[str], columns: Sequence[str] | None = N
     """The summary as a markdown table, each value as 'mean ± s.d.' (the s.d. omitted when n = 1); ``columns``
     picks metrics (default all)."""
     values = [c[:-5] for c in summary.columns if c.endswith("_mean") and (columns is None or c[:-5] in columns)]
-    head = [*by, *values, "n"]
+    audited = "audited" in summary.columns
+    head = [*by, *values, "n"] + (["audit: flagged"] if audited else [])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, r in summary.iterrows():
         cells = [f"{r[b]:g}" if isinstance(r[b], float) else str(r[b]) for b in by]
-        cells += [_fmt(r[f"{v}_mean"], r[f"{v}_sd"]) for v in values]
-        lines.append("| " + " | ".join(cells + [str(int(r["n"]))]) + " |")
+        cells += [_fmt(r[f"{v}_mean"], r[f"{v}_sd"]) for v in values] + [str(int(r["n"]))]
+        if audited:
+            cells.append(flagged_cell(r["flagged"], r["audited"]))
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -576,6 +589,13 @@ def verdicts(df, grid_eps: Sequence[float], layers=None) -> "Any":
     import pandas as pd
     rows = []
     flat = [c for c in df.columns if c.startswith("flat_")]
+
+    def flags(a, b) -> dict:
+        """The audit's flags in groups A and B ('k of m'), when the models were audited."""
+        if "audit_suspect" not in a.columns:
+            return {}
+        return {"audit_flagged_a": flagged_cell(a.audit_suspect.sum(), a.audit_suspect.count()),
+                "audit_flagged_b": flagged_cell(b.audit_suspect.sum(), b.audit_suspect.count())}
     for eps in grid_eps:
         at = df[(df.method == "at") & np.isclose(df.eps, eps)]
         for m in sorted(set(df.method) - {"at"}):
@@ -585,25 +605,27 @@ def verdicts(df, grid_eps: Sequence[float], layers=None) -> "Any":
             for metric in [*VERDICT_METRICS, *flat]:
                 if metric in df.columns:
                     rows.append({"comparison": f"{m} vs at", "eps": eps, "metric": metric,
-                                 **verdict(other[metric].tolist(), at[metric].tolist())})
+                                 **verdict(other[metric].tolist(), at[metric].tolist()), **flags(other, at)})
             for metric in PATH_METRICS:
                 if metric in df.columns:
                     rows.append({"comparison": f"{m} vs 0", "eps": eps, "metric": metric,
-                                 **verdict_vs_zero(other[metric].tolist())})
+                                 **verdict_vs_zero(other[metric].tolist()), **flags(other, other.iloc[:0])})
     at = df[df.method == "at"]
     eps_all = sorted(set(at.eps))
     for lo, hi in zip(eps_all, eps_all[1:]):
+        a, b = at[np.isclose(at.eps, hi)], at[np.isclose(at.eps, lo)]
         for metric in ("eig1", "trace"):
             if metric in df.columns:
                 rows.append({"comparison": f"at eps {hi:g} vs at eps {lo:g}", "eps": hi, "metric": metric,
-                             **verdict(at[np.isclose(at.eps, hi)][metric].tolist(),
-                                       at[np.isclose(at.eps, lo)][metric].tolist())})
+                             **verdict(a[metric].tolist(), b[metric].tolist()), **flags(a, b)})
     if layers is not None and len(layers):
         for (eps, layer, loss), part in layers.groupby(["eps", "layer", "loss"], sort=True):
-            at_layer = part[part.method == "at"]["top_eigenvalue"].tolist()
+            at_layer = part[part.method == "at"]
             for m in sorted(set(part.method) - {"at"}):
+                other = part[part.method == m]
                 rows.append({"comparison": f"{m} vs at", "eps": eps, "metric": f"layer {layer} top eig ({loss})",
-                             **verdict(part[part.method == m]["top_eigenvalue"].tolist(), at_layer)})
+                             **verdict(other["top_eigenvalue"].tolist(), at_layer["top_eigenvalue"].tolist()),
+                             **flags(other, at_layer)})
     return pd.DataFrame(rows)
 
 
@@ -643,13 +665,17 @@ def aggregate(out: Path, grid_eps: Sequence[float]) -> dict:
         lines = ["Rule: a difference counts when |mean A - mean B| > 2 x pooled s.d. over seeds "
                  "(pooled s.d. = sqrt((sd_A^2 + sd_B^2)/2)); Welch's t beside it. A path barrier (\"vs 0\": AT's "
                  "own path has none) counts when |mean| > 2 x its s.d., shown in the same column; t = mean / "
-                 "(s.d. / sqrt(n)).\n",
-                 "| comparison | eps | metric | A | B | diff | 2 x pooled s.d. | Welch t | verdict |",
-                 "|---|---|---|---|---|---|---|---|---|"]
+                 "(s.d. / sqrt(n))." + (" Audit: A/B flagged = the models of each side that the evaluation audit "
+                                        "calls suspect (sat_study_audit.py, re-judged under today's thresholds)."
+                                        if "audit_flagged_a" in v.columns else "") + "\n",
+                 "| comparison | eps | metric | A | B | diff | 2 x pooled s.d. | Welch t | verdict |"
+                 + (" audit: A flagged | B flagged |" if "audit_flagged_a" in v.columns else ""),
+                 "|---|---|---|---|---|---|---|---|---|" + ("---|---|" if "audit_flagged_a" in v.columns else "")]
         for _, r in v.iterrows():
             lines.append(f"| {r.comparison} | {r.eps:g} | {r.metric} | {_fmt(r.mean_a, r.sd_a)} | "
                          f"{_fmt(r.mean_b, r.sd_b)} | {r['diff']:.3g} | {2 * r.pooled_sd:.3g} | {r.welch_t:.3g} | "
-                         f"{r.verdict} |")
+                         f"{r.verdict} |" + (f" {r.audit_flagged_a} | {r.audit_flagged_b} |"
+                                             if "audit_flagged_a" in v.columns else ""))
         write_text(out / "verdicts.md", "\n".join(lines) + "\n")
         written["verdicts"] = v
     from sat_study_figures import draw   # matplotlib figures from the files just written

@@ -60,15 +60,28 @@ def seed_bars(ax, groups: Sequence[tuple[str, Sequence[float]]], offset: float =
             ax._flag_labelled = True
 
 
-def seed_line(ax, x: Sequence[float], runs: Sequence[Sequence[float]], label: str, color=None) -> None:
-    """Mean over runs (rows) against x with a +-1 s.d. band, each run a thin line."""
+def seed_line(ax, x: Sequence[float], runs: Sequence[Sequence[float]], label: str, color=None,
+              flagged: Sequence[bool] | None = None) -> None:
+    """Mean over runs (rows) against x with a +-1 s.d. band, each run a thin line; a run whose model the audit
+    flags (``flagged``) is dashed and counted in the label."""
     a = np.asarray(runs, float)
+    flags = list(flagged) if flagged is not None else [False] * len(a)
+    if any(flags):
+        label = f"{label} ({sum(flags)} of {len(flags)} flagged, dashed)"
     line, = ax.plot(x, a.mean(0), "o-", ms=3, label=label, color=color)
     if len(a) > 1:
         sd = a.std(0, ddof=1)
         ax.fill_between(x, a.mean(0) - sd, a.mean(0) + sd, color=line.get_color(), alpha=0.2, lw=0)
-    for r in a:
-        ax.plot(x, r, "-", lw=0.5, alpha=0.5, color=line.get_color())
+    for r, bad in zip(a, flags):
+        ax.plot(x, r, "--" if bad else "-", lw=1.0 if bad else 0.5, alpha=0.8 if bad else 0.5,
+                color=line.get_color())
+
+
+def suspect(df: pd.DataFrame) -> pd.Series:
+    """Per row: the audit calls the model suspect (False where it was not audited)."""
+    return df["audit_suspect"] == 1 if "audit_suspect" in df.columns else pd.Series(False, index=df.index)
+
+
 
 
 def fig_eps_sweep(df: pd.DataFrame) -> plt.Figure | None:
@@ -80,7 +93,10 @@ def fig_eps_sweep(df: pd.DataFrame) -> plt.Figure | None:
         by = at.groupby("eps")[col]
         m, s = by.mean(), by.std(ddof=1)
         ax.errorbar(m.index, m.values, yerr=s.values, fmt="o-", capsize=3)
-        ax.plot(at.eps, at[col], "k.", ms=4, label="one seed")
+        bad = suspect(at)
+        ax.plot(at.eps[~bad], at[col][~bad], "k.", ms=4, label="one seed")
+        if bad.any():
+            ax.plot(at.eps[bad], at[col][bad], "rx", ms=6, mew=1.5, label="one seed, audit: suspect")
         ax.set(xlabel="training and analysis eps", ylabel=name, xticks=sorted(set(at.eps)))
         ax.legend(fontsize="small")
     fig.suptitle("PGD-AT: curvature of the adversarial loss against eps (mean ± s.d. over seeds)")
@@ -95,13 +111,13 @@ def fig_methods(df: pd.DataFrame, grid_eps: Sequence[float]) -> plt.Figure | Non
     cols = tuple(c for c in cols if c[0] in df.columns)
     fig, axes = plt.subplots(len(grid_eps), len(cols), figsize=(4 * len(cols), 3.1 * len(grid_eps)),
                              constrained_layout=True, squeeze=False)
-    suspect = df["audit_suspect"] == 1 if "audit_suspect" in df.columns else pd.Series(False, index=df.index)
+    bad = suspect(df)
     for row, eps in zip(axes, grid_eps):
         part = df[np.isclose(df.eps, eps)]
         ms = _methods(part)
         for ax, (col, name) in zip(row, cols):
             seed_bars(ax, [(m, part[part.method == m][col].tolist()) for m in ms],
-                      flagged=[suspect[part[part.method == m].index].tolist() for m in ms])
+                      flagged=[bad[part[part.method == m].index].tolist() for m in ms])
             if getattr(ax, "_flag_labelled", False):
                 ax.legend(loc="upper right", fontsize="small")
             ax.set_xticks(range(len(ms)), [pretty_method(m) for m in ms], rotation=30, ha="right")
@@ -109,7 +125,7 @@ def fig_methods(df: pd.DataFrame, grid_eps: Sequence[float]) -> plt.Figure | Non
             if col.startswith("test_"):
                 ax.set_ylim(0, 1)
     fig.suptitle("Each method: mean ± s.d. over seeds, dots = seeds (red cross: the audit flags that model; "
-                 "AutoAttack and PGD-20 on 500 images in the audit, PGD-20 on 1,000 here)" if suspect.any() else
+                 "AutoAttack and PGD-20 on 500 images in the audit, PGD-20 on 1,000 here)" if bad.any() else
                  "Each method: mean ± s.d. over seeds, dots = seeds")
     return fig
 
@@ -125,7 +141,7 @@ def fig_flatness(df: pd.DataFrame, eps: float) -> plt.Figure | None:
         for m in _methods(part):
             runs = part[part.method == m][cols].to_numpy(float)
             if np.isfinite(runs).all() and len(runs):
-                seed_line(ax, radii, runs, pretty_method(m))
+                seed_line(ax, radii, runs, pretty_method(m), flagged=suspect(part[part.method == m]).tolist())
         ax.set(xscale="log", yscale="linear" if measure == "average" else "log",
                xlabel="radius (filter-normalized)", title=f"{measure}-case increase, {loss} loss")
         ax.set_xticks(radii, [f"{r:g}" for r in radii])
@@ -144,11 +160,14 @@ def fig_paths(out: Path, df: pd.DataFrame, eps: float) -> plt.Figure | None:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5), constrained_layout=True)
     for m in _methods(part):
-        paths = [read_json(p) for s in sorted(part[part.method == m].seed)
-                 if (p := out / "models" / f"{m}-eps{eps:g}-s{s}" / "path.json").exists()]
+        rows = part[part.method == m].sort_values("seed")
+        have = [(p, bool(f)) for s, f in zip(rows.seed, suspect(rows))
+                if (p := out / "models" / f"{m}-eps{eps:g}-s{s}" / "path.json").exists()]
+        paths = [read_json(p) for p, _ in have]
         for ax, loss in zip(axes, ("clean", "adversarial")):
             if paths:
-                seed_line(ax, paths[0][loss]["a"], [p[loss]["loss"] for p in paths], pretty_method(m))
+                seed_line(ax, paths[0][loss]["a"], [p[loss]["loss"] for p in paths], pretty_method(m),
+                          flagged=[f for _, f in have])
     for ax, loss in zip(axes, ("clean", "adversarial (re-attacked at each point)")):
         ax.axvline(0, color="0.6", lw=0.8)
         ax.axvline(1, color="0.6", lw=0.8)
@@ -172,7 +191,7 @@ def fig_layers(layers: pd.DataFrame, eps: float) -> plt.Figure | None:
             sel = part[(part.loss == loss) & (part.method == m)]
             seed_bars(ax, [(n, sel[sel.layer == n].top_eigenvalue.tolist()) for n in names],
                       offset=(i - (len(ms) - 1) / 2) * w, width=w, color=colors[i % len(colors)],
-                      label=pretty_method(m))
+                      label=pretty_method(m), flagged=[suspect(sel[sel.layer == n]).tolist() for n in names])
         ax.set_xticks(range(len(names)), [LAYER_NAMES.get(str(n), str(n)) for n in names])
         ax.set(ylabel="top eigenvalue of the layer's block", title=f"{loss} loss")
     axes[0].legend(fontsize="small", ncols=2)
@@ -180,9 +199,11 @@ def fig_layers(layers: pd.DataFrame, eps: float) -> plt.Figure | None:
     return fig
 
 
-def fig_surfaces(out: Path, methods: Sequence[str], eps: float, plane: str, seed: int = 0) -> plt.Figure | None:
+def fig_surfaces(out: Path, methods: Sequence[str], eps: float, plane: str, seed: int = 0,
+                 flagged: Sequence[str] = ()) -> plt.Figure | None:
     """Seed ``seed``'s 2D adversarial surfaces at ``eps`` in ``plane`` ("eigen": each model's own top-2
-    eigenvector plane; "random": a filter-normalized random plane), on one colour scale."""
+    eigenvector plane; "random": a filter-normalized random plane), on one colour scale; the methods in
+    ``flagged`` (their model is flagged by the audit) say so in their title."""
     surfaces, labels = [], []
     for m in methods:
         folder = out / "models" / f"{m}-eps{eps:g}-s{seed}"
@@ -194,7 +215,7 @@ def fig_surfaces(out: Path, methods: Sequence[str], eps: float, plane: str, seed
             d = None
         if d:
             surfaces.append(d["surface"])
-            labels.append(pretty_method(m))
+            labels.append(pretty_method(m) + (" (audit: suspect)" if m in flagged else ""))
     if not surfaces:
         return None
     fig = plot_compare(surfaces, labels=labels, mismatch="warn")
@@ -214,9 +235,11 @@ def draw(out: Path, grid_eps: Sequence[float] = (0.3, 0.4), focus_eps: float = 0
             "fig_flatness": fig_flatness(df, focus_eps), "fig_paths": fig_paths(out, df, focus_eps)}
     if layers:
         figs["fig_layers"] = fig_layers(pd.DataFrame(layers), focus_eps)
-    methods = _methods(df[np.isclose(df.eps, focus_eps)])
+    focus = df[np.isclose(df.eps, focus_eps)]
+    methods, seed0 = _methods(focus), focus[focus.seed == 0]
+    flagged = set(seed0.method[suspect(seed0)])
     for plane in ("eigen", "random"):
-        figs[f"fig_surfaces_{plane}"] = fig_surfaces(out, methods, focus_eps, plane)
+        figs[f"fig_surfaces_{plane}"] = fig_surfaces(out, methods, focus_eps, plane, flagged=flagged)
     written = []
     for name, fig in figs.items():
         if fig is None:

@@ -58,5 +58,6 @@ def model_row(folder: Path) -> tuple[dict, list[dict]]:
     if (folder / "layers.json").exists():
         for lr in read_json(folder / "layers.json")["layers"]:
             layers.append({"method": st["method"], "eps": st["eps"], "seed": st["seed"], "layer": lr["layer"],
-                           "loss": lr["loss"], "top_eigenvalue": lr["top_eigenvalue"]})
+                           "loss": lr["loss"], "top_eigenvalue": lr["top_eigenvalue"],
+                           **({"audit_suspect": row["audit_suspect"]} if "audit_suspect" in row else {})})
     return row, layers

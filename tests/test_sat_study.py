@@ -231,3 +231,44 @@ def test_a_run_stopped_before_its_first_checkpoint_is_trained_from_the_start(tin
     new = torch.load(run / "last.pt", weights_only=True)["model_state"]
     old = torch.load(src / "last.pt", weights_only=True)["model_state"]
     assert all(torch.equal(new[k], old[k]) for k in old)
+
+
+def _fake_audit(suspect: bool, autoattack: float) -> dict:
+    """An audit.json as sat_study_audit.py writes it, with one check whose stored evidence decides the verdict
+    (re-judged by the tables: 30 of 40 is a black-box break rate far above the threshold, 0 of 40 none)."""
+    check = {"name": "black_box", "passed": not suspect, "evidence": {"count": 30 if suspect else 0, "of": 40,
+                                                                      "summary": ""}, "advice": ""}
+    return {"n": 100, "seconds": 10.0, "audit": {"verdict": "suspect" if suspect else "ok", "checks": [check]},
+            "accuracies": {"clean": 0.9, "pgd": 0.5, "autoattack": autoattack, "worst_case": autoattack,
+                           "autoattack_after": {"fab-t": autoattack + 0.1, "square": autoattack}},
+            "retrained": {"identical": not suspect, "largest_difference": 0.01 if suspect else 0.0},
+            "cost": {"audit_seconds_without_autoattack": 2.0, "parts": {"autoattack": {"seconds": 8.0}}}}
+
+
+def test_models_the_audit_flags_are_marked_in_tables_and_figures(tiny_study, tmp_path):
+    """Issue 23: with audit.json beside a model, per_model.csv gets AutoAttack and the verdict (re-judged from
+    the evidence), every summary table a 'k of m' flagged column, every verdict row the flags of each side;
+    sat_study_audit's tables count the same; the figures draw."""
+    import shutil
+    import sat_study_audit as A
+    out = tmp_path / "out"
+    shutil.copytree(tiny_study[0], out)
+    for name, bad, aa in (("at-eps0.3-s0", False, 0.3), ("sat-eps-eps0.3-s0", True, 0.1)):
+        (out / "models" / name / "audit.json").write_text(json.dumps(_fake_audit(bad, aa)))
+    S.aggregate(out, [0.3])
+    per_model = pd.read_csv(out / "per_model.csv").set_index("method")
+    assert per_model.loc["sat-eps", "audit_suspect"] == 1 and per_model.loc["at", "audit_suspect"] == 0
+    assert per_model.loc["sat-eps", "audit_flags"] == "black_box" and per_model.loc["at", "test_autoattack"] == 0.3
+    md = (out / "summary_methods.md").read_text()
+    assert "audit: flagged" in md and "| 1 of 1 |" in md and "| 0 of 1 |" in md
+    assert "| 1 of 1 |" in (out / "summary_layers.md").read_text()
+    v = pd.read_csv(out / "verdicts.csv")
+    assert set(v[v.comparison == "sat-eps vs at"].audit_flagged_a) == {"1 of 1"}
+    assert set(v[v.comparison == "sat-eps vs at"].audit_flagged_b) == {"0 of 1"}
+    A.aggregate(out)
+    audit_csv = pd.read_csv(out / "audit.csv").set_index("model")
+    assert audit_csv.loc["sat-eps-eps0.3-s0", "verdict"] == "suspect" and audit_csv.loc["at-eps0.3-s0", "flagged"] != "black_box"
+    assert "1 (black_box)" in (out / "summary_autoattack.md").read_text()
+    assert "1 of 1" in (out / "verdicts_autoattack.md").read_text()
+    for fig in ("eps_sweep", "methods", "flatness", "paths", "layers", "surfaces_eigen"):
+        assert (out / f"fig_{fig}.png").read_bytes()[:4] == b"\x89PNG", fig
