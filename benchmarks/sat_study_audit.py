@@ -20,8 +20,9 @@ checkout. The models of the docs' input-space figure (``INPUT_SPACE``) also get 
 Aggregate (``aggregate``): audit.csv (one row per model: clean, PGD-20 and AutoAttack accuracy on the same
 n images, the audit's worst case, the verdict and the checks that flagged, re-judged from the stored evidence
 under today's ``audit.Thresholds``, and whether the retrained model equals the committed one),
-summary_autoattack.md (mean and s.d. over seeds per method and eps, flagged models counted), and
-verdicts_autoattack.md (each method against AT on AutoAttack accuracy, ``sat_study.verdict``'s rule).
+summary_autoattack.md (mean and s.d. over seeds per method and eps, flagged models counted),
+verdicts_autoattack.md (each method against AT on AutoAttack accuracy, ``sat_study.verdict``'s rule) and
+fig_input_space.png (the input-space surfaces of the models in ``INPUT_SPACE``).
 The models run in the order below: the two of the input-space figure and the four of the earlier AutoAttack
 check first (seed 2; the committed AutoAttack numbers in results/sat-study/autoattack/ used the same 500 images
 and seed), then by seed; ``--shard K/N`` takes every N-th of that order from the K-th.
@@ -44,7 +45,9 @@ from landscape.io import read_json, write_text  # noqa: E402
 from reproduce_sat import cached_result, log, study_attack, train_run  # noqa: E402
 from sat_study import GRID_EPS, METHODS, SCALES, SWEEP_EPS, ModelSpec, plan, verdict, _fmt  # noqa: E402
 
-INPUT_SPACE = ("sat-eps-eps0.4-s2", "at-eps0.4-s2", "at-eps0.3-s2")   # masked, collapsed, robust
+INPUT_LABELS = {"at-eps0.3-s2": "AT, eps 0.3 (robust)", "at-eps0.4-s2": "AT, eps 0.4 (collapsed)",
+                "sat-eps-eps0.4-s2": "sat-eps, eps 0.4 (masked)"}   # the input-space figure's models
+INPUT_SPACE = tuple(INPUT_LABELS)
 FIRST = INPUT_SPACE + ("sat-eps-eps0.3-s2", "p-sat-eps0.3-s2")
 
 
@@ -182,7 +185,21 @@ def aggregate(out: Path) -> None:
                              f"{_fmt(v['mean_b'], v['sd_b'])} | {v['diff']:.3g} | {2 * v['pooled_sd']:.3g} | "
                              f"{v['verdict']} | {int((o.verdict == 'suspect').sum())} of {len(o)} |")
     write_text(out / "verdicts_autoattack.md", "\n".join(vrows) + "\n")
-    log(f"aggregated {len(df)} audited models into {out}")
+    figure = input_space_figure(out)
+    log(f"aggregated {len(df)} audited models into {out}" + (f"; {figure}" if figure else ""))
+
+
+def input_space_figure(out: Path) -> Path | None:
+    """fig_input_space.png: the input-space surfaces of ``INPUT_SPACE`` (those computed), one colour scale."""
+    from landscape.analysis import plot_input_surface
+    from landscape.io import save_figure
+    have = [n for n in INPUT_LABELS if (out / "input_space" / f"{n}.json").exists()]
+    if not have:
+        return None
+    fig = plot_input_surface([read_json(out / "input_space" / f"{n}.json") for n in have],
+                             labels=[INPUT_LABELS[n] for n in have])
+    save_figure(fig, out / "fig_input_space.png", dpi=110)
+    return out / "fig_input_space.png"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -41,6 +41,10 @@ def test_linear_model_surface_is_the_closed_form():
             np.testing.assert_allclose(res.loss[:, i, j], expect, rtol=1e-10)
     assert (np.diff(res.mean_loss[:, 1]) > 0).all()          # the loss rises along the gradient
     assert res.zero_gradient.sum() == 0
+    at = {a: F.softplus(-(m0 - a * eps * w.abs().sum())).numpy() for a in (0, 1, 2)}
+    np.testing.assert_allclose(res.rise_along_gradient(1.0), at[1] - at[0], rtol=1e-10)   # at the budget's edge
+    np.testing.assert_allclose(res.rise_along_gradient(), at[2] - at[0], rtol=1e-10)      # at the grid's end
+    assert res.to_dict()["rise_within_eps"] == pytest.approx(float(np.mean(at[1] - at[0])), rel=1e-10)
 
 
 class _Pad(nn.Module):

@@ -68,11 +68,13 @@ class InputSurfaceResult:
         span = line.max(1) - line.min(1)
         return np.where(span > 0, second / np.maximum(span, 1e-12), 0.0)
 
-    def rise_along_gradient(self) -> np.ndarray:
-        """Per sample: loss at (a = largest, b = 0) minus the loss at the origin: how much the gradient step
-        raises the loss (about 0 for a masked sample)."""
+    def rise_along_gradient(self, a: float | None = None) -> np.ndarray:
+        """Per sample: loss at (a, b = 0) minus the loss at the origin, ``a`` the grid's largest by default, or
+        the grid point nearest ``a`` (``a=1``: the budget's edge): how much the gradient step raises the loss
+        (about 0 for a masked sample)."""
         i0, j = int(np.argmin(np.abs(self.a))), int(np.argmin(np.abs(self.b)))
-        return self.loss[:, -1, j] - self.loss[:, i0, j]
+        i = len(self.a) - 1 if a is None else int(np.argmin(np.abs(self.a - a)))
+        return self.loss[:, i, j] - self.loss[:, i0, j]
 
     def to_dict(self) -> dict:
         i0, j0 = int(np.argmin(np.abs(self.a))), int(np.argmin(np.abs(self.b)))
@@ -84,6 +86,7 @@ class InputSurfaceResult:
              "loss_at_input": float(self.loss[:, i0, j0].mean()),
              "zero_gradient_samples": int(self.zero_gradient.sum()),
              "rise_along_gradient": float(np.mean(self.rise_along_gradient())),
+             "rise_within_eps": float(np.mean(self.rise_along_gradient(1.0))),
              "roughness": float(np.mean(self.roughness())),
              "examples": self.loss[:EXAMPLES].tolist()}
         if self.curvature is not None:
