@@ -23,7 +23,7 @@ under today's ``audit.Thresholds``, and whether the retrained model equals the c
 summary_autoattack.md (mean and s.d. over seeds per method and eps, flagged models counted),
 verdicts_autoattack.md (each method against AT on AutoAttack accuracy, ``sat_study.verdict``'s rule) and
 fig_input_space.png (the input-space surfaces of the models in ``INPUT_SPACE``).
-The models run in the order below: the two of the input-space figure and the four of the earlier AutoAttack
+The models run in the order below: the three of the input-space figure and the rest of the earlier AutoAttack
 check first (seed 2; the committed AutoAttack numbers in results/sat-study/autoattack/ used the same 500 images
 and seed), then by seed; ``--shard K/N`` takes every N-th of that order from the K-th.
 """
