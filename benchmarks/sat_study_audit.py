@@ -202,6 +202,17 @@ def input_space_figure(out: Path) -> Path | None:
     return out / "fig_input_space.png"
 
 
+def shard(text: str) -> tuple[int, int]:
+    """'K/N' (0 <= K < N) for --shard."""
+    try:
+        k, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not K/N (e.g. 0/2)") from None
+    if not 0 <= k < n:
+        raise argparse.ArgumentTypeError(f"{text!r}: K must be in 0..N-1")
+    return k, n
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="results/sat-study")
@@ -209,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--samples", type=int, default=500, help="test images audited (default 500)")
     p.add_argument("--only", nargs="+", help="these models only (names as in results/sat-study/models)")
     p.add_argument("--threads", type=int, help="torch threads (the study trained with 2)")
-    p.add_argument("--shard", default="0/1", metavar="K/N",
+    p.add_argument("--shard", default=(0, 1), type=shard, metavar="K/N",
                    help="every N-th model of the order from the K-th (run N processes side by side)")
     p.add_argument("--aggregate-only", action="store_true")
     args = p.parse_args(argv)
@@ -221,9 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             specs = ordered(plan(METHODS, GRID_EPS, SWEEP_EPS, [0, 1, 2]))
             if args.only:
                 specs = [s for s in specs if s.name in set(args.only)]
-            k, n = (int(v) for v in args.shard.split("/"))
-            if not 0 <= k < n:
-                raise LandscapeError(f"--shard {args.shard}: K must be in 0..N-1")
+            k, n = args.shard
             specs = specs[k::n]
             test = ls.load_dataset("fashion-mnist", "test")
             for i, spec in enumerate(specs):
