@@ -140,6 +140,21 @@ def test_robust_models_get_no_flag(robust_mlps, audit_data):
         json.dumps(d)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("method,eps", [("at", 0.05), ("at", 0.2), ("trades", 0.05), ("trades", 0.2),
+                                        ("sat-eps", 0.05)])
+def test_robust_models_at_other_budgets_get_no_flag(method, eps, tmp_path, audit_data):
+    """The calibration of docs/audit.md beyond eps 0.1 (the default run's): MLPs on digits, 15 epochs."""
+    from landscape import load_checkpoint
+    from landscape.training import TrainConfig, train
+    train(TrainConfig(method=method, model="mlp", eps=eps, epochs=15, lr=0.05, val_samples=200, name="m"),
+          out=tmp_path, progress=False)
+    x, y = audit_data
+    res = audit(load_checkpoint(tmp_path / "m" / "best.pt").model, x, y, AttackSpec(eps=eps, steps=20),
+                autoattack=False, square_queries=300, effort_restarts=2)
+    assert res.verdict == "ok", res.table()
+
+
 @pytest.mark.parametrize("wrapper,meant", [(Saturated, {"saturated_softmax", "gradients"}),
                                            (Quantized, {"gradients", "eps_sweep"}),
                                            (Randomized, {"randomized"})])
