@@ -125,7 +125,7 @@ def rows(out: Path) -> list[dict]:
     for path in sorted((out / "models").glob("*/audit.json")):
         d = read_json(path)
         tr = read_json(path.parent / "train.json")["settings"]
-        block = judge_dict(d["audit"])
+        block = judge_dict(d)
         failed = [c["name"] for c in block["checks"] if c["passed"] is False]
         acc = d["accuracies"]
         table.append({"model": path.parent.name, "method": tr["method"], "eps": tr["eps"], "seed": tr["seed"],

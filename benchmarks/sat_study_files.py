@@ -47,7 +47,7 @@ def model_row(folder: Path) -> tuple[dict, list[dict]]:
     if (folder / "audit.json").exists():      # AutoAttack and the audit (sat_study_audit.py), re-judged today
         from landscape.audit import judge_dict
         au = read_json(folder / "audit.json")
-        block = judge_dict(au["audit"])
+        block = judge_dict(au)
         acc = au["accuracies"]
         row.update(test_autoattack=acc["autoattack"], audit_pgd20=acc["pgd"], audit_worst_case=acc["worst_case"],
                    audit_n=au["n"], audit_suspect=float(block["verdict"] == "suspect"),

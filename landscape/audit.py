@@ -50,6 +50,9 @@ class Thresholds:
     black_box: float = 0.1           # share of white-box-robust samples that Square or random noise breaks
     transfer: float = 0.1            # share of white-box-robust samples that transferred examples break
     fgsm: float = 0.05               # share of PGD-robust samples that FGSM breaks
+    min_effect: float = 0.02         # and the samples another attack breaks must be at least this share of all
+    #                                  samples: a gap that moves the robust accuracy by less is not worth a flag
+    #                                  (a collapsed AT model of the study: PGD-20 1.2%, AutoAttack 0%, 6 of 6)
 
 
 def wilson_lower(k: int, m: int, z: float) -> float:
@@ -126,15 +129,22 @@ class AuditResult:
 
 # --- the checks: each a pure function of the evidence ------------------------------------------------------
 
-def _judge_share(ev: dict, t: Thresholds, limit_name: str) -> bool | None:
+# The checks that count samples another attack broke: a flag needs both a share of the survivors (Wilson
+# bound above the threshold) and an effect on the accuracy (count / n at least ``min_effect``).
+EFFECT_CHECKS = ("attack_agreement", "more_effort", "black_box", "transfer", "fgsm_vs_pgd")
+
+
+def _judge_share(ev: dict, t: Thresholds, limit_name: str, effect: bool = False) -> bool | None:
     if "count" not in ev:
         return None
+    if effect and ev.get("n") and ev["count"] / ev["n"] < t.min_effect:
+        return True
     return wilson_lower(ev["count"], ev["of"], t.z) <= getattr(t, limit_name)
 
 
 JUDGES: dict[str, Callable[[dict, Thresholds], bool | None]] = {
-    "attack_agreement": lambda ev, t: _judge_share(ev, t, "attack_gap"),
-    "more_effort": lambda ev, t: _judge_share(ev, t, "more_effort"),
+    "attack_agreement": lambda ev, t: _judge_share(ev, t, "attack_gap", effect=True),
+    "more_effort": lambda ev, t: _judge_share(ev, t, "more_effort", effect=True),
     "loss_traces": lambda ev, t: None if "incomplete" not in ev else (
         wilson_lower(ev["incomplete"], ev["survivors"], t.z) <= t.incomplete
         and wilson_lower(ev["frozen"], ev["attacked"], t.z) <= t.frozen),
@@ -143,9 +153,9 @@ JUDGES: dict[str, Callable[[dict, Thresholds], bool | None]] = {
     "saturated_softmax": lambda ev, t: _judge_share(ev, t, "saturated"),
     "randomized": lambda ev, t: None if "logit_change" not in ev else (
         ev["logit_change"] <= t.randomized and not ev["predictions_differ"]),
-    "black_box": lambda ev, t: _judge_share(ev, t, "black_box"),
-    "transfer": lambda ev, t: _judge_share(ev, t, "transfer"),
-    "fgsm_vs_pgd": lambda ev, t: _judge_share(ev, t, "fgsm"),
+    "black_box": lambda ev, t: _judge_share(ev, t, "black_box", effect=True),
+    "transfer": lambda ev, t: _judge_share(ev, t, "transfer", effect=True),
+    "fgsm_vs_pgd": lambda ev, t: _judge_share(ev, t, "fgsm", effect=True),
     "eps_sweep": lambda ev, t: None if "accuracy" not in ev else (
         wilson_lower(ev["unbounded_robust"] - ev.get("unbounded_without_witness", 0), ev["n"], t.z)
         <= t.unbounded_accuracy
@@ -165,9 +175,14 @@ def judge(checks: list[Check], thresholds: Thresholds) -> list[Check]:
 
 
 def judge_dict(audit: dict, thresholds: Thresholds | None = None) -> dict:
-    """``judge`` on a stored result's ``"audit"`` block: a new block with each check and the verdict redone."""
+    """``judge`` on a stored result (or its ``"audit"`` block): a new block with each check and the verdict
+    redone. Given the whole result, its ``n`` fills in the evidence of results stored before checks kept it."""
     t = thresholds or Thresholds()
+    n = audit.get("n") if "audit" in audit else None
+    audit = audit["audit"] if "audit" in audit else audit
     checks = [Check(**c) for c in audit["checks"]]
+    if n is not None:
+        checks = [replace(c, evidence={"n": n, **c.evidence}) if c.name in EFFECT_CHECKS else c for c in checks]
     checks = judge(checks, t)
     return {"verdict": "suspect" if any(c.passed is False for c in checks) else "ok",
             "checks": [c.to_dict() for c in checks]}
@@ -212,7 +227,10 @@ QUESTIONS = {
 }
 
 
-def _check(name: str, ev: dict, t: Thresholds) -> Check:
+def _check(name: str, ev: dict, t: Thresholds, n: int | None = None) -> Check:
+    """The check ``name`` judged on ``ev``; ``n`` (all samples) goes into the evidence of EFFECT_CHECKS."""
+    if name in EFFECT_CHECKS and n is not None:
+        ev = {**ev, "n": n}
     c = Check(name, None, ev, ADVICE[name], QUESTIONS[name])
     return judge([c], t)[0]
 
@@ -422,14 +440,14 @@ def audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: AttackSpec
           "summary": f"PGD-CE {accuracies['pgd']:.3f}, margin PGD {accuracies['pgd_margin']:.3f}"
                      + (f", AutoAttack {accuracies['autoattack']:.3f}" if aa_res is not None else "")
                      + f"; {k_gap} of {m_gap} PGD-robust samples broken by another"}
-    checks.append(_check("attack_agreement", ev, t))
+    checks.append(_check("attack_agreement", ev, t, n))
     # 2. more effort
     k_eff = int((pgd_robust & more).sum())
     checks.append(_check("more_effort", {"count": k_eff, "of": m_gap, "steps": effort_spec.steps,
                                          "restarts": effort_restarts, "accuracy": accuracies["more_effort"],
                                          "summary": f"{effort_spec.steps} steps x {effort_restarts} restarts: "
                                                     f"{accuracies['more_effort']:.3f} vs {accuracies['pgd']:.3f}; "
-                                                    f"{k_eff} of {m_gap} PGD-robust samples broken"}, t))
+                                                    f"{k_eff} of {m_gap} PGD-robust samples broken"}, t, n))
     # 3. eps sweep
     sweep_acc = [accuracies["pgd_margin"]] + [acc(b) for b in swept]
     # The unbounded ball holds every other input of x: a survivor there is an attack failure when some input
@@ -481,18 +499,18 @@ def audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: AttackSpec
         checks.append(_check("black_box", {"count": k_bb, "of": m_w, "square": int((square_broken & white_robust).sum()),
                                            "random_noise": int((noise & white_robust).sum()),
                                            "summary": f"{k_bb} of {m_w} white-box-robust samples broken by Square "
-                                                      "or random noise"}, t))
+                                                      "or random noise"}, t, n))
     else:
         k_bb = int((noise & white_robust).sum())
         checks.append(_check("black_box", {"count": k_bb, "of": m_w, "random_noise": k_bb, "square": None,
                                            "note": aa_note, "summary": f"{k_bb} of {m_w} white-box-robust "
-                                           "samples broken by random noise (Square not run)"}, t))
+                                           "samples broken by random noise (Square not run)"}, t, n))
     # 8. transfer
     if transferred is not None:
         k_tr = int((transferred & white_robust).sum())
         checks.append(_check("transfer", {"count": k_tr, "of": m_w, "accuracy": accuracies["transfer"],
                                           "summary": f"{k_tr} of {m_w} white-box-robust samples broken by "
-                                                     "examples from the surrogate"}, t))
+                                                     "examples from the surrogate"}, t, n))
     else:
         checks.append(_not_run("transfer", "no surrogate model given"))
     # 9. FGSM vs PGD
@@ -500,7 +518,7 @@ def audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: AttackSpec
     checks.append(_check("fgsm_vs_pgd", {"count": k_fg, "of": m_gap, "fgsm": accuracies["fgsm"],
                                          "pgd": accuracies["pgd"],
                                          "summary": f"FGSM {accuracies['fgsm']:.3f} vs PGD {accuracies['pgd']:.3f}; "
-                                                    f"{k_fg} of {m_gap} PGD-robust samples broken by FGSM"}, t))
+                                                    f"{k_fg} of {m_gap} PGD-robust samples broken by FGSM"}, t, n))
     seconds = time.perf_counter() - t0
     parts = cost.parts
     own = sum(p["seconds"] for name, p in parts.items() if name not in ("autoattack",))

@@ -65,6 +65,23 @@ def test_judge_reapplies_thresholds_to_stored_evidence():
     assert block["verdict"] == "suspect"
 
 
+def test_a_gap_too_small_to_move_the_accuracy_is_not_flagged():
+    """AutoAttack broke all 6 of PGD's survivors (a collapsed AT model of the study: PGD-20 1.2%, AutoAttack
+    0%): on 500 samples that moves the accuracy by 1.2 points, under min_effect (2): no flag; on 100 samples,
+    6 points: flagged. A stored result's n fills in evidence kept without it; its block alone is judged as
+    before (share only)."""
+    ev = {"count": 6, "of": 6, "summary": ""}
+    c = Check("attack_agreement", False, ev, "")
+    assert judge([c], Thresholds())[0].passed is False                       # no n: the share alone
+    for n, flagged in ((500, False), (100, True)):
+        block = judge_dict({"n": n, "audit": {"verdict": "suspect", "checks": [c.to_dict()]}})
+        assert (block["verdict"] == "suspect") is flagged, n
+    assert judge([Check("attack_agreement", None, {**ev, "n": 500}, "")], Thresholds(min_effect=0.01))[0].passed \
+        is False
+    sat = Check("saturated_softmax", None, {"count": 6, "of": 6, "n": 500, "summary": ""}, "")
+    assert judge([sat], Thresholds())[0].passed is False                     # not a gap between attacks
+
+
 # --- models ----------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
