@@ -43,7 +43,7 @@ from landscape.audit import audit, judge_dict  # noqa: E402
 from landscape.errors import LandscapeError  # noqa: E402
 from landscape.io import read_json, write_text  # noqa: E402
 from reproduce_sat import cached_result, log, study_attack, train_run  # noqa: E402
-from sat_study import GRID_EPS, METHODS, SCALES, SWEEP_EPS, ModelSpec, plan, verdict, _fmt  # noqa: E402
+from sat_study import GRID_EPS, METHODS, SCALES, SWEEP_EPS, ModelSpec, flagged_cell, plan, verdict, _fmt  # noqa: E402
 
 INPUT_LABELS = {"at-eps0.3-s2": "AT, eps 0.3 (robust)", "at-eps0.4-s2": "AT, eps 0.4 (collapsed)",
                 "sat-eps-eps0.4-s2": "sat-eps, eps 0.4 (masked)"}   # the input-space figure's models
@@ -183,7 +183,7 @@ def aggregate(out: Path) -> None:
                 v = verdict(o[metric].tolist(), at[metric].tolist())
                 vrows.append(f"| {m} vs at | {eps:g} | {metric} | {_fmt(v['mean_a'], v['sd_a'])} | "
                              f"{_fmt(v['mean_b'], v['sd_b'])} | {v['diff']:.3g} | {2 * v['pooled_sd']:.3g} | "
-                             f"{v['verdict']} | {int((o.verdict == 'suspect').sum())} of {len(o)} |")
+                             f"{v['verdict']} | {flagged_cell((o.verdict == 'suspect').sum(), len(o))} |")
     write_text(out / "verdicts_autoattack.md", "\n".join(vrows) + "\n")
     figure = input_space_figure(out)
     log(f"aggregated {len(df)} audited models into {out}" + (f"; {figure}" if figure else ""))
