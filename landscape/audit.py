@@ -130,8 +130,11 @@ class AuditResult:
 # --- the checks: each a pure function of the evidence ------------------------------------------------------
 
 # The checks that count samples another attack broke: a flag needs both a share of the survivors (Wilson
-# bound above the threshold) and an effect on the accuracy (count / n at least ``min_effect``).
-EFFECT_CHECKS = ("attack_agreement", "more_effort", "black_box", "transfer", "fgsm_vs_pgd")
+# bound above the threshold) and an effect on the accuracy (count / n at least ``min_effect``). Each check
+# with the Thresholds field its share is judged against: the one list of them (judges, evidence's n).
+EFFECT_LIMITS = {"attack_agreement": "attack_gap", "more_effort": "more_effort", "black_box": "black_box",
+                 "transfer": "transfer", "fgsm_vs_pgd": "fgsm"}
+EFFECT_CHECKS = tuple(EFFECT_LIMITS)
 
 
 def _judge_share(ev: dict, t: Thresholds, limit_name: str, effect: bool = False) -> bool | None:
@@ -143,8 +146,8 @@ def _judge_share(ev: dict, t: Thresholds, limit_name: str, effect: bool = False)
 
 
 JUDGES: dict[str, Callable[[dict, Thresholds], bool | None]] = {
-    "attack_agreement": lambda ev, t: _judge_share(ev, t, "attack_gap", effect=True),
-    "more_effort": lambda ev, t: _judge_share(ev, t, "more_effort", effect=True),
+    **{name: (lambda ev, t, limit=limit: _judge_share(ev, t, limit, effect=True))
+       for name, limit in EFFECT_LIMITS.items()},
     "loss_traces": lambda ev, t: None if "incomplete" not in ev else (
         wilson_lower(ev["incomplete"], ev["survivors"], t.z) <= t.incomplete
         and wilson_lower(ev["frozen"], ev["attacked"], t.z) <= t.frozen),
@@ -153,9 +156,6 @@ JUDGES: dict[str, Callable[[dict, Thresholds], bool | None]] = {
     "saturated_softmax": lambda ev, t: _judge_share(ev, t, "saturated"),
     "randomized": lambda ev, t: None if "logit_change" not in ev else (
         ev["logit_change"] <= t.randomized and not ev["predictions_differ"]),
-    "black_box": lambda ev, t: _judge_share(ev, t, "black_box", effect=True),
-    "transfer": lambda ev, t: _judge_share(ev, t, "transfer", effect=True),
-    "fgsm_vs_pgd": lambda ev, t: _judge_share(ev, t, "fgsm", effect=True),
     "eps_sweep": lambda ev, t: None if "accuracy" not in ev else (
         wilson_lower(ev["unbounded_robust"] - ev.get("unbounded_without_witness", 0), ev["n"], t.z)
         <= t.unbounded_accuracy
