@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "landscape"
-READERS = {"results.py", "runs.py", "io.py", "analysis/surface_result.py", "autoattack.py"}
+READERS = {"results.py", "runs.py", "io.py", "analysis/surface_result.py", "autoattack.py",
+           "study/state.py"}   # the study folder's own records
 
 
 def _sources():

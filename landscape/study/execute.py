@@ -65,8 +65,9 @@ def _signal_group(p: subprocess.Popen, sig: int) -> None:
 
 def run_step(study: Study, cell: Cell, step: Step, env: Mapping[str, str] | None = None,
              running: Running | None = None, executor: str = "local", extra: Mapping | None = None,
-             started: Callable[[list[str]], None] | None = None) -> tuple[int, StepState]:
-    """Run one step to its end; returns (exit code, its state after). Cost: the step's own."""
+             started: Callable[[list[str]], None] | None = None, nproc: int = 1) -> tuple[int, StepState]:
+    """Run one step to its end; returns (exit code, its state after). A training with ``nproc`` > 1 runs
+    under ``landscape-torchrun`` (one process per GPU of the node). Cost: the step's own."""
     digest = study.digest(cell, step)
     before = state(study, cell, step, digest)
     argv = argv_to_run(study, cell, step, before)
@@ -84,7 +85,10 @@ def run_step(study: Study, cell: Cell, step: Step, env: Mapping[str, str] | None
                 f"(cd {study.out} && {shlex.join(argv)})\n".encode())
         f.flush()
         try:
-            proc = subprocess.Popen([executable(argv[0]), *argv[1:]], cwd=study.out, stdout=f,
+            launch = [executable(argv[0]), *argv[1:]]
+            if step.kind == "train" and nproc > 1:
+                launch = [executable("landscape-torchrun"), "--standalone", "--nproc-per-node", str(nproc), *launch]
+            proc = subprocess.Popen(launch, cwd=study.out, stdout=f,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     env={**os.environ, **(env or {})}, start_new_session=True)
         except OSError as e:

@@ -24,7 +24,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from ..analysis.plots import plot_compare, pretty_method
-from ..io import read_json, save_figure
+from ..io import save_figure
+from ..results import load_result as read_json   # the results owner reads result files
 from .legacy import METHODS as METHOD_ORDER, model_row
 
 LAYER_NAMES = {"0": "conv1", "3": "conv2", "7": "fc1", "9": "fc2 (logits)"}   # cnn-small's weight layers
@@ -279,3 +280,31 @@ def input_space_figure(out: Path) -> Path | None:
                              labels=[INPUT_LABELS[n] for n in have])
     save_figure(fig, out / "fig_input_space.png", dpi=110)
     return out / "fig_input_space.png"
+
+
+def headline_figure(out: Path, df: pd.DataFrame, metrics: Sequence[str]) -> Path | None:
+    """fig_study.png: one panel per metric (clean / PGD / AutoAttack accuracy, lambda_1, trace), each against
+    eps with a line per method through the seed means, every seed a dot (a study without eps: one bar per
+    cell). None when there is nothing to draw."""
+    metrics = [m for m in metrics if m in df.columns and df[m].notna().any()]
+    if not metrics:
+        return None
+    fig, axes = _subplots(1, len(metrics), (3.2 * len(metrics), 3.0), squeeze=False)
+    for ax, m in zip(axes[0], metrics):
+        if "eps" in df.columns and "method" in df.columns:
+            for meth in _methods(df):
+                part = df[df.method == meth]
+                eps = sorted(set(part.eps))
+                runs = [part[part.eps == e][m].astype(float).to_numpy() for e in eps]
+                means = [np.nanmean(r) if np.isfinite(r).any() else np.nan for r in runs]
+                line, = ax.plot(eps, means, "-o", ms=3, label=pretty_method(meth))
+                for e, r in zip(eps, runs):
+                    ax.plot([e] * len(r), r, ".", color=line.get_color(), alpha=0.6, ms=4)
+            ax.set_xlabel("eps")
+        else:
+            ax.bar(np.arange(len(df)), df[m].astype(float))
+            ax.set_xticks(np.arange(len(df)), df["cell"], rotation=45, ha="right", fontsize=7)
+        ax.set_title(m.replace("_", " "))
+    if "method" in df.columns:
+        axes[0][0].legend(fontsize=7)
+    return _save(fig, out / "fig_study.png")

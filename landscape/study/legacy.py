@@ -15,7 +15,8 @@ import pandas as pd
 
 from ..audit import judge_dict
 from ..errors import LandscapeError
-from ..io import read_json, write_text
+from ..io import write_text
+from ..results import load_result as read_json   # the results owner reads result files
 from .tables import flagged_cell, fmt, grouped_markdown, markdown_table, summarize
 from .verdicts import verdict, verdicts, verdicts_markdown
 

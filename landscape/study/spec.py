@@ -182,7 +182,7 @@ class Study:
         whose checkpoints it reads (a retrained model invalidates its analyses)."""
         parts = [json.dumps(self.command(cell, step))]
         if step.kind != "train":
-            for c in {cell.name, cell.reference} - {None}:
+            for c in [cell.name] + ([cell.reference] if cell.reference else []):
                 src = self.cell(c)
                 if src.trained and any(s.kind == "train" for s in self.steps):
                     if c == cell.name or step.uses_reference:

@@ -61,15 +61,16 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("scalar flatness and the path from AT", ("flat_", "path_")))
 
 
-def grouped_markdown(summary: pd.DataFrame, by: Sequence[str]) -> str:
-    """``markdown_table`` in sections (GROUPS: accuracy, curvature/surfaces, flatness/path), empty ones left out."""
+def grouped_markdown(summary: pd.DataFrame, by: Sequence[str], groups: Sequence = GROUPS) -> str:
+    """``markdown_table`` in sections (``groups``: (title, column prefixes); by default GROUPS: accuracy,
+    curvature/surfaces, flatness/path), empty ones left out, the rest under "other"."""
     metrics = [c[:-5] for c in summary.columns if c.endswith("_mean")]
     parts = []
-    for title, prefixes in GROUPS:
+    for title, prefixes in groups:
         cols = [m for m in metrics if m.startswith(prefixes)]
         if cols:
             parts.append(f"### {title}\n\n" + markdown_table(summary, by, cols))
-    rest = [m for m in metrics if not m.startswith(tuple(p for _, ps in GROUPS for p in ps))]
+    rest = [m for m in metrics if not m.startswith(tuple(p for _, ps in groups for p in ps))]
     if rest:
         parts.append("### other\n\n" + markdown_table(summary, by, rest))
     return "\n".join(parts)
