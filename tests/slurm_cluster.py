@@ -57,6 +57,9 @@ def _pid(path: Path, timeout: float = 20.0) -> int:
 
 def start(state: Path) -> Cluster:
     """Start munged, slurmctld and slurmd with their state under ``state``; wait until the node is idle."""
+    running = subprocess.run(["pgrep", "-x", "slurmctld|slurmd"], capture_output=True, text=True).stdout.split()
+    if running:
+        raise RuntimeError(f"SLURM daemons already run here (pids {', '.join(running)}); stop them first")
     state.mkdir(parents=True, exist_ok=True)
     for d in ("state", "spool", "log"):
         (state / d).mkdir(exist_ok=True)

@@ -114,7 +114,8 @@ def _check_top_k(k: int, num_params: int) -> None:
         raise ConfigError(f"--top-k {k}: the model has only {num_params:,} weights; ask for fewer eigenvalues")
 
 
-def _check_args(args) -> None:
+def check_args(args) -> None:
+    """The combinations of flags that parse but cannot run (also what a study file is checked with). Cost: none."""
     if args.top_k < 0:
         raise ConfigError(f"--top-k must be >= 0, got {args.top_k}")
     if args.top_k == 0 and not args.trace and not args.density:
@@ -290,7 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     t_start = time.perf_counter()
     args = build_parser().parse_args(glue_optional_values(list(sys.argv[1:] if argv is None else argv),
                                                           {"--plot": is_figure_path}))
-    _check_args(args)
+    check_args(args)
     if args.plot is not None:
         args.plot = args.plot or default_plot_path(args.json, args.checkpoint, "spectrum")
     plot = _plot_function() if args.plot else None

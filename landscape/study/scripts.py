@@ -107,8 +107,15 @@ def check_argv(kind: str, argv: Sequence[str], where: str) -> argparse.Namespace
         raise _Refused(message)
     p.error = error          # type: ignore[method-assign]   (one parser object, made for this call)
     try:
-        return p.parse_args(list(argv))
+        ns = p.parse_args(list(argv))
     except _Refused as e:
         raise ConfigError(f"{where}: {SCRIPTS[kind][0]} refuses it: {e}") from None
     except SystemExit:     # --help or --version in a study file
         raise ConfigError(f"{where}: {SCRIPTS[kind][0]} would print and exit; remove that option") from None
+    combos = getattr(importlib.import_module(SCRIPTS[kind][1]), "check_args", None)
+    if combos is not None:      # flags that parse but cannot run together
+        try:
+            combos(ns)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {SCRIPTS[kind][0]} refuses it: {e}") from None
+    return ns
