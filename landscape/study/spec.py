@@ -6,14 +6,16 @@ Schema (docs/study.md has it in full):
 
     [study]     name (required), out (default ./NAME), description, reference = {method = "at"}
     [train]     any landscape-train option by its long name
-    [method.NAME]  landscape-train options for one method only (e.g. [method.trades] beta = 6)
+    [method.NAME]  landscape-train options for one method only (e.g. [method.trades] beta = 6); with
+                method = "h-sat" the label NAME trains that method (a variant: [method.h-sat-affine])
     [grid] / [[grid]]  axes -> lists of values (method, eps, seed, or any landscape-train option); every
                 combination is a cell; several [[grid]] tables are joined (e.g. AT alone at more eps)
     [models]    checkpoints = [...] (files or robustbench:NAME) instead of [train] and [grid]; its other keys
                 are source options (dataset, arch, model-dir, threat-model, ...) of every analysis
     [[analysis]]  step = eval | spectrum | surface; name; checkpoint ("{best}" default, "{reference}");
                 only / skip = {axis = [values]}; resources = {...}; any option of that console script;
-                values may hold {best}, {reference}, {cell} (the cell's folder)
+                values may hold {best}, {reference}, {cell} (the cell's folder) and an axis value,
+                alone or scaled: {eps}, {eps/4}, {eps*2}, {seed}, {method}
     [resources] cpus, gpus, time, mem, partition, account, sbatch = [...], torchrun (GPUs per training),
                 device; [resources.train] / [resources.eval] / ... per step kind
     [estimate]  sample-pass-ms: the cost of one forward+backward pass of one sample on the target device
@@ -27,6 +29,7 @@ import hashlib
 import itertools
 import json
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -158,8 +161,10 @@ class Study:
         """The exact console command of ``step`` on ``cell``, to be run in ``out`` (as ``plan`` prints it)."""
         script = SCRIPTS[step.kind][0]
         if step.kind == "train":
-            axes = [w for k, v in cell.values.items() for w in (f"--{k}", format_value(v))]
-            opts = {**self.train, **self.methods.get(str(cell.values.get("method")), {})}
+            over = dict(self.methods.get(str(cell.values.get("method")), {}))
+            values = {**cell.values, **({"method": over.pop("method")} if "method" in over else {})}
+            axes = [w for k, v in values.items() for w in (f"--{k}", format_value(v))]
+            opts = {k: self._fill(v, cell) for k, v in {**self.train, **over}.items()}
             return [script, *axes, *options_argv("train", self._paths(opts), f"[train] of cell {cell.name}"),
                     "--runs-dir", self.cell_dir(cell), "--name", TRAIN_RUN]
         opts = dict(self.source_options)
@@ -205,12 +210,27 @@ class Study:
                     and not any(p in v for p in PLACEHOLDERS) else v) for k, v in opts.items()}
 
     def _fill(self, value: Any, cell: Cell) -> Any:
+        """Placeholders: {best}, {reference}, {cell}, and an axis value, alone or scaled: {eps}, {eps/4},
+        {eps*2}, {seed}, {method}."""
         if not isinstance(value, str):
             return value
         if "{reference}" in value and cell.reference is None:
             raise ConfigError(f"cell {cell.name} has no reference cell for {{reference}}")
-        return (value.replace("{best}", self.best(cell)).replace("{cell}", self.cell_dir(cell))
-                .replace("{reference}", self.best(self.cell(cell.reference)) if cell.reference else ""))
+        value = (value.replace("{best}", self.best(cell)).replace("{cell}", self.cell_dir(cell))
+                 .replace("{reference}", self.best(self.cell(cell.reference)) if cell.reference else ""))
+
+        def axis(m: re.Match) -> str:
+            name, op, num = m.group(1), m.group(2), m.group(3)
+            if name not in cell.values:
+                raise ConfigError(f"{{{m.group(0)[1:-1]}}}: {name!r} is not an axis of cell {cell.name} "
+                                  f"({', '.join(cell.values)})")
+            v = cell.values[name]
+            if op is None:
+                return format_value(v)
+            if not isinstance(v, (int, float)) or isinstance(v, bool):
+                raise ConfigError(f"{{{m.group(0)[1:-1]}}}: axis {name!r} of cell {cell.name} is not a number")
+            return format_value(float(v) * float(num) if op == "*" else float(v) / float(num))
+        return re.sub(r"\{([A-Za-z][\w-]*)(?:([*/])(\d+(?:\.\d*)?))?\}", axis, value)
 
 
 def _rel(path: str, base: Path, out: Path) -> str:
@@ -402,6 +422,9 @@ def load_study(path: str | os.PathLike, out: str | os.PathLike | None = None) ->
                 raise ConfigError(f"[method.{m}] must be a table of landscape-train options")
             if not any(v.get("method") == m for v in values):
                 raise ConfigError(f"[method.{m}]: no cell of the grid trains {m!r}")
+            if "method" in over and not isinstance(over["method"], str):
+                raise ConfigError(f"[method.{m}]: 'method' (the landscape-train method this label trains) must be "
+                                  "a string")
         steps.append(Step(name="train", kind="train", resources=dict(doc.get("resources", {}).get("train", {}))
                           if isinstance(doc.get("resources"), dict) else {}))
         names = [cell_name(v) for v in values]
