@@ -18,7 +18,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # Debian's Fashion-MNIST IDX files, when missing and we are root (tests that need them skip otherwise);
-# Debian's chromium, the headless browser that tests/test_report.py renders the HTML report in.
+# Debian's chromium, the headless browser that tests/test_report.py renders the HTML report in;
+# Debian's slurm-wlm and munge: tests/test_study.py starts a real one-node SLURM (tests/slurm_cluster.py).
 data:
 	@if [ ! -f $(FMNIST)/train-images-idx3-ubyte.gz ] && [ ! -f $(FMNIST)/train-images-idx3-ubyte ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
@@ -31,6 +32,12 @@ data:
 	    (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null 2>&1 \
 	      || echo "warning: could not install chromium; the report's browser test will skip"; \
 	  else echo "note: not root, chromium not installed; the report's browser test will skip"; fi; \
+	fi
+	@if [ ! -x /usr/sbin/slurmctld ] || [ ! -x /usr/sbin/munged ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge) >/dev/null 2>&1 \
+	      || echo "warning: could not install slurm-wlm and munge; the SLURM tests will skip"; \
+	  else echo "note: not root, SLURM not installed; the SLURM tests will skip"; fi; \
 	fi
 
 test: venv data
