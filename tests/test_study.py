@@ -350,3 +350,50 @@ def test_slurm_a_failing_step_is_failed_once_not_requeued(cluster, tmp_path):
     assert q.stdout.strip() in ("", "FAILED", "COMPLETED"), q.stdout      # not pending again, not requeued
     status = _study(["status", "given.toml"], tmp_path)
     assert status.returncode == 1 and "junk eval: failed" in status.stdout and "landscape-eval: error:" in status.stdout
+
+
+def test_slurm_a_training_stopped_by_scancel_signal_term_is_requeued_and_ends_bit_identical(cluster, tmp_path):
+    """`scancel --signal=TERM` mid-epoch (what SLURM does before a time limit with --signal): the training
+    writes last.pt and exits 75, the job requeues itself, and the next start resumes it to the weights of an
+    uninterrupted training of the same command."""
+    text = TINY.split("[[analysis]]")[0].replace("epochs = 2", "epochs = 6").replace(
+        "train-samples = 256", "train-samples = 1024\nbatch-size = 32").replace(
+        'method = ["at", "p-sat"]', 'method = ["at"]').replace("seed = [0, 1]", "seed = [0]")
+    (tmp_path / "pre.toml").write_text(text)
+    proc = _study(["run", "pre.toml", "--executor", "slurm"], tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run = tmp_path / "tiny/cells/at-eps0.1-s0/train"
+    rec_path = tmp_path / "tiny/cells/at-eps0.1-s0/steps/train.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run / "metrics.csv").exists():     # the first epoch is done
+        time.sleep(0.2)
+    job = json.loads(rec_path.read_text())["job_id"]
+    subprocess.run(["scancel", "--signal=TERM", job], check=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and json.loads(rec_path.read_text()).get("status") != "stopped":
+        time.sleep(0.3)
+    st = _study(["status", "pre.toml"], tmp_path)
+    assert "queued" in st.stdout or "running" in st.stdout, st.stdout       # requeued, not failed
+    assert "requeued after a stop" in st.stdout or "running" in st.stdout, st.stdout
+    log = (tmp_path / "tiny/cells/at-eps0.1-s0/logs/train.log").read_text()
+    assert "stopped by SIGTERM in epoch" in log and "requeued" in log and "Traceback" not in log, log
+    # a requeued job waits about two minutes (BeginTime) before it runs again: start it now
+    deadline = time.time() + 300
+    while time.time() < deadline and json.loads(rec_path.read_text()).get("status") != "done":
+        subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True)
+        time.sleep(1)
+    rec = json.loads(rec_path.read_text())
+    assert rec["status"] == "done" and rec["attempts"] == 2 and rec["restarts"] == 1, rec
+    assert rec["ran"].startswith("landscape-train --resume"), rec
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    argv = shlex.split(rec["command"])
+    done = subprocess.run([str(BIN / argv[0]), *argv[1:]], cwd=ref, env=ENV, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    for name in ("best.pt", "last.pt"):
+        a = _tensors(torch.load(run / name, weights_only=True))
+        b = _tensors(torch.load(ref / "cells/at-eps0.1-s0/train" / name, weights_only=True))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    a, b = pd.read_csv(run / "metrics.csv"), pd.read_csv(ref / "cells/at-eps0.1-s0/train/metrics.csv")
+    timing = [c for c in a.columns if "seconds" in c]
+    pd.testing.assert_frame_equal(a.drop(columns=timing), b.drop(columns=timing))

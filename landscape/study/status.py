@@ -39,8 +39,12 @@ def rows(study: Study) -> list[Row]:
         rec = st.record or {}
         job = str(rec.get("job_id") or "")
         status, detail = st.status, st.detail
-        if status in ("queued", "running") and rec.get("executor") == "slurm":
-            slurm_state, reason = live.get((c.name, s.name), ("", ""))
+        slurm_state, reason = live.get((c.name, s.name), ("", ""))
+        if status == "stopped" and rec.get("executor") == "slurm" and slurm_state in ACTIVE:
+            # stopped by a signal and requeued by its job script: it continues where it stopped
+            status = "running" if slurm_state in ("RUNNING", "COMPLETING", "SIGNALING") else "queued"
+            detail = "requeued after a stop" + ("" if reason in ("None", "") else f" ({reason})")
+        elif status in ("queued", "running") and rec.get("executor") == "slurm":
             if slurm_state in ACTIVE:
                 status = "running" if slurm_state in ("RUNNING", "COMPLETING", "SIGNALING") else "queued"
                 detail = "" if reason in ("None", "") else reason
