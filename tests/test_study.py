@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -397,3 +398,34 @@ def test_slurm_a_training_stopped_by_scancel_signal_term_is_requeued_and_ends_bi
     a, b = pd.read_csv(run / "metrics.csv"), pd.read_csv(ref / "cells/at-eps0.1-s0/train/metrics.csv")
     timing = [c for c in a.columns if "seconds" in c]
     pd.testing.assert_frame_equal(a.drop(columns=timing), b.drop(columns=timing))
+
+
+@pytest.mark.slow
+def test_robustbench_curvature_study_on_seeded_random_weights(tmp_path):
+    """studies/robustbench-curvature.toml's analyses (audit, adversarial spectrum with trace, eigen-plane
+    surface), sizes cut down, on RobustBench's file layout filled with seeded random weights of the
+    architectures landscape builds itself (landscape/zoo.py's TABLE; no download, no robustbench package
+    needed): every step runs and aggregate gives one row per model."""
+    import re
+    from landscape.zoo import TABLE
+    torch.manual_seed(0)
+    for name in ("Standard",):
+        model = TABLE[("cifar10", "Linf", name)].build()
+        (tmp_path / "models/cifar10/Linf").mkdir(parents=True, exist_ok=True)
+        torch.save(model.state_dict(), tmp_path / "models/cifar10/Linf" / f"{name}.pt")
+    text = (ROOT / "studies" / "robustbench-curvature.toml").read_text()
+    text = re.sub(r"checkpoints = \[.*?\]", 'checkpoints = ["robustbench:Standard"]', text, flags=re.S)
+    text = text.replace('model-dir = "../models"', 'model-dir = "models"')
+    text = text.replace('dataset = "cifar10"', 'dataset = "synthetic-cifar10"   # CIFAR-10\'s shape, needs no download')
+    text = re.sub(r"samples = \d+", "samples = 4", text).replace("top-k = 5", "top-k = 1\nmax-hvps = 4\ntol = 0.5") \
+        .replace("trace = true", "trace = true\ntrace-max-hvps = 4\ntrace-method = \"hutchinson\"") \
+        .replace('directions = "eigen"', 'directions = "eigen"\neigen-tol = 0.5\nx = "-1:1:3"\ny = "-1:1:3"') \
+        .replace("batch-size = 128", "batch-size = 4")
+    text = text.replace("audit = true", "audit = true\nautoattack = false\nsquare-queries = 20")
+    (tmp_path / "rb.toml").write_text(text)
+    proc = _study(["run", "rb.toml", "--threads", "2"], tmp_path, timeout=1800)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    agg = _study(["aggregate", "rb.toml", "--no-report"], tmp_path)
+    assert agg.returncode == 0, agg.stderr
+    df = pd.read_csv(tmp_path / "robustbench-curvature/per_model.csv")
+    assert list(df.cell) == ["Standard"] and np.isfinite(df.lambda_1[0]) and "audit_verdict" in df.columns

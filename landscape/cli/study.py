@@ -52,7 +52,8 @@ def build_parser() -> Parser:
     r.add_argument("--gpus", metavar="LIST", help="local: GPU ids, one per worker (e.g. 0,1,2,3)")
     r.add_argument("--threads", type=positive_int, help="local: threads per worker (default: cores / workers)")
     for flag, what in (("--partition", "SLURM partition"), ("--account", "SLURM account"),
-                       ("--time", "time limit of each job (minutes, or D-HH:MM:SS); default from the estimate"),
+                       ("--time", "time limit of each job (minutes, or D-HH:MM:SS); default: [resources] time, else the "
+                                  "partition's"),
                        ("--qos", "SLURM quality of service")):
         r.add_argument(flag, help=f"slurm: {what} (overrides [resources])")
     r.add_argument("--sbatch", action="append", default=[], metavar="LINE",
@@ -74,8 +75,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from ..study import load_study
     study = load_study(args.study, args.out)
-    return {"plan": _plan, "run": _run, "status": _status, "aggregate": _aggregate, "step": _step}[args.command](
-        study, args)
+    try:
+        return _COMMANDS[args.command](study, args)
+    except BrokenPipeError:        # `landscape-study plan FILE | head`: the reader has gone, not an error
+        import os
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
 
 
 def _plan(study, args) -> int:
@@ -84,14 +90,17 @@ def _plan(study, args) -> int:
     from .common import check_output
     if args.json:
         check_output(args.json, "--json")
-    est = {(e.cell, e.step): e for e in estimate(study, threads=None)}
+    import os
+    est = {(e.cell, e.step): e for e in estimate(study, threads=max(1, (os.cpu_count() or 1) // args.workers))}
     print(f"study {study.name}: {len(study.cells)} cells x {len(study.steps)} steps = {len(study.pairs())} "
           f"commands; folder {study.out}; every command runs there (cd {shlex.quote(str(study.out))})")
     rows = []
+    wc = max([len(c.name) for c in study.cells] + [4])
+    ws = max([len(s.name) for s in study.steps] + [4])
     for cell, step in study.pairs():
         e = est[(cell.name, step.name)]
         cmd = shlex.join(study.command(cell, step))
-        print(f"{cell.name:<24} {step.name:<10} ~{fmt_seconds(e.seconds):>9}  {cmd}")
+        print(f"{cell.name:<{wc}}  {step.name:<{ws}}  ~{fmt_seconds(e.seconds):>9}  {cmd}")
         rows.append({"cell": cell.name, "step": step.name, "command": cmd, "estimated_seconds": e.seconds,
                      "reference": cell.reference})
     total = sum(e.seconds for e in est.values())
@@ -141,6 +150,9 @@ def _aggregate(study, args) -> int:
 def _step(study, args) -> int:
     from ..study.slurm import run_job_step
     return run_job_step(study, args.cell, args.step_name)
+
+
+_COMMANDS = {"plan": _plan, "run": _run, "status": _status, "aggregate": _aggregate, "step": _step}
 
 
 if __name__ == "__main__":

@@ -10,12 +10,14 @@ committed with it, and its claims are judged on its own column names (``eig1``, 
 
 Columns of per_model.csv (new layout): cell, the axes (method, eps, seed, ...), best_epoch, val_clean, val_pgd,
 train_seconds; per eval step clean_acc, pgd_acc, autoattack_acc, n, audit_verdict, audit_worst_case (a second
-eval step's columns carry its name: ``NAME_clean_acc``); per spectrum step lambda_1..k, converged_k, trace,
+eval step's columns carry its name: ``NAME_clean_acc``; eval_samples is the number of samples); per spectrum
+step lambda_1..k, converged (how many of them converged), trace,
 trace_stderr (named likewise); per surface step NAME_loss_center / _loss_min / _loss_max / _loss_mean, and
 NAME_barrier for a 1D path that holds a = 0 and a = 1 (max over [0, 1] of the loss above the chord).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 from typing import Any, Sequence
@@ -119,7 +121,9 @@ def _surface_columns(d: dict) -> dict:
     out = {"loss_center": (d.get("center") or {}).get("loss"), "loss_min": float(np.nanmin(loss)),
            "loss_max": float(np.nanmax(loss)), "loss_mean": float(np.nanmean(loss))}
     x = np.asarray(d.get("x") or [], dtype=float)
-    if d.get("dim") == 1 and loss.ndim == 1 and x.size == loss.size and 0.0 in x and 1.0 in x:
+    kind = ((d.get("settings") or {}).get("directions") or {}).get("spec", {}).get("directions")
+    if kind == "interpolate" and d.get("dim") == 1 and loss.ndim == 1 and x.size == loss.size \
+            and 0.0 in x and 1.0 in x:
         out["barrier"] = barrier(x, loss)
     return out
 
@@ -136,6 +140,9 @@ def _group_axes(study: Study, df) -> list[str]:
 
 def judge_claim(df, claim: Claim) -> dict:
     """A claim's verdict by the seed-spread rule (``verdicts.verdict``): holds / does not hold / undecided."""
+    metric = claim.metric if claim.metric in df.columns else ALIASES.get(claim.metric)
+    if metric is not None and metric in df.columns and metric != claim.metric:
+        claim = dataclasses.replace(claim, metric=metric)      # the committed layout's name on a rerun's table
     if claim.metric not in df.columns:
         raise ConfigError(f"claim {claim.name!r}: no column {claim.metric!r} in per_model.csv; its columns: "
                           f"{', '.join(c for c in df.columns if c != 'cell')}")
@@ -189,6 +196,10 @@ GROUPS = (("accuracy and training", ("clean_acc", "pgd_acc", "autoattack_acc", "
                                      "train_")),
           ("curvature", ("lambda_", "trace")),
           ("surfaces and paths", ("surface", "path")))
+#: the committed SAT study's column names and a landscape-study run's, both ways
+ALIASES = {"eig1": "lambda_1", "eig2": "lambda_2", "test_clean": "clean_acc", "test_pgd20": "pgd_acc",
+           "test_autoattack": "audit_autoattack_acc"}
+ALIASES.update({v: k for k, v in list(ALIASES.items())})
 RULE = ("Rule: a difference counts when |mean A - mean B| > 2 x pooled s.d. over seeds (pooled s.d. = "
         "sqrt((sd_A^2 + sd_B^2)/2), sample s.d.s); fewer than 2 seeds on a side: undecided. A trend holds when "
         "every step along the axis moves the metric the claimed way beyond the spread.")
@@ -233,15 +244,25 @@ def model_info(study: Study, cell: Cell, row: dict) -> tuple[dict, dict]:
     test split), and our numbers for the sidecar."""
     def pct(v):
         return None if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{100 * float(v):.2f}"
-    aa = row.get("autoattack_acc")
+    prefix = next((c[:-len("autoattack_acc")] for c in row if c.endswith("autoattack_acc")
+                   and row.get(c) is not None), "")
+    aa = row.get(prefix + "autoattack_acc")
+    samples = row.get(prefix + "eval_samples")
+    arch = str(study.train.get("model") or study.source_options.get("arch") or row.get("checkpoint") or "auto")
+    if cell.trained:
+        from ..models import resolve_model_name
+        try:
+            arch = resolve_model_name(arch, str(study.train.get("dataset") or "digits"))
+        except LandscapeError:
+            pass
     info = {"link": None, "name": f"{study.name}: {cell.name}", "authors": None, "additional_data": False,
             "number_forward_passes": 1, "dataset": str(study.train.get("dataset") or
                                                        study.source_options.get("dataset") or "digits"),
-            "venue": None, "architecture": str(study.train.get("model") or study.source_options.get("arch") or "auto"),
+            "venue": None, "architecture": arch,
             "eps": (f"{cell.values['eps']:g}" if "eps" in cell.values else None),
-            "clean_acc": pct(row.get("clean_acc")) if aa is not None else None,
+            "clean_acc": pct(row.get(prefix + "clean_acc")) if aa is not None else None,
             "reported": None, "autoattack_acc": pct(aa), "footnote": "measured by landscape-study "
-            f"{__version__} on the first {row.get('eval_samples')} test samples" if aa is not None else None}
+            f"{__version__} on the first {samples} test samples" if aa is not None else None}
     side = {"kind": "study_cell", "landscape_version": __version__, "study": study.name, "cell": cell.name,
             **{k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in row.items()}}
     return info, side
@@ -268,7 +289,7 @@ def aggregate(study: Study, figures: bool = True, report: bool = True) -> list[s
         write_text(out / "summary.csv", summ.to_csv(index=False))
         write_text(out / "summary.md", grouped_markdown(summ, by, GROUPS))
         written += ["summary.csv", "summary.md"]
-    comp = _comparisons(study, df)
+    comp = _comparisons(study, df, str(study.reference.get("method", "at")))
     if not comp.empty:
         write_text(out / "verdicts.csv", comp.to_csv(index=False))
         lines = [RULE, "", "| comparison | " + " | ".join(a for a in by if a != "method") + " | metric | A | B | diff | "
@@ -280,7 +301,6 @@ def aggregate(study: Study, figures: bool = True, report: bool = True) -> list[s
                          f"{2 * r.pooled_sd:.3g} | {r.verdict} |")
         write_text(out / "verdicts.md", "\n".join(lines) + "\n")
         written += ["verdicts.csv", "verdicts.md"]
-    written += write_claims(out, df, study.claims)
     for cell, (_, row) in zip(study.cells, df.iterrows()):
         info, side = model_info(study, cell, {k: v for k, v in row.items() if not _missing(v)})
         d = out / study.cell_dir(cell)
@@ -292,6 +312,7 @@ def aggregate(study: Study, figures: bool = True, report: bool = True) -> list[s
         written += _figures(study, df)
     if report:
         written += _report(study)
+    written += write_claims(out, df, study.claims)    # last: a claim on a missing column is refused after the rest
     return written
 
 
@@ -337,7 +358,16 @@ def _aggregate_legacy(study: Study, figures: bool) -> list[str]:
     eps = sorted({float(c.values["eps"]) for c in study.cells if "eps" in c.values
                   and c.values.get("method") != "at"} or {0.3, 0.4})
     written = aggregate_legacy(study.out, eps, write_figures=figures)
-    names = [f"{k}" for k in written]
+    names = []
+    for k, v in written.items():
+        if k == "figures":
+            names += [Path(p).name for p in v]
+        elif k == "per_model":
+            names.append("per_model.csv")
+        elif k == "audit":
+            names += ["audit.csv", "summary_autoattack.md", "verdicts_autoattack.md"]
+        else:
+            names += [f"{k}.csv", f"{k}.md"]
     if study.claims:
         df, _ = read_models(study.out)
         names += write_claims(study.out, df, study.claims)

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from ..errors import EXIT_REQUEUE
+from ..errors import EXIT_REQUEUE, BusyError
 from ..io import lock_folder
 from .estimate import StepEstimate, fmt_seconds
 from .execute import Running, run_step
@@ -63,6 +63,7 @@ def run_local(study: Study, workers: int = 1, gpus: Sequence[str] = (), threads:
 def _run(study: Study, workers: int, gpus: list[str], threads: int | None, estimates: Sequence[StepEstimate],
          say: Callable[[str], None]) -> Outcome:
     pairs = study.pairs()
+    _refuse_live_slurm_jobs(study, pairs)
     est = {(e.cell, e.step): e.seconds for e in estimates}
     status: dict[tuple[str, str], str] = {}
     todo: list[tuple[Cell, Step]] = []
@@ -177,6 +178,20 @@ def _run(study: Study, workers: int, gpus: list[str], threads: int | None, estim
     say(f"{study.name}: {out.done} steps done, {out.failed} failed, {out.blocked} not run, {out.skipped} were done "
         f"before; {fmt_seconds(took)}" + ("; stopped: rerun the same command to continue" if out.stopped else ""))
     return out
+
+
+def _refuse_live_slurm_jobs(study: Study, pairs) -> None:
+    """A study whose steps are queued or running on SLURM is not run here at the same time."""
+    from .slurm import refresh
+    from .status import ACTIVE
+    recs = [state(study, c, s).record or {} for c, s in pairs]
+    if not any(r.get("executor") == "slurm" and r.get("status") in ("queued", "running", "stopped") for r in recs):
+        return
+    live = sorted(f"{c} {s} (job {j})" for (c, s), (st, _) in refresh(study).items() if st in ACTIVE
+                  for j in [next(r.get("job_id") for r in recs if r.get("cell") == c and r.get("step") == s)])
+    if live:
+        raise BusyError(f"{study.out}: {len(live)} step(s) of this study are queued or running on SLURM "
+                        f"({', '.join(live[:3])}{', ...' if len(live) > 3 else ''}); wait for them or scancel them")
 
 
 def _counts(status: dict) -> str:

@@ -31,6 +31,7 @@ from typing import Sequence
 from ..errors import ConfigError, EXIT_REQUEUE, LandscapeError
 from ..io import lock_folder, write_text
 from .execute import Running, executable, run_step
+from .local import dependencies
 from .spec import Cell, Step, Study
 from .state import claim_folder, read_record, state, write_record
 
@@ -113,12 +114,14 @@ def job_script(study: Study, cell: Cell, step: Step, resources: dict, extra: Seq
 
 def submit(study: Study, partition: str | None = None, account: str | None = None, time_limit: str | None = None,
            qos: str | None = None, extra: Sequence[str] = (), dry_run: bool = False) -> int:
-    """Submit every step that is not done, queued or running; print one line per job. Returns 0, or 1 when
-    sbatch refused a job (its message printed)."""
+    """Submit every step that is not done, queued or running (trainings first); print one line per job.
+    Returns 0; sbatch refusing a job is a ``LandscapeError`` with its message (the jobs submitted before it
+    stay queued and are recorded, so a rerun after the fix submits only the rest)."""
     sbatch = _tool("sbatch") if not dry_run else "sbatch"
     claim_folder(study)
     with lock_folder(study.out, command=f"landscape-study run --executor slurm {study.file}"):
-        pairs = study.pairs()
+        # trainings first: an analysis depends on its cell's and on its reference cell's, wherever those are
+        pairs = sorted(study.pairs(), key=lambda p: p[1].kind != "train")
         states = {(c.name, s.name): state(study, c, s) for c, s in pairs}
         live = job_states([str((st.record or {}).get("job_id")) for st in states.values()
                            if st.record and st.record.get("job_id")])
@@ -142,7 +145,6 @@ def submit(study: Study, partition: str | None = None, account: str | None = Non
                 print(f"{cell.name} {step.name}: {st.detail}; it runs again")
             elif st.status == "failed":
                 print(f"{cell.name} {step.name}: failed last time ({st.detail}); submitted again")
-            from .local import dependencies
             deps = [jobs[d] for d in dependencies(study, cell, step) if d in jobs]
             if any(states[d].status not in ("done",) and d not in jobs for d in dependencies(study, cell, step)
                    if d in states):
@@ -157,7 +159,9 @@ def submit(study: Study, partition: str | None = None, account: str | None = Non
             (study.out / study.cell_dir(cell) / "logs").mkdir(parents=True, exist_ok=True)
             write_text(path, script)
             if dry_run:
-                print(f"{cell.name} {step.name}: {path}")
+                jobs[key] = f"DRY{submitted}"
+                submitted += 1
+                print(f"{cell.name} {step.name}: {path}" + (f" (after {', '.join(deps)})" if deps else ""))
                 continue
             argv = [sbatch, "--parsable"] + ([f"--dependency=afterok:{':'.join(deps)}"] if deps else []) + [str(path)]
             proc = subprocess.run(argv, capture_output=True, text=True)
@@ -171,7 +175,8 @@ def submit(study: Study, partition: str | None = None, account: str | None = Non
                          executor="slurm", command=shlex.join(study.command(cell, step)), last_line="",
                          **({"attempts": 0} if st.status == "changed" else {}))
             print(f"{cell.name} {step.name}: job {jid}" + (f" (after {', '.join(deps)})" if deps else ""))
-        print(f"{study.name}: {submitted} job(s) submitted, {skipped} step(s) already done; "
+        print(f"{study.name}: {submitted} job(s) {'written (--dry-run)' if dry_run else 'submitted'}, "
+              f"{skipped} step(s) already done; "
               f"landscape-study status {study.file} shows where they stand")
     return 0
 

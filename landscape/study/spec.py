@@ -113,6 +113,7 @@ class Study:
     claims: list[Claim] = field(default_factory=list)
     description: str = ""
     axes: tuple[str, ...] = ()
+    reference: dict = field(default_factory=dict)     # the axis values of reference cells ({method: "at"})
 
     # --- where things are (relative to ``out``: every command runs with ``out`` as its working folder) ---
     def cell_dir(self, cell: Cell | str) -> str:
@@ -165,6 +166,9 @@ class Study:
             values = {**cell.values, **({"method": over.pop("method")} if "method" in over else {})}
             axes = [w for k, v in values.items() for w in (f"--{k}", format_value(v))]
             opts = {k: self._fill(v, cell) for k, v in {**self.train, **over}.items()}
+            device = self.resources_of(step).get("device")
+            if device and "device" not in opts:
+                opts["device"] = device
             return [script, *axes, *options_argv("train", self._paths(opts), f"[train] of cell {cell.name}"),
                     "--runs-dir", self.cell_dir(cell), "--name", TRAIN_RUN]
         opts = dict(self.source_options)
@@ -172,8 +176,13 @@ class Study:
             opts["seed"] = cell.values["seed"]      # an analysis is seeded like its model
         opts.update(step.options)
         opts = {k: self._fill(v, cell) for k, v in self._paths(opts).items()}
-        argv = [script, self._fill(step.checkpoint, cell),
-                *options_argv(step.kind, opts, f"[[analysis]] {step.name}")]
+        device = self.resources_of(step).get("device")
+        if device and "device" not in opts:
+            opts["device"] = device
+        ck = step.checkpoint
+        if not any(p in ck for p in PLACEHOLDERS) and not ck.startswith("robustbench:"):
+            ck = _rel(ck, self.file.parent, self.out)      # a literal path: from the study file's folder
+        argv = [script, self._fill(ck, cell), *options_argv(step.kind, opts, f"[[analysis]] {step.name}")]
         outs = self.outputs(cell, step)
         if step.kind == "surface":
             argv += ["--out", outs["folder"]]
@@ -490,6 +499,8 @@ def load_study(path: str | os.PathLike, out: str | os.PathLike | None = None) ->
     study = Study(name=name, file=path.resolve(), out=out_dir, cells=cells, steps=steps, train=train,
                   methods=methods, source_options=source, resources=resources, estimate=est,
                   claims=_claims(doc, axes), description=_str(st, "description", "[study]", "") or "", axes=axes)
+    study.reference = dict(reference) if reference else (
+        {"method": "at"} if any(c.values.get("method") == "at" for c in cells) else {})
     _link_references(study, reference)
     _check_commands(study)
     return study

@@ -61,6 +61,11 @@ def rows(study: Study) -> list[Row]:
 def print_status(study: Study, json_path: str | None = None) -> int:
     """Print the cells x steps table and the counts; 0 when all done, 1 when a step failed, else 3 (work
     left)."""
+    if (study.out / "models").is_dir() and not (study.out / "cells").is_dir():
+        n = sum(1 for _ in (study.out / "models").glob("*/train.json"))
+        print(f"{study.out} holds the results of the runner that preceded landscape-study (models/*: {n} models); "
+              f"`landscape-study aggregate` reads them; a rerun goes to a new folder (--out)")
+        return 0
     table = rows(study)
     steps = [s.name for s in study.steps]
     width = max([len(c.name) for c in study.cells] + [4])
