@@ -36,8 +36,26 @@ against 0.18 s for one matvec, at a 48.5 GB peak against the top-5's 25.3 GB, an
 card's 140 GB. Defaults: ``MATMAT_BLOCK`` columns per block, never vmapped (``MATMAT_VMAP``);
 ``preferred_block`` tells the
 estimators when a block pays. Lanczos-type recurrences (one vector at a time, each from the last) gain
-nothing from matmat; for them the graph budget is what matters (1.45-1.58 x kept vs 1.99 x rebuilt). Double backward is therefore the default; ``hvp_method=
-"fwd-over-rev"`` is kept for comparisons and as a cross-check (the tests check both against the exact Hessian).
+nothing from matmat; for them the graph budget is what matters (1.45-1.58 x kept vs 1.99 x rebuilt).
+
+Method (``hvp_method``): "double-backward", "fwd-over-rev" (forward-over-reverse: the weights as dual
+tensors of ``torch.autograd.forward_ad``, tangent v, through one forward and one backward pass; the
+gradient's tangent is H v; no graph is kept) or "auto" (the default): ``AUTO_HVP[device type]``, the faster
+one as measured by ``benchmarks/hvp_modes.py`` (``benchmarks/results/hvp_modes.md``; CPU, 1 thread, float32,
+one batch, HVP / gradient):
+
+    model (samples)          double backward, kept   rebuilt   fwd-over-rev   (torch.func jvp of grad)
+    cnn-small (64)                 1.53 x            2.48 x       2.81 x            2.67 x
+    preact-resnet18 (16)           2.17 x            3.24 x       3.46 x            3.68 x
+    wrn-34-10 (8)                  2.11 x            3.16 x       3.17 x            3.47 x
+
+so on the CPU auto is double backward (forward-over-reverse costs what a rebuilt graph costs, or more, and
+cannot keep one); on CUDA auto stays double backward until a GPU measurement exists (``benchmarks/
+gpu_check.py`` times both). With ``bn="batch"`` on a model with BatchNorm, auto is always double backward, and
+"fwd-over-rev" is refused on device types not in ``FWD_OVER_REV_BN_BATCH`` (pytorch#196699: train-mode
+batch_norm's nested forward derivative is wrong in forward-over-forward; forward-over-reverse is tested
+exact on the CPU, cuDNN's kernels untested). The two methods agree to float round-off (float64: 1e-10 in
+the tests; float32: ~3e-7); ``describe()`` records the method that ran and the one requested.
 
 BatchNorm: ``bn="running"`` (default) evaluates the model in eval mode with its running statistics;
 ``bn="batch"`` normalizes with each batch's own statistics (BatchNorm layers in train mode with
@@ -60,6 +78,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+import torch.autograd.forward_ad as fwad
 import torch.nn.functional as F
 from torch import nn
 
@@ -73,9 +92,53 @@ from .samples import SampleSet
 
 LOSSES = ("clean", "adversarial")
 BN_MODES = ("running", "batch")
-HVP_METHODS = ("double-backward", "fwd-over-rev")
+HVP_METHODS = ("double-backward", "fwd-over-rev")   # the two implementations of one HVP
+HVP_CHOICES = (*HVP_METHODS, "auto")                  # what ``hvp_method=`` accepts
+# ``hvp_method="auto"``, by device type: the faster method, as measured by benchmarks/hvp_modes.py (CPU:
+# benchmarks/results/hvp_modes.md). CUDA stays on double backward until a GPU measurement exists
+# (benchmarks/gpu_check.py times both). A device type not listed: double backward.
+AUTO_HVP = {"cpu": "double-backward", "cuda": "double-backward"}
+# device types where forward-over-reverse with BatchNorm in train mode (bn="batch") is tested exact
+# (tests/test_hvp_modes.py, tests/test_hessian.py). Elsewhere it is refused: pytorch#196699 reports a silent
+# error in train-mode batch_norm's nested forward derivative (forward-over-forward; reproduced with torch 2.14
+# on the CPU, while forward-over-reverse is exact there); no GPU check has covered cuDNN's kernels yet.
+FWD_OVER_REV_BN_BATCH = ("cpu",)
 ParamFilter = Callable[[str, nn.Parameter], bool] | str | Sequence[str] | None
 Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def resolve_hvp_method(method: str, device: torch.device | str, bn: str = "running",
+                       batchnorm: bool = True) -> str:
+    """The HVP implementation that ``method`` means on ``device``: "auto" is ``AUTO_HVP[device type]`` (double
+    backward where not listed), and always double backward with ``bn="batch"`` on a model with BatchNorm
+    (``batchnorm``). "fwd-over-rev" with ``bn="batch"`` and BatchNorm on a device type not in
+    ``FWD_OVER_REV_BN_BATCH`` is refused (ConfigError): not tested exact there (pytorch#196699)."""
+    if method not in HVP_CHOICES:
+        raise ConfigError(f"unknown hvp_method {method!r}; choose from {', '.join(HVP_CHOICES)}")
+    dtype = torch.device(device).type
+    train_bn = bn == "batch" and batchnorm
+    if method == "auto":
+        return "double-backward" if train_bn else AUTO_HVP.get(dtype, "double-backward")
+    if method == "fwd-over-rev" and train_bn and dtype not in FWD_OVER_REV_BN_BATCH:
+        raise ConfigError(f"hvp_method='fwd-over-rev' with bn='batch' (BatchNorm in train mode) is tested exact "
+                          f"only on {', '.join(FWD_OVER_REV_BN_BATCH)}, not {dtype} (pytorch#196699); use "
+                          f"hvp_method='double-backward' or 'auto'")
+    return method
+
+
+@contextlib.contextmanager
+def _cudnn_benchmark(on: bool):
+    """cuDNN's autotuner (``torch.backends.cudnn.benchmark``) set to ``on`` inside the block, restored after."""
+    saved = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = bool(on)
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = saved
 
 
 def _select_params(model: nn.Module, param_filter: ParamFilter) -> list[tuple[str, nn.Parameter]]:
@@ -205,32 +268,39 @@ class HessianOperator:
     (on this rank: under ``torchrun`` each rank holds the shard ``shard`` of them; ``num_samples`` is the
     total over all ranks). ``distributed=False`` keeps every sample on every rank even in a process group.
     Every pass runs with TF32 off unless ``tf32=True`` (``landscape.precision.full_float32``: TF32 puts a
-    ~1e-3 relative floor under each HVP on Ampere and later GPUs); ``describe()["tf32"]`` records it.
+    ~1e-3 relative floor under each HVP on Ampere and later GPUs); ``describe()["tf32"]`` records it, and
+    ``describe()["cudnn_benchmark"]`` cuDNN's autotuner during the passes (``cudnn_benchmark``, off by
+    default: no GPU measurement yet; a CUDA flag, False on other devices). ``hvp_method``: see the module's
+    docstring (``describe()["hvp_method"]`` is the method that runs, ``"hvp_method_requested"`` the one asked).
     """
 
     @takes_attack_spec(default_steps=DEFAULT_STEPS, adversarial_only="loss")
     def __init__(self, model: nn.Module, data: Any, loss: str = "clean", attack: AttackSpec | None = None,
                  bn: str = "running", param_filter: ParamFilter = None, batch_size: int | None = None,
-                 seed: int = 0, device: str | torch.device | None = None, hvp_method: str = "double-backward",
+                 seed: int = 0, device: str | torch.device | None = None, hvp_method: str = "auto",
                  distributed: bool = True, max_graph_memory: "int | str | MemoryBudget | None" = None,
-                 tf32: bool = False):
+                 tf32: bool = False, cudnn_benchmark: bool = False):
         if loss not in LOSSES:
             raise ConfigError(f"unknown loss {loss!r}; choose from {', '.join(LOSSES)}")
         if bn not in BN_MODES:
             raise ConfigError(f"unknown bn mode {bn!r}; choose from {', '.join(BN_MODES)}")
-        if hvp_method not in HVP_METHODS:
-            raise ConfigError(f"unknown hvp_method {hvp_method!r}; choose from {', '.join(HVP_METHODS)}")
+        if hvp_method not in HVP_CHOICES:
+            raise ConfigError(f"unknown hvp_method {hvp_method!r}; choose from {', '.join(HVP_CHOICES)}")
         if attack is not None and not isinstance(attack, AttackSpec):
             raise ConfigError(f"attack must be an AttackSpec, got {type(attack).__name__}")
         if loss == "adversarial" and attack is None and not isinstance(data, SampleSet):
             raise ConfigError("loss='adversarial' needs attack=AttackSpec(eps=...) (or HessianOperator."
                               "from_checkpoint with a checkpoint whose config has eps)")
         self.model, self.loss, self.bn, self.seed = model, loss, bn, int(seed)
-        self.hvp_method, self.tf32 = hvp_method, bool(tf32)
+        self.tf32 = bool(tf32)
         self.params = _select_params(model, param_filter)
         self._param_filter = param_filter
         first = self.params[0][1]
         self.device = torch.device(device) if device is not None else first.device
+        self.hvp_requested = hvp_method
+        self.hvp_method = resolve_hvp_method(hvp_method, self.device, bn, has_batchnorm(model))
+        # cuDNN's autotuner during this operator's passes (a CUDA flag: False on other devices, where it is unused)
+        self.cudnn_benchmark = bool(cudnn_benchmark) and self.device.type == "cuda"
         self.dtype = first.dtype
         self._shapes = [p.shape for _, p in self.params]
         self._numels = [p.numel() for _, p in self.params]
@@ -309,6 +379,14 @@ class HessianOperator:
         return self.flatten([p.detach() for _, p in self.params])
 
     # --- forward pass in the operator's mode ---------------------------------------------------------
+    def _flags(self) -> contextlib.AbstractContextManager:
+        """TF32 (``full_float32``) and, on CUDA, cuDNN's autotuner as the operator was made, for one pass."""
+        stack = contextlib.ExitStack()
+        stack.enter_context(full_float32(self.tf32))
+        if self.device.type == "cuda":
+            stack.enter_context(_cudnn_benchmark(self.cudnn_benchmark))
+        return stack
+
     def _mode(self) -> contextlib.AbstractContextManager:
         """Eval mode; with bn="batch", BatchNorm layers use batch statistics and never touch their buffers
         (``attacks.eval_mode``, the one owner of that switch; the caller's grad mode is kept)."""
@@ -352,18 +430,31 @@ class HessianOperator:
                                  retain_graph=retain, allow_unused=True, is_grads_batched=batched)
         return [torch.zeros_like(v) if h is None else h for h, v in zip(hv, vs)]
 
+    def _fwd_over_rev(self, x: torch.Tensor, y: torch.Tensor, vs: list[torch.Tensor]) -> list[torch.Tensor]:
+        """H v for one batch's summed loss as the forward derivative of its gradient: the weights become dual
+        tensors (value w, tangent v; ``torch.autograd.forward_ad``), one forward and one backward pass
+        (``functional_call``, ``torch.autograd.grad`` without ``create_graph``) carry the tangents, and the
+        gradient's tangent is H v. No graph outlives the call. The same numbers as ``torch.func.jvp`` over
+        ``torch.func.grad`` (CPU: 0.91 x its time on WRN-34-10 and PreAct-ResNet-18, 1.05 x on cnn-small;
+        benchmarks/hvp_modes.py)."""
+        with fwad.dual_level():
+            duals = {n: fwad.make_dual(p.detach(), v.to(p.dtype)).requires_grad_(True)
+                     for (n, p), v in zip(self.params, vs)}
+            with self._mode():
+                loss = self._batch_loss(x, y, duals)
+            ds = list(duals.values())
+            grads = torch.autograd.grad(loss, ds, allow_unused=True) if loss.requires_grad else [None] * len(ds)
+            hv = [None if g is None else fwad.unpack_dual(g).tangent for g in grads]
+        return [torch.zeros_like(v) if h is None else h for h, v in zip(hv, vs)]
+
     def _hvp_batch(self, b: int, vs: list[torch.Tensor], batched: bool = False) -> list[torch.Tensor]:
         """H_b v for the SUMMED loss of batch ``b`` (``batched``: k vectors stacked on a leading dim)."""
         x, y = self.batches[b]
         if self.hvp_method == "fwd-over-rev":
-            base = {n: p.detach() for n, p in self.params}
-            if batched:
-                cols = [self._hvp_batch(b, [v[j] for v in vs]) for j in range(len(vs[0]))]
+            if batched:   # one forward-over-reverse pass per vector (nothing is shared between them)
+                cols = [self._fwd_over_rev(x, y, [v[j] for v in vs]) for j in range(len(vs[0]))]
                 return [torch.stack(c) for c in zip(*cols)]
-            tang = dict(zip(base, vs))
-            with self._mode():
-                _, hv = torch.func.jvp(torch.func.grad(lambda p: self._batch_loss(x, y, p)), (base,), (tang,))
-            return [hv[n] for n in base]
+            return self._fwd_over_rev(x, y, vs)
         grads, kept = self._graphs.get(b)
         if batched and not self.matmat_vmap:  # one graph (built once), the k vectors one pass each
             k = len(vs[0])
@@ -375,7 +466,7 @@ class HessianOperator:
         """sum_b H_b v over this process's batches (summed losses)."""
         self._graphs.check()
         total = [torch.zeros_like(v) for v in vs]
-        with full_float32(self.tf32):
+        with self._flags():
             for b in range(len(self.batches)):
                 for t, h in zip(total, self._hvp_batch(b, vs, batched)):
                     t.add_(h)
@@ -443,7 +534,7 @@ class HessianOperator:
         ps = [p for _, p in self.params]
         total = [torch.zeros_like(p) for p in ps] + [torch.zeros(1, dtype=self.dtype, device=self.device)]
         for x, y in self.batches:
-            with self._mode(), full_float32(self.tf32):
+            with self._mode(), self._flags():
                 loss = self._batch_loss(x, y)
                 gs = torch.autograd.grad(loss, ps, allow_unused=True)
             total[-1] += loss.detach()
@@ -478,10 +569,12 @@ class HessianOperator:
                 "bn": self.bn, "num_params": self.num_params, "num_samples": self.num_samples,
                 "num_batches": len(self.batches), "batch_sizes": sorted({len(x) for x, _ in self.batches}),
                 "batch_size": self.batch_size, "seed": self.seed, "hvp_method": self.hvp_method,
+                "hvp_method_requested": self.hvp_requested,
                 "param_filter": None if pf is None else (getattr(pf, "__name__", "callable") if callable(pf)
                                                           else pf if isinstance(pf, str) else list(pf)),
                 "param_names": self.param_names if pf is not None else None,
                 "dtype": str(self.dtype).replace("torch.", ""), "device": str(self.device), "tf32": self.tf32,
+                "cudnn_benchmark": self.cudnn_benchmark,
                 "attack_seconds": self.attack_seconds, "world_size": self.world.size,
                 "graph_cache": self._graphs.describe() if self.hvp_method == "double-backward" else None,
                 "matmat_block": self.matmat_block, "matmat_vmap": self.matmat_vmap}
@@ -496,4 +589,5 @@ def samples(op: HessianOperator) -> Batch:
     return torch.cat([x for x, _ in op.batches]), torch.cat([y for _, y in op.batches])
 
 
-__all__ = ["HessianOperator", "LOSSES", "BN_MODES", "HVP_METHODS", "samples"]
+__all__ = ["HessianOperator", "LOSSES", "BN_MODES", "HVP_METHODS", "HVP_CHOICES", "AUTO_HVP", "resolve_hvp_method",
+           "samples"]
