@@ -61,8 +61,8 @@ def cell_row(study: Study, cell: Cell) -> dict:
         if d is None:
             continue
         p = _prefix(step.name, step.kind)
-        if step.kind == "eval":
-            row.update({p + k: v for k, v in _eval_columns(d).items()})
+        if step.kind == "eval":     # (a step named "audit" gives audit_verdict, not audit_audit_verdict)
+            row.update({(k if p and k.startswith(p) else p + k): v for k, v in _eval_columns(d).items()})
         elif step.kind == "spectrum":
             row.update({p + k: v for k, v in _spectrum_columns(d).items()})
         elif step.kind == "surface":
