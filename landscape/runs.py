@@ -14,7 +14,7 @@ import io
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -34,6 +34,7 @@ COLUMN_NAMES = {"train_loss": "training loss", "train_acc": "training accuracy",
                 "eps_t": "ε_t (training budget)", "lr": "learning rate", "sharpness": "top eigenvalue"}
 _CONFIG_FILES = ("summary.json", "training.json", "config.json")   # what describes a run, most specific first
 SURFACE_FILES = ("surface.json", "surface.npz", "directions.pt", "adversarial.npz")   # a surface folder's state
+INPUT_SURFACE_FILES = ("input_surface.json", "input_surface.npz")   # landscape-surface --space input's result
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors", ".bin", ".ckpt")
 
 
@@ -45,19 +46,31 @@ def run_files(run_dir: Path) -> list[Path]:
                   and (p.name in RUN_FILES or EPOCH_FILE.fullmatch(p.name)))
 
 
-def protected_reason(path: str | os.PathLike) -> str | None:
+def protected_reason(path: str | os.PathLike, becoming: Sequence[str | os.PathLike] = ()) -> str | None:
     """Why no command may write a result over ``path`` (None: it may): an existing checkpoint, a file of a
-    training run (``RUN_FILES``, epoch_XXX.pt, in a folder that holds config.json or last.pt), or the state of
-    a surface folder (``SURFACE_FILES``, which ``--resume`` continues from). Cost: a few stat calls."""
+    training run (``RUN_FILES``, epoch_XXX.pt, in a folder that holds config.json or last.pt), the state of
+    a surface folder (``SURFACE_FILES``, which ``--resume`` continues from) or an input-space surface's
+    result (``INPUT_SURFACE_FILES``). ``becoming``: folders the running command is about to make a run or a
+    surface of (the folders it locks for that): one of those files there is protected before it exists, so
+    that ``landscape-train --json runs/NEW/config.json`` is refused instead of replacing the new run's config
+    at its end. Cost: a few stat calls."""
     p = Path(path)
+    folder = p.parent
+    own = p.name in RUN_FILES or EPOCH_FILE.fullmatch(p.name) or p.name in SURFACE_FILES \
+        or p.name in INPUT_SURFACE_FILES
+    if own:
+        for b in becoming:
+            if os.path.realpath(folder) == os.path.realpath(b):
+                return f"it is the file {p.name} that this command writes in {b}"
     if not p.exists():
         return None
-    folder = p.parent
     if (p.name in RUN_FILES or EPOCH_FILE.fullmatch(p.name)) and \
             ((folder / "config.json").is_file() or (folder / "last.pt").is_file()):
         return f"it is the file {p.name} of the training run {folder}"
     if p.name in SURFACE_FILES and ((folder / "surface.json").is_file() or (folder / "surface.npz").is_file()):
         return f"it holds the state of the surface in {folder} (what --resume continues from)"
+    if p.name in INPUT_SURFACE_FILES and (folder / "input_surface.json").is_file():
+        return f"it is the input-space surface in {folder}"
     if p.suffix.lower() in CHECKPOINT_SUFFIXES:
         return "it is a checkpoint"
     return None

@@ -60,7 +60,11 @@ class Parser(argparse.ArgumentParser):
                 continue
             out.append(tok)
             i += 1
-        return super().parse_known_args(out, namespace)
+        ns, extras = super().parse_known_args(out, namespace)
+        global _OVERWRITE
+        # what check_output's overwrite=None means: this command's --overwrite (None: it has no such flag)
+        _OVERWRITE = bool(ns.overwrite) if "overwrite" in vars(ns) else None
+        return ns, extras
 
     def error(self, message: str):  # noqa: D401 - argparse API
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")
@@ -169,6 +173,16 @@ def default_plot_path(json_path: str | None, checkpoint: str, kind: str) -> str:
 
 # --- outputs: checked before the work ------------------------------------------------------------------
 
+_OVERWRITE: bool | None = None   # the running command's --overwrite (None: it has none); set by Parser
+
+
+def _main_rank() -> bool:
+    """Whether this process writes the outputs: not one of torchrun's other ranks (RANK > 0)."""
+    try:
+        return int(os.environ.get("RANK") or 0) == 0
+    except ValueError:
+        return True
+
 def image_formats() -> tuple[str, ...]:
     """The file suffixes matplotlib can save (png, pdf, svg, jpg, ...)."""
     from matplotlib.backend_bases import FigureCanvasBase
@@ -176,14 +190,30 @@ def image_formats() -> tuple[str, ...]:
 
 
 def check_output(path: str | os.PathLike, what: str, suffixes: Sequence[str] | None = None,
-                 folder: bool = False, inputs: Sequence[str | os.PathLike] = ()) -> Path:
-    """Make sure ``path`` can be written before any work starts, or raise ``OutputError``: it must not be one
-    of the command's ``inputs`` nor a file no result may replace (``runs.protected_reason``: a checkpoint, a run's files, a surface's state); a file path must not
-    be an existing folder, a folder path (``folder=True``) not an existing file, no parent may be a file, the
-    suffix must be one of ``suffixes`` (without dots) when given, and the nearest existing folder must accept
-    a new file (tried by creating and removing one, so it holds for root and read-only file systems too,
-    where ``os.access`` says yes). Creates nothing: missing folders are made when the file is written
-    (``landscape.io`` does so for every output). Returns ``path``. Cost: a few system calls."""
+                 folder: bool = False, inputs: Sequence[str | os.PathLike] = (), overwrite: bool | None = None,
+                 lock: bool | None = None) -> Path:
+    """Make sure ``path`` can be written before any work starts, and keep other processes off it, or raise
+    ``OutputError`` / ``BusyError`` in one line:
+
+    - it must not be one of the command's ``inputs`` nor a file no result may replace
+      (``runs.protected_reason``: a checkpoint, a run's files, a surface's state, or such a file in a folder
+      this command holds for a run or a surface);
+    - a file path must not be an existing folder nor a device or pipe, a folder path (``folder=True``) not an
+      existing file, no parent may be a file, the suffix must be one of ``suffixes`` (without dots) when given,
+      and the nearest existing folder must accept a new file (tried by creating and removing one, so it holds
+      for root and read-only file systems too, where ``os.access`` says yes);
+    - an existing file that landscape did not write (``io.written_by_landscape``: no mark of ours in it) is a
+      user's and is refused unless ``overwrite``; our own earlier output is replaced, as a re-run should.
+      ``overwrite=None``: the command's own ``--overwrite`` flag (``Parser`` records it), False without one.
+    - locks: a file output is held (``io.hold_output``: ``.NAME.lock`` beside it) until the command ends, so a
+      second process on the same ``--json``/``--plot``/``--out`` is refused at once, naming the first; a
+      folder output is held the same way (``io.hold_folder``) with ``lock=True``. The ``cli`` wrapper
+      releases them. Under torchrun only rank 0, which writes, holds them.
+
+    Creates nothing that stays: the missing folders that hold a lock are removed at the end if nothing was
+    written in them (``landscape.io`` makes missing folders for every output). Returns ``path``. Cost: a few
+    system calls, and reading the head of an existing file (a JSON file: the whole of it)."""
+    from ..io import hold_folder, hold_output, held_folders, written_by_landscape
     from ..runs import protected_reason
     p = Path(path)
     if str(path) == "":
@@ -193,9 +223,9 @@ def check_output(path: str | os.PathLike, what: str, suffixes: Sequence[str] | N
             raise OutputError(f"{what} {p} is also an input of this command; it would be replaced by the "
                               "output: write the output elsewhere")
     if not folder:
-        reason = protected_reason(p)
+        reason = protected_reason(p, becoming=held_folders())
         if reason:
-            raise OutputError(f"{what} {p} would replace an existing file that no result may replace: {reason}; "
+            raise OutputError(f"{what} {p} would replace a file that no result may replace: {reason}; "
                               "write the output elsewhere")
     if folder:
         if p.exists() and not p.is_dir():
@@ -204,6 +234,8 @@ def check_output(path: str | os.PathLike, what: str, suffixes: Sequence[str] | N
     else:
         if p.is_dir():
             raise OutputError(f"{what} {p} is a folder; give a file name")
+        if p.exists() and not p.is_file():
+            raise OutputError(f"{what} {p} is not a regular file (a device, pipe or socket); give a file name")
         if suffixes is not None and p.suffix.lower().lstrip(".") not in suffixes:
             raise OutputError(f"{what} {p}: unknown file type {p.suffix or '(no suffix)'}; use one of "
                               f"{', '.join('.' + x for x in suffixes)}")
@@ -219,6 +251,18 @@ def check_output(path: str | os.PathLike, what: str, suffixes: Sequence[str] | N
         os.unlink(probe)
     except OSError as e:
         raise OutputError(f"cannot write {what} {p}: {anc} is not writable ({e.strerror or e})") from None
+    if _main_rank():
+        if folder and lock:
+            hold_folder(p, what)
+        elif not folder and lock is not False:
+            hold_output(p, what)
+    if not folder and p.is_file() and not written_by_landscape(p):
+        allowed = _OVERWRITE if overwrite is None else overwrite
+        if not allowed:
+            how = "pass --overwrite to replace it" if _OVERWRITE is not None or overwrite is not None else \
+                "move it away"
+            raise OutputError(f"{what} {p} exists and landscape did not write it (it carries no mark of ours); "
+                              f"{how}, or write the output elsewhere")
     return p
 
 
@@ -288,12 +332,15 @@ def cli(prog: str) -> Callable[[Callable[[Sequence[str] | None], int | None]], C
     does running out of memory (CPU or GPU: one line saying what to reduce); any other exception is a bug and
     keeps its traceback. Ctrl-C is one line, with the ``Interrupted`` hint (how to resume), and exit 130. A
     process group the command joined (under torchrun) is left at the end, whatever happened; one the caller
-    had already joined is left alone."""
+    had already joined is left alone. The outputs that ``check_output`` locked are released at the end."""
     def deco(fn):
         @functools.wraps(fn)
         def main(argv: Sequence[str] | None = None) -> int:
+            from ..io import release_held
+            global _OVERWRITE
             had_group = group_initialized()
             code = 1     # a bug's exception keeps its traceback; the group is left without waiting
+            _OVERWRITE = None
             try:
                 code = fn(argv) or 0
             except LandscapeError as e:
@@ -311,6 +358,8 @@ def cli(prog: str) -> Callable[[Callable[[Sequence[str] | None], int | None]], C
                 print(f"{prog}: interrupted" + (f"; {hint}" if hint else ""), file=sys.stderr)
                 code = 130
             finally:
+                release_held()   # the outputs check_output locked (io.hold_output / hold_folder)
+                _OVERWRITE = None
                 if not had_group:
                     finish(clean=code == 0)
             return code

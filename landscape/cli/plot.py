@@ -58,6 +58,9 @@ def build_parser() -> Parser:
                    help="draw surfaces of different direction kinds or grids together (with a warning)")
     p.add_argument("--dpi", type=int, help="resolution of a PNG (default 150; 300 with --style paper)")
     p.add_argument("--json", metavar="PATH", help="write {kind, out, results} as JSON")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out or --json file that landscape did not write (its own earlier "
+                        "figures are replaced without it)")
     return set_types(p, {"--dpi": dpi})
 
 

@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from ..io import write_json
+from ..io import mark_html, write_bytes, write_json
 from .common import Parser, check_output, cli
 
 DESCRIPTION = """\
@@ -33,6 +33,9 @@ def build_parser() -> Parser:
     p.add_argument("--out", metavar="FILE.html", default="report.html", help="the page to write")
     p.add_argument("--title", default="landscape report", help="the page's title")
     p.add_argument("--json", metavar="PATH", help="write {out, runs: [{name, sources}]} as JSON")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out or --json file that landscape did not write (its own earlier "
+                        "pages are replaced without it)")
     return p
 
 
@@ -43,8 +46,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     check_output(out, "--out", ("html", "htm"), inputs=args.paths)
     if args.json:
         check_output(args.json, "--json", inputs=[*args.paths, out])
-    from ..report import write_report
-    out, entries = write_report(args.paths, out, args.title)
+    from ..report import build_report, collect
+    entries = collect(args.paths)
+    # the page carries landscape's mark (io.mark_html): a re-run may replace it, a user's page is left alone;
+    # UTF-8 whatever the locale (the page says so), as report.write_report writes it
+    write_bytes(out, mark_html(build_report(entries, args.title)).encode("utf-8"))
     size = out.stat().st_size / 1e6
     print(f"wrote {out} ({len(entries)} runs: {', '.join(e.label for e in entries)}; {size:.1f} MB)")
     if args.json:

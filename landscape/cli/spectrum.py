@@ -105,6 +105,9 @@ def build_parser() -> Parser:
     p.add_argument("--plot", metavar="PATH", nargs="?", const="",
                    help="also draw the eigenvalues and density: to PATH, or with no PATH next to --json "
                         "(same name, .png), else to CKPT-spectrum.png in the working folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --json or --plot file that landscape did not write (its own earlier "
+                        "results are replaced without it)")
     return set_types(p, TYPES)
 
 

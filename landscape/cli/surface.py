@@ -313,7 +313,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         points *= len(_grid(y_spec, "--y"))
         _check_points(points, f"--x {x_spec} --y {y_spec}")
     out = Path(args.out) if args.out else _default_out(args, dim)
-    check_output(out, "--out", folder=True, inputs=[args.checkpoint, args.to])
+    # held until the command ends (rank 0): a second process on the folder is refused before any work
+    check_output(out, "--out", folder=True, inputs=[args.checkpoint, args.to], lock=True)
     if args.json:
         check_output(args.json, "--json", inputs=[args.checkpoint, args.to])
     if args.plot is not None:
@@ -411,7 +412,8 @@ def _input_space(args) -> int:
     points = len(_grid(a_spec, "--x")) * len(_grid(b_spec, "--y"))
     ck_path = Path(args.checkpoint)
     out = Path(args.out) if args.out else ck_path.parent / "surfaces" / f"{ck_path.stem}-input-2d"
-    check_output(out, "--out", folder=True, inputs=[args.checkpoint])
+    # locked until the command ends, as a weight-space surface's folder: a second run on it is refused at once
+    check_output(out, "--out", folder=True, inputs=[args.checkpoint], lock=True)
     if args.json:
         check_output(args.json, "--json", inputs=[args.checkpoint])
     if args.plot is not None:
@@ -441,7 +443,7 @@ def _input_space(args) -> int:
                         curvature_iters=args.curvature_iters, progress=world.main)
     if not world.main:
         return 0
-    with lock_folder(out):
+    with lock_folder(out):   # held since check_output (this process): not locked twice
         d = {**res.to_dict(), "checkpoint": str(args.checkpoint), "arch": ck.arch, "dataset": ds.name,
              "split": args.split}
         write_json(out / "input_surface.json", d)
