@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ConfigError
+from .finite import nonfinite_rows, refuse_nonfinite
 
 NORMS = ("linf", "l2")
 
@@ -111,7 +112,10 @@ def random_start(x: torch.Tensor, eps: float, norm: str, generator: torch.Genera
 
 def _ascent(x: torch.Tensor, delta: torch.Tensor, grad: torch.Tensor, eps: float, step_size: float,
             norm: str) -> torch.Tensor:
-    """One projected steepest-ascent step: sign step for Linf, normalized-gradient step for L2."""
+    """One projected steepest-ascent step: sign step for Linf, normalized-gradient step for L2. A sample whose
+    gradient is not finite (a NaN from a layer with no derivative at its input) takes no step: its
+    gradient says nothing, and a NaN step would make its input NaN. A finite gradient is used as it is."""
+    grad = torch.where(torch.isfinite(grad.flatten(1)).all(1).view(-1, *([1] * (grad.dim() - 1))), grad, 0.0)
     if norm == "linf":
         step = step_size * grad.sign()
     else:
@@ -128,7 +132,23 @@ _default_step = default_step_size
 
 
 def _input_grad(loss: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-    return torch.autograd.grad(loss, delta)[0]
+    """d loss / d delta; zero where the loss does not depend on ``delta`` through autograd (a model that
+    quantizes, detaches or rounds its inputs: its input gradient is zero, a result, not an error)."""
+    if not loss.requires_grad:
+        return torch.zeros_like(delta)
+    g = torch.autograd.grad(loss, delta, allow_unused=True)[0]
+    return torch.zeros_like(delta) if g is None else g
+
+
+ITERATES = "at PGD's iterates"
+
+
+def _finite_check(check_finite: bool | str, n: int, device: torch.device) -> tuple[torch.Tensor | None, str]:
+    """The per-sample mask of non-finite logits an attack keeps (None: no check), and where it says they were."""
+    if not check_finite:
+        return None, ""
+    return torch.zeros(n, dtype=torch.bool, device=device), (check_finite if isinstance(check_finite, str)
+                                                             else ITERATES)
 
 
 def _logits(model: nn.Module, x: torch.Tensor, fp16_safe: bool = False) -> torch.Tensor:
@@ -150,12 +170,17 @@ def _logits(model: nn.Module, x: torch.Tensor, fp16_safe: bool = False) -> torch
 
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step_size: float | None = None,
         steps: int = 10, norm: str = "linf", random_init: bool = True, restarts: int = 1,
-        generator: torch.Generator | None = None, bn: str = "eval", fp16_safe: bool = False) -> torch.Tensor:
+        generator: torch.Generator | None = None, bn: str = "eval", fp16_safe: bool = False,
+        check_finite: bool | str = False) -> torch.Tensor:
     """Projected gradient ascent on the cross-entropy (Madry et al. 2018); returns ``x + delta``, detached.
 
     ``step_size`` defaults to 2.5 * eps / steps. With ``restarts > 1`` each sample keeps its worst
     restart: misclassified beats correct, then higher loss wins. ``bn``: see ``eval_mode``; ``fp16_safe``:
-    see ``_logits``.
+    see ``_logits``. ``check_finite`` (True, or a phrase saying where): refuse logits that are NaN or
+    infinite at any iterate (``finite.NonFiniteOutputError``, counting the samples), after the attack (one
+    synchronization). Off here because training's objectives call ``pgd`` and the trainer's own loss check
+    names the last good checkpoint; every evaluation entrance (``adversarial_examples``,
+    ``AttackSpec.examples``) turns it on.
     Cost: restarts * steps forward+backward passes, plus one forward per restart when restarts > 1.
     """
     check_eps(eps, norm)
@@ -163,18 +188,26 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step_siz
         return x.detach().clone()
     alpha = _default_step(eps, steps, step_size)
     best, best_key = x.detach().clone(), None
+    bad, at = _finite_check(check_finite, len(x), x.device)
     with eval_mode(model, bn):
         for _ in range(max(restarts, 1)):
             delta = random_start(x, eps, norm, generator) if random_init else torch.zeros_like(x)
             for _ in range(steps):
                 delta.requires_grad_(True)
-                loss = F.cross_entropy(_logits(model, x + delta, fp16_safe), y, reduction="sum")
+                logits = _logits(model, x + delta, fp16_safe)
+                if bad is not None:
+                    bad |= nonfinite_rows(logits)
+                loss = F.cross_entropy(logits, y, reduction="sum")
                 delta = _ascent(x, delta.detach(), _input_grad(loss, delta), eps, alpha, norm)
             x_adv = (x + delta).detach()
             if restarts <= 1:
+                if bad is not None:
+                    refuse_nonfinite(bad, len(x), at, "adversarial example")
                 return x_adv
             with torch.no_grad():
                 logits = model(x_adv)
+                if bad is not None:
+                    bad |= nonfinite_rows(logits)
                 key = torch.stack([(logits.argmax(1) != y).float(),
                                    F.cross_entropy(logits, y, reduction="none")], 1)
             if best_key is None:
@@ -183,6 +216,8 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step_siz
                 better = (key[:, 0] > best_key[:, 0]) | ((key[:, 0] == best_key[:, 0]) & (key[:, 1] > best_key[:, 1]))
                 best = torch.where(better.view(-1, *([1] * (x.dim() - 1))), x_adv, best)
                 best_key = torch.where(better.view(-1, 1), key, best_key)
+    if bad is not None:
+        refuse_nonfinite(bad, len(x), at, "adversarial example")
     return best
 
 
@@ -215,11 +250,13 @@ class AttackTrace:
 
 def pgd_trace(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step_size: float | None = None,
               steps: int = 10, norm: str = "linf", loss: str = "ce", random_init: bool = True,
-              generator: torch.Generator | None = None, eot: int = 1, bn: str = "eval") -> AttackTrace:
+              generator: torch.Generator | None = None, eot: int = 1, bn: str = "eval",
+              check_finite: bool | str = True) -> AttackTrace:
     """PGD as ``pgd`` (same start, step and projection: with ``loss="ce"`` and ``eot=1`` its last iterate is
     ``pgd``'s bit for bit) on the attack loss ``loss`` (``per_sample_loss``), recording every sample's loss
     at every iterate and whether any iterate was misclassified. ``eot > 1``: each step's gradient is the
     mean over ``eot`` forward+backward passes (expectation over transformation, for randomized models).
+    ``check_finite``: as ``pgd``'s, on by default (the audit's attack: a NaN logit is no attack loss).
     Cost: eot * steps forward+backward passes plus one forward.
     """
     check_eps(eps, norm)
@@ -227,6 +264,7 @@ def pgd_trace(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, st
     alpha = _default_step(eps, steps, step_size)
     active = eps > 0 and steps > 0
     losses, ever = [], torch.zeros(len(x), dtype=torch.bool, device=x.device)
+    bad, at = _finite_check(check_finite, len(x), x.device)
     with eval_mode(model, bn):
         delta = random_start(x, eps, norm, generator) if random_init and active else torch.zeros_like(x)
         for i in range(steps + 1):
@@ -235,6 +273,8 @@ def pgd_trace(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, st
             grad = torch.zeros_like(x)
             for _ in range(1 if last else max(eot, 1)):
                 logits = model(x + delta)
+                if bad is not None:
+                    bad |= nonfinite_rows(logits)
                 value = per_sample_loss(logits, y, loss)
                 if not last:
                     grad = grad + _input_grad(value.sum(), delta)
@@ -245,18 +285,27 @@ def pgd_trace(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, st
             if last:
                 break
             delta = _ascent(x, delta.detach(), grad / max(eot, 1), eps, alpha, norm)
+    if bad is not None:
+        refuse_nonfinite(bad, len(x), at, "attack loss")
     trace = torch.stack(losses) if active else losses[0].unsqueeze(0)
     return AttackTrace((x + delta).detach(), trace, ever, wrong)
 
 
-def input_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor
+def input_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, check_finite: bool | str = False
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(grad, logits, dead): the gradient of the summed cross-entropy with respect to ``x``, the logits
-    (detached), and per sample whether that gradient is all zero or not finite (shattered or saturated).
+    (detached), and per sample whether that gradient is all zero or not finite (shattered or saturated; a
+    model whose output does not depend on its input through autograd, one that rounds or detaches it, has
+    a zero gradient). ``check_finite`` (True, or a phrase saying where): refuse NaN or infinite logits
+    first (``finite.NonFiniteOutputError``): those are a broken model, not a masked gradient; the audit and
+    the input-space surface turn it on (off, a sample with non-finite logits is simply dead).
     Runs in ``eval_mode``. Cost: one forward+backward pass."""
     with eval_mode(model):
         xg = x.detach().clone().requires_grad_(True)
         logits = model(xg)
+        if check_finite:
+            refuse_nonfinite(nonfinite_rows(logits), len(x),
+                             check_finite if isinstance(check_finite, str) else "", "input gradient")
         grad = _input_grad(F.cross_entropy(logits, y, reduction="sum"), xg)
     flat = grad.flatten(1)
     return grad, logits.detach(), (flat == 0).all(1) | ~torch.isfinite(flat).all(1)
@@ -278,12 +327,13 @@ def margin_difficulty(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def pgd_early_stop(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, lam: float,
                    step_size: float | None = None, steps: int = 10, norm: str = "linf",
                    random_init: bool = True, generator: torch.Generator | None = None,
-                   fp16_safe: bool = False) -> torch.Tensor:
+                   fp16_safe: bool = False, check_finite: bool | str = False) -> torch.Tensor:
     """PGD with per-sample early stopping under psi_P(x + delta) <= lam (P-SAT's constrained attack).
 
     After every forward pass, a sample whose difficulty exceeds ``lam`` is frozen at its last iterate
     that satisfied the constraint; a sample that violates it at its start point returns ``x`` itself
     (delta = 0). With ``lam >= 1`` nothing ever stops and the output equals ``pgd``'s bit for bit.
+    ``check_finite``: as ``pgd``'s (off: training calls it).
     Cost: as PGD-k (k forward + k backward passes), plus one forward to check the last iterate when lam < 1.
     Frozen samples stay in the batch (the batch shape is constant, so the loop runs at PGD's speed).
     """
@@ -293,6 +343,7 @@ def pgd_early_stop(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: floa
     alpha = _default_step(eps, steps, step_size)
     constrained = lam < 1.0  # psi_P <= 1 always: lam >= 1 is plain PGD
     shape = (-1, *([1] * (x.dim() - 1)))
+    bad, at = _finite_check(check_finite, len(x), x.device)
     with eval_mode(model):
         delta = random_start(x, eps, norm, generator) if random_init else torch.zeros_like(x)
         kept = torch.zeros_like(x)
@@ -300,6 +351,8 @@ def pgd_early_stop(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: floa
         for _ in range(steps):
             delta.requires_grad_(True)
             logits = _logits(model, x + delta, fp16_safe)
+            if bad is not None:
+                bad |= nonfinite_rows(logits)
             if constrained:
                 with torch.no_grad():
                     active &= margin_difficulty(logits, y) <= lam
@@ -308,34 +361,51 @@ def pgd_early_stop(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: floa
             stepped = _ascent(x, delta.detach(), _input_grad(loss, delta), eps, alpha, norm)
             delta = torch.where(active.view(shape), stepped, delta.detach())
         if not constrained:
+            if bad is not None:
+                refuse_nonfinite(bad, len(x), at, "adversarial example")
             return (x + delta).detach()
         with torch.no_grad():
-            active &= margin_difficulty(model(x + delta), y) <= lam
+            logits = model(x + delta)
+            if bad is not None:
+                bad |= nonfinite_rows(logits)
+            active &= margin_difficulty(logits, y) <= lam
             kept = torch.where(active.view(shape), delta, kept)
+    if bad is not None:
+        refuse_nonfinite(bad, len(x), at, "adversarial example")
     return (x + kept).detach()
 
 
 def trades_attack(model: nn.Module, x: torch.Tensor, eps: float, step_size: float | None = None,
                   steps: int = 10, generator: torch.Generator | None = None,
-                  fp16_safe: bool = False) -> torch.Tensor:
+                  fp16_safe: bool = False, check_finite: bool | str = False) -> torch.Tensor:
     """TRADES' inner maximization (Zhang et al. 2019): Linf PGD on KL(f(x) || f(x + delta)).
 
     Starts at x + 0.001 * N(0, I), unclamped (the start may leave [0, 1] by up to ~0.004), exactly as the
     reference code (trades.py) does; every step is then projected onto the eps-ball and into [0, 1].
+    ``check_finite``: as ``pgd``'s (off: training calls it).
     Cost: 1 forward + steps forward+backward passes.
     """
     check_eps(eps, "linf")
     if eps == 0 or steps == 0:
         return x.detach().clone()
     alpha = _default_step(eps, steps, step_size)
+    bad, at = _finite_check(check_finite, len(x), x.device)
     with eval_mode(model):
         with torch.no_grad():
-            p_clean = model(x).softmax(1)
+            clean = model(x)
+            if bad is not None:
+                bad |= nonfinite_rows(clean)
+            p_clean = clean.softmax(1)
         delta = 0.001 * _rand(x.shape, x, generator, normal=True)   # no projection: as the reference
         for _ in range(steps):
             delta.requires_grad_(True)
-            loss = F.kl_div(F.log_softmax(_logits(model, x + delta, fp16_safe), 1), p_clean, reduction="sum")
+            logits = _logits(model, x + delta, fp16_safe)
+            if bad is not None:
+                bad |= nonfinite_rows(logits)
+            loss = F.kl_div(F.log_softmax(logits, 1), p_clean, reduction="sum")
             delta = _ascent(x, delta.detach(), _input_grad(loss, delta), eps, alpha, "linf")
+    if bad is not None:
+        refuse_nonfinite(bad, len(x), at, "adversarial example")
     return (x + delta).detach()
 
 
@@ -357,13 +427,17 @@ def adversarial_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps
 
     Batch b (starting at sample i) uses ``batch_generator(seed, start + i)``, so results are reproducible;
     ``start`` is the index of ``x[0]`` in a larger set of which ``x`` is a shard (a shard that begins on a
-    multiple of ``batch_size`` gets exactly the examples the whole set would get). Cost: as ``pgd`` on
-    every batch.
+    multiple of ``batch_size`` gets exactly the examples the whole set would get). Logits that are NaN or
+    infinite at any iterate are refused (``pgd``'s ``check_finite``), naming the batch they came from.
+    Cost: as ``pgd`` on every batch.
     """
     out = torch.empty_like(x)
     for i in range(0, len(x), batch_size):
+        hi = min(i + batch_size, len(x))
+        where = ITERATES if len(x) <= batch_size else f"{ITERATES} (the batch of samples {start + i}-{start + hi - 1})"
         out[i:i + batch_size] = pgd(model, x[i:i + batch_size], y[i:i + batch_size], eps, step_size, steps,
-                                    norm, random_init, restarts, batch_generator(seed, start + i), bn)
+                                    norm, random_init, restarts, batch_generator(seed, start + i), bn,
+                                    check_finite=where)
         if callback is not None:
             callback(min(i + batch_size, len(x)), len(x))
     return out

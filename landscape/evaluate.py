@@ -13,6 +13,7 @@ from .attack_spec import AttackSpec, MissingEpsError, takes_attack_spec
 from .attacks import eval_mode
 from .autoattack import STANDARD, autoattack_accuracy, run_autoattack
 from .errors import ConfigError
+from .finite import OutputWatch
 from .inputs import check_batch
 
 
@@ -46,15 +47,21 @@ class EvalResult:
                 "step_size": self.step_size, "restarts": self.restarts, "seed": self.seed}
 
 
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    """Predicted labels, in eval mode and without gradients. One forward pass per batch."""
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 512, at: str = "") -> torch.Tensor:
+    """Predicted labels, in eval mode and without gradients. Outputs that are NaN or infinite for any sample
+    are refused (``finite.NonFiniteOutputError``, counting them over all of ``x``; ``at`` says where the
+    inputs come from, e.g. "at the PGD examples"): the argmax of NaN is no prediction. One forward pass per
+    batch (and one synchronization)."""
+    watch = OutputWatch(at, "accuracy")
     with eval_mode(model), torch.inference_mode():
-        return torch.cat([model(x[i:i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
+        pred = torch.cat([watch(model(x[i:i + batch_size])).argmax(1) for i in range(0, len(x), batch_size)])
+    watch.check()
+    return pred
 
 
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> float:
-    """Fraction of correctly classified samples."""
-    return (predict(model, x, batch_size) == y).float().mean().item() if len(y) else float("nan")
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512, at: str = "") -> float:
+    """Fraction of correctly classified samples (non-finite outputs refused: ``predict``)."""
+    return (predict(model, x, batch_size, at) == y).float().mean().item() if len(y) else float("nan")
 
 
 @takes_attack_spec(default_steps=20, batch_from="batch_size")
@@ -65,6 +72,9 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: AttackS
     (default 20), step_size, restarts still work, deprecated), optionally AutoAttack (standard;
     ``autoattack_state``: a folder that keeps its per-sample outcome as it comes, so that a rerun resumes:
     ``autoattack.run_autoattack``; ``progress``: a progress line for PGD and AutoAttack). No attack and no eps: clean accuracy only (``pgd_acc`` None).
+
+    A model whose outputs are NaN or infinite (on the inputs, at PGD's iterates or at its examples) is
+    refused (``finite.NonFiniteOutputError``, one line counting the samples) before any accuracy is returned.
 
     Cost: one forward per batch for clean accuracy; restarts * steps forward+backward passes per sample
     for PGD; AutoAttack's standard ensemble is far more expensive (thousands of passes per sample).
@@ -81,7 +91,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: AttackS
         from .progress import progress_bar
         bar = progress_bar(total=len(y), desc=f"PGD-{attack.steps}", unit="sample", show=progress)
         robust = accuracy(model, attack.examples(model, x, y, seed, callback=lambda done, _: bar.update(done - bar.n)),
-                          y, batch_size)
+                          y, batch_size, at="at the PGD examples")
         bar.close()
     elif attack is not None:
         robust = clean  # eps 0 or no steps: the inputs stay as they are
