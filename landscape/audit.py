@@ -27,6 +27,7 @@ from .attack_spec import AttackSpec
 from .attacks import AttackTrace, batch_generator, eval_mode, input_gradient, pgd_trace, random_start
 from .errors import ConfigError
 from .evaluate import predict
+from .finite import NonFiniteOutputError
 from .inputs import check_batch
 
 
@@ -283,7 +284,7 @@ def input_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_si
     predicted class is exactly 1. Cost: one forward+backward pass."""
     zero, sat = [], []
     for i in range(0, len(x), batch_size):
-        _, logits, dead = input_gradient(model, x[i:i + batch_size], y[i:i + batch_size])
+        _, logits, dead = input_gradient(model, x[i:i + batch_size], y[i:i + batch_size], check_finite=True)
         zero.append(dead)
         sat.append(logits.float().softmax(1).amax(1) == 1.0)
     return {"zero": torch.cat(zero), "saturated": torch.cat(sat)}
@@ -297,7 +298,7 @@ def _noise(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: AttackSpec,
     g = torch.Generator().manual_seed(seed * 1_000_003 + 424_242)
     for _ in range(draws):
         xn = x + random_start(x, spec.eps, spec.norm, g)
-        broken |= predict(model, xn, batch_size) != y
+        broken |= predict(model, xn, batch_size, at="at random points of the eps-ball") != y
     return broken
 
 
@@ -318,7 +319,8 @@ def audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: AttackSpec
     ``effort_restarts`` restarts, the margin PGD at eps x ``sweep`` and at an unbounded budget, ``noise_draws``
     random points, AutoAttack (``autoattack``; needs the extra; ``autoattack_state`` makes it resumable),
     else Square alone (``square_queries``) on the white-box survivors, and PGD on ``surrogate`` transferred. ``cost`` in the
-    result gives each part's passes per sample and seconds.
+    result gives each part's passes per sample and seconds. A model whose outputs are NaN or infinite is
+    refused first (``finite.NonFiniteOutputError``, one line counting the samples), not audited.
     """
     if not isinstance(attack, AttackSpec):
         raise ConfigError(f"audit needs an AttackSpec, got {type(attack).__name__}")
@@ -346,6 +348,8 @@ def audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: AttackSpec
         bar.update(1)
         return out
 
+    # NaN or infinite outputs are refused here, before any check could blame masking, randomness or a
+    # collapse on them (``finite``); every attack below refuses them at its iterates too.
     pred = timed("clean", 1, lambda: predict(model, x, bs))
     correct = pred == y
     rnd = randomness(model, x[:bs], y[:bs])
@@ -403,8 +407,11 @@ def audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: AttackSpec
     transferred = None
     if surrogate is not None:
         def transfer() -> torch.Tensor:
-            x_t = _batched_trace(surrogate, x, y, attack, seed, "ce", 1).x_adv
-            return predict(model, x_t, bs) != y
+            try:
+                x_t = _batched_trace(surrogate, x, y, attack, seed, "ce", 1).x_adv
+            except NonFiniteOutputError as e:   # the surrogate's outputs, not the audited model's
+                raise NonFiniteOutputError(str(e).replace("the model's", "the surrogate model's", 1)) from None
+            return predict(model, x_t, bs, at="at the surrogate's examples") != y
         transferred = timed("transfer", attack.steps + 1, transfer)
     else:
         bar.update(1)

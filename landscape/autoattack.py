@@ -14,7 +14,8 @@ chunk, any number of processes gives the one-process result.
 Written around the package (not just ``run_standard_evaluation(state_path=...)``, which saves only between
 members of the whole set and has no notion of shards) because a study needs per-sample outcomes and the
 "who broke it" bookkeeping that the audit compares with its own attacks. Every adversarial input the package
-returns is checked to lie in the eps-ball and [0, 1] and re-classified here: the accuracy is ours.
+returns is checked to lie in the eps-ball and [0, 1] and re-classified here: the accuracy is ours (and, as
+every accuracy, refused when the model's outputs are not finite: ``finite``).
 """
 from __future__ import annotations
 
@@ -134,9 +135,13 @@ def _member(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: str, eps
             x_adv = adversarial_inputs(run(x, y, **{size: batch_size})).to(x.device)
         finally:
             package_log.setLevel(level)
+    if x_adv.shape == x.shape and not bool(torch.isfinite(x_adv).all()):
+        k = int((~torch.isfinite(x_adv.flatten(1)).all(1)).sum())
+        raise ConfigError(f"AutoAttack ({attack}) returned NaN or infinite inputs for {k} of {len(x)} samples (the "
+                          "model's outputs or gradients are not finite along its way); refusing its accuracy")
     d = (x_adv - x).flatten(1)
     dist = d.abs().amax(1) if norm == "linf" else d.norm(dim=1)
-    if x_adv.shape != x.shape or not bool(torch.isfinite(x_adv).all()) or dist.max().item() > eps * (1 + 1e-5) + 1e-5 \
+    if x_adv.shape != x.shape or dist.max().item() > eps * (1 + 1e-5) + 1e-5 \
             or x_adv.min().item() < 0 or x_adv.max().item() > 1:
         raise ConfigError(f"AutoAttack ({attack}) returned inputs outside the eps-ball or [0, 1]; refusing its "
                           "accuracy")
@@ -198,7 +203,8 @@ def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: floa
         path = folder / f"chunk-{lo:07d}.json" if folder is not None else None
         state = _chunk_state(path, settings)
         if state is None:
-            pred = predict(model, xs, batch_size)
+            pred = predict(model, xs, batch_size, at="" if hi - lo == n else f"(AutoAttack's chunk of samples "
+                                                                            f"{lo}-{hi - 1})")
             state = {"settings": settings, "done": [], "seconds": 0.0, "landscape_version": __version__,
                      "broken_by": [None if bool(p == t) else MISCLASSIFIED for p, t in zip(pred, ys)]}
         else:
@@ -213,7 +219,7 @@ def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: floa
                 idx = torch.tensor(left, device=xs.device)
                 x_adv = _member(model, xs[idx], ys[idx], attack, eps, norm, chunk_seed(seed, lo), batch_size,
                                 square_queries)
-                wrong = predict(model, x_adv, batch_size) != ys[idx]
+                wrong = predict(model, x_adv, batch_size, at=f"at AutoAttack's ({attack}) examples") != ys[idx]
                 for i, bad_i in zip(left, wrong.tolist()):
                     if bad_i:
                         state["broken_by"][i] = attack
