@@ -28,6 +28,10 @@ Call the set B_r.
   in ASAM's normalized ball (Kwon et al. 2021), the weight perturbation of AWP (Wu et al. 2020).
   Cost: len(radii) * restarts * (steps + 1) forward+backward passes over the samples, plus one forward.
 
+Outputs that are NaN or infinite (for any sample, at theta or at any perturbed point) are refused
+(``finite.NonFiniteOutputError``, one line counting the samples and saying where): no loss increase is
+computed from them.
+
 Loss: ``"clean"``, or ``"adversarial"`` on a FIXED set of PGD examples made once at theta (the very examples
 ``loss_surface(adv_mode="fixed")`` and ``HessianOperator`` make with the same ``AttackSpec`` and seed), so
 that the change measured is the change of the function, not of the attack. The model is evaluated in eval
@@ -49,6 +53,7 @@ from ..attack_spec import AttackSpec
 from ..attacks import eval_mode
 from ..data import cut_batches
 from ..errors import ConfigError, LandscapeError
+from ..finite import OutputWatch
 from .directions import random_directions
 
 LOSSES = ("clean", "adversarial")
@@ -135,23 +140,26 @@ class _Loss:
         self.params = {n: p.detach() for n, p in model.named_parameters()}
         self.forwards = self.backwards = 0
 
-    def _total(self, weights: dict[str, torch.Tensor]) -> torch.Tensor:
-        total = None
+    def _total(self, weights: dict[str, torch.Tensor], at: str) -> torch.Tensor:
+        """The mean loss; outputs that are NaN or infinite for any sample are refused, saying ``at`` which
+        weights (``finite``; one synchronization, which the caller's float() makes anyway)."""
+        total, watch = None, OutputWatch(at, "loss increase")
         for xb, yb in self.batches:
-            out = self.criterion(torch.func.functional_call(self.model, weights, (xb,)), yb).double()
+            out = self.criterion(watch(torch.func.functional_call(self.model, weights, (xb,))), yb).double()
             total = out if total is None else total + out
         self.forwards += 1
+        watch.check()
         return total / self.n  # type: ignore[operator]
 
-    def value(self, delta: dict[str, torch.Tensor] | None = None) -> float:
+    def value(self, delta: dict[str, torch.Tensor] | None = None, at: str = "") -> float:
         w = self.params if delta is None else {n: p + delta[n] if n in delta else p for n, p in self.params.items()}
         with torch.no_grad():
-            return float(self._total(w))
+            return float(self._total(w, at))
 
-    def value_and_grad(self, delta: dict[str, torch.Tensor]) -> tuple[float, dict[str, torch.Tensor]]:
+    def value_and_grad(self, delta: dict[str, torch.Tensor], at: str = "") -> tuple[float, dict[str, torch.Tensor]]:
         leaves = {n: d.detach().clone().requires_grad_(True) for n, d in delta.items()}
         w = {n: p + leaves[n] if n in leaves else p for n, p in self.params.items()}
-        loss = self._total(w)
+        loss = self._total(w, at)
         grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
         self.backwards += 1
         return float(loss.detach()), {n: (torch.zeros_like(d) if g is None else g)
@@ -213,9 +221,9 @@ def average_loss_increase(model: nn.Module, data: Any, radii: Sequence[float] | 
         per: list[list[float]] = []
         for r in rs:
             row = []
-            for d in dirs:
-                up = f.value({n: r * t for n, t in d.items()})
-                down = f.value({n: -r * t for n, t in d.items()})
+            for i, d in enumerate(dirs):
+                up = f.value({n: r * t for n, t in d.items()}, f"at theta + {r:g} d_{i}")
+                down = f.value({n: -r * t for n, t in d.items()}, f"at theta - {r:g} d_{i}")
                 row.append(0.5 * (up + down) - base)
             per.append(row)
     t = torch.tensor(per, dtype=torch.float64)
@@ -275,7 +283,7 @@ def worst_case_loss_increase(model: nn.Module, data: Any, radii: Sequence[float]
                 delta = project({n: r * d[n] for n in names}, r)
                 best = -math.inf
                 for k in range(steps + 1):
-                    value, g = f.value_and_grad(delta)
+                    value, g = f.value_and_grad(delta, f"at ascent step {k} within radius {r:g}")
                     best = max(best, value)
                     if k < steps:
                         s = step(g, r)

@@ -37,6 +37,7 @@ from ..digest import tensor_digest
 from ..distributed import (TaskQueue, all_gather_rows, broadcast_from_main, broadcast_tensor, run_on_main,
                            shard_bounds, shard_sizes, world)
 from ..errors import ConfigError, LandscapeError
+from ..finite import NonFiniteOutputError, nonfinite_rows, refuse_nonfinite
 from ..precision import full_float32
 from .directions import DirectionSet, directions_digest
 from .moving import WeightMover
@@ -52,36 +53,52 @@ Callback = Callable[[int, int], None] | None
 # --- one point ----------------------------------------------------------------------------------------
 
 def _sums(model: nn.Module, batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
-          ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed cross-entropy and number correct, as device tensors (no synchronization). One forward pass
-    per batch; the caller chooses the grad mode. Batch sums are accumulated in float64 (one batch: its
-    float32 sum, made float64 by the caller)."""
+          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Summed cross-entropy, number correct and number of samples whose outputs are not finite (NaN or inf
+    logits: ``finite``), as device tensors (no synchronization). One forward pass per batch; the caller
+    chooses the grad mode. Batch sums are accumulated in float64 (one batch: its float32 sum, made float64
+    by the caller)."""
     if len(batches) == 1:
         xb, yb = batches[0]
         logits = model(xb)
-        return F.cross_entropy(logits, yb, reduction="sum"), (logits.argmax(1) == yb).sum()
-    loss_sum = correct = None
+        return (F.cross_entropy(logits, yb, reduction="sum"), (logits.argmax(1) == yb).sum(),
+                nonfinite_rows(logits).sum())
+    loss_sum = correct = bad = None
     for xb, yb in batches:
         logits = model(xb)
         ls = F.cross_entropy(logits, yb, reduction="sum").double()
         c = (logits.argmax(1) == yb).sum()
+        k = nonfinite_rows(logits).sum()
         loss_sum = ls if loss_sum is None else loss_sum + ls
         correct = c if correct is None else correct + c
-    return loss_sum, correct  # type: ignore[return-value]
+        bad = k if bad is None else bad + k
+    return loss_sum, correct, bad  # type: ignore[return-value]
 
 
 def _eval_sums(model: nn.Module, batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     with torch.inference_mode():
         return _sums(model, batches)
 
 
+def _point(ls: torch.Tensor, cor: torch.Tensor, bad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A grid point's (loss sum, number correct) as float64 device tensors: both NaN when some sample's
+    outputs are not finite at that point (the moved model diverged there): the point is computed (its mask
+    is set, it is not redone on resume) but holds no number, since an argmax of NaN is no prediction. No
+    synchronization."""
+    nan = torch.full((), float("nan"), dtype=torch.float64, device=ls.device)
+    return torch.where(bad > 0, nan, ls.double()), torch.where(bad > 0, nan, cor.double())
+
+
 def loss_and_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                      batch_size: int = 512) -> tuple[float, float]:
+                      batch_size: int = 512, at: str = "") -> tuple[float, float]:
     """Mean cross-entropy and accuracy of ``model`` (in eval mode) on ``(x, y)``, as the surface computes them:
-    per-batch summed losses accumulated in float64, divided by the number of samples. Cost: one forward pass."""
+    per-batch summed losses accumulated in float64, divided by the number of samples. Outputs that are NaN
+    or infinite for any sample are refused (``finite.NonFiniteOutputError``, counting them; ``at`` says where).
+    Cost: one forward pass."""
     with eval_mode(model):
-        ls, c = _eval_sums(model, cut_batches(x, y, batch_size))
+        ls, c, bad = _eval_sums(model, cut_batches(x, y, batch_size))
+    refuse_nonfinite(bad, len(x), at, "loss or accuracy")
     return float(ls.double().item()) / len(x), float(c.item()) / len(x)
 
 
@@ -280,11 +297,15 @@ def _evaluate_points(model: nn.Module, mover: WeightMover, plan: _Plan, mask: np
                 idx = todo[k]
                 mover.move(plan.coords(idx))
                 if plan.reattack:
-                    xa = plan.attack.examples(model, x, y, point_seed(seed, idx))  # type: ignore[union-attr]
-                    ls, cor = _eval_sums(model, cut_batches(xa, y, batch_size))
+                    try:
+                        xa = plan.attack.examples(model, x, y, point_seed(seed, idx))  # type: ignore[union-attr]
+                        ls, cor, bad = _eval_sums(model, cut_batches(xa, y, batch_size))
+                    except NonFiniteOutputError:   # the moved model's outputs at PGD's iterates: a NaN point
+                        ls = cor = bad = torch.ones((), dtype=torch.float64, device=x.device)
                 else:
-                    ls, cor = _sums(model, batches)
-                queue.put(k, [idx, float(ls.double()), int(cor)] if w.active else (idx, ls, cor))
+                    ls, cor, bad = _sums(model, batches)
+                ls, cor = _point(ls, cor, bad)
+                queue.put(k, [idx, float(ls), float(cor)] if w.active else (idx, ls, cor))
                 if not w.main:
                     continue
                 collector.add(queue.drain())
@@ -340,10 +361,18 @@ def loss_surface(model: nn.Module, data: Any, directions: Any, x_grid: Any, y_gr
     runs after each point (under torchrun: on rank 0, counting the points rank 0 has received). Cost per
     point: one forward pass over the samples (clean, fixed), plus one PGD attack (reattack: steps
     forward+backward passes). Under torchrun every rank returns the same, complete result.
+
+    Outputs that are not finite: the model itself (the centre) is refused before any work or file
+    (``finite.NonFiniteOutputError``, one line counting the samples; one forward pass over the samples), and
+    so are PGD examples made at it; a grid point where the MOVED model's outputs are NaN or infinite for
+    some sample (far out, the weights can overflow) is computed but holds NaN loss and accuracy (its mask
+    set: not redone on resume; null in the JSON), never an argmax of NaN.
     """
     plan = _plan(directions, x_grid, y_grid, loss, adv_mode, batch_size, attack)
     device, x, y = _resolve_model_data(model, data)
     mover = WeightMover(model, plan.directions)  # validates the directions
+    with full_float32():   # the centre, the model itself, must have finite outputs: refused before any file
+        loss_and_accuracy(model, x, y, batch_size, at="at the centre of the surface (the model itself)")
     result = _new_result(model, x, y, plan, mover, loss, batch_size, seed, meta, device)
     result, paths = _open_storage(result, out, plan, resume, overwrite)
     t0 = time.perf_counter()
