@@ -28,6 +28,7 @@ from .._version import __version__
 from ..attack_spec import AttackSpec
 from ..attacks import batch_generator, eval_mode, input_gradient
 from ..errors import ConfigError
+from ..finite import check_outputs, nonfinite_rows, refuse_nonfinite
 from ..inputs import check_batch
 from .surface_result import parse_grid
 
@@ -76,31 +77,85 @@ class InputSurfaceResult:
         i = len(self.a) - 1 if a is None else int(np.argmin(np.abs(self.a - a)))
         return self.loss[:, i, j] - self.loss[:, i0, j]
 
-    def to_dict(self) -> dict:
+    def rise_summary(self) -> dict:
+        """The rise along the gradient, at eps (``within_eps``) and at the grid's end (``at_end``), each as the
+        median over the samples beside the mean, with the share of samples whose input gradient is zero or
+        not finite (their rise is exactly 0: the picture of a masked model). The mean alone can be one
+        sample's: 63 zero gradients and one steep sample give a mean far from every sample; the median is
+        what most samples do."""
+        n = len(self.zero_gradient)
+        zero = int(self.zero_gradient.sum())
+        out = {"zero_gradient_samples": zero, "zero_gradient_share": zero / n if n else 0.0}
+        for key, a in (("within_eps", 1.0), ("at_end", None)):
+            r = self.rise_along_gradient(a)
+            out[key] = {"a": float(self.a[len(self.a) - 1 if a is None else int(np.argmin(np.abs(self.a - a)))]),
+                        "mean": float(np.mean(r)), "median": float(np.median(r)),
+                        "mean_without_zero_gradients": float(np.mean(r[~self.zero_gradient]))
+                        if zero < n else None}
+        return out
+
+    def curvature_summary(self) -> dict | None:
+        """Median, mean and max of the per-sample input curvature over the samples where it is finite, with the
+        count of those where it is not (None when not computed)."""
+        if self.curvature is None:
+            return None
+        c = self.curvature
+        ok = c[np.isfinite(c)]
+        stats = ({"mean": float(ok.mean()), "median": float(np.median(ok)), "max": float(ok.max())} if ok.size
+                 else {"mean": None, "median": None, "max": None})
+        return {"per_sample": [float(v) if np.isfinite(v) else None for v in c], **stats,
+                "nonfinite_samples": int(c.size - ok.size)}
+
+    def summary(self) -> str:
+        """One line for a terminal or a report: the loss at the inputs, the rise along the gradient (median and
+        mean, at eps and at the grid's end), the share of zero gradients and the input curvature."""
         i0, j0 = int(np.argmin(np.abs(self.a))), int(np.argmin(np.abs(self.b)))
+        rs, n = self.rise_summary(), len(self.zero_gradient)
+        e, end = rs["within_eps"], rs["at_end"]
+        line = (f"loss at the inputs {float(self.loss[:, i0, j0].mean()):.4g}; rise along the gradient at eps: "
+                f"median {e['median']:.4g}, mean {e['mean']:.4g}; at a = {end['a']:g}: median {end['median']:.4g}, "
+                f"mean {end['mean']:.4g}; {rs['zero_gradient_samples']} of {n} samples "
+                f"({100 * rs['zero_gradient_share']:.0f}%) with a zero or non-finite input gradient (flat along it)")
+        c = self.curvature_summary()
+        if c is not None and c["median"] is not None:
+            line += f"; input curvature median {c['median']:.4g}, max {c['max']:.4g}"
+        if c is not None and c["nonfinite_samples"]:
+            line += f" ({c['nonfinite_samples']} samples' not finite)"
+        return line
+
+    def to_dict(self) -> dict:
+        """JSON-ready. ``rise_along_gradient`` / ``rise_within_eps`` are means over the samples (as before);
+        ``rise`` holds each with its median and the share of zero gradients (``rise_summary``), and
+        ``summary`` the one line of ``summary()``."""
+        i0, j0 = int(np.argmin(np.abs(self.a))), int(np.argmin(np.abs(self.b)))
+        rs = self.rise_summary()
         d = {"kind": self.kind, "landscape_version": __version__,
              "settings": {"samples": int(self.loss.shape[0]), "seed": self.seed, "attack": self.attack.to_dict(),
                           **self.settings},
              "seconds": self.seconds, "n": int(self.loss.shape[0]), "a": self.a.tolist(), "b": self.b.tolist(),
              "mean_loss": self.mean_loss.tolist(), "accuracy": self.accuracy.tolist(),
              "loss_at_input": float(self.loss[:, i0, j0].mean()),
-             "zero_gradient_samples": int(self.zero_gradient.sum()),
-             "rise_along_gradient": float(np.mean(self.rise_along_gradient())),
-             "rise_within_eps": float(np.mean(self.rise_along_gradient(1.0))),
+             "zero_gradient_samples": rs["zero_gradient_samples"],
+             "zero_gradient_share": rs["zero_gradient_share"],
+             "rise_along_gradient": rs["at_end"]["mean"],
+             "rise_along_gradient_median": rs["at_end"]["median"],
+             "rise_within_eps": rs["within_eps"]["mean"],
+             "rise_within_eps_median": rs["within_eps"]["median"],
+             "rise": rs,
              "roughness": float(np.mean(self.roughness())),
+             "summary": self.summary(),
              "examples": self.loss[:EXAMPLES].tolist()}
         if self.curvature is not None:
-            c = self.curvature
-            d["curvature"] = {"per_sample": c.tolist(), "mean": float(c.mean()), "median": float(np.median(c)),
-                              "max": float(c.max())}
+            d["curvature"] = self.curvature_summary()
         return d
 
 
 def _directions(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: AttackSpec,
-                generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                generator: torch.Generator, at: str = "") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(g, r, zero): the attack's step direction, a random direction of the same size, and which samples have
-    an all-zero or non-finite gradient. Cost: one forward+backward pass."""
-    grad, _, zero = input_gradient(model, x, y)
+    an all-zero or non-finite gradient (their g is 0: the a-axis is flat). Logits that are not finite at the
+    inputs are refused (``finite``; ``at`` says which batch). Cost: one forward+backward pass."""
+    grad, _, zero = input_gradient(model, x, y, check_finite=at or True)
     grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
     shape = (-1, *([1] * (x.dim() - 1)))
     if attack.norm == "linf":
@@ -137,7 +192,8 @@ def input_surface(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: At
     bar = progress_bar(total=n * len(ga) * len(gb), desc="input surface", unit="pt", show=progress)
     for lo in range(0, n, batch_size):
         xb, yb = x[lo:lo + batch_size], y[lo:lo + batch_size]
-        g, r, z = _directions(model, xb, yb, attack, batch_generator(seed, lo))
+        part = "" if len(yb) == n else f"(the batch of samples {lo}-{lo + len(yb) - 1})"
+        g, r, z = _directions(model, xb, yb, attack, batch_generator(seed, lo), part)
         zero[lo:lo + len(yb)] = z.cpu().numpy()
         with eval_mode(model), torch.no_grad():
             for i, ai in enumerate(ga):
@@ -145,7 +201,8 @@ def input_surface(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: At
                     xp = xb + attack.eps * (float(ai) * g + float(bj) * r)
                     if clip:
                         xp = xp.clamp(0, 1)
-                    logits = model(xp)
+                    logits = check_outputs(model(xp), f"at the grid point a = {float(ai):g}, b = {float(bj):g}"
+                                           + (f" {part}" if part else ""), "surface point")
                     loss[lo:lo + len(yb), i, j] = F.cross_entropy(logits, yb, reduction="none").double().cpu().numpy()
                     correct[lo:lo + len(yb), i, j] = (logits.argmax(1) == yb).cpu().numpy()
                     bar.update(len(yb))
@@ -158,14 +215,27 @@ def input_surface(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: At
                                else "unit Gaussian"})
 
 
-def input_hvp(model: nn.Module, x: torch.Tensor, y: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def input_hvp(model: nn.Module, x: torch.Tensor, y: torch.Tensor, v: torch.Tensor,
+              check_finite: bool | str = True) -> torch.Tensor:
     """Each sample's input-Hessian times its own slice of ``v``: d^2 CE(f(x_i), y_i) / dx_i^2 v_i, for all i at
-    once (eval mode: samples do not interact). Cost: one forward and two backward passes."""
+    once (eval mode: samples do not interact). A model whose loss does not depend on its input through
+    autograd, or whose input gradient does not (one that rounds or quantizes its inputs), has a zero input
+    Hessian: zeros, not an error. ``check_finite`` (True, or a phrase saying where): refuse NaN or
+    infinite logits (``finite``). Cost: one forward and two backward passes."""
     with eval_mode(model):
         xg = x.detach().clone().requires_grad_(True)
-        g, = torch.autograd.grad(F.cross_entropy(model(xg), y, reduction="sum"), xg, create_graph=True)
-        hv, = torch.autograd.grad((g * v).sum(), xg)
-    return hv.detach()
+        logits = model(xg)
+        if check_finite:
+            refuse_nonfinite(nonfinite_rows(logits), len(x), check_finite if isinstance(check_finite, str) else "",
+                             "input curvature")
+        loss = F.cross_entropy(logits, y, reduction="sum")
+        if not loss.requires_grad:
+            return torch.zeros_like(x)
+        g, = torch.autograd.grad(loss, xg, create_graph=True, allow_unused=True)
+        if g is None or not g.requires_grad:
+            return torch.zeros_like(x)
+        hv, = torch.autograd.grad((g * v).sum(), xg, allow_unused=True)
+    return torch.zeros_like(x) if hv is None else hv.detach()
 
 
 def input_curvature(model: nn.Module, x: torch.Tensor, y: torch.Tensor, iters: int = 20, seed: int = 0,
@@ -173,7 +243,10 @@ def input_curvature(model: nn.Module, x: torch.Tensor, y: torch.Tensor, iters: i
     """(n,) the largest eigenvalue of each sample's input Hessian: ``iters`` Lanczos steps with full
     reorthogonalization, every sample of a batch advanced together (a sample whose Krylov space is exhausted,
     as happens after at most rank + 1 steps, stops there: its tridiagonal is cut at that size). Exact once
-    ``iters`` exceeds the Hessian's rank (at most classes - 1 for a piecewise-linear network). Cost:
+    ``iters`` exceeds the Hessian's rank (at most classes - 1 for a piecewise-linear network). A zero input
+    Hessian (a model that quantizes its inputs) gives 0; NaN or infinite logits are refused (``finite``); a
+    sample whose Hessian-vector products are not finite although its logits are (a layer without a second
+    derivative there) gets NaN, which ``InputSurfaceResult`` counts. Cost:
     ``iters`` input HVPs per sample and O(iters^2 d) per sample for reorthogonalization."""
     if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
         raise ConfigError(f"curvature iterations must be a positive integer, got {iters!r}")
@@ -188,9 +261,16 @@ def input_curvature(model: nn.Module, x: torch.Tensor, y: torch.Tensor, iters: i
         alpha = torch.zeros(m, iters, dtype=torch.float64, device=xb.device)
         beta = torch.zeros(m, iters, dtype=torch.float64, device=xb.device)
         alive = torch.ones(m, dtype=torch.bool, device=xb.device)
+        broken = torch.zeros(m, dtype=torch.bool, device=xb.device)
         size = torch.full((m,), iters, dtype=torch.long, device=xb.device)
+        part = "" if m == len(y) else f"(the batch of samples {lo}-{lo + m - 1})"
         for k in range(iters):
-            w = input_hvp(model, xb, yb, basis[-1].to(xb.dtype).view_as(xb)).flatten(1).double()
+            w = input_hvp(model, xb, yb, basis[-1].to(xb.dtype).view_as(xb),
+                          check_finite=(part or True) if k == 0 else False).flatten(1).double()
+            bad = alive & ~torch.isfinite(w).all(1)    # stop there: its curvature is NaN
+            broken |= bad
+            alive &= ~bad
+            w = torch.where(alive.view(-1, 1), w, 0.0)
             alpha[:, k] = torch.where(alive, (w * basis[-1]).sum(1), 0.0)
             for u in basis:                      # full reorthogonalization (twice is enough)
                 w = w - (w * u).sum(1, keepdim=True) * u
@@ -207,6 +287,9 @@ def input_curvature(model: nn.Module, x: torch.Tensor, y: torch.Tensor, iters: i
             basis.append(torch.where(alive.view(-1, 1), w / nrm.clamp_min(1e-300).view(-1, 1), 0.0))
         top = torch.empty(m, dtype=torch.float64)
         for i in range(m):
+            if bool(broken[i]):
+                top[i] = float("nan")
+                continue
             s = int(size[i])
             t = torch.diag(alpha[i, :s]) + torch.diag(beta[i, :s - 1], 1) + torch.diag(beta[i, :s - 1], -1)
             top[i] = torch.linalg.eigvalsh(t.cpu())[-1]
