@@ -42,12 +42,12 @@ Method (``hvp_method``): "double-backward", "fwd-over-rev" (forward-over-reverse
 tensors of ``torch.autograd.forward_ad``, tangent v, through one forward and one backward pass; the
 gradient's tangent is H v; no graph is kept) or "auto" (the default): ``AUTO_HVP[device type]``, the faster
 one as measured by ``benchmarks/hvp_modes.py`` (``benchmarks/results/hvp_modes.md``; CPU, 1 thread, float32,
-one batch, HVP / gradient):
+one batch, HVP / gradient; two runs on a shared, loaded 2-core machine, first / second):
 
-    model (samples)          double backward, kept   rebuilt   fwd-over-rev   (torch.func jvp of grad)
-    cnn-small (64)                 1.53 x            2.48 x       2.81 x            2.67 x
-    preact-resnet18 (16)           2.17 x            3.24 x       3.46 x            3.68 x
-    wrn-34-10 (8)                  2.11 x            3.16 x       3.17 x            3.47 x
+    model (samples)          double backward, kept     rebuilt       fwd-over-rev   (torch.func jvp of grad)
+    cnn-small (64)                1.53 / 1.30 x      2.48 / 2.18 x   2.81 / 2.56 x       2.67 / 2.83 x
+    preact-resnet18 (16)          2.17 / 1.69 x      3.24 / 2.74 x   3.46 / 3.34 x       3.68 / 3.42 x
+    wrn-34-10 (8)                 2.11 / 1.83 x      3.16 / 3.28 x   3.17 / 3.85 x       3.47 / 3.26 x
 
 so on the CPU auto is double backward (forward-over-reverse costs what a rebuilt graph costs, or more, and
 cannot keep one); on CUDA auto stays double backward until a GPU measurement exists (``benchmarks/
@@ -435,8 +435,8 @@ class HessianOperator:
         tensors (value w, tangent v; ``torch.autograd.forward_ad``), one forward and one backward pass
         (``functional_call``, ``torch.autograd.grad`` without ``create_graph``) carry the tangents, and the
         gradient's tangent is H v. No graph outlives the call. The same numbers as ``torch.func.jvp`` over
-        ``torch.func.grad`` (CPU: 0.91 x its time on WRN-34-10 and PreAct-ResNet-18, 1.05 x on cnn-small;
-        benchmarks/hvp_modes.py)."""
+        ``torch.func.grad``, within noise of its time on the CPU (0.90-1.18 x; benchmarks/hvp_modes.py) without
+        its function transforms."""
         with fwad.dual_level():
             duals = {n: fwad.make_dual(p.detach(), v.to(p.dtype)).requires_grad_(True)
                      for (n, p), v in zip(self.params, vs)}
