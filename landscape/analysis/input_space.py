@@ -28,7 +28,7 @@ from .._version import __version__
 from ..attack_spec import AttackSpec
 from ..attacks import batch_generator, eval_mode, input_gradient
 from ..errors import ConfigError
-from ..finite import check_outputs, nonfinite_rows, refuse_nonfinite
+from ..finite import NonFiniteOutputError, check_outputs, nonfinite_rows, refuse_nonfinite
 from ..inputs import check_batch
 from .surface_result import parse_grid
 
@@ -244,9 +244,9 @@ def input_curvature(model: nn.Module, x: torch.Tensor, y: torch.Tensor, iters: i
     reorthogonalization, every sample of a batch advanced together (a sample whose Krylov space is exhausted,
     as happens after at most rank + 1 steps, stops there: its tridiagonal is cut at that size). Exact once
     ``iters`` exceeds the Hessian's rank (at most classes - 1 for a piecewise-linear network). A zero input
-    Hessian (a model that quantizes its inputs) gives 0; NaN or infinite logits are refused (``finite``); a
-    sample whose Hessian-vector products are not finite although its logits are (a layer without a second
-    derivative there) gets NaN, which ``InputSurfaceResult`` counts. Cost:
+    Hessian (a model that quantizes its inputs) gives 0; NaN or infinite logits are refused (``finite``), and
+    so are Hessian-vector products that are not finite although the logits are (a layer without a second
+    derivative there), counting the samples: no eigenvalue is computed from them. Cost:
     ``iters`` input HVPs per sample and O(iters^2 d) per sample for reorthogonalization."""
     if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
         raise ConfigError(f"curvature iterations must be a positive integer, got {iters!r}")
@@ -267,7 +267,7 @@ def input_curvature(model: nn.Module, x: torch.Tensor, y: torch.Tensor, iters: i
         for k in range(iters):
             w = input_hvp(model, xb, yb, basis[-1].to(xb.dtype).view_as(xb),
                           check_finite=(part or True) if k == 0 else False).flatten(1).double()
-            bad = alive & ~torch.isfinite(w).all(1)    # stop there: its curvature is NaN
+            bad = alive & ~torch.isfinite(w).all(1)    # stop there: refused after the batch
             broken |= bad
             alive &= ~bad
             w = torch.where(alive.view(-1, 1), w, 0.0)
@@ -285,11 +285,15 @@ def input_curvature(model: nn.Module, x: torch.Tensor, y: torch.Tensor, iters: i
                 break
             beta[:, k] = torch.where(alive, nrm, 0.0)
             basis.append(torch.where(alive.view(-1, 1), w / nrm.clamp_min(1e-300).view(-1, 1), 0.0))
+        k_bad = int(broken.sum())
+        if k_bad:
+            raise NonFiniteOutputError(
+                f"the input Hessian is not finite for {k_bad} of {m} samples{' ' + part if part else ''} (NaN or "
+                "inf second derivatives of the loss although the logits are finite: a layer without a second "
+                "derivative at those inputs, e.g. sqrt or log at 0); no curvature is computed from them "
+                "(curvature_iters=0, --curvature-iters 0, draws the surface without it)")
         top = torch.empty(m, dtype=torch.float64)
         for i in range(m):
-            if bool(broken[i]):
-                top[i] = float("nan")
-                continue
             s = int(size[i])
             t = torch.diag(alpha[i, :s]) + torch.diag(beta[i, :s - 1], 1) + torch.diag(beta[i, :s - 1], -1)
             top[i] = torch.linalg.eigvalsh(t.cpu())[-1]
