@@ -23,6 +23,7 @@ estimate of a run's peak is ``hvp_peak + (basis vectors + work vectors) * bytes 
 from __future__ import annotations
 
 import math
+import numbers
 import re
 import time
 from dataclasses import asdict, dataclass, replace
@@ -32,7 +33,7 @@ import numpy as np
 import torch
 from scipy.linalg import eigh_tridiagonal
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ResourceError
 
 #: n-vectors besides the basis alive at the peak of a step (the HVP's output and one temporary).
 WORK_VECTORS = 2
@@ -82,6 +83,36 @@ def parse_memory(text: str | int | float) -> int:
     if not value > 0 or not math.isfinite(value):
         raise ConfigError(f"a memory size must be positive, got {text!r}")
     return int(value)
+
+
+#: a memory budget given as a bare number (no unit) is bytes, and below this it is refused as ambiguous:
+#: ``max_memory=8`` (or ``--max-memory 8``) meant as 8 GB would be 8 bytes. Sizes with a unit ("8GB",
+#: "96kB", "100B") are taken as written.
+MIN_BARE_BYTES = 10 ** 6
+
+
+def _is_bare_number(value: Any) -> bool:
+    """True for a number, or a string holding only a number (no unit)."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, numbers.Real):
+        return True
+    return isinstance(value, str) and re.fullmatch(r"\s*[-+]?[0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?\s*", value) is not None
+
+
+def parse_budget(value: "int | float | str", name: str = "max_memory (--max-memory)") -> int:
+    """Bytes of a memory budget, THE rule of every budgeted function (``max_memory`` of ``hessian_trace``,
+    ``top_eigenvalues``, ``spectral_density``, the plans, ``--max-memory``): a size with a unit ("8GB",
+    "512MB", "1.5GiB", "96kB", "100B") as written; a bare number (8, "8", 6.4e9) is bytes, and one below
+    ``MIN_BARE_BYTES`` (1 MB) is refused in one line that asks for the unit ("did you mean '8GB'?")."""
+    size = parse_memory(value)
+    if _is_bare_number(value) and size < MIN_BARE_BYTES:
+        v = str(value).strip()
+        unit = "GB" if float(v) < 1024 else "MB"
+        raise ConfigError(f"{name} {v} would be {size} bytes: did you mean '{v}{unit}'? Give the unit (e.g. 8GB, "
+                          f"512MB, 1.5GiB); a plain number is bytes and must be at least "
+                          f"{fmt_bytes(MIN_BARE_BYTES)}")
+    return size
 
 
 def fmt_bytes(b: float) -> str:
@@ -158,7 +189,17 @@ class MemoryBudget:
     """THE memory budget of an analysis (``--max-memory``), resolved once: ``total`` bytes for everything the
     analysis holds on ``device`` (model, data, gradient graphs, Lanczos bases, trace sketches); ``default``
     when the user gave none (``default_max_memory``). ``graphs``: the gradient graphs' share
-    (``GRAPH_SHARE``). Every function that takes ``max_memory`` takes one of these, bytes, "8GB" or None."""
+    (``GRAPH_SHARE``). Every function that takes ``max_memory`` takes one of these, a size ("8GB"; a bare
+    number is bytes and must be at least 1 MB: ``parse_budget``) or None, and keeps it or refuses the
+    request with its estimate (``MemoryBudgetError``, a ``ResourceError``), the same way everywhere:
+
+    - what the process holds already (or the measured peak of one HVP) must leave room (``check_held``);
+    - a method or basis that was asked for (``method="xtrace"``, ``reorth="full"``, ``basis_dtype=``,
+      ``sketch_size=``) is run as asked or refused, never swapped for another;
+    - ``auto`` choices (the trace's method and sketch, top-k's basis dtype and thick restarts, the density's
+      reorthogonalization) follow their documented rule, and the result records what was chosen and why
+      (``settings["chosen"]`` / ``settings["auto_reason"]`` of a trace, ``settings["memory"]`` of top-k and
+      the density)."""
     total: int
     default: bool
     device: str = "cpu"
@@ -171,7 +212,7 @@ class MemoryBudget:
             return max_memory
         if max_memory is None:
             return cls(default_max_memory(device), True, str(torch.device(device)))
-        return cls(parse_memory(max_memory), False, str(torch.device(device)))
+        return cls(parse_budget(max_memory), False, str(torch.device(device)))
 
     @property
     def graphs(self) -> int:
@@ -271,9 +312,26 @@ def _budget(op: Operator, max_memory: "int | str | MemoryBudget | None") -> tupl
 _BASE = "already held by this process or reached by one HVP (model, data, gradient graph)"
 
 
-def _refuse(task: str, need: int, budget: int, what: str) -> ConfigError:
-    return ConfigError(f"{task} cannot fit in memory: it needs about {fmt_bytes(need)} ({what}) but the budget "
-                       f"is {fmt_bytes(budget)}; lower the request or raise --max-memory (max_memory)")
+class MemoryBudgetError(ResourceError, ConfigError):
+    """A request that does not fit the memory budget (``max_memory``), refused with its estimate in one line
+    by every budgeted function alike. A ``ResourceError``; also a ``ConfigError``, as it was before."""
+
+
+def _refuse(task: str, need: int, budget: int, what: str) -> MemoryBudgetError:
+    return MemoryBudgetError(f"{task} cannot fit in memory: it needs about {fmt_bytes(need)} ({what}) but the "
+                             f"budget is {fmt_bytes(budget)}; lower the request or raise --max-memory (max_memory)")
+
+
+def check_held(task: str, held: int, budget: "MemoryBudget | int", measured: bool = False) -> None:
+    """Refuse ``task`` at once when what the process already holds (``held``: the measured peak of one HVP,
+    or before one ran the memory in use now, a lower bound) leaves nothing of the budget: the same refusal
+    for the trace, top-k and the density, before any vector is allocated (or any HVP run)."""
+    total = budget.total if isinstance(budget, MemoryBudget) else int(budget)
+    if held >= total:
+        what = "one HVP reaches" if measured else "this process holds"
+        raise MemoryBudgetError(f"{task} cannot fit in memory: {what} {fmt_bytes(held)} already (model, data, "
+                                f"gradient graph), before any vector of its own, but the budget is "
+                                f"{fmt_bytes(total)}; raise --max-memory (max_memory)")
 
 
 def min_top_k_capacity(k: int) -> int:
@@ -294,6 +352,7 @@ def plan_top_k(op: Operator, k: int, max_hvps: int, max_memory: int | str | None
     budget, is_default = _budget(op, max_memory)
     vb = n * torch.empty((), dtype=dtype).element_size()
     base = int(hvp_peak) if hvp_peak is not None else memory_in_use(op.device)
+    check_held(f"top-{k}", base, budget, hvp_peak is not None)   # not even one HVP fits: no host fallback either
     work = WORK_VECTORS * vb + extra_vectors * n * torch.empty((), dtype=extra_dtype or dtype).element_size()
     want = min(int(max_hvps), n) + 1
     fit = (budget - base - work) // vb
@@ -354,6 +413,7 @@ def plan_density(op: Operator, steps: int, max_memory: int | str | None = None, 
     budget, is_default = _budget(op, max_memory)
     vb = n * torch.empty((), dtype=dtype).element_size()
     base = int(hvp_peak) if hvp_peak is not None else memory_in_use(op.device)
+    check_held("the density", base, budget, hvp_peak is not None)
     work = WORK_VECTORS * vb
     cap = min(int(steps), n) + 1
     full_peak = base + work + cap * vb
@@ -579,4 +639,4 @@ class LocalLanczos:
 Callback = Callable[[int, int], None] | None
 
 __all__ = ["Lanczos", "LocalLanczos", "MemoryPlan", "PeakMemory", "plan_top_k", "choose_top_k_plan", "plan_density",
-           "parse_memory", "fmt_bytes", "default_max_memory", "MemoryBudget", "memory_in_use", "time_hvp", "eigh_tri", "min_top_k_capacity"]
+           "parse_memory", "parse_budget", "MIN_BARE_BYTES", "MemoryBudgetError", "check_held", "fmt_bytes", "default_max_memory", "MemoryBudget", "memory_in_use", "time_hvp", "eigh_tri", "min_top_k_capacity"]

@@ -41,8 +41,9 @@ import torch
 
 from .._version import __version__
 from ..errors import ConfigError
-from .lanczos import (Lanczos, LocalLanczos, MemoryBudget, MemoryPlan, Operator, PeakMemory, choose_top_k_plan,
-                      gaussian, hv, min_top_k_capacity, op_dtype, op_settings, plan_density, rademacher)
+from .lanczos import (Lanczos, LocalLanczos, MemoryBudget, MemoryPlan, Operator, PeakMemory, _refuse, check_held,
+                      choose_top_k_plan, fmt_bytes, gaussian, hv, memory_in_use, min_top_k_capacity, op_dtype,
+                      op_settings, plan_density, rademacher)
 from .trace import TRACE_METHODS, TraceResult, hessian_trace  # noqa: F401  (moved to trace.py; re-exported)
 
 WHICH = ("LA", "SA", "LM")
@@ -160,9 +161,11 @@ def top_eigenvalues(op: Operator, k: int = 1, tol: float = 1e-3, which: str = "L
     did not, Lanczos goes on with a tolerance tightened by the shortfall and checks again (k HVPs per check),
     until the pairs converge, the budget ends or the true residuals stop improving. Memory: the basis, in ``basis_dtype`` (default:
     float64 when at least ~2k float64 vectors fit the budget, else the operator's dtype; see
-    ``lanczos.choose_top_k_plan``), all ``max_hvps + 1`` vectors when they fit in ``max_memory`` (bytes or
-    "8GB"; default ``lanczos.default_max_memory``), else as many as fit with thick restarts (ConfigError when not
-    even ~2k fit). ``plan``: a basis plan made beforehand (``lanczos.choose_top_k_plan``, e.g. the one
+    ``lanczos.choose_top_k_plan``), all ``max_hvps + 1`` vectors when they fit in ``max_memory`` ("8GB", or
+    bytes of at least 1 MB: ``lanczos.parse_budget``; default ``lanczos.default_max_memory``), else as many as
+    fit with thick restarts; refused with the estimate (``MemoryBudgetError``, a ``ResourceError``), before
+    any HVP where the process already holds the budget, when not even ~2k fit; ``method="eigsh"``'s ARPACK
+    basis likewise. ``plan``: a basis plan made beforehand (``lanczos.choose_top_k_plan``, e.g. the one
     ``landscape-spectrum`` printed in its estimate), used as it is instead of planning again.
     ``method="eigsh"`` uses scipy's ARPACK instead (float64; its residuals cost k more HVPs).
     """
@@ -181,17 +184,21 @@ def top_eigenvalues(op: Operator, k: int = 1, tol: float = 1e-3, which: str = "L
     budget = int(max_hvps) if max_hvps is not None else default_max_hvps(n, k)
     if budget < 1:
         raise ConfigError(f"max_hvps must be at least 1, got {max_hvps}")
+    if method not in ("lanczos", "eigsh"):
+        raise ConfigError(f"unknown method {method!r}; choose lanczos or eigsh")
+    if plan is None:   # the budget read (a bare 8 refused) and what is held checked before any HVP
+        max_memory = MemoryBudget.of(max_memory, op.device)
+        check_held(f"top-{k}", memory_in_use(op.device), max_memory)
     settings = {"k": k, "tol": tol, "atol": atol, "which": which, "max_hvps": budget, "seed": seed,
                 "method": method, "warm_start": v0 is not None, "operator": op_settings(op)}
     t0 = time.perf_counter()
     gen = torch.Generator().manual_seed(int(seed))
     if method == "eigsh":
-        res = _eigsh(op, k, tol, which, budget, gen, return_vectors, v0, atol, settings)
-    elif method == "lanczos":
+        res = _eigsh(op, k, tol, which, budget, gen, return_vectors, v0, atol, settings,
+                     MemoryBudget.of(max_memory if plan is None else plan.max_memory, op.device))
+    else:
         res = _lanczos_top(op, k, tol, which, budget, gen, return_vectors, v0, atol, basis_dtype, max_memory,
                            callback, settings, plan)
-    else:
-        raise ConfigError(f"unknown method {method!r}; choose lanczos or eigsh")
     res.seconds = time.perf_counter() - t0
     return res
 
@@ -299,11 +306,20 @@ class _Budget(Exception):
     pass
 
 
-def _eigsh(op, k, tol, which, budget, gen, return_vectors, v0, atol, settings):
-    """scipy's ARPACK on the operator, kept for comparison; stops (unconverged) at the HVP budget."""
+def _eigsh(op, k, tol, which, budget, gen, return_vectors, v0, atol, settings, memory: MemoryBudget):
+    """scipy's ARPACK on the operator, kept for comparison; stops (unconverged) at the HVP budget. Its
+    ``ncv = min(n, max(2k + 1, 20))`` float64 basis vectors (and k returned ones) must fit the memory budget
+    beside what the process holds: else refused with the estimate, as the Lanczos basis is."""
     from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 
     n = int(op.num_params)
+    ncv = min(n, max(2 * k + 1, 20))
+    held = memory_in_use(op.device)
+    need = held + (ncv + k + 2) * 8 * n
+    if need > memory.total:
+        raise _refuse(f"top-{k} (eigsh)", need, memory.total, f"{ncv + k + 2} float64 vectors of "
+                      f"{fmt_bytes(8 * n)} + {fmt_bytes(held)} held already")
+    settings = {**settings, "memory": {**memory.to_dict(), "estimated_peak": need, "ncv": ncv}}
     count = [0]
 
     def mv(x: np.ndarray) -> np.ndarray:
@@ -390,13 +406,22 @@ def spectral_density(op: Operator, n_probes: int = 3, lanczos_steps: int = 80, s
     n_probes * lanczos_steps HVPs. ``reorth``: "full" keeps each probe's basis (lanczos_steps + 1 vectors in
     the operator's dtype), "local" three vectors (O(n) memory; ghost copies of converged Ritz values share
     their weight, so moments and extreme nodes stay right), "auto" (default) "full" when it fits in
-    ``max_memory`` (bytes or "8GB"; default ``lanczos.default_max_memory``), else "local". ``plan``: a
+    ``max_memory`` ("8GB", or bytes of at least 1 MB; default ``lanczos.default_max_memory``), else "local";
+    a budget that not even "local" fits (or that the process already holds: before any HVP), or "full"
+    asked and not fitting, is refused with the estimate (``MemoryBudgetError``). ``plan``: a
     basis plan made beforehand (``lanczos.plan_density``), used as it is instead of planning again.
     """
+    for name, v in (("n_probes", n_probes), ("lanczos_steps", lanczos_steps), ("grid_points", grid_points),
+                    ("seed", seed)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            raise ConfigError(f"{name} must be a whole number, got {v!r}")
     if n_probes < 1 or lanczos_steps < 1 or grid_points < 2:
         raise ConfigError("n_probes and lanczos_steps must be >= 1 and grid_points >= 2")
     if sigma is not None and not sigma > 0:
         raise ConfigError(f"sigma must be positive, got {sigma}")
+    if plan is None:   # the budget read (a bare 8 refused) and what is held checked before any HVP
+        max_memory = MemoryBudget.of(max_memory, op.device)
+        check_held("the density", memory_in_use(op.device), max_memory)
     n = int(op.num_params)
     steps = min(lanczos_steps, n)
     t0 = time.perf_counter()
