@@ -7,7 +7,9 @@ command-line pipeline; run alone:
 
 Per model (PreAct-ResNet-18, WRN-34-10; random init, seeded random CIFAR-shaped inputs, 256 samples):
   1. ``hvp-graphs``: seconds per gradient and per HVP, with the gradient graphs kept and rebuilt (two
-     batches of 128; ``max_graph_memory=0`` rebuilds), and with TF32 allowed; HVP / gradient.
+     batches of 128; ``max_graph_memory=0`` rebuilds), with TF32 allowed, by forward-over-reverse
+     (``hvp_method="fwd-over-rev"``, issue 34) and with cuDNN's autotuner on (``cudnn_benchmark=True``, graphs
+     kept); HVP / gradient, and the relative differences of the last two HVPs from the default one.
   2. ``ours-top5`` (tol 1e-3), ``ours-trace`` (XTrace, ``--trace-hvps`` HVPs), ``ours-density`` (80 Lanczos
      steps, one probe), ``pyhessian`` (top-5 and trace, its defaults), ``eigenthings-top5`` / ``-trace`` /
      ``-density`` (its defaults; trace at the same HVP budget as ours): HVPs, seconds, peak GPU memory
@@ -15,7 +17,10 @@ Per model (PreAct-ResNet-18, WRN-34-10; random init, seeded random CIFAR-shaped 
      (our Lanczos at tol 1e-8 on a float64 copy; where float64 would not fit the time left, tol 1e-6 in
      float32 with TF32 off, marked so). Ours runs with TF32 off (the operator's default, recorded in its
      settings); the peers run with PyTorch's defaults (cuDNN convolutions in TF32 on Ampere and later).
-  3. ``floor``: one HVP's relative error against float64, float32 with TF32 off and on.
+  3. ``floor``: one HVP's relative error against float64, float32 with TF32 off and on, and forward-over-
+     reverse's (TF32 off); forward-over-reverse against double backward with BatchNorm in train mode
+     (``bn="batch"``, float32), which ``HessianOperator`` refuses on CUDA until this row shows it exact
+     (pytorch#196699).
   4. ``train``: one epoch of PGD-AT (10 steps) through ``landscape.training.Trainer``, float32 and bf16
      autocast, images per second (the second epoch of two, so cuDNN's autotuning is not counted).
 
@@ -71,6 +76,19 @@ def _seconds(fn, dev, repeats: int) -> float:
     return min(ts)
 
 
+def _guarded(out: dict, name: str, fn) -> None:
+    """``out.update(fn())``, or ``out[name + "_error"]`` = the error's first line (a new row, e.g. out of GPU
+    memory, must not cost the row the measurements made before it)."""
+    import torch
+    try:
+        out.update(fn())
+    except Exception as e:  # noqa: BLE001 - recorded in the row
+        out[f"{name}_error"] = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def hvp_graphs(spec: dict) -> dict:
     """Seconds per gradient and per HVP (graphs kept / rebuilt / kept with TF32 allowed) on two batches."""
     import torch
@@ -90,12 +108,29 @@ def hvp_graphs(spec: dict) -> dict:
     del rebuilt
     tf32 = HessianOperator(model, (x, y), batch_size=half, tf32=True)
     out["hvp_tf32_seconds"] = _seconds(lambda: tf32.matvec(v), dev, r)
+    del tf32
+    ref = HessianOperator(model, (x, y), batch_size=half, max_graph_memory=0).matvec(v).double()
+    rel = lambda hv: float((hv.double() - ref).norm() / ref.norm())
+
+    def fwd_over_rev() -> dict:
+        op = HessianOperator(model, (x, y), batch_size=half, hvp_method="fwd-over-rev")
+        return {"hvp_fwd_over_rev_seconds": _seconds(lambda: op.matvec(v), dev, r),
+                "fwd_over_rev_rel_diff": rel(op.matvec(v))}
+
+    def cudnn_benchmark() -> dict:
+        op = HessianOperator(model, (x, y), batch_size=half, cudnn_benchmark=True)
+        return {"hvp_cudnn_benchmark_seconds": _seconds(lambda: op.matvec(v), dev, r),
+                "cudnn_benchmark_rel_diff": rel(op.matvec(v)), "cudnn_benchmark": op.describe()["cudnn_benchmark"]}
+
+    _guarded(out, "fwd_over_rev", fwd_over_rev)
+    _guarded(out, "cudnn_benchmark", cudnn_benchmark)
     return out
 
 
 def floor(spec: dict) -> dict:
-    """One HVP on a seeded random vector in float64 (the reference), float32 with TF32 off and on:
-    relative errors ||Hv - Hv64|| / ||Hv64||, and the float64 HVP's seconds."""
+    """One HVP on a seeded random vector in float64 (the reference), float32 with TF32 off and on, and by
+    forward-over-reverse (TF32 off): relative errors ||Hv - Hv64|| / ||Hv64||, and the float64 HVP's seconds;
+    with BatchNorm in train mode, forward-over-reverse against double backward (float32)."""
     import torch
     from landscape.analysis import HessianOperator
     model, x, y = scale._setup(spec)
@@ -105,13 +140,34 @@ def floor(spec: dict) -> dict:
     res = {}
     for name, tf32 in (("tf32_off", False), ("tf32_on", True)):
         res[name] = HessianOperator(model, (x, y), tf32=tf32).matvec(v.float()).double()
+    extra: dict = {}
+    bs = spec.get("batch_size")   # the same Hessian (the mean over all samples), in batches that fit
+
+    def fwd_over_rev() -> dict:
+        res["fwd_over_rev"] = HessianOperator(model, (x, y), batch_size=bs,
+                                              hvp_method="fwd-over-rev").matvec(v.float()).double()
+        return {}
+
+    def bn_batch() -> dict:   # train-mode BatchNorm: fwd-over-rev vs double backward, the CUDA refusal lifted
+        from landscape.analysis import hessian
+        saved = hessian.FWD_OVER_REV_BN_BATCH
+        hessian.FWD_OVER_REV_BN_BATCH = (*saved, dev.type)
+        try:
+            hv = [HessianOperator(model, (x, y), bn="batch", batch_size=bs, hvp_method=m).matvec(v.float())
+                  .double() for m in ("double-backward", "fwd-over-rev")]
+        finally:
+            hessian.FWD_OVER_REV_BN_BATCH = saved
+        return {"bn_batch_fwd_vs_db_rel_diff": float((hv[1] - hv[0]).norm() / hv[0].norm())}
+
+    _guarded(extra, "fwd_over_rev", fwd_over_rev)
+    _guarded(extra, "bn_batch", bn_batch)
     model64 = model.double()
     op64 = HessianOperator(model64, (x.double(), y))
     _sync(dev)
     t = time.perf_counter()
     ref = op64.matvec(v)
     _sync(dev)
-    out = {"float64_hvp_seconds": time.perf_counter() - t}
+    out = {"float64_hvp_seconds": time.perf_counter() - t, **extra}
     for name, hv in res.items():
         out[f"rel_err_{name}"] = float((hv - ref).norm() / ref.norm())
     return out
@@ -255,10 +311,24 @@ def report(rows: list[dict], hw: dict) -> str:
             f"{r['hvp_seconds']:.3g} | {r['hvp_rebuilt_seconds']:.3g} | {r['hvp_tf32_seconds']:.3g} | "
             f"{r['hvp_seconds'] / r['grad_seconds']:.2f} | {r['hvp_rebuilt_seconds'] / r['grad_seconds']:.2f} |"
             for r in g]
+    nan = float("nan")
+    out += ["", "| model | s / HVP fwd-over-rev | fwd-over-rev / grad | fwd vs kept, rel. diff | "
+            "s / HVP cudnn.benchmark (kept) | cudnn.benchmark / grad | cudnn.benchmark vs off, rel. diff | error |",
+            "|---|---|---|---|---|---|---|---|"]
+    out += [f"| {r['model']} | {r.get('hvp_fwd_over_rev_seconds', nan):.3g} | "
+            f"{r.get('hvp_fwd_over_rev_seconds', nan) / r['grad_seconds']:.2f} | "
+            f"{r.get('fwd_over_rev_rel_diff', nan):.1e} | {r.get('hvp_cudnn_benchmark_seconds', nan):.3g} | "
+            f"{r.get('hvp_cudnn_benchmark_seconds', nan) / r['grad_seconds']:.2f} | "
+            f"{r.get('cudnn_benchmark_rel_diff', nan):.1e} | "
+            f"{'; '.join(r[k] for k in ('fwd_over_rev_error', 'cudnn_benchmark_error') if k in r) or '-'} |"
+            for r in g]
     f = [r for r in rows if r["task"] == "floor" and "error" not in r]
-    out += ["", "| model | HVP error vs float64, TF32 off | TF32 on | s / float64 HVP |", "|---|---|---|---|"]
+    out += ["", "| model | HVP error vs float64, TF32 off | TF32 on | fwd-over-rev, TF32 off | "
+            "bn=batch: fwd-over-rev vs double backward | s / float64 HVP | error |", "|---|---|---|---|---|---|---|"]
     out += [f"| {r['model']} | {r['rel_err_tf32_off']:.1e} | {r['rel_err_tf32_on']:.1e} | "
-            f"{r['float64_hvp_seconds']:.3g} |" for r in f]
+            f"{r.get('rel_err_fwd_over_rev', nan):.1e} | {r.get('bn_batch_fwd_vs_db_rel_diff', nan):.1e} | "
+            f"{r['float64_hvp_seconds']:.3g} | "
+            f"{'; '.join(r[k] for k in ('fwd_over_rev_error', 'bn_batch_error') if k in r) or '-'} |" for r in f]
     t = [r for r in rows if r["task"] == "train" and "error" not in r]
     out += ["", "| model | PGD-AT fp32 img/s | bf16 autocast img/s | bf16 / fp32 | first epoch s (fp32, bf16) |",
             "|---|---|---|---|---|"]

@@ -6,8 +6,9 @@
 #      density of the adversarial loss), landscape-surface (2D), torchrun with nccl (one process per GPU
 #      present: the top-5 again, its HVPs all-reduced), landscape-eval --autoattack on 64 samples;
 #   B. benchmarks/gpu_check.py in the time left: seconds per gradient and HVP (graphs kept / rebuilt /
-#      TF32), top-5, trace and density against PyHessian 0.1 and hessian-eigenthings 1.0 with errors
-#      against a tight reference, the float32 floor with TF32 on and off, PGD-AT images/s in float32 and
+#      TF32 / forward-over-reverse / cudnn.benchmark), top-5, trace and density against PyHessian 0.1 and
+#      hessian-eigenthings 1.0 with errors against a tight reference, the float32 floor with TF32 on and off
+#      and by forward-over-reverse (also with BatchNorm in train mode), PGD-AT images/s in float32 and
 #      bf16 autocast; PreAct-ResNet-18 and WRN-34-10, 256 samples;
 #   C. benchmarks/train_throughput.py on the GPU (issue 20): landscape-train against a bare PGD-AT loop,
 #      PreAct-ResNet-18 float32 / bf16 / fp16, then bf16 with channels_last, torch.compile and both, then
@@ -34,7 +35,7 @@ MODE=gpu
 for a in "$@"; do
   case "$a" in
     --cpu) MODE=cpu ;;
-    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
     *) echo "gpu_check.sh: unknown argument $a (see --help)" >&2; exit 2 ;;
   esac
 done
