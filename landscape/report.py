@@ -1,10 +1,22 @@
 """One self-contained HTML page that compares runs side by side (``landscape-report``).
 
-``collect(paths)`` reads run folders (metrics.csv, config.json, surfaces/*, result JSONs inside), result
-files of any ``kind`` (surface, spectrum, eigenvalues, trace, density, evaluation, audit, input_surface,
-training; older files
-without ``kind`` are recognised by content) and folders of results (e.g. ``results/sat``), and groups what
-belongs to one run (same method / run name and eps, from the results' settings) into a ``RunEntry``.
+``collect(paths)`` reads run folders (metrics.csv, config.json, surfaces/*, result JSONs inside, a surface
+written into the run folder itself), result files of any ``kind`` (surface, spectrum, eigenvalues, trace,
+density, evaluation, audit, input_surface, training; older files without ``kind`` are recognised by
+content), folders of results (e.g. ``results/sat``) and folders of run folders (``runs/``: the run folders
+one level down), and groups what belongs to one row into a ``RunEntry``.
+
+A row is one model under one setting, and what differs between rows is shown. Results join one row when
+they come from one model (the run name, else the method; and nothing they record contradicts: checkpoint
+file, architecture or wrapper, its arguments, dataset, eps) and, for results that fill the same columns,
+under the same settings (``ROLE_SETTINGS``: the accuracies' attack norm, steps, restarts, step size and
+split; the spectrum's and the surfaces' loss, attack, split and samples). A setting a result does not
+record contradicts nothing. Two evaluations of one checkpoint at eps 0.1 and 0.3, one weights file under two
+``--arch`` wrappers, best.pt and last.pt, become separate rows, labelled with the settings that tell them
+apart (``AT (ε = 0.3)``); where a value is already in a row from a result with the same settings (an audit's
+PGD beside the evaluation's), the first read stays and each accuracy shows its own n. A file in a scanned
+folder that is no landscape result is skipped and named in ``notes`` (on the page too); one given by name is
+refused, naming it.
 ``build_report(entries)`` returns the page: a table (clean / PGD / AutoAttack accuracy each with its n, the
 audit's verdict and the checks that flagged, top eigenvalue, input curvature,
 trace ± 95% half-width, settings) and interactive plotly figures (3D surfaces that rotate, eigenvalues,
@@ -30,6 +42,21 @@ from .errors import LandscapeError
 from .io import _atomic
 
 SKIP_JSON = {"config.json", "settings.json", "hsat.json"}
+RUN_MARKERS = ("metrics.csv", "config.json")       # what makes a folder a run folder
+OWN_FILES = {"surface.json", "surface.npz", "input_surface.json", "input_surface.npz"}   # read as the folder
+
+#: which columns a result kind fills (its role), and the settings under which two results of one role may
+#: share a row; ``SHARED_SETTINGS`` hold for the whole row whatever filled it
+ROLES = {"evaluation": "accuracy", "audit": "accuracy", "spectrum": "spectrum", "eigenvalues": "spectrum",
+         "trace": "spectrum", "density": "spectrum", "surface": "surface", "input_surface": "input",
+         "training": "training"}
+SHARED_SETTINGS = ("checkpoint", "model", "arch_kwargs", "dataset", "eps")
+ROLE_SETTINGS = {"accuracy": ("norm", "steps", "restarts", "step_size", "split"),
+                 "spectrum": ("loss", "norm", "steps", "restarts", "step_size", "split", "samples"),
+                 "surface": ("loss", "norm", "steps", "restarts", "step_size", "split", "samples"),
+                 "input": ("norm", "steps", "step_size", "split", "samples"),
+                 "training": ()}
+ROLE_NAMES = {"accuracy": "", "spectrum": "spectrum", "surface": "surfaces", "input": "input", "training": ""}
 
 
 @dataclass
@@ -47,6 +74,7 @@ class RunEntry:
     input_surface: dict | None = None                  # landscape-surface --space input
     metrics: list[tuple[Any, dict]] = field(default_factory=list)   # (DataFrame, meta) per training history
     sources: list[str] = field(default_factory=list)
+    settings: dict = field(default_factory=dict)       # {"shared": {...}, role: {...}}: what the row was measured under
 
     @property
     def label(self) -> str:
@@ -65,19 +93,33 @@ def _plotly():
 
 # --- collecting ---------------------------------------------------------------------------------------------
 
-def _items(path: Path) -> list[Path]:
-    """The result files/folders a path stands for: itself, or for a plain folder (a run folder, a folder of
-    results) its metrics.csv, surface folders (also under surfaces/), JSON results and CSVs of epochs."""
-    if path.is_file() or (path / "surface.json").is_file() or (path / "surface.npz").is_file():
-        return [path]
-    if (path / "input_surface.json").is_file():
-        return [path / "input_surface.json"]
-    if not path.is_dir():
-        raise LandscapeError(f"no such result or run folder: {path}")
+class Collected(list):
+    """``collect``'s entries (a list), with ``notes``: one line per file of a scanned folder that was skipped
+    (not a landscape result), naming it."""
+    notes: list[str]
+
+    def __init__(self, entries=(), notes=None):
+        super().__init__(entries)
+        self.notes = list(notes or [])
+
+
+def _is_run_dir(p: Path) -> bool:
+    return p.is_dir() and any((p / m).is_file() for m in RUN_MARKERS)
+
+
+def _scan(path: Path) -> list[Path]:
+    """The results of one folder: its own surface (a run folder may hold one), its metrics.csv, surface
+    folders (also under surfaces/), JSON results and CSVs of epochs."""
     out: list[Path] = []
+    if R.is_surface_dir(path):
+        out.append(path)
+    if (path / "input_surface.json").is_file():
+        out.append(path / "input_surface.json")
     subs = sorted(path.iterdir()) + (sorted((path / "surfaces").iterdir()) if (path / "surfaces").is_dir() else [])
     for p in subs:
-        if p.is_dir() and ((p / "surface.json").is_file() or (p / "surface.npz").is_file()):
+        if p.parent == path and p.name in OWN_FILES:
+            continue
+        if p.is_dir() and R.is_surface_dir(p):
             out.append(p)
         elif p.is_dir() and (p / "input_surface.json").is_file():
             out.append(p / "input_surface.json")
@@ -85,8 +127,40 @@ def _items(path: Path) -> list[Path]:
             out.append(p)
         elif p.is_file() and p.suffix == ".csv" and _has_epochs(p):
             out.append(p)
+    return out
+
+
+def _items(path: Path) -> list[Path]:
+    """The result files/folders a path stands for: itself (a file, a surface folder), or for a folder (a run
+    folder, a folder of results) what ``_scan`` finds in it, and for a folder that is no run folder also
+    what is in its subfolders one level down (``runs/``: a folder of run folders). Nothing found: one line
+    saying what the folder holds and what was expected."""
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise LandscapeError(f"no such result or run folder: {path}")
+    if not _is_run_dir(path):
+        if R.is_surface_dir(path):
+            return [path]
+        if (path / "input_surface.json").is_file():
+            return [path / "input_surface.json"]
+    out = _scan(path)
+    subdirs = [p for p in sorted(path.iterdir()) if p.is_dir() and p.name != "surfaces" and not R.is_surface_dir(p)
+               and not (p / "input_surface.json").is_file()]
+    if not _is_run_dir(path):
+        for sub in subdirs:
+            out.extend(_scan(sub))
     if not out:
-        raise LandscapeError(f"{path}: no results found (metrics.csv, surface folders, result JSON files)")
+        files = [p.name for p in sorted(path.iterdir()) if p.is_file()]
+
+        def some(names: list[str]) -> str:
+            return ", ".join(names[:5]) + (f", ... ({len(names)} in all)" if len(names) > 5 else "")
+        held = "; ".join(x for x in (
+            f"{len(subdirs)} folder(s) ({some([p.name for p in subdirs])}) with no results in them" if subdirs
+            and not _is_run_dir(path) else "",
+            f"file(s) {some(files)}, none a result" if files else "") if x) or "it is empty"
+        raise LandscapeError(f"{path}: no results found ({held}); expected a run folder (metrics.csv, config.json, "
+                             "surfaces/, result JSON files), a folder of run folders, or result files")
     return out
 
 
@@ -100,8 +174,29 @@ def _has_epochs(p: Path) -> bool:
 
 
 def _key(info: dict) -> tuple:
+    """Which model a result is of: its run name, else its method (``name``), else ``folder`` (the folder it
+    was found in); with its eps (None: says none)."""
     eps = info.get("eps")
-    return (info.get("run") or info.get("name") or "", None if eps is None else round(float(eps), 6))
+    return (info.get("run") or info.get("name") or info.get("folder") or "",
+            None if eps is None else round(float(eps), 6))
+
+
+def _weak(info: dict) -> bool:
+    """A result that names a method but no run of it (a legacy table's ``at``): it may join the one row of
+    that method; a result of a named run joins only that run's rows."""
+    run = info.get("run")
+    return not run or run.lower() == str(info.get("method") or "").lower() or run == info.get("name")
+
+
+def _fits(e: "RunEntry", roles: Sequence[str], m: dict) -> bool:
+    """True when nothing ``m`` (a ``measurement``) records contradicts the row: its shared settings, and for
+    each role the result fills (``roles``: the columns it has values for) that role's settings against the
+    results of that role already in the row."""
+    for part, keys in (("shared", SHARED_SETTINGS), *((r, ROLE_SETTINGS[r]) for r in roles)):
+        have = e.settings.get(part, {})
+        if any(have.get(k) is not None and m.get(k) is not None and have[k] != m[k] for k in keys):
+            return False
+    return True
 
 
 def _accuracies(d: dict) -> dict:
@@ -135,32 +230,35 @@ def _audit_cell(a: dict | None) -> str:
     return a["verdict"] + (f": {', '.join(a['failed'])}" if a["failed"] else "")
 
 
-def collect(paths: Iterable[str | os.PathLike]) -> list[RunEntry]:
-    """Read every result under ``paths`` and group them by run (see the module docstring)."""
-    entries: dict[tuple, RunEntry] = {}
-    order: list[tuple] = []
+def collect(paths: Iterable[str | os.PathLike]) -> Collected:
+    """Read every result under ``paths`` and group them into rows (see the module docstring): one model under
+    one setting per row. Returns the entries (a list) with ``notes`` (files of scanned folders skipped)."""
+    entries: list[RunEntry] = []
+    notes: list[str] = []
 
-    def entry(info: dict, source: str) -> RunEntry:
-        """The run ``info`` belongs to: the same run name and eps; else the one run with the same run name,
-        or else the same method, whose eps does not contradict it; else a new run."""
+    def entry(info: dict, roles: Sequence[str], m: dict, source: str) -> RunEntry:
+        """The row the result belongs to: the one row of its model (run name, else method) whose settings it
+        does not contradict; else, for a result that names no run, the one row of its method; else a new row.
+        Where several rows fit a measurement (a clean-loss spectrum beside evaluations at two eps), a row of
+        its own; a training history (the run's, whichever checkpoint) joins the first."""
         key = _key(info)
-        if key not in entries:
-            def fits(k: tuple) -> bool:
-                return key[1] is None or k[1] is None or k[1] == key[1]
-            for same in (lambda e: bool(info.get("run")) and e.info.get("run") == info.get("run"),
-                         lambda e: bool(info.get("name")) and e.name == info.get("name")):
-                matches = [k for k, e in entries.items() if same(e) and fits(k)]
-                if len(matches) == 1:
-                    key = matches[0]
-                    break
-            else:
-                entries[key] = RunEntry(key, info.get("name") or info.get("run") or f"run {len(entries) + 1}",
-                                        dict(info))
-                order.append(key)
-        e = entries[key]
+        same = [e for e in entries if e.key[0] == key[0] and _fits(e, roles, m)]
+        if not same and _weak(info) and info.get("name"):
+            same = [e for e in entries if e.name == info["name"] and _fits(e, roles, m)]
+        if len(same) == 1 or (same and tuple(roles) == ("training",)):
+            e = same[0]
+        else:
+            e = RunEntry(key, info.get("name") or info.get("run") or info.get("folder") or f"run {len(entries) + 1}",
+                         dict(info))
+            entries.append(e)
         for k, v in info.items():
             if e.info.get(k) is None and v is not None:
                 e.info[k] = v
+        for part, keys in (("shared", SHARED_SETTINGS), *((r, ROLE_SETTINGS[r]) for r in roles)):
+            have = e.settings.setdefault(part, {})
+            for k in keys:
+                if have.get(k) is None and m.get(k) is not None:
+                    have[k] = m[k]
         e.sources.append(source)
         return e
 
@@ -169,55 +267,152 @@ def collect(paths: Iterable[str | os.PathLike]) -> list[RunEntry]:
         raise LandscapeError("nothing to report: give run folders or result files")
     seen: set[Path] = set()        # a run folder and one of its surfaces, both given: each result once
     for raw in paths:
-        scanned = Path(raw).is_dir() and not R.is_surface_dir(Path(raw))
-        for item in _items(Path(raw)):
+        given = Path(raw)
+        scanned = given.is_dir() and (_is_run_dir(given) or not R.is_surface_dir(given))
+        for item in _items(given):
             if item.resolve() in seen:
                 continue
             seen.add(item.resolve())
             try:
                 kind = R.result_kind(item)
-            except LandscapeError:
-                if scanned:     # a file in a scanned folder that is no result (a log, a summary): left out
+            except LandscapeError as err:
+                if scanned:     # a file in a scanned folder that is no result (a log, a summary): named, left out
+                    notes.append(f"skipped {item}: {err}")
                     continue
-                raise
-            if kind == "surface":
-                r = R.as_surface(item)
-                entry(R.describe(r), str(item)).surfaces.append(r)
-            elif kind == "input_surface":
-                d = R.load_result(item)
-                entry(R.describe(d), str(item)).input_surface = d
-            elif kind == "training":
-                for df, meta in Runs.read_runs(item):
-                    info = R.describe(meta)
-                    if info["eps"] is None and "eps_t" in df.columns and df["eps_t"].notna().any():
-                        info["eps"] = float(df["eps_t"].max())
-                    b = Runs.best_epoch(df, meta)
-                    e = entry({**info, "best_epoch": b}, str(item))
-                    e.metrics.append((df, meta))
-            else:
-                d = R.load_result(item)
-                e = entry(R.describe(d), str(item))
-                acc = _accuracies(d)   # an accuracy and its sample count come together, from one result
-                for key in ("clean", "pgd", "autoattack"):
-                    if key in acc and key not in e.evaluation:
-                        e.evaluation[key], e.evaluation[f"{key}_n"] = acc[key], acc[f"{key}_n"]
-                if "n" in acc:
-                    e.evaluation.setdefault("n", acc["n"])
-                if isinstance(d.get("best_epoch"), int):
-                    e.info.setdefault("best_epoch", d["best_epoch"])
-                if kind == "audit" and e.audit is None:
-                    checks = d["audit"].get("checks", [])
-                    e.audit = {"verdict": d["audit"].get("verdict", "?"),
-                               "failed": [c.get("name", "?") for c in checks if c.get("passed") is False]}
-                eig, dens, trace = R.spectrum_parts(d)
-                e.eigen, e.density, e.trace = e.eigen or eig, e.density or dens, e.trace or trace
-    out = [entries[k] for k in order]
-    names = [e.name for e in out]   # labels: name, plus eps where one name appears with several
-    for e in out:
-        eps = e.info.get("eps") if e.key[1] is None else e.key[1]
-        if names.count(e.name) > 1 and isinstance(eps, (int, float)):
-            e.name = f"{e.name} (ε = {eps:g})"
+                raise LandscapeError(f"{item} is not a landscape result: {err}") from err
+            folder = item.parent if item.is_file() else item      # the run folder the result lies in
+            if not _is_run_dir(folder) and (R.is_surface_dir(folder) or (folder / "input_surface.json").is_file()):
+                folder = folder.parent
+            if folder.name == "surfaces":
+                folder = folder.parent
+            try:
+                _add(kind, item, folder, entry)
+            except LandscapeError as err:
+                raise LandscapeError(err if str(item) in str(err) else f"{item}: {err}") from err
+    out = Collected(entries, notes)
+    _label(out)
     return out
+
+
+def _add(kind: str, item: Path, folder: Path, entry) -> None:
+    """Read one result and put it in its row (``entry``), by the columns it fills (its roles)."""
+    role = (ROLES.get(kind, "accuracy"),)
+
+    def info_of(obj: Any) -> tuple[dict, dict]:
+        info, m = R.describe(obj), R.measurement(obj)
+        info["folder"] = folder.name
+        if not m.get("run") and not info.get("run") and not info.get("name"):
+            info["name"] = folder.name      # a result that names neither run nor method: its folder's
+        return info, m
+
+    if kind == "surface":
+        r = R.as_surface(item)
+        info, m = info_of(r)
+        entry(info, role, m, str(item)).surfaces.append(r)
+    elif kind == "input_surface":
+        d = R.load_result(item)
+        info, m = info_of(d)
+        entry(info, role, m, str(item)).input_surface = d
+    elif kind == "training":
+        for df, meta in Runs.read_runs(item):
+            info, m = R.describe(meta), R.measurement(meta)
+            info["folder"] = folder.name
+            if info["eps"] is None and "eps_t" in df.columns and df["eps_t"].notna().any():
+                info["eps"] = m["eps"] = round(float(df["eps_t"].max()), 6)
+            b = Runs.best_epoch(df, meta)
+            e = entry({**info, "best_epoch": b}, role, m, str(item))
+            e.metrics.append((df, meta))
+    else:
+        d = R.load_result(item)
+        info, m = info_of(d)
+        acc = _accuracies(d)   # an accuracy and its sample count come together, from one result
+        eig, dens, trace = R.spectrum_parts(d)
+        fills = tuple(r for r, has in (("accuracy", acc or kind == "audit"), ("spectrum", eig or dens or trace)) if has)
+        e = entry(info, fills or role, m, str(item))
+        for key in ("clean", "pgd", "autoattack"):
+            if key in acc and key not in e.evaluation:
+                e.evaluation[key], e.evaluation[f"{key}_n"] = acc[key], acc[f"{key}_n"]
+        if "n" in acc:
+            e.evaluation.setdefault("n", acc["n"])
+        if isinstance(d.get("best_epoch"), int):
+            e.info.setdefault("best_epoch", d["best_epoch"])
+        if kind == "audit" and e.audit is None:
+            checks = d["audit"].get("checks", [])
+            e.audit = {"verdict": d["audit"].get("verdict", "?"),
+                       "failed": [c.get("name", "?") for c in checks if c.get("passed") is False]}
+        e.eigen, e.density, e.trace = e.eigen or eig, e.density or dens, e.trace or trace
+
+
+def _fmt_setting(key: str, v: Any) -> str:
+    if key == "eps":
+        return f"ε = {v:g}" if isinstance(v, (int, float)) else f"ε = {v}"
+    if key == "samples":
+        return f"n = {v}"
+    if key == "steps":
+        return f"{v} steps"
+    if key == "restarts":
+        return f"{v} restart{'s' if v != 1 else ''}"
+    if key == "step_size":
+        return f"step {v:g}" if isinstance(v, (int, float)) else f"step {v}"
+    if key == "norm":
+        return {"linf": "Linf", "l2": "L2", "l1": "L1"}.get(str(v), str(v))
+    if key == "split":
+        return f"{v} split"
+    if key == "loss":
+        return f"{v} loss"
+    if key == "model":
+        return f"model {v}"
+    if key == "arch_kwargs":
+        return "no arch kwargs" if v == "{}" else f"arch kwargs {v}"
+    return str(v)
+
+
+def _row_settings(e: RunEntry) -> list[tuple[str, str, Any]]:
+    """(role, key, value) of every setting the row was measured under."""
+    out = [("shared", k, e.settings.get("shared", {}).get(k)) for k in SHARED_SETTINGS]
+    for role, keys in ROLE_SETTINGS.items():
+        out += [(role, k, e.settings.get(role, {}).get(k)) for k in keys]
+    return out
+
+
+def _label(entries: list[RunEntry]) -> None:
+    """Rows of one name are told apart by every setting that differs between them (``AT (ε = 0.3)``,
+    ``weights (model WrapperA)``); where none does, by the run, else by the first source file."""
+    groups: dict[str, list[RunEntry]] = {}
+    for e in entries:
+        groups.setdefault(e.name, []).append(e)
+    for name, group in groups.items():
+        if len(group) < 2:
+            continue
+        rows = [dict(((r, k), v) for r, k, v in _row_settings(e)) for e in group]
+
+        def compared(row: dict, rk: tuple) -> Any:   # a step size as a fraction of eps: eps says the rest
+            v, eps = row.get(rk), row.get(("shared", "eps"))
+            if rk[1] == "step_size" and isinstance(v, (int, float)) and isinstance(eps, (int, float)) and eps:
+                return round(v / eps, 6)
+            return v
+        # a setting differs where two rows record two values (one that records none contradicts nothing)
+        differ = [rk for rk in rows[0] if len({repr(compared(row, rk)) for row in rows
+                                               if row.get(rk) is not None}) > 1]
+        parts = []
+        for row in rows:
+            shown = []
+            for role, k in differ:
+                if row.get((role, k)) is None or role == "training":
+                    continue
+                text = _fmt_setting(k, row[(role, k)])
+                shown.append(text if not ROLE_NAMES.get(role) else f"{ROLE_NAMES[role]} {text}")
+            parts.append(shown)
+        for extra in (lambda i, e: e.info.get("run") if (e.info.get("run") or name) != name else None,
+                      lambda i, e: Path(e.sources[0]).name if e.sources else f"row {i + 1}"):
+            clash = [i for i, p in enumerate(parts) if parts.count(p) > 1]   # all of them, then tell apart
+            for i in clash:
+                more = extra(i, group[i])
+                if more:
+                    parts[i] = [*parts[i], more]
+        for e, shown in zip(group, parts):
+            if shown:
+                e.name = f"{name} ({', '.join(shown)})"
 
 
 # --- figures ------------------------------------------------------------------------------------------------
@@ -401,6 +596,26 @@ def _pct(v: Any) -> str:
     return "–" if v is None else f"{100 * v:.1f}%"
 
 
+def _settings_text(e: RunEntry) -> str:
+    """The row's settings: the model's (method, ε, dataset, model, its arguments, checkpoint file), then what
+    each part was measured under (``attack: Linf, 20 steps``; ``spectrum: clean loss, n = 64``)."""
+    i, shared = e.info, e.settings.get("shared", {})
+    eps = shared.get("eps") if shared.get("eps") is not None else i.get("eps")
+    parts = [f"method {i['method']}" if i.get("method") else "",
+             _fmt_setting("eps", eps) if isinstance(eps, (int, float)) else "",
+             str(shared.get("dataset") or i.get("dataset") or ""),
+             str(shared.get("model") or i.get("model") or ""),
+             _fmt_setting("arch_kwargs", shared["arch_kwargs"]) if shared.get("arch_kwargs") not in (None, "{}") else "",
+             str(shared["checkpoint"]) if shared.get("checkpoint") else ""]
+    groups = [", ".join(p for p in parts if p)]
+    for role, keys in ROLE_SETTINGS.items():
+        got = [_fmt_setting(k, e.settings.get(role, {}).get(k)) for k in keys
+               if e.settings.get(role, {}).get(k) is not None]
+        if got:
+            groups.append(f"{ROLE_NAMES[role] or 'attack'}: {', '.join(got)}")
+    return "; ".join(g for g in groups if g)
+
+
 def table_html(entries: Sequence[RunEntry]) -> str:
     """The comparison table: accuracies, curvature and the settings of each run."""
     head = ["run", "clean", "PGD", "AutoAttack", "audit", "top eigenvalue", "trace (± 95%)", "input curvature",
@@ -412,13 +627,7 @@ def table_html(entries: Sequence[RunEntry]) -> str:
         if e.eigen and e.eigen["values"]:
             conv = e.eigen["converged"]
             top = f"{e.eigen['values'][0]:.4g}" + (" (not converged)" if conv and not conv[0] else "")
-        settings = ", ".join(x for x in (
-            f"method {i['method']}" if i.get("method") else "",
-            f"ε = {i['eps']:g}" if isinstance(i.get("eps"), (int, float)) else "",
-            f"{i['loss']} loss" if i.get("loss") else "",
-            f"n = {i['n']}" if i.get("n") else "",
-            f"accuracies on {ev['n']} samples" if ev.get("n") and ev.get("n") != i.get("n") else "",
-            str(i["dataset"]) if i.get("dataset") else "", str(i["model"]) if i.get("model") else "") if x)
+        settings = _settings_text(e)
         curv = (e.input_surface or {}).get("curvature")
         cells = [e.label, *_accuracy_cells(ev), _audit_cell(e.audit), top,
                  R.format_trace(e.trace) if e.trace else "–",
@@ -459,6 +668,7 @@ def build_report(entries: Sequence[RunEntry], title: str = "landscape report") -
         body.append(fig.to_html(full_html=False, include_plotlyjs=False,
                                 config={"displaylogo": False, "responsive": True}))
     sources = "".join(f"<li>{html.escape(e.label)}: {html.escape(', '.join(e.sources))}</li>" for e in entries)
+    sources += "".join(f"<li>{html.escape(n)}</li>" for n in getattr(entries, "notes", []))
     body.append(f"<details><summary>sources</summary><ul>{sources}</ul></details>")
     return ("<!DOCTYPE html><html><head><meta charset='utf-8'>"
             f"<title>{html.escape(title)}</title><style>{CSS}</style>"
@@ -476,6 +686,6 @@ def write_report(paths: Iterable[str | os.PathLike], out: str | os.PathLike, tit
     return out, entries
 
 
-__all__ = ["RunEntry", "collect", "build_report", "write_report", "table_html", "surfaces_figure", "input_figure",
+__all__ = ["RunEntry", "Collected", "collect", "build_report", "write_report", "table_html", "surfaces_figure", "input_figure",
            "curves_figure", "undrawn_surfaces",
            "spectrum_figure", "training_figure"]

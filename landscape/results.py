@@ -118,8 +118,86 @@ def result_run(d: dict) -> str | None:
     ck = find_setting(d, "checkpoint")
     if isinstance(ck, str) and ck:
         p = Path(ck)
-        return p.parent.name if p.suffix in (".pt", ".pth", ".safetensors", ".bin") and p.parent.name else p.stem
+        return p.parent.name if p.suffix in CHECKPOINT_SUFFIXES and p.parent.name else p.stem
     return None
+
+
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors", ".bin")
+
+#: what a result was measured under (``measurement``), as the report tells results apart: the model (its
+#: checkpoint file, architecture or wrapper, constructor arguments, dataset) and the attack / operator
+#: settings that change a number
+MEASUREMENT_KEYS = ("run", "checkpoint", "model", "arch_kwargs", "dataset", "eps", "norm", "steps", "restarts",
+                    "step_size", "split", "samples", "loss")
+
+
+def _canonical(v: Any) -> Any:
+    """A setting as a comparable value: floats rounded (1e-9 relative), dicts / JSON objects as sorted JSON."""
+    import json
+    if isinstance(v, str) and v.strip().startswith("{"):
+        try:
+            v = json.loads(v)
+        except ValueError:
+            return v
+    if isinstance(v, dict):
+        return json.dumps(v, sort_keys=True, default=str)
+    if isinstance(v, float):
+        return float(f"{v:.9g}")
+    return v
+
+
+def measurement(obj: Any) -> dict:
+    """The settings that change a result's numbers (``MEASUREMENT_KEYS``; None where the result does not
+    say), read from what was measured: the attack's own record first (``attack`` / ``settings.attack``), then
+    the result's fields and settings; the checkpoint's training config, which the CLIs' results carry under
+    ``config``, only for the model (model, arch_kwargs, dataset), never for eps or steps (an audit at eps 0.3
+    of a model trained at 0.1 is at 0.3). ``checkpoint``: the file's name (best.pt and last.pt are two
+    models); ``arch_kwargs``: sorted JSON. A clean loss has no attack: eps, norm, steps, restarts and
+    step_size are None. A training result (a run's config and history) gives its training eps."""
+    if isinstance(obj, SurfaceResult):
+        d: Any = {"settings": obj.settings}
+    else:
+        d = load_result(obj) if not is_table_like(obj) else {}
+    if not isinstance(d, dict):
+        d = {}
+    cfg = d.get("config") if isinstance(d.get("config"), dict) else {}
+    own = {k: v for k, v in d.items() if k != "config"}
+    settings = own.get("settings") if isinstance(own.get("settings"), dict) else {}
+    attack = next((a for a in (own.get("attack"), settings.get("attack")) if isinstance(a, dict)), {})
+
+    def get(*keys: str) -> Any:
+        for k in keys:
+            if attack.get(k) is not None and not isinstance(attack.get(k), (dict, list)):
+                return attack[k]
+        return find_setting(own, *keys)
+
+    loss = find_setting(own, "loss")
+    out = {"run": result_run(d), "loss": loss if isinstance(loss, str) else None}
+    ck = find_setting(own, "checkpoint")
+    if isinstance(ck, str) and ck:
+        out["checkpoint"] = Path(ck).name if Path(ck).suffix in CHECKPOINT_SUFFIXES else ck
+    out["model"] = find_setting(own, "model", "arch") or cfg.get("model")
+    kw = next((v for v in (own.get("arch_kwargs"), settings.get("arch_kwargs"), cfg.get("arch_kwargs"))
+               if v not in (None, "", {})), None)
+    out["arch_kwargs"] = kw if kw is not None else ({} if out["model"] else None)   # a model named: no kwargs
+    out["dataset"] = find_setting(own, "dataset") or cfg.get("dataset")
+    out["split"] = find_setting(own, "split")
+    n = find_setting(own, "num_samples", "samples", "hessian_samples", "n", "n_test")
+    out["samples"] = int(n) if isinstance(n, (int, float)) and not isinstance(n, bool) else None
+    if loss != "clean":
+        out.update(eps=get("eps"), norm=get("norm", "attack_norm"), steps=get("steps"), restarts=get("restarts"),
+                   step_size=get("step_size", "alpha"))
+    ss, e, st = out.get("step_size"), out.get("eps"), out.get("steps")
+    if attack.get("step_size_default") is True or (
+            isinstance(ss, (int, float)) and isinstance(e, (int, float)) and isinstance(st, int) and st > 0
+            and abs(ss - 2.5 * e / st) <= 1e-9 * max(abs(ss), 1e-12)):
+        out["step_size"] = None          # the rule's 2.5 eps / steps: eps and steps say it
+    res = {k: _canonical(out.get(k)) for k in MEASUREMENT_KEYS}
+    if isinstance(res["norm"], str):
+        res["norm"] = res["norm"].lower()
+    if isinstance(res["eps"], (int, float)) and not isinstance(res["eps"], bool):
+        res["eps"] = round(float(res["eps"]), 6)
+    return res
 
 
 def fmt_value(v: Any) -> str:
@@ -142,7 +220,7 @@ def describe(obj: Any) -> dict:
     if method is None and run:
         method = known_method(run)
     loss = find_setting(d, "loss")
-    eps = find_setting(d, "eps")
+    eps = measurement(d)["eps"] if isinstance(d.get("config"), dict) else find_setting(d, "eps")
     if loss == "clean":
         eps = None
     n = find_setting(d, "num_samples", "samples", "hessian_samples", "n", "n_test")
