@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 
 from ..analysis.plots import plot_compare, pretty_method
 from ..io import save_figure
-from ..results import load_result as read_json   # the results owner reads result files
+from ..results import load_result   # the results owner reads result files
 from .legacy import METHODS as METHOD_ORDER, model_row
 
 LAYER_NAMES = {"0": "conv1", "3": "conv2", "7": "fc1", "9": "fc2 (logits)"}   # cnn-small's weight layers
@@ -168,7 +168,7 @@ def fig_paths(out: Path, df: pd.DataFrame, eps: float) -> Figure | None:
         rows = part[part.method == m].sort_values("seed")
         have = [(p, bool(f)) for s, f in zip(rows.seed, suspect(rows))
                 if (p := out / "models" / f"{m}-eps{eps:g}-s{s}" / "path.json").exists()]
-        paths = [read_json(p) for p, _ in have]
+        paths = [load_result(p) for p, _ in have]
         for ax, loss in zip(axes, ("clean", "adversarial")):
             if paths:
                 seed_line(ax, paths[0][loss]["a"], [p[loss]["loss"] for p in paths], pretty_method(m),
@@ -213,9 +213,9 @@ def fig_surfaces(out: Path, methods: Sequence[str], eps: float, plane: str, seed
     for m in methods:
         folder = out / "models" / f"{m}-eps{eps:g}-s{seed}"
         if plane == "eigen" and (folder / "spectrum.json").exists():
-            d = read_json(folder / "spectrum.json").get("surface_eigen")
+            d = load_result(folder / "spectrum.json").get("surface_eigen")
         elif plane == "random" and (folder / "surface_random.json").exists():
-            d = read_json(folder / "surface_random.json")
+            d = load_result(folder / "surface_random.json")
         else:
             d = None
         if d:
@@ -276,7 +276,7 @@ def input_space_figure(out: Path) -> Path | None:
     have = [n for n in INPUT_LABELS if (out / "input_space" / f"{n}.json").exists()]
     if not have:
         return None
-    fig = plot_input_surface([read_json(out / "input_space" / f"{n}.json") for n in have],
+    fig = plot_input_surface([load_result(out / "input_space" / f"{n}.json") for n in have],
                              labels=[INPUT_LABELS[n] for n in have])
     save_figure(fig, out / "fig_input_space.png", dpi=110)
     return out / "fig_input_space.png"

@@ -16,7 +16,7 @@ import pandas as pd
 from ..audit import judge_dict
 from ..errors import LandscapeError
 from ..io import write_text
-from ..results import load_result as read_json   # the results owner reads result files
+from ..results import load_result   # the results owner reads result files
 from .tables import flagged_cell, fmt, grouped_markdown, markdown_table, summarize
 from .verdicts import verdict, verdicts, verdicts_markdown
 
@@ -26,16 +26,16 @@ METHODS = ("at", "trades", "sat-eps", "p-sat", "h-sat", "h-sat-affine")
 
 def model_row(folder: Path) -> tuple[dict, list[dict]]:
     """One flat row of scalars for a model's folder, and its per-layer rows."""
-    tr = read_json(folder / "train.json")
+    tr = load_result(folder / "train.json")
     st = tr["settings"]
     row: dict = {"method": st["method"], "eps": st["eps"], "seed": st["seed"], "best_epoch": tr["best_epoch"],
                  "train_acc_objective_last": tr["train_acc_objective_last"], "train_clean": tr["train_clean_acc"],
                  "train_pgd20": tr["train_pgd20_acc"], "train_seconds": tr["seconds"]}
     if (folder / "accuracy.json").exists():
-        acc = read_json(folder / "accuracy.json")
+        acc = load_result(folder / "accuracy.json")
         row.update(test_clean=acc["clean_acc"], test_pgd20=acc["pgd20_acc"])
     if (folder / "spectrum.json").exists():
-        sp = read_json(folder / "spectrum.json")
+        sp = load_result(folder / "spectrum.json")
         for i, v in enumerate(sp["eigenvalues"]):
             row[f"eig{i + 1}"] = v
         if "trace" in sp:
@@ -45,31 +45,31 @@ def model_row(folder: Path) -> tuple[dict, list[dict]]:
             row.update(eigen_plane_center=se["loss_center"], eigen_plane_max=se["loss_max"],
                        eigen_plane_mean=se["loss_mean"])
     if (folder / "surface_random.json").exists():
-        sr = read_json(folder / "surface_random.json")
+        sr = load_result(folder / "surface_random.json")
         row.update(random_plane_center=sr["loss_center"], random_plane_max=sr["loss_max"],
                    random_plane_mean=sr["loss_mean"])
     if (folder / "flatness.json").exists():
-        fl = read_json(folder / "flatness.json")
+        fl = load_result(folder / "flatness.json")
         for loss in ("clean", "adversarial"):
             for measure in ("average", "worst"):
                 r = fl[loss][measure]
                 for radius, inc in zip(r["radii"], r["increase"]):
                     row[f"flat_{measure}_{loss}_r{radius:g}"] = inc
     if (folder / "path.json").exists():
-        p = read_json(folder / "path.json")
+        p = load_result(folder / "path.json")
         row.update(path_barrier_clean=p["clean"]["barrier"], path_barrier_adversarial=p["adversarial"]["barrier"])
     if (folder / "audit.json").exists():      # AutoAttack and the audit, re-judged under today's thresholds
-        au = read_json(folder / "audit.json")
+        au = load_result(folder / "audit.json")
         block = judge_dict(au)
         acc = au["accuracies"]
         row.update(test_autoattack=acc["autoattack"], audit_pgd20=acc["pgd"], audit_worst_case=acc["worst_case"],
                    audit_n=au["n"], audit_suspect=float(block["verdict"] == "suspect"),
                    audit_flags=" ".join(c["name"] for c in block["checks"] if c["passed"] is False))
-    row["analysis_seconds"] = sum(float(read_json(p).get("seconds") or 0.0) for p in folder.glob("*.json")
+    row["analysis_seconds"] = sum(float(load_result(p).get("seconds") or 0.0) for p in folder.glob("*.json")
                                   if p.name not in ("train.json", "audit.json")) + float(tr.get("eval_seconds") or 0.0)
     layers = []
     if (folder / "layers.json").exists():
-        for lr in read_json(folder / "layers.json")["layers"]:
+        for lr in load_result(folder / "layers.json")["layers"]:
             layers.append({"method": st["method"], "eps": st["eps"], "seed": st["seed"], "layer": lr["layer"],
                            "loss": lr["loss"], "top_eigenvalue": lr["top_eigenvalue"],
                            **({"audit_suspect": row["audit_suspect"]} if "audit_suspect" in row else {})})
@@ -96,8 +96,8 @@ def audit_rows(out: Path) -> list[dict]:
     """One row per audited model, its verdict re-judged under today's thresholds."""
     table = []
     for path in sorted((out / "models").glob("*/audit.json")):
-        d = read_json(path)
-        tr = read_json(path.parent / "train.json")["settings"]
+        d = load_result(path)
+        tr = load_result(path.parent / "train.json")["settings"]
         block = judge_dict(d)
         failed = [c["name"] for c in block["checks"] if c["passed"] is False]
         acc = d["accuracies"]
