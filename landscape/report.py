@@ -9,14 +9,14 @@ one level down), and groups what belongs to one row into a ``RunEntry``.
 A row is one model under one setting, and what differs between rows is shown. Results join one row when
 they come from one model (the run name, else the method; and nothing they record contradicts: checkpoint
 file, architecture or wrapper, its arguments, dataset, eps) and, for results that fill the same columns,
-under the same settings (``ROLE_SETTINGS``: the accuracies' attack norm, steps, restarts, step size and
-split; the spectrum's and the surfaces' loss, attack, split and samples). A setting a result does not
-record contradicts nothing. Two evaluations of one checkpoint at eps 0.1 and 0.3, one weights file under two
-``--arch`` wrappers, best.pt and last.pt, become separate rows, labelled with the settings that tell them
-apart (``AT (ε = 0.3)``); where a value is already in a row from a result with the same settings (an audit's
-PGD beside the evaluation's), the first read stays and each accuracy shows its own n. A file in a scanned
-folder that is no landscape result is skipped and named in ``notes`` (on the page too); one given by name is
-refused, naming it.
+under the same settings (``ROLE_SETTINGS``: the accuracies' attack norm, steps, restarts, step size,
+BatchNorm mode and split; the spectrum's and the surfaces' loss, attack, split and samples). A setting a
+result does not record contradicts nothing. Two evaluations of one checkpoint at eps 0.1 and 0.3, one
+weights file under two ``--arch`` wrappers, best.pt and last.pt, become separate rows, labelled with the
+settings that tell them apart (``AT (ε = 0.3)``); where a value is already in a row from a result with
+the same settings (an audit's PGD beside the evaluation's), the first read stays and each accuracy shows
+its own n. A file in a scanned folder that is no landscape result is skipped and named in ``notes`` (on
+the page too); one given by name is refused, naming it.
 ``build_report(entries)`` returns the page: a table (clean / PGD / AutoAttack accuracy each with its n, the
 audit's verdict and the checks that flagged, top eigenvalue, input curvature,
 trace ± 95% half-width, settings) and interactive plotly figures (3D surfaces that rotate, eigenvalues,
@@ -51,9 +51,9 @@ ROLES = {"evaluation": "accuracy", "audit": "accuracy", "spectrum": "spectrum", 
          "trace": "spectrum", "density": "spectrum", "surface": "surface", "input_surface": "input",
          "training": "training"}
 SHARED_SETTINGS = ("checkpoint", "model", "arch_kwargs", "dataset", "eps")
-ROLE_SETTINGS = {"accuracy": ("norm", "steps", "restarts", "step_size", "split"),
-                 "spectrum": ("loss", "norm", "steps", "restarts", "step_size", "split", "samples"),
-                 "surface": ("loss", "norm", "steps", "restarts", "step_size", "split", "samples"),
+ROLE_SETTINGS = {"accuracy": ("norm", "steps", "restarts", "step_size", "bn", "split"),
+                 "spectrum": ("loss", "norm", "steps", "restarts", "step_size", "bn", "split", "samples"),
+                 "surface": ("loss", "norm", "steps", "restarts", "step_size", "bn", "split", "samples"),
                  "input": ("norm", "steps", "step_size", "split", "samples"),
                  "training": ()}
 ROLE_NAMES = {"accuracy": "", "spectrum": "spectrum", "surface": "surfaces", "input": "input", "training": ""}
@@ -279,7 +279,12 @@ def collect(paths: Iterable[str | os.PathLike]) -> Collected:
                 if scanned:     # a file in a scanned folder that is no result (a log, a summary): named, left out
                     notes.append(f"skipped {item}: {err}")
                     continue
-                raise LandscapeError(f"{item} is not a landscape result: {err}") from err
+                if item.suffix in R.CHECKPOINT_SUFFIXES:
+                    raise LandscapeError(f"{item} is a checkpoint, not a result: give its run folder ({item.parent}) "
+                                         "or the results made from it (the --json of landscape-eval or "
+                                         "landscape-spectrum, surface folders)") from err
+                raise LandscapeError(str(err) if str(err).startswith(str(item))
+                                     else f"{item} is not a landscape result: {err}") from err
             folder = item.parent if item.is_file() else item      # the run folder the result lies in
             if not _is_run_dir(folder) and (R.is_surface_dir(folder) or (folder / "input_surface.json").is_file()):
                 folder = folder.parent
@@ -358,6 +363,8 @@ def _fmt_setting(key: str, v: Any) -> str:
         return {"linf": "Linf", "l2": "L2", "l1": "L1"}.get(str(v), str(v))
     if key == "split":
         return f"{v} split"
+    if key == "bn":
+        return f"BN {v}"
     if key == "loss":
         return f"{v} loss"
     if key == "model":
@@ -605,12 +612,14 @@ def _settings_text(e: RunEntry) -> str:
              _fmt_setting("eps", eps) if isinstance(eps, (int, float)) else "",
              str(shared.get("dataset") or i.get("dataset") or ""),
              str(shared.get("model") or i.get("model") or ""),
-             _fmt_setting("arch_kwargs", shared["arch_kwargs"]) if shared.get("arch_kwargs") not in (None, "{}") else "",
+             _fmt_setting("arch_kwargs", shared["arch_kwargs"])
+             if shared.get("arch_kwargs") not in (None, "{}") else "",
              str(shared["checkpoint"]) if shared.get("checkpoint") else ""]
     groups = [", ".join(p for p in parts if p)]
     for role, keys in ROLE_SETTINGS.items():
-        got = [_fmt_setting(k, e.settings.get(role, {}).get(k)) for k in keys
-               if e.settings.get(role, {}).get(k) is not None]
+        have = e.settings.get(role, {})
+        got = [_fmt_setting(k, have[k]) for k in keys if have.get(k) is not None
+               and not (k == "bn" and have[k] in ("eval", "running"))]      # BatchNorm's default: not said
         if got:
             groups.append(f"{ROLE_NAMES[role] or 'attack'}: {', '.join(got)}")
     return "; ".join(g for g in groups if g)
@@ -686,6 +695,6 @@ def write_report(paths: Iterable[str | os.PathLike], out: str | os.PathLike, tit
     return out, entries
 
 
-__all__ = ["RunEntry", "Collected", "collect", "build_report", "write_report", "table_html", "surfaces_figure", "input_figure",
-           "curves_figure", "undrawn_surfaces",
+__all__ = ["RunEntry", "Collected", "collect", "build_report", "write_report", "table_html", "surfaces_figure",
+           "input_figure", "curves_figure", "undrawn_surfaces",
            "spectrum_figure", "training_figure"]

@@ -128,7 +128,7 @@ CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors", ".bin")
 #: checkpoint file, architecture or wrapper, constructor arguments, dataset) and the attack / operator
 #: settings that change a number
 MEASUREMENT_KEYS = ("run", "checkpoint", "model", "arch_kwargs", "dataset", "eps", "norm", "steps", "restarts",
-                    "step_size", "split", "samples", "loss")
+                    "step_size", "bn", "split", "samples", "loss")
 
 
 def _canonical(v: Any) -> Any:
@@ -153,7 +153,8 @@ def measurement(obj: Any) -> dict:
     ``config``, only for the model (model, arch_kwargs, dataset), never for eps or steps (an audit at eps 0.3
     of a model trained at 0.1 is at 0.3). ``checkpoint``: the file's name (best.pt and last.pt are two
     models); ``arch_kwargs``: sorted JSON. A clean loss has no attack: eps, norm, steps, restarts and
-    step_size are None. A training result (a run's config and history) gives its training eps."""
+    step_size are None. ``bn``: BatchNorm's mode in the attack (eval / train) or in the Hessian operator
+    (running / batch). A training result (a run's config and history) gives its training eps."""
     if isinstance(obj, SurfaceResult):
         d: Any = {"settings": obj.settings}
     else:
@@ -182,6 +183,8 @@ def measurement(obj: Any) -> dict:
     out["arch_kwargs"] = kw if kw is not None else ({} if out["model"] else None)   # a model named: no kwargs
     out["dataset"] = find_setting(own, "dataset") or cfg.get("dataset")
     out["split"] = find_setting(own, "split")
+    bn = get("bn", "attack_bn")
+    out["bn"] = bn if isinstance(bn, str) else None     # BatchNorm in the attack (eval / train) or the operator
     n = find_setting(own, "num_samples", "samples", "hessian_samples", "n", "n_test")
     out["samples"] = int(n) if isinstance(n, (int, float)) and not isinstance(n, bool) else None
     if loss != "clean":

@@ -13,9 +13,10 @@
 - ``auto`` (default): the method that was best at that budget in ``benchmarks/trace_estimators.py``
   (see ``AUTO_RULE``), kept to the memory budget by the documented rule of ``plan_trace`` (XTrace when its
   probes fit, else Hutch++ with the largest sketch that fits, else Hutchinson); the result records what
-  was chosen and why (``settings["chosen"]``, ``settings["auto_reason"]``). Measured there on the exact Hessian of a small CNN trained on digits (3,818 weights;
-  the top 10 eigenvalues hold 80% of the trace, 1,448 are negative), 100 seeds, RMS relative error /
-  coverage of the stated 95% interval / stated stderr over observed RMS error:
+  was chosen and why (``settings["chosen"]``, ``settings["auto_reason"]``). Measured there on the exact
+  Hessian of a small CNN trained on digits (3,818 weights; the top 10 eigenvalues hold 80% of the trace,
+  1,448 are negative), 100 seeds, RMS relative error / coverage of the stated 95% interval / stated stderr
+  over observed RMS error:
 
       HVPs   hutchinson            hutch++ (sketch <= 20)   xtrace
         30   0.083 / 0.92 / 0.95   0.068 / 0.94 / 0.96      0.053 / 0.93 / 0.85
