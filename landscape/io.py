@@ -373,6 +373,7 @@ class _Hold:
     fd: int
     folder: bool
     created: list[Path] = field(default_factory=list)
+    fresh: bool = False    # a folder's lock file that this hold made (removed again at the end)
 
 
 _HELD: dict[str, _Hold] = {}   # the running command's outputs, by _key
@@ -401,12 +402,12 @@ def _folder_busy(folder: Path) -> Callable[[str], Exception]:
                                     "output folder")
 
 
-def _release_folder(fd: int, folder: Path, created: list[Path]) -> None:
+def _release_folder(fd: int, folder: Path, created: list[Path], remove_lock: bool = False) -> None:
     """Unlock ``folder``; one this lock created and that holds nothing but the lock file (the command failed
-    before writing) is removed with it."""
+    before writing) is removed with it; ``remove_lock``: the lock file goes in any case (it was not there)."""
     lock = folder / LOCK_NAME
     empty = bool(created) and folder.is_dir() and all(p.name == LOCK_NAME for p in folder.iterdir())
-    _release(fd, lock, remove=empty)
+    _release(fd, lock, remove=empty or remove_lock)
     if empty:
         _remove_folders(created)
 
@@ -442,19 +443,21 @@ def lock_folder(folder: str | os.PathLike, command: str | None = None, tidy: boo
 def hold_folder(folder: str | os.PathLike, what: str = "output folder", command: str | None = None) -> Path:
     """``lock_folder`` held until the running command ends (``release_held``, which the console scripts'
     ``cli`` wrapper calls): taken by ``check_output(..., lock=True)`` before any work, so a second process on
-    the folder is refused at once. A folder it created is removed at the end if nothing was written in it."""
+    the folder is refused at once. A folder it created is removed at the end if nothing was written in it, and
+    a lock file it created goes at the end (a user's existing folder is left as it was found)."""
     folder = Path(folder)
     key = _key(folder)
     if key in _HELD:
         return folder
     _refuse_own_files(folder)
     created = _make_folders(folder)
+    fresh = not (folder / LOCK_NAME).exists()
     try:
         fd = _acquire(folder / LOCK_NAME, _folder_busy(folder), command)
     except BaseException:
         _remove_folders(created)
         raise
-    _HELD[key] = _Hold(folder, what, folder / LOCK_NAME, fd, True, created)
+    _HELD[key] = _Hold(folder, what, folder / LOCK_NAME, fd, True, created, fresh)
     return folder
 
 
@@ -490,7 +493,7 @@ def release_held() -> None:
         _, h = _HELD.popitem()
         try:
             if h.folder:
-                _release_folder(h.fd, h.path, h.created)
+                _release_folder(h.fd, h.path, h.created, remove_lock=h.fresh)
             else:
                 _release(h.fd, h.lock, remove=True)
                 _remove_folders(h.created)

@@ -62,8 +62,10 @@ class Parser(argparse.ArgumentParser):
             i += 1
         ns, extras = super().parse_known_args(out, namespace)
         global _OVERWRITE
-        # what check_output's overwrite=None means: this command's --overwrite (None: it has no such flag)
-        _OVERWRITE = bool(ns.overwrite) if "overwrite" in vars(ns) else None
+        # what check_output's overwrite=None means: this command's --overwrite (None: it has no such flag),
+        # from the command's own (first) parse; parsers it runs later (a study reading its steps) do not count
+        if _OVERWRITE is _UNSET:
+            _OVERWRITE = bool(ns.overwrite) if "overwrite" in vars(ns) else None
         return ns, extras
 
     def error(self, message: str):  # noqa: D401 - argparse API
@@ -173,7 +175,8 @@ def default_plot_path(json_path: str | None, checkpoint: str, kind: str) -> str:
 
 # --- outputs: checked before the work ------------------------------------------------------------------
 
-_OVERWRITE: bool | None = None   # the running command's --overwrite (None: it has none); set by Parser
+_UNSET = object()
+_OVERWRITE: Any = _UNSET   # the running command's --overwrite (None: it has none); set by its first Parser
 
 
 def _main_rank() -> bool:
@@ -257,10 +260,10 @@ def check_output(path: str | os.PathLike, what: str, suffixes: Sequence[str] | N
         elif not folder and lock is not False:
             hold_output(p, what)
     if not folder and p.is_file() and not written_by_landscape(p):
-        allowed = _OVERWRITE if overwrite is None else overwrite
+        flag = None if _OVERWRITE is _UNSET else _OVERWRITE
+        allowed = flag if overwrite is None else overwrite
         if not allowed:
-            how = "pass --overwrite to replace it" if _OVERWRITE is not None or overwrite is not None else \
-                "move it away"
+            how = "pass --overwrite to replace it" if flag is not None or overwrite is not None else "move it away"
             raise OutputError(f"{what} {p} exists and landscape did not write it (it carries no mark of ours); "
                               f"{how}, or write the output elsewhere")
     return p
@@ -340,7 +343,7 @@ def cli(prog: str) -> Callable[[Callable[[Sequence[str] | None], int | None]], C
             global _OVERWRITE
             had_group = group_initialized()
             code = 1     # a bug's exception keeps its traceback; the group is left without waiting
-            _OVERWRITE = None
+            _OVERWRITE = _UNSET
             try:
                 code = fn(argv) or 0
             except LandscapeError as e:
@@ -359,7 +362,7 @@ def cli(prog: str) -> Callable[[Callable[[Sequence[str] | None], int | None]], C
                 code = 130
             finally:
                 release_held()   # the outputs check_output locked (io.hold_output / hold_folder)
-                _OVERWRITE = None
+                _OVERWRITE = _UNSET
                 if not had_group:
                     finish(clean=code == 0)
             return code
