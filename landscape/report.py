@@ -350,6 +350,8 @@ def _add(kind: str, item: Path, folder: Path, entry) -> None:
 
 def _fmt_setting(key: str, v: Any) -> str:
     if key == "eps":
+        if isinstance(v, (int, float)) and round(v, 3) != v and abs(v * 255 - round(v * 255)) < 1e-3:
+            return f"ε = {round(v * 255)}/255"          # 8/255 rather than 0.031373
         return f"ε = {v:g}" if isinstance(v, (int, float)) else f"ε = {v}"
     if key == "samples":
         return f"n = {v}"
@@ -396,7 +398,7 @@ def _label(entries: list[RunEntry]) -> None:
         def compared(row: dict, rk: tuple) -> Any:   # a step size as a fraction of eps: eps says the rest
             v, eps = row.get(rk), row.get(("shared", "eps"))
             if rk[1] == "step_size" and isinstance(v, (int, float)) and isinstance(eps, (int, float)) and eps:
-                return round(v / eps, 6)
+                return float(f"{v / eps:.4g}")
             return v
         # a setting differs where two rows record two values (one that records none contradicts nothing)
         differ = [rk for rk in rows[0] if len({repr(compared(row, rk)) for row in rows

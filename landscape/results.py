@@ -190,11 +190,6 @@ def measurement(obj: Any) -> dict:
     if loss != "clean":
         out.update(eps=get("eps"), norm=get("norm", "attack_norm"), steps=get("steps"), restarts=get("restarts"),
                    step_size=get("step_size", "alpha"))
-    ss, e, st = out.get("step_size"), out.get("eps"), out.get("steps")
-    if attack.get("step_size_default") is True or (
-            isinstance(ss, (int, float)) and isinstance(e, (int, float)) and isinstance(st, int) and st > 0
-            and abs(ss - 2.5 * e / st) <= 1e-9 * max(abs(ss), 1e-12)):
-        out["step_size"] = None          # the rule's 2.5 eps / steps: eps and steps say it
     res = {k: _canonical(out.get(k)) for k in MEASUREMENT_KEYS}
     if isinstance(res["norm"], str):
         res["norm"] = res["norm"].lower()

@@ -190,10 +190,12 @@ report = pytest.importorskip("landscape.report")
 
 
 def evaluation(path, ck, eps=0.1, steps=20, restarts=1, norm="linf", split="test", n=100, clean=0.9, pgd=0.5,
-               aa=None, model="cnn-small", arch_kwargs=None, train_eps=0.1, kind="evaluation"):
+               aa=None, model="cnn-small", arch_kwargs=None, train_eps=0.1, kind="evaluation", bn="eval",
+               step_size=None):
     """A result as landscape-eval --json writes it (the checkpoint's training config under "config")."""
-    attack = {"eps": eps, "norm": norm, "steps": steps, "step_size": 2.5 * eps / steps, "restarts": restarts,
-              "random_start": True, "batch_size": 256, "bn": "eval", "step_size_default": True}
+    attack = {"eps": eps, "norm": norm, "steps": steps, "step_size": step_size or 2.5 * eps / steps,
+              "restarts": restarts, "random_start": True, "batch_size": 256, "bn": bn,
+              "step_size_default": step_size is None}
     config = {"model": model, "dataset": "digits", "method": "at", "eps": train_eps}
     if arch_kwargs:
         config.update(arch_kwargs=arch_kwargs, foreign=True)
@@ -245,7 +247,8 @@ def test_an_audit_is_labelled_with_its_own_eps_not_the_training_eps(tmp_path):
 
 @pytest.mark.parametrize("change,label", [
     ({"steps": 100}, "100 steps"), ({"restarts": 10}, "10 restarts"), ({"norm": "l2"}, "L2"),
-    ({"split": "train"}, "train split"), ({"model": "WrapperB"}, "model WrapperB"),
+    ({"split": "train"}, "train split"), ({"model": "WrapperB"}, "model WrapperB"), ({"bn": "train"}, "BN train"),
+    ({"step_size": 0.05}, "step 0.05"), ({"eps": 8 / 255}, "ε = 8/255)"),
     ({"arch_kwargs": {"depth": 34}}, 'arch kwargs {"depth": 34}')])
 def test_one_checkpoint_under_two_settings_is_two_rows_showing_the_difference(tmp_path, change, label):
     ck = tmp_path / "zoo" / "weights.pt"
@@ -295,7 +298,7 @@ def test_results_of_one_model_and_setting_stay_one_row(tmp_path):
     assert e.label == "AT" and e.metrics and e.eigen and e.audit
     assert (e.evaluation["pgd"], e.evaluation["pgd_n"], e.evaluation["autoattack_n"]) == (0.7, 359, 40)
     text = report.table_html(entries)
-    assert "spectrum: clean loss, n = 64" in text and "attack: Linf, 20 steps, 1 restart, test split" in text
+    assert "spectrum: clean loss, n = 64" in text and "attack: Linf, 20 steps, 1 restart, step 0.0125, test split" in text
 
 
 def test_a_run_folder_holding_a_result_keeps_its_training_row(tmp_path):
@@ -372,3 +375,33 @@ def _has_plotly() -> bool:
         return True
     except ImportError:
         return False
+
+
+def test_a_clean_and_an_adversarial_surface_of_one_model_are_two_rows(tmp_path):
+    """Two 3D scenes were both titled with the run's name; the loss that made them differs."""
+    from landscape.analysis.surface import SurfaceResult
+    run = run_folder(tmp_path)
+    x = np.linspace(-1, 1, 3)
+    for loss in ("adversarial", "clean"):
+        st = {"loss": loss, "samples": 64, "info": {"checkpoint": str(run / "best.pt")}}
+        if loss == "adversarial":
+            st["attack"] = {"eps": 0.1, "steps": 10, "norm": "linf"}
+        sr = SurfaceResult(x, x, np.ones((3, 3)), np.ones((3, 3)), np.ones((3, 3), bool), st)
+        (run / "surfaces" / loss).mkdir(parents=True)
+        write_json(run / "surfaces" / loss / "surface.json", sr.to_dict())
+    entries = report.collect([run])
+    labels = sorted(e.label for e in entries)
+    assert labels == ["AT (surfaces adversarial loss)", "AT (surfaces clean loss)"], labels
+    assert sum(len(e.surfaces) for e in entries) == 2 and sum(len(e.metrics) for e in entries) == 1
+
+
+def test_a_checkpoint_or_an_empty_runs_folder_given_to_the_cli_is_one_line(tmp_path, capsys):
+    from landscape.cli.report import main
+    run = run_folder(tmp_path / "runs")
+    (run / "best.pt").write_bytes(b"PK\x03\x04 not json")
+    proc = run_main(main, [run / "best.pt", "--out", tmp_path / "r.html"], capsys)
+    assert_one_line_error(proc, contains="is a checkpoint, not a result: give its run folder")
+    (run / "metrics.csv").unlink()                       # a run that has not written a result yet
+    proc = run_main(main, [tmp_path / "runs", "--out", tmp_path / "r.html"], capsys)
+    assert_one_line_error(proc, contains="no results found (1 folder(s) (at-digits-eps0.1-s0) with no results")
+    assert not (tmp_path / "r.html").exists()
