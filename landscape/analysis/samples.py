@@ -24,6 +24,26 @@ from ..precision import full_float32
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
+def _refuse_nonfinite_outputs(model: nn.Module, batches: list, bn: str, tf32: bool, w: World) -> None:
+    """A model whose outputs on the samples are not finite has no Hessian or surface to speak of: refuse it
+    in one line (``finite.NonFiniteOutputError``) before any work. (Adversarial examples are checked by the
+    attack, at every PGD iterate.) Cost: one forward pass over the samples; under torchrun the counts are
+    summed over ranks, so that every rank refuses alike."""
+    from ..attacks import eval_mode
+    from ..distributed import all_reduce_sum
+    from ..finite import nonfinite_rows, refuse_nonfinite
+    if not batches:
+        return
+    counts = torch.zeros(2, dtype=torch.float64, device=batches[0][0].device)
+    with eval_mode(model, "batch" if bn == "batch" else "eval", grad=False), full_float32(tf32), torch.no_grad():
+        for x, _ in batches:
+            counts[0] += nonfinite_rows(model(x)).sum()
+            counts[1] += len(x)
+    if w.active:
+        all_reduce_sum(counts)
+    refuse_nonfinite(int(counts[0]), int(counts[1]), "at the analysis' samples", "eigenvalue, trace or surface point")
+
+
 def _as_batches(data: Any, batch_size: int | None, device: torch.device) -> list[Batch]:
     """Normalize ``data`` ((x, y), a Dataset, or an iterable of (x, y) batches) to a list of batches on device.
 
@@ -116,6 +136,8 @@ class SampleSet:
             sizes = [len(b[0]) for b in batches]
             batches = list(zip(torch.split(x_adv, sizes), torch.split(y, sizes)))
             seconds = time.perf_counter() - t0
+        else:
+            _refuse_nonfinite_outputs(model, batches, bn, tf32, w)
         return cls(batches, n, shard, w, batch_size, attack, int(seed), seconds)
 
 
