@@ -108,13 +108,16 @@ class SurfaceResult:
         centre = self.at(0.0, 0.0 if self.dim == 2 else None)
         if centre is not None:
             summary["center"] = {"loss": centre[0], "accuracy": centre[1]}
-        if done:
-            k = np.unravel_index(np.nanargmin(np.where(self.mask, self.loss, np.nan)), self.loss.shape)
+        finite = self.mask & np.isfinite(self.loss)     # a point where the moved model diverged holds NaN
+        if finite.any():
+            k = np.unravel_index(np.nanargmin(np.where(finite, self.loss, np.nan)), self.loss.shape)
             at = {"x": float(self.x[k[-1]])}
             if self.dim == 2:
                 at["y"] = float(self.y[k[0]])  # type: ignore[index]
             summary["min_loss"] = {"loss": float(self.loss[k]), **at}
-            summary["max_loss"] = float(np.nanmax(np.where(self.mask, self.loss, np.nan)))
+            summary["max_loss"] = float(np.nanmax(np.where(finite, self.loss, np.nan)))
+        if done - int(finite.sum()):
+            summary["nonfinite_points"] = done - int(finite.sum())
         return {"landscape_version": __version__, "kind": "surface", "dim": self.dim,
                 "settings": self.settings, "settings_hash": self.settings_hash,
                 "complete": self.complete, "points_done": done, "points_total": int(self.mask.size),
