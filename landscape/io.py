@@ -476,8 +476,9 @@ def hold_output(path: str | os.PathLike, what: str = "output", command: str | No
         return path
     created = _make_folders(path.parent, path)
     lock = file_lock_path(path)
-    busy = lambda holder: BusyError(f"{what} {path} is being written by {holder}; wait for it to finish, or "  # noqa: E731
-                                    "choose another path")
+    def busy(holder: str) -> BusyError:
+        return BusyError(f"{what} {path} is being written by {holder}; wait for it to finish, or choose another "
+                         "path")
     try:
         fd = _acquire(lock, busy, command)
     except BaseException:

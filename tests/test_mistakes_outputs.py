@@ -79,6 +79,7 @@ USER_FILES = {   # a user's files, none written by landscape
     "surf/surf-curve.png": b"\x89PNG\r\n\x1a\nmy curve, named like landscape's default",
     "s2/surface.png": b"\x89PNG\r\n\x1a\nmy surface picture",
     "in2/input_surface.png": b"\x89PNG\r\n\x1a\nmy input picture",
+    "view_3d.png": b"\x89PNG\r\n\x1a\nmy 3D view, named like the one a 2D surface draws beside --plot",
 }
 
 
@@ -141,6 +142,8 @@ USERS = [
     ("surface", ["{ck}", *SURF, "--out", "{t}/s", "--json", "{t}/user.json"], "user.json"),
     ("surface", ["{ck}", *SURF, "--out", "{t}/s", "--plot", "{t}/notes.pdf"], "notes.pdf"),
     ("surface", ["{ck}", *SURF, "--out", "{t}/s2", "--plot"], "s2/surface.png"),    # the default in --out
+    ("surface", ["{ck}", "--samples", "4", "--x=-1:1:3", "--y=-1:1:3", "--out", "{t}/s", "--plot", "{t}/view.png"],
+     "view_3d.png"),                                                                 # the 2D surface's 3D view
     ("surface", ["{ck}", *INPUT, "--out", "{t}/in", "--json", "{t}/data.csv"], "data.csv"),
     ("surface", ["{ck}", *INPUT, "--out", "{t}/in", "--plot", "{t}/photo.png"], "photo.png"),
     ("surface", ["{ck}", *INPUT, "--out", "{t}/in2", "--plot"], "in2/input_surface.png"),

@@ -320,6 +320,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.plot is not None:
         args.plot = Path(args.plot) if args.plot else out / "surface.png"
         check_output(args.plot, "--plot", image_formats(), inputs=[args.checkpoint, args.to, args.json])
+        if dim == 2:   # its 3D view is written beside it: checked (a user's file there) and locked the same way
+            check_output(view_path(args.plot), "--plot", image_formats(),
+                         inputs=[args.checkpoint, args.to, args.json])
     world, device = resolve_world(args.device)
     ck = load_checkpoint(args.checkpoint, args.arch, args.dataset, device, **source_options(args))
     check_compatible(ck, dataset_info(args.dataset or ck.dataset, args.data_dir))
@@ -370,7 +373,7 @@ def _run(args, ck, ds, x, y, n, dim, x_spec, y_spec, attack, out, world, device)
         save_figure(fig, args.plot, dpi=120)
         figures.append(str(args.plot))
         if res.dim == 2:
-            view = args.plot.with_name(f"{args.plot.stem}_3d{args.plot.suffix}")
+            view = view_path(args.plot)
             save_figure(plot_surface3d(res), view, dpi=120)
             figures.append(str(view))
     summary = res.to_dict()
@@ -382,6 +385,11 @@ def _run(args, ck, ds, x, y, n, dim, x_spec, y_spec, attack, out, world, device)
     if "min_loss" in summary:
         line += f"; lowest loss {summary['min_loss']['loss']:.4g}"
     return _report(args, line, out / "surface.json", summary, figures)
+
+
+def view_path(plot: Path) -> Path:
+    """Where a 2D surface's 3D view goes beside its ``--plot`` figure: ``NAME_3d.SUFFIX``."""
+    return plot.with_name(f"{plot.stem}_3d{plot.suffix}")
 
 
 def _report(args, line: str, written: Path, summary: dict, figures: list[str]) -> int:
