@@ -50,7 +50,8 @@ OWN_FILES = {"surface.json", "surface.npz", "input_surface.json", "input_surface
 ROLES = {"evaluation": "accuracy", "audit": "accuracy", "spectrum": "spectrum", "eigenvalues": "spectrum",
          "trace": "spectrum", "density": "spectrum", "surface": "surface", "input_surface": "input",
          "training": "training"}
-SHARED_SETTINGS = ("checkpoint", "model", "arch_kwargs", "dataset", "eps")
+SHARED_SETTINGS = ("checkpoint", "model", "arch_kwargs", "dataset", "eps")   # not the method: a variant
+#: (h-sat-affine) records its base method (h-sat) in some results; the run name tells runs apart
 ROLE_SETTINGS = {"accuracy": ("norm", "steps", "restarts", "step_size", "bn", "split"),
                  "spectrum": ("loss", "norm", "steps", "restarts", "step_size", "bn", "split", "samples"),
                  "surface": ("loss", "norm", "steps", "restarts", "step_size", "bn", "split", "samples"),
@@ -320,6 +321,9 @@ def _add(kind: str, item: Path, folder: Path, entry) -> None:
         entry(info, role, m, str(item)).input_surface = d
     elif kind == "training":
         for df, meta in Runs.read_runs(item):
+            run_dir = item if item.is_dir() else item.parent
+            if meta.get("run") == run_dir.name and item.suffix != ".json":   # a study cell's train: the cell's name
+                meta = {**meta, "run": R.run_folder_name(run_dir)}
             info, m = R.describe(meta), R.measurement(meta)
             info["folder"] = folder.name
             if info["eps"] is None and "eps_t" in df.columns and df["eps_t"].notna().any():
@@ -371,6 +375,8 @@ def _fmt_setting(key: str, v: Any) -> str:
         return f"{v} loss"
     if key == "model":
         return f"model {v}"
+    if key == "method":
+        return f"method {v}"
     if key == "arch_kwargs":
         return "no arch kwargs" if v == "{}" else f"arch kwargs {v}"
     return str(v)

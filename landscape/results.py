@@ -111,6 +111,17 @@ def result_kind(obj: Any) -> str:
                          "or a metrics.csv)")
 
 
+#: a run folder of this name is named by the folder above it: a study's cells/CELL/train (study.spec.TRAIN_RUN)
+GENERIC_RUN_FOLDERS = ("train",)
+
+
+def run_folder_name(folder: Path) -> str:
+    """A run folder's name as the report tells runs apart: its own, or for a study cell's ``CELL/train`` the
+    cell's (every cell's run folder is called train)."""
+    folder = Path(folder)
+    return folder.parent.name if folder.name in GENERIC_RUN_FOLDERS and folder.parent.name else folder.name
+
+
 def result_run(d: dict) -> str | None:
     """The run's name: a ``run`` field, else the folder of the checkpoint the result was computed from."""
     if isinstance(d.get("run"), str):
@@ -118,7 +129,7 @@ def result_run(d: dict) -> str | None:
     ck = find_setting(d, "checkpoint")
     if isinstance(ck, str) and ck:
         p = Path(ck)
-        return p.parent.name if p.suffix in CHECKPOINT_SUFFIXES and p.parent.name else p.stem
+        return run_folder_name(p.parent) if p.suffix in CHECKPOINT_SUFFIXES and p.parent.name else p.stem
     return None
 
 
@@ -127,8 +138,9 @@ CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors", ".bin")
 #: what a result was measured under (``measurement``), as the report tells results apart: the model (its
 #: checkpoint file, architecture or wrapper, constructor arguments, dataset) and the attack / operator
 #: settings that change a number
-MEASUREMENT_KEYS = ("run", "checkpoint", "model", "arch_kwargs", "dataset", "eps", "norm", "steps", "restarts",
-                    "step_size", "bn", "split", "samples", "loss")
+MEASUREMENT_KEYS = ("run", "checkpoint", "method", "model", "arch_kwargs", "dataset", "eps", "norm", "steps",
+                    "restarts", "step_size", "bn", "split", "samples", "loss")
+ESTIMATORS = ("lanczos", "eigsh", "hutch++", "hutchinson", "xtrace", "slq", "auto")   # a "method" that is no training
 
 
 def _canonical(v: Any) -> Any:
@@ -177,6 +189,8 @@ def measurement(obj: Any) -> dict:
     ck = find_setting(own, "checkpoint")
     if isinstance(ck, str) and ck:
         out["checkpoint"] = Path(ck).name if Path(ck).suffix in CHECKPOINT_SUFFIXES else ck
+    method = cfg.get("method") or find_setting(own, "method")
+    out["method"] = method if isinstance(method, str) and method not in ESTIMATORS else None   # the training's
     out["model"] = find_setting(own, "model", "arch") or cfg.get("model")
     kw = next((v for v in (own.get("arch_kwargs"), settings.get("arch_kwargs"), cfg.get("arch_kwargs"))
                if v not in (None, "", {})), None)

@@ -405,3 +405,15 @@ def test_a_checkpoint_or_an_empty_runs_folder_given_to_the_cli_is_one_line(tmp_p
     proc = run_main(main, [tmp_path / "runs", "--out", tmp_path / "r.html"], capsys)
     assert_one_line_error(proc, contains="no results found (1 folder(s) (at-digits-eps0.1-s0) with no results")
     assert not (tmp_path / "r.html").exists()
+
+
+def test_study_cells_whose_run_folders_are_all_called_train_stay_apart(tmp_path):
+    """landscape-study's report passes each cell's result JSONs and its cells/CELL/train run: every run
+    folder is called train, so every cell was one run "train" and cells at one eps became one row."""
+    paths = []
+    for cell, pgd in (("at-eps0.1-s0", 0.5), ("trades-eps0.1-s0", 0.4), ("at-eps0.1-s1", 0.45)):
+        train = run_folder(tmp_path / "cells" / cell, "train")
+        paths += [evaluation(tmp_path / "cells" / cell / "eval.json", f"cells/{cell}/train/best.pt", pgd=pgd), train]
+    entries = report.collect(paths)
+    assert sorted(e.label for e in entries) == ["AT (at-eps0.1-s0)", "AT (at-eps0.1-s1)", "TRADES"]
+    assert all(len(e.metrics) == 1 and e.evaluation for e in entries)
