@@ -136,6 +136,9 @@ def _run(study, args) -> int:
 
 def _status(study, args) -> int:
     from ..study.status import print_status
+    from .common import check_output
+    if args.json:
+        check_output(args.json, "--json")
     return print_status(study, args.json)
 
 
