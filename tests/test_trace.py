@@ -12,7 +12,7 @@ from landscape import __version__
 from landscape.analysis import HessianOperator, TraceResult, hessian_trace
 from landscape.analysis import spectrum
 from landscape.analysis.trace import AUTO_RULE, _sphere, _xtrace_estimates
-from landscape.errors import ConfigError
+from landscape.errors import ConfigError, ResourceError
 from cases import MatrixOp, decaying_spd, exact_case
 
 METHODS = ("hutchinson", "hutch++", "xtrace")
@@ -139,12 +139,16 @@ def test_auto_and_stopping_rule():
 
 
 def test_memory_cap_limits_the_sketch():
+    """auto falls back by its rule (Hutch++ with the largest sketch that fits) and records why; a method named
+    that does not fit is refused with what would (issue 33, class 4), never silently cut."""
     op = MatrixOp(decaying(300))
-    per_col = 4 * 8 * 300
-    # the budget beside an HVP that needs nothing: 10 columns fit, xtrace wants 45
-    tr = hessian_trace(op, tol=0, max_hvps=90, max_memory=10 * per_col, hvp_peak=0)
-    assert tr.settings["chosen"] == "hutch++" and tr.sketch_size <= 5 and tr.hvps == 90
-    x = hessian_trace(op, method="xtrace", tol=0, max_hvps=90, max_memory=10 * per_col, hvp_peak=0)
+    budget = f"{40 * 8 * 300}B"      # forty float64 n-vectors beside an HVP that needs nothing
+    tr = hessian_trace(op, tol=0, max_hvps=90, max_memory=budget, hvp_peak=0)
+    assert tr.settings["chosen"] == "hutch++" and tr.sketch_size == 10 and tr.hvps == 90
+    assert "hutch++ with a sketch of 10" in tr.settings["auto_reason"]
+    with pytest.raises(ResourceError, match="at most 10 probes fit"):
+        hessian_trace(op, method="xtrace", tol=0, max_hvps=90, max_memory=budget, hvp_peak=0)
+    x = hessian_trace(op, method="xtrace", tol=0, max_hvps=20, max_memory=budget, hvp_peak=0)
     assert x.sketch_size == 10 and x.hvps == 20
 
 

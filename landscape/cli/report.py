@@ -17,8 +17,9 @@ as one file (about 5 MB). Needs plotly: pip install 'landscape[report]'.
 
 Each argument is a run folder (metrics.csv, config.json, surfaces/*, result JSONs in it), a result file
 of any kind (surface, spectrum, evaluation, training; older files without a `kind` are recognised by
-content) or a folder of results (e.g. results/sat). Results of the same run (same method or run name
-and eps, read from their settings) are grouped into one row."""
+content), a folder of results (e.g. results/sat) or a folder of run folders (read one level down). A row
+is one model under one setting (eps, attack, split, samples, loss, --arch wrapper, checkpoint file); rows
+of one name are labelled with what differs."""
 
 EPILOG = """\
 examples:
@@ -53,6 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_bytes(out, mark_html(build_report(entries, args.title)).encode("utf-8"))
     size = out.stat().st_size / 1e6
     print(f"wrote {out} ({len(entries)} runs: {', '.join(e.label for e in entries)}; {size:.1f} MB)")
+    for note in getattr(entries, "notes", []):       # e.g. a stray JSON skipped in a scanned folder, named
+        print(f"landscape-report: {note}", file=sys.stderr)
     if args.json:
         write_json(args.json, {"out": str(out), "runs": [{"name": e.label, "sources": e.sources} for e in entries]})
     return 0

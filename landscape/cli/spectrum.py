@@ -212,6 +212,9 @@ def _plans(op, args, peak: int | None) -> dict:
         out["top_k"] = choose_top_k_plan(op, args.top_k, k_hvps, args.max_memory, peak)
     if args.density:
         out["density"] = plan_density(op, args.density_steps, args.max_memory, peak, args.reorth)
+    if args.trace:     # a trace method that cannot fit is refused now, before the top-k's work
+        from ..analysis.trace import plan_trace
+        plan_trace(op, args.trace_method, args.trace_max_hvps, args.max_memory, peak)
     return out
 
 
@@ -280,6 +283,9 @@ def _print_table(res: dict, header: str) -> None:
         note = "  (budget reached before --trace-tol)" if tr.get("converged") is False else ""
         print(f"trace ({tr.get('method', tr['settings'].get('method'))}): {_fmt(tr['estimate'])}{pm}, "
               f"{tr['hvps']} HVPs, {tr['seconds']:.2f} s{note}")
+        reason = (tr.get("settings") or {}).get("auto_reason") or ""
+        if ";" in reason:       # auto fell back from its first choice: say why
+            print(f"  {reason}")
     rho = res.get("density")
     if rho:
         st = rho["settings"]
