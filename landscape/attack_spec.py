@@ -77,6 +77,12 @@ class AttackSpec:
         return default_step_size(self.eps, self.steps, self.step_size)
 
     @property
+    def passes_per_sample(self) -> int:
+        """Forward+backward passes per sample of ``examples``: restarts x steps, plus one forward per restart
+        to keep each sample's worst case (counted as a pass: the estimate errs long)."""
+        return self.restarts * (self.steps + 1) if self.active else 0
+
+    @property
     def active(self) -> bool:
         """False when the attack leaves inputs unchanged (eps 0 or no steps)."""
         return self.eps > 0 and self.steps > 0
@@ -166,6 +172,58 @@ def resolve_attack(config: Mapping[str, Any] | None = None, *, eps: float | None
     return AttackSpec(eps=eps, **kw)
 
 
+# --- what an attack costs: passes per sample (above) x the seconds of one pass, timed here -----------------
+
+#: a forward pass alone, in sample-passes (a forward+backward pass is 1; as landscape.study.estimate counts)
+FORWARD_PASSES = 1 / 3
+#: a Hessian-vector product, in sample-passes (benchmarks/results: 1.7-2.8 gradients on a CPU)
+HVP_PASSES = 2.5
+#: AutoAttack's standard ensemble on a sample that survives every member: APGD-CE 100 steps, APGD-T 9 x 100,
+#: FAB-T 9 x 100, Square 5,000 queries (forwards)
+AUTOATTACK_PASSES = 2 * (100 + 9 * 100 + 9 * 100) + 5000 * FORWARD_PASSES
+
+
+def sample_pass_seconds(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = DEFAULT_BATCH_SIZE,
+                        weights: bool = False, autocast: Any = None) -> float:
+    """Seconds of one forward+backward pass of one sample of ``model``: the faster of two passes (the first
+    pays for warm-up) on the first ``batch_size`` samples of ``x``, divided by their number. The gradient is
+    taken w.r.t. the inputs (an attack's pass), with ``weights`` w.r.t. the parameters too (a training
+    step's); in eval mode and through ``torch.autograd.grad``, so that nothing of the model changes (no
+    BatchNorm statistics, no ``.grad``, no random draws). ``autocast``: a function making the context
+    manager to run each pass under (a training run's mixed precision). Under torchrun every process gets the mean over processes
+    (one all-reduce), so that all decide alike on what it estimates. Cost: two forward+backward passes."""
+    import contextlib
+    import time
+    import torch.nn.functional as F
+    from .attacks import eval_mode
+    from .distributed import all_reduce_sum, world
+    b = max(1, min(int(batch_size), len(x)))
+    xb, yb = x[:b].detach().clone(), y[:b]
+    params = [p for p in model.parameters() if p.requires_grad] if weights else []
+    best = math.inf
+    with eval_mode(model):
+        for _ in range(2):
+            if xb.is_cuda:
+                torch.cuda.synchronize(xb.device)
+            t0 = time.perf_counter()
+            inp = xb.requires_grad_(True)
+            with autocast() if autocast is not None else contextlib.nullcontext():
+                loss = F.cross_entropy(model(inp).float(), yb)
+            wrt = [inp, *params]
+            if loss.requires_grad:   # a model whose output does not depend on its input: a forward alone
+                torch.autograd.grad(loss, wrt, allow_unused=True)
+            if xb.is_cuda:
+                torch.cuda.synchronize(xb.device)
+            best = min(best, time.perf_counter() - t0)
+            xb = xb.detach()
+    per = best / b
+    w = world()
+    if w.active:
+        t = torch.tensor([per], dtype=torch.float64, device=x.device)
+        per = float(all_reduce_sum(t)[0]) / w.size
+    return per
+
+
 #: the loose attack keywords of the old signatures, and the AttackSpec field each one sets
 LOOSE_KEYWORDS = {"eps": "eps", "steps": "steps", "step_size": "step_size", "norm": "norm", "attack_norm": "norm",
                   "restarts": "restarts", "attack_batch_size": "batch_size"}
@@ -219,5 +277,5 @@ def takes_attack_spec(default_steps: int = DEFAULT_STEPS, adversarial_only: str 
     return wrap
 
 
-__all__ = ["AttackSpec", "ATTACK_BN", "DEFAULT_STEPS", "DEFAULT_BATCH_SIZE", "LOOSE_KEYWORDS", "MissingEpsError",
+__all__ = ["AttackSpec", "ATTACK_BN", "AUTOATTACK_PASSES", "FORWARD_PASSES", "HVP_PASSES", "sample_pass_seconds", "DEFAULT_STEPS", "DEFAULT_BATCH_SIZE", "LOOSE_KEYWORDS", "MissingEpsError",
            "NORMS", "config_attack", "resolve_attack", "takes_attack_spec"]

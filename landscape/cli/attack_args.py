@@ -6,10 +6,11 @@ is needed, is a one-line error asking for --eps (``attack_spec.MissingEpsError``
 from __future__ import annotations
 
 import argparse
-from typing import Mapping
+from typing import Callable, Mapping, Sequence
 
 from ..attack_spec import ATTACK_BN, DEFAULT_BATCH_SIZE, AttackSpec, resolve_attack
 from ..attacks import NORMS
+from ..errors import ResourceError
 
 
 def add_attack_arguments(p: argparse.ArgumentParser | argparse._ArgumentGroup, steps: int | None = None) -> None:
@@ -44,3 +45,47 @@ def describe_attack(a: AttackSpec) -> str:
     extra = "" if a.norm == "linf" else f" {a.norm}"
     extra += "" if a.restarts == 1 else f", {a.restarts} restarts"
     return f"eps {a.eps:g}{extra}, {a.steps} PGD steps of {a.alpha:.3g}"
+
+
+def given_options(build_parser: Callable[[], argparse.ArgumentParser], argv: Sequence[str] | None) -> set[str]:
+    """The destinations of the options given on the command line ``argv`` (None: ``sys.argv``), not those
+    left at their defaults: the options a mode that ignores them may refuse (a default is never refused)."""
+    p = build_parser()
+    for action in p._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(p.parse_args(argv)))
+
+
+def duration(seconds: float) -> str:
+    """``45 s``, ``12 min``, ``3.4 h``, ``2.1 days``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:,.1f} days"
+
+
+def _num(p: float) -> str:
+    return f"{p:,.3g}" if p < 10 else f"{p:,.0f}"
+
+
+def check_estimate(prog: str, parts: Sequence[tuple[str, float]], samples: int, pass_seconds: float,
+                   max_hours: float | None, advice: str, extra: Sequence[tuple[str, float]] = ()) -> str:
+    """The estimate line of a command's work (``prog: estimated ~12 min: N samples x ~P forward+backward
+    passes each (PART P1, ...) at T ms per sample-pass (timed here)``), or a ``ResourceError`` in one line
+    when it exceeds ``max_hours`` (None: no limit). ``parts``: (label, passes per sample); ``extra``: (label,
+    sample-passes in all) of work on other samples (validation, probe sets); ``advice``: what to reduce."""
+    per = sum(p for _, p in parts)
+    more = sum(p for _, p in extra)
+    seconds = (per * samples + more) * pass_seconds
+    what = (f"{samples:,} samples x ~{_num(per)} forward+backward passes each ("
+            + ", ".join(f"{label} {_num(p)}" for label, p in parts) + ")")
+    if more:
+        what += f" + {_num(more)} sample-passes (" + ", ".join(f"{label} {_num(p)}" for label, p in extra) + ")"
+    what += f" at {pass_seconds * 1e3:.2g} ms per sample-pass (timed here)"
+    if max_hours is not None and seconds / 3600 > max_hours:
+        raise ResourceError(f"{what} is ~{seconds / 3600:,.1f} hours, more than --max-hours {max_hours:g}; "
+                            f"{advice}, or raise --max-hours")
+    return f"{prog}: estimated ~{duration(seconds)}: {what}"
