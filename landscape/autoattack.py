@@ -157,9 +157,35 @@ def _chunk_state(path: Path | None, settings: dict) -> dict | None:
         raise ConfigError(f"AutoAttack state {path} is unreadable ({type(e).__name__}); delete it to start over") \
             from None
     if not isinstance(state, dict) or state.get("settings") != settings:
-        raise ConfigError(f"AutoAttack state {path} was made with other settings, model or data; use another "
-                          "--autoattack-state folder or delete it")
+        made = state.get("settings") if isinstance(state, dict) else None
+        raise ConfigError(f"AutoAttack state {path.parent} was made with other settings than this run: "
+                          f"{_differs(made, settings)}; "
+                          "give what it was made with to continue it, or use another --autoattack-state folder "
+                          "(or delete it)")
     return state
+
+
+def _differs(made: Any, now: dict) -> str:
+    """What a chunk's stored settings ``made`` differ in from this run's ``now``, in the words of the flags:
+    "batch size 256 ...; this run uses 128" (the batch size decides the chunks), "eps 0.1; this run uses 0.2"."""
+    if not isinstance(made, dict):
+        return "no settings that this version reads (a foreign or older file)"
+    words = {"eps": "eps", "norm": "norm", "seed": "seed", "attacks": "members", "square_queries": "Square queries"}
+    out = []
+    if made.get("chunk") != now["chunk"]:
+        out.append(f"batch size {made.get('chunk')} (its chunks of samples); this run uses {now['chunk']} "
+                   "(--batch-size)")
+    for key, word in words.items():
+        if made.get(key) != now.get(key):
+            out.append(f"{word} {made.get(key)}; this run uses {now.get(key)}")
+    if not out and (made.get("lo"), made.get("hi")) != (now["lo"], now["hi"]):
+        out.append(f"samples {made.get('lo')}-{made.get('hi')} in this chunk; this run's are {now['lo']}-{now['hi']} "
+                   "(another --samples)")
+    if not out and made.get("model") != now["model"]:
+        out.append("another model's weights (another checkpoint)")
+    if not out and made.get("data") != now["data"]:
+        out.append("other samples (another --dataset, --split or --samples)")
+    return "; ".join(out) or "other settings"
 
 
 def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str = "linf",
