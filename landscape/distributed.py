@@ -90,6 +90,14 @@ def init_from_env(device: torch.device) -> tuple[World, torch.device]:
     return world(), device
 
 
+def check_sync_bn(device: torch.device | str) -> None:
+    """SyncBatchNorm (``--sync-bn``) exchanges statistics between GPUs only: its forward pass refuses CPU
+    inputs with a ``ValueError`` in every process. Refused here, in one line, before any work."""
+    if torch.device(device).type != "cuda":
+        raise ConfigError("--sync-bn needs GPUs with nccl (SyncBatchNorm runs on CUDA only); on CPUs under torchrun "
+                          "drop --sync-bn (each process then normalizes its own shard)")
+
+
 def finish(clean: bool = True) -> None:
     """Leave the process group if one is initialized (end of a console script). After a clean end on gloo,
     the processes first meet at a barrier (at most 60 s), so that none tears its gloo threads down while a
@@ -255,6 +263,6 @@ class TaskQueue:
         return out
 
 
-__all__ = ["World", "world", "launched_by_torchrun", "init_from_env", "group_initialized", "finish",
+__all__ = ["World", "world", "launched_by_torchrun", "init_from_env", "check_sync_bn", "group_initialized", "finish",
            "shard_bounds", "shard_sizes", "all_reduce_sum", "all_gather_rows", "broadcast_from_main",
            "broadcast_tensor", "run_on_main", "TaskQueue"]

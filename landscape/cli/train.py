@@ -16,9 +16,12 @@ from ..errors import ConfigError
 from ..training.config import DEFAULT_EPOCHS, DEFAULT_EPS, LR_SCHEDULES, SELECT_RULES
 from ..training.trainer import RESUME_SAFE
 from ..training.curriculum import SCHEDULES
+from ..distributed import check_sync_bn, launched_by_torchrun
+from ..errors import ResourceError
+from .attack_args import check_estimate
 from .common import (Parser, add_device, check_output, cli, float_range, int_range, learning_rate, nonneg_float,
-                     nonneg_int, on_interrupt, plain_name, positive_float, positive_int, resolve_world, set_types,
-                     unit_interval)
+                     nonneg_int, on_interrupt, plain_name, positive_float, positive_int, resolve_device,
+                     resolve_world, set_types, unit_interval)
 
 TYPES = {"--eps": nonneg_float, "--steps": positive_int, "--step-size": positive_float, "--beta": nonneg_float,
          "--ramp": unit_interval, "--lam0": unit_interval, "--epochs": positive_int, "--batch-size": positive_int,
@@ -27,7 +30,7 @@ TYPES = {"--eps": nonneg_float, "--steps": positive_int, "--step-size": positive
          "--save-every": nonneg_int, "--hsat-every": positive_int, "--hsat-probe": positive_int,
          "--hsat-iters": int_range(2), "--hsat-bisect": positive_int, "--track-hessian-every": nonneg_int, "--track-probe": positive_int,
          "--split-seed": int_range(0, 2 ** 63 - 1), "--name": plain_name, "--ema": float_range(0.0, 1.0),
-         "--checkpoint-minutes": nonneg_float}
+         "--checkpoint-minutes": nonneg_float, "--max-hours": positive_float}
 
 DESCRIPTION = """\
 Train a classifier, robustly or not, and write runs/NAME/{config.json, metrics.csv, last.pt, best.pt}.
@@ -42,6 +45,10 @@ With no arguments: p-sat on the bundled digits data with a small CNN (under 2 mi
 best.pt is the epoch with the highest validation clean + PGD accuracy (the paper's model selection);
 --select picks another rule. --resume continues a run exactly as configured: other training flags are
 refused unless they equal the run's (--epochs may grow only with a constant LR and no curriculum).
+An option of another method (--beta without trades, --ramp/--lam0/--schedule without a SAT curriculum,
+--hsat-* without h-sat, --track-probe without --track-hessian-every, --steps/--step-size with standard) is
+refused, not recorded. Before the first epoch the run's time is estimated (passes per sample x samples, one
+training pass timed on a batch) and a new run over --max-hours is refused.
 """
 
 EPILOG = """examples:
@@ -126,7 +133,10 @@ def build_parser() -> Parser:
     p.add_argument("--download", action="store_true", help="allow torchvision to download the dataset")
     p.add_argument("--split-seed", type=int, default=0, help="seed of the 90/10 train/validation split")
     p.add_argument("--json", metavar="PATH", help="write the final metrics and config as JSON")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (and no starting line)")
+    p.add_argument("--max-hours", type=float, default=24.0,
+                   help="refuse a new run whose estimated time (one training pass timed on a batch) exceeds this; "
+                        "--resume checks only when it is given")
     add_device(p)
     return set_types(p, TYPES)
 
@@ -153,6 +163,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         check_output(args.json, "--json")
     given = _given_flags(argv)
+    limit = args.max_hours if args.resume is None or "max_hours" in given else None  # a resumed run was accepted
+    if args.resume is None:   # an option the method does not use is refused, not recorded beside its numbers
+        refusal = _config(args).resolved().ignored(given)
+        if refusal:
+            raise ConfigError(refusal)
+    if args.sync_bn and launched_by_torchrun():   # before joining: each rank's ValueError, as one line
+        check_sync_bn(resolve_device(args.device))
     placing = {"--runs-dir", "--out", "--overwrite"}   # where a new run goes: not for --resume RUN_DIR
     if args.resume == "":  # --resume alone: the run these flags name
         args.resume = str(Path(args.runs_dir) / _config(args).resolved().name)
@@ -174,6 +191,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         trainer = Trainer.resume(args.resume, device, progress, changes=changes)
     else:
         trainer = Trainer(_config(args), args.runs_dir, device, progress, overwrite=args.overwrite)
+    try:   # the time of the epochs left, before any: over --max-hours, refused with nothing written
+        est = trainer.estimate()
+        line = check_estimate("landscape-train", est["parts"], est["samples"], est["pass_seconds"], limit,
+                              "use fewer --epochs, --train-samples or --steps", est["extra"])
+    except (ResourceError, KeyboardInterrupt):
+        trainer.close(remove_empty=trainer.created)
+        raise
     if world.main and progress:   # a slow first epoch is not silence: say what is starting, at once
         c = trainer.cfg
         params = sum(p.numel() for p in trainer.model.parameters())
@@ -182,6 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"samples), {c.model} ({params:,} parameters), epochs {done + 1}-{c.epochs} of "
               f"{trainer.iters_per_epoch} batches on {trainer.device}" + (f" x {world.size} processes"
               if world.size > 1 else "") + "; progress on stderr", flush=True)
+        print(line, flush=True)
     with on_interrupt(lambda: _resume_hint(trainer, args)):
         result = trainer.fit()
     if not world.main:  # rank 0 reports and writes

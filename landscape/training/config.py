@@ -144,8 +144,49 @@ class TrainConfig:
         cannot be extended without changing the schedule of the epochs it already trained)."""
         return self.lr_schedule != "constant" or self.method in CURRICULUM_METHODS
 
+    def ignored(self, given) -> str | None:
+        """The one-line refusal of a setting in ``given`` (field names: the flags given on the command line)
+        that this resolved config's run would not use, e.g. "--beta is TRADES' weight; --method at ignores
+        it" (None when every one is used): a setting given is either used or refused, never only recorded.
+        Settings left at their defaults are not ``given`` and are never refused."""
+        m = self.method
+        for name in ONLY_FOR:
+            if name not in given:
+                continue
+            what, used, why = ONLY_FOR[name]
+            if not used(self):
+                flag = "--" + name.replace("_", "-")
+                return f"{flag} is {what}; {why.format(method=m)}: drop {flag}"
+        return None
+
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         """The config a checkpoint stored; a run from before ``amp`` existed trained in float32 ("off")."""
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{"amp": "off", **{k: v for k, v in d.items() if k in names}})
+
+
+def _attacks(c: TrainConfig) -> bool:
+    """Whether a resolved config's run uses the training attack's steps and step size: every method but
+    standard, and sharpness tracking (``sharpness.tracking_attack``) of a standard run with an eps."""
+    return c.method != "standard" or bool(c.track_hessian_every and c.eps is not None)
+
+
+_SAT = "the SAT curriculum's {what} (--method sat-eps, p-sat or h-sat)"
+_HSAT = "an H-SAT setting (--method h-sat)"
+_IGNORES = "--method {method} ignores it"
+#: the settings that only some runs use: field -> (what it is, whether a resolved config uses it, why not)
+ONLY_FOR = {
+    "beta": ("TRADES' weight (--method trades)", lambda c: c.method == "trades", _IGNORES),
+    "ramp": (_SAT.format(what="ramp"), lambda c: c.method in CURRICULUM_METHODS, _IGNORES),
+    "lam0": (_SAT.format(what="initial lambda"), lambda c: c.method in CURRICULUM_METHODS, _IGNORES),
+    "schedule": (_SAT.format(what="lambda schedule"), lambda c: c.method in CURRICULUM_METHODS, _IGNORES),
+    **{name: (_HSAT, lambda c: c.method == "h-sat", _IGNORES)
+       for name in ("hsat_every", "hsat_probe", "hsat_iters", "hsat_bisect", "hsat_normalize")},
+    "track_probe": ("the probe set of --track-hessian-every", lambda c: bool(c.track_hessian_every),
+                    "without --track-hessian-every N (N > 0) nothing is tracked"),
+    "steps": ("the training attack's PGD steps (and sharpness tracking's)", _attacks,
+              "--method standard trains on clean inputs (validation's PGD takes --val-steps)"),
+    "step_size": ("the training attack's PGD step size (and sharpness tracking's)", _attacks,
+                  "--method standard trains on clean inputs (validation's PGD uses 2.5 * eps / --val-steps)"),
+}

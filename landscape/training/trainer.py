@@ -28,7 +28,7 @@ from .._version import __version__
 from ..checkpoint import load_weights, read_checkpoint, save_checkpoint
 from ..attacks import RowShard
 from ..data import Dataset, augment, load_dataset
-from ..distributed import all_reduce_sum, shard_bounds, world
+from ..distributed import all_reduce_sum, check_sync_bn, shard_bounds, world
 from ..errors import CheckpointError, ConfigError, DataError, NonFiniteLossError, Preempted
 from ..evaluate import evaluate
 from ..io import LOCK_NAME, lock_folder, write_json
@@ -184,8 +184,10 @@ class Trainer:
         except BaseException:
             self.close(remove_empty=created)
             raise
-        for p in stale if self.world.main else ():  # --overwrite: no old epoch_XXX.pt / hsat.json may stay
-            p.unlink(missing_ok=True)
+        self.created = created       # the run folder did not exist before (close(remove_empty=...) may remove it)
+        # --overwrite: no old epoch_XXX.pt / hsat.json may stay; removed when fit() starts, so that a run refused
+        # after it was set up (an estimate over --max-hours) leaves the earlier run as it was
+        self._stale = stale if self.world.main else []
         self.epoch, self.step, self.history, self.best = 0, 0, [], (-math.inf, -1)
         self.state: dict = {}
         self.current: EpochState | None = None  # the epoch in progress (resumed mid-epoch: where it stopped)
@@ -264,6 +266,7 @@ class Trainer:
         self.info = train.info
         self.model: nn.Module = build_model(c.model, self.info, seed=c.seed).to(self.device)
         if c.sync_bn and self.world.active:
+            check_sync_bn(self.device)   # SyncBatchNorm runs on GPUs only: one line, not every rank's traceback
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         if self.world.active and c.batch_size < self.world.size:
             raise ConfigError(f"--batch-size {c.batch_size} is the global batch: it must hold at least one "
@@ -294,6 +297,51 @@ class Trainer:
         if c.track_hessian_every:
             from .sharpness import SharpnessTracker
             self.tracker = SharpnessTracker.for_config(c, val, self.device)
+
+    def estimate(self) -> dict:
+        """What the epochs left will cost, before any of them runs: ``parts`` (label, forward+backward passes
+        per training sample of this process), ``samples`` (this process's training samples), ``extra`` (label,
+        sample-passes of validation, H-SAT calibrations and sharpness tracking), ``pass_seconds`` (one training
+        pass of one sample, weights' gradients included, under the run's mixed precision: timed here on the
+        first batch, changing nothing) and ``seconds``. Counted as ``objectives`` states the costs (a forward
+        alone is 1/3 of a pass, an HVP 2.5). Under torchrun a collective (the timing is averaged).
+        Cost: two forward+backward passes of one batch."""
+        from ..attack_spec import FORWARD_PASSES, HVP_PASSES, sample_pass_seconds
+        c = self.cfg
+        done = self.current.batch / self.iters_per_epoch if self.current is not None and \
+            self.current.epoch == self.epoch else 0.0
+        epochs = max(c.epochs - self.epoch - done, 0.0)
+        whole = c.epochs - self.epoch          # epochs that end (validation; tracking every N)
+        share = self.world.size
+        per = {"standard": 1.0, "trades": c.steps + 1 + FORWARD_PASSES}.get(c.method, c.steps + 1.0)
+        if c.method == "p-sat":
+            per += FORWARD_PASSES * c.ramp     # the early-stopping check while lambda < 1
+        count = f"{epochs:,.0f}" if epochs == int(epochs) else f"{epochs:,.2f}"
+        parts = [(f"{count} epoch{'' if count == '1' else 's'} of {c.method}" + ("" if c.method == "standard" else f" with PGD-{c.steps}"),
+                  epochs * per)]
+        extra = []
+        n_val = len(self.val_y)
+        val = n_val * ((c.val_steps + 1 if c.eps is not None else 0) + 2 * FORWARD_PASSES)
+        if whole and val:
+            extra.append((f"validation on {n_val:,} samples", whole * val / share))
+        if self.hsat is not None:
+            calib = (1 + c.hsat_bisect + (c.hsat_normalize == "affine")) * c.hsat_probe * \
+                (c.steps + 1 + c.hsat_iters * HVP_PASSES)
+            per_epoch = 1 + (self.iters_per_epoch - 1) // c.hsat_every if c.hsat_every else 1
+            extra.append(("H-SAT calibrations", epochs * per_epoch * calib))
+        if self.tracker is not None:
+            tracked = sum(1 for e in range(self.epoch + 1, c.epochs + 1) if e % c.track_hessian_every == 0)
+            probe = len(self.tracker.y)
+            extra.append(("sharpness tracking", tracked * probe * (c.steps + 1 + self.tracker.max_hvps * HVP_PASSES)))
+        x, y = self.train_set.tensors(min(c.batch_size, len(self.train_set)), self.device)
+        if self.world.active:
+            lo, hi = shard_bounds(len(y), self.world)
+            x, y = x[lo:hi], y[lo:hi]
+        pass_s = sample_pass_seconds(self.model, x, y, len(y), weights=True,
+                                     autocast=lambda: autocast(self.device, c.amp))
+        samples = math.ceil(len(self.train_set) / share)
+        seconds = (sum(p for _, p in parts) * samples + sum(p for _, p in extra)) * pass_s
+        return {"parts": parts, "samples": samples, "extra": extra, "pass_seconds": pass_s, "seconds": seconds}
 
     def checkpoint_config(self) -> dict:
         """The config stored in every checkpoint: what analysis needs plus the full training config."""
@@ -326,6 +374,9 @@ class Trainer:
         c, t_fit = self.cfg, time.perf_counter()
         # rank 0 holds the folder's lock (taken in __init__) and writes every file; released at the end
         with self._lock:
+            for p in self._stale:
+                p.unlink(missing_ok=True)
+            self._stale = []
             if self.world.main:
                 write_json(self.run_dir / "config.json",
                            {"landscape_version": __version__, **self.checkpoint_config()})
