@@ -75,13 +75,104 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, config: dict, met
 
 
 _NOT_CHECKPOINTS = {b"\x89PNG": "a PNG image", b"%PDF": "a PDF document", b"<!DO": "an HTML page",
-                    b"<htm": "an HTML page"}
+                    b"<htm": "an HTML page", b"\xff\xd8\xff": "a JPEG image", b"GIF8": "a GIF image",
+                    b"<svg": "an SVG image", b"<?xm": "an XML file (an SVG image?)",
+                    b"\x93NUMPY": "a NumPy array (.npy)", b"\x89HDF": "an HDF5 file (Keras or h5py weights?)",
+                    b"\x1f\x8b": "a gzip-compressed file (unpack it first)"}
+# the files of a run folder and of a surface folder that are not checkpoints, and what each one is
+_RUN_LOGS = {"metrics.csv": "a run's training log", "config.json": "a run's config",
+             "hsat.json": "a run's H-SAT calibration log"}
+_SURFACE_FILES = {"surface.npz": "a surface's arrays", "surface.json": "a surface's result",
+                  "input_surface.npz": "an input-space surface's arrays",
+                  "input_surface.json": "an input-space surface's result"}
+_TEXT_SUFFIXES = {".csv": "a CSV table", ".tsv": "a TSV table", ".txt": "a text file", ".log": "a log file",
+                  ".md": "a Markdown file", ".yaml": "a YAML file", ".yml": "a YAML file", ".toml": "a TOML file",
+                  ".py": "a Python file", ".ini": "a text file", ".cfg": "a text file", ".sh": "a shell script",
+                  ".ipynb": "a notebook"}
+
+
+def _what_file(path: Path, head: bytes) -> str | None:
+    """What ``path`` is, when it is a file of another kind than a checkpoint (its name in a run or surface
+    folder, its first bytes, its suffix); None when it may be one. ``head``: its first bytes."""
+    name = path.name
+    if name in _RUN_LOGS:
+        run = path.parent
+        ck = [p.name for p in (run / "best.pt", run / "last.pt") if p.is_file()]
+        give = (f"give {run / ck[0]}" + (f" or {ck[1]}" if len(ck) > 1 else "")) if ck else \
+            "give best.pt or last.pt of that run"
+        return f"{_RUN_LOGS[name]}, not a checkpoint; {give}"
+    if name in _SURFACE_FILES:
+        return f"{_SURFACE_FILES[name]} (landscape-plot draws it), not a checkpoint"
+    what = next((w for sig, w in _NOT_CHECKPOINTS.items() if head.startswith(sig)), None)
+    if what is None and head.lstrip()[:1] in (b"{", b"["):
+        what = "a JSON file" + _json_kind(path)
+    if what is None and head.startswith(b"PK\x03\x04"):
+        what = _zip_kind(path)
+    if what is None and _is_text(head):
+        if path.suffix.lower() in _TEXT_SUFFIXES:
+            what = _TEXT_SUFFIXES[path.suffix.lower()]
+        else:
+            lines = head.decode("utf-8", "replace").splitlines()
+            if len(lines) >= 2 and lines[0].count(",") >= 1 and lines[0].count(",") == lines[1].count(","):
+                what = "a CSV table" + (" (a training log like a run's metrics.csv)"
+                                        if lines[0].startswith("epoch,") else "")
+    return None if what is None else f"{what}, not a checkpoint"
+
+
+def _is_text(head: bytes) -> bool:
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as e:   # a character cut at the end of the head is still text
+        if e.start < len(head) - 3:
+            return False
+        text = head[:e.start].decode("utf-8")
+    return bool(text) and all(c.isprintable() or c in "\t\r\n" for c in text)
+
+
+def _json_kind(path: Path) -> str:
+    """`` (a landscape result of kind 'evaluation')`` for a result, else a generic note (small files only)."""
+    import json
+    try:
+        if path.stat().st_size < 2 ** 20:
+            kind = json.loads(path.read_text()).get("kind")
+            if isinstance(kind, str):
+                return f" (a landscape result of kind {kind!r})"
+    except (OSError, ValueError, AttributeError):
+        pass
+    return " (a result or a config)"
+
+
+def _zip_kind(path: Path) -> str | None:
+    """A ZIP archive that is not PyTorch's format: a NumPy ``.npz`` or another archive (None: PyTorch's
+    layout, or unreadable as a ZIP, which ``torch.load`` then names as corrupt or truncated)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return None
+    if any(n.endswith("/data.pkl") or n == "data.pkl" for n in names):
+        return None
+    if names and all(n.endswith(".npy") for n in names):
+        return "a NumPy archive (.npz of " + ", ".join(n[:-4] for n in names[:4]) + (", ..." if len(names) > 4 else "") + ")"
+    return "a ZIP archive that is not a PyTorch checkpoint"
+
+
+def _is_safetensors(path: Path) -> bool:
+    """A safetensors file whatever its name: an 8-byte little-endian header length, then a JSON object."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(10)
+        size = path.stat().st_size
+    except OSError:
+        return False
+    return len(head) == 10 and head[8:10] == b'{"' and 0 < int.from_bytes(head[:8], "little") < size
 
 
 def _check_file(path: Path) -> None:
     """A one-line ``CheckpointError`` naming what ``path`` is when it cannot be a checkpoint: missing, a
-    folder, not a regular file (a FIFO, a device such as /dev/null), empty, or a file of another kind (an
-    image, a JSON result, a CSV) recognized by its first bytes. Cost: a stat and a read of 8 bytes."""
+    folder, not a regular file (a FIFO, a device such as /dev/null), empty, or a file of another kind (a run's
+    metrics.csv or config.json, a surface's arrays, an image, a JSON result, a NumPy file, a CSV table)
+    recognized by its name and first bytes. Cost: a stat and a read of 4 KiB."""
     import stat
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
@@ -96,12 +187,10 @@ def _check_file(path: Path) -> None:
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path} is empty, not a checkpoint")
     with open(path, "rb") as f:
-        head = f.read(8)
-    what = next((w for sig, w in _NOT_CHECKPOINTS.items() if head.startswith(sig)), None)
-    if what is None and head.lstrip()[:1] in (b"{", b"["):
-        what = "a JSON file (a result, not a checkpoint)"
+        head = f.read(4096)
+    what = _what_file(path, head)
     if what is not None:
-        raise CheckpointError(f"{path} is {what}, not a checkpoint")
+        raise CheckpointError(f"{path} is {what}")
 
 
 def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
@@ -123,6 +212,12 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(f"{path} is corrupt or not a PyTorch checkpoint ({first[:120]})") from e
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, AttributeError, LookupError,
             TypeError) as e:  # a text or other non-checkpoint file fails in the unpickler with a KeyError etc.
+        with open(path, "rb") as f:
+            head = f.read(4096)
+        if _is_text(head):   # the unpickler's words ("pop from empty list") say nothing about a text file
+            begins = head.decode("utf-8", "replace").strip().splitlines()[0][:40]
+            raise CheckpointError(f"{path} is corrupt or not a checkpoint: it holds text (it begins "
+                                  f"{begins!r})") from e
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path} is corrupt or truncated ({first[:120]})") from e
 
@@ -144,8 +239,10 @@ def read_safetensors(path: str | os.PathLike) -> dict:
 
 
 def read_weights(path: str | os.PathLike) -> Any:
-    """The object in a checkpoint file: ``.safetensors`` via safetensors, anything else via ``read_checkpoint``."""
-    return read_safetensors(path) if str(path).endswith(".safetensors") else read_checkpoint(path)
+    """The object in a checkpoint file: a safetensors file (by its suffix or its first bytes) via safetensors,
+    anything else via ``read_checkpoint``."""
+    safetensors = str(path).endswith(".safetensors") or (Path(path).is_file() and _is_safetensors(Path(path)))
+    return read_safetensors(path) if safetensors else read_checkpoint(path)
 
 
 def strip_prefixes(state: dict) -> dict:
