@@ -70,8 +70,9 @@ def run(tmp_path_factory):
     (["--square-queries", "100"], "without --audit no Square attack runs"),
     (["--square-queries", "100", "--autoattack"], "without --audit no Square attack runs"),
     (["--square-queries", "100", "--audit"], "with AutoAttack, Square runs as its member"),
+    (["--restarts", "3", "--no-random-start"], "with --no-random-start every restart is the same attack"),
 ], ids=["restarts-audit-no-aa", "restarts-audit", "restarts-1-audit", "square-plain", "square-autoattack",
-        "square-audit-with-aa"])
+        "square-audit-with-aa", "restarts-without-random-start"])
 def test_eval_refuses_an_option_its_mode_ignores(run, capsys, args, says):
     proc = run_main(eval_main, [run / "best.pt", "--samples", "4", *args], capsys)
     assert_one_line_error(proc, contains=says)
@@ -123,6 +124,19 @@ def test_eval_records_the_attack_it_computed_with(run, tmp_path, capsys):
 def test_train_refuses_an_option_of_another_method(tmp_path, capsys, args, flag):
     proc = run_main(train_main, [*args, "--epochs", "1", "--runs-dir", tmp_path, "--name", "r", "--quiet"], capsys)
     assert_one_line_error(proc, contains=flag)
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("args,says", [
+    (["--method", "at", "--val-samples", "5000"], "--val-samples 5000: the validation split of digits holds only 144"),
+    (["--method", "at", "--track-hessian-every", "1", "--track-probe", "500"], "--track-probe 500: the validation"),
+    (["--method", "h-sat", "--train-samples", "64", "--hsat-probe", "100"],
+     "--hsat-probe 100: --train-samples 64 holds only 64 samples; give at most 64"),
+], ids=["val-samples", "track-probe", "hsat-probe"])
+def test_train_refuses_a_sample_count_the_data_cannot_fill(tmp_path, capsys, args, says):
+    """The run used the samples there were and recorded the number asked for (clipped silently)."""
+    proc = run_main(train_main, [*args, "--epochs", "1", "--runs-dir", tmp_path, "--name", "r", "--quiet"], capsys)
+    assert_one_line_error(proc, contains=says)
     assert not (tmp_path / "r").exists()
 
 

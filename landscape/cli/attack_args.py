@@ -10,7 +10,7 @@ from typing import Callable, Mapping, Sequence
 
 from ..attack_spec import ATTACK_BN, DEFAULT_BATCH_SIZE, AttackSpec, resolve_attack
 from ..attacks import NORMS
-from ..errors import ResourceError
+from ..errors import ConfigError, ResourceError
 
 
 def add_attack_arguments(p: argparse.ArgumentParser | argparse._ArgumentGroup, steps: int | None = None) -> None:
@@ -34,10 +34,15 @@ def add_attack_arguments(p: argparse.ArgumentParser | argparse._ArgumentGroup, s
 
 
 def attack_from_args(args: argparse.Namespace, config: Mapping | None) -> AttackSpec:
-    """The ``AttackSpec`` the flags ask for on a checkpoint with ``config`` (``resolve_attack``)."""
-    return resolve_attack(config, eps=args.eps, steps=args.steps, step_size=args.step_size,
+    """The ``AttackSpec`` the flags ask for on a checkpoint with ``config`` (``resolve_attack``). Restarts
+    without a random start are refused: each would be the same attack, labelled as several."""
+    spec = resolve_attack(config, eps=args.eps, steps=args.steps, step_size=args.step_size,
                           norm=args.attack_norm, random_start=args.random_start, restarts=args.restarts,
                           batch_size=args.attack_batch_size, bn=args.attack_bn)
+    if spec.restarts > 1 and not spec.random_start:
+        raise ConfigError(f"--restarts {spec.restarts} repeats PGD from new random starts; with --no-random-start "
+                          "every restart is the same attack: drop one of them")
+    return spec
 
 
 def describe_attack(a: AttackSpec) -> str:

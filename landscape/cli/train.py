@@ -192,10 +192,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         trainer = Trainer(_config(args), args.runs_dir, device, progress, overwrite=args.overwrite)
     try:   # the time of the epochs left, before any: over --max-hours, refused with nothing written
+        if args.resume is None:
+            _check_sizes(trainer, given)
         est = trainer.estimate()
         line = check_estimate("landscape-train", est["parts"], est["samples"], est["pass_seconds"], limit,
                               "use fewer --epochs, --train-samples or --steps", est["extra"])
-    except (ResourceError, KeyboardInterrupt):
+    except (ResourceError, ConfigError, KeyboardInterrupt):
         trainer.close(remove_empty=trainer.created)
         raise
     if world.main and progress:   # a slow first epoch is not silence: say what is starting, at once
@@ -218,6 +220,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         write_json(args.json, {**result.to_dict(), "config": trainer.checkpoint_config()})
     return 0
+
+
+def _check_sizes(trainer, given: set[str]) -> None:
+    """Refuse a sample count given on the command line that the data cannot fill (the run would use fewer
+    and record the number asked for): --val-samples, --track-probe (validation split), --hsat-probe
+    (training samples). A default larger than a small split (1000 validation samples of digits) is not
+    refused: it means "all of them"."""
+    c = trainer.cfg
+    val = f"the validation split of {c.dataset}"
+    train = f"--train-samples {c.train_samples}" if c.train_samples else f"the training split of {c.dataset}"
+    have = {"val_samples": (len(trainer.val_y), val),
+            "track_probe": (len(trainer.tracker.y) if trainer.tracker is not None else None, val),
+            "hsat_probe": (len(trainer.hsat.y) if trainer.hsat is not None else None, train)}
+    for name, (used, where) in have.items():
+        asked = getattr(c, name)
+        if name in given and used is not None and asked is not None and used < asked:
+            raise ConfigError(f"--{name.replace('_', '-')} {asked}: {where} holds only {used} samples; give at "
+                              f"most {used}")
 
 
 def _config(args: argparse.Namespace) -> TrainConfig:
