@@ -197,6 +197,8 @@ def _evaluate(args: argparse.Namespace, run_aa: bool, world, device) -> int:
     ds = load_dataset(args.dataset or ck.dataset, args.split, args.data_dir, args.download)
     x, y = ds.tensors(args.samples, device)
     say = world.main
+    from ..evaluate import predict
+    predict(ck.model, x, args.batch_size)   # outputs that are not finite: refused before an estimate is printed
     line = estimate(args, ck.model, x, y, attack, run_aa, surrogate, world)   # over --max-hours: refused here
     if say:   # on stdout, as landscape-spectrum's estimate: stderr keeps progress and one-line errors
         print(line, flush=True)
