@@ -181,6 +181,8 @@ def _rb_file(root, dataset, threat, name, model) -> dict:
     gen = torch.Generator().manual_seed(0)
     sd = {k: (torch.randn(v.shape, generator=gen) if v.is_floating_point() else torch.zeros(v.shape, dtype=v.dtype))
           for k, v in model.state_dict().items()}
+    # a BatchNorm variance is positive (a negative one gives NaN logits, which every analysis now refuses)
+    sd.update({k: v.abs() + 0.5 for k, v in sd.items() if k.endswith("running_var")})
     if isinstance(model, WideResNet):
         sd.update({f"sub_block1.{k[len('block1.'):]}": v for k, v in sd.items() if k.startswith("block1.")})
     path = root / dataset / threat / f"{name}.pt"

@@ -228,6 +228,7 @@ MISTAKES = [
     ("[study]\n[train]\n[grid]\nmethod=['at']\n", "'name' is required"),
     ("[study]\nname='x'\n[train]\n[grid]\nmethod=['at']\n[models]\ncheckpoints=['a.pt']\n", "not both"),
     ("[study\nname='x'\n", "not valid TOML"),
+    ("[study]\nname='x'\n[train]\nbeta=6\n[grid]\nmethod=['at','trades']\n", "--method at ignores it"),
 ]
 
 

@@ -171,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         check_output(args.json, "--json", inputs=[args.checkpoint, args.surrogate])
     if args.autoattack_state:
-        check_output(args.autoattack_state, "--autoattack-state", folder=True,
+        check_output(args.autoattack_state, "--autoattack-state", folder=True, lock=True,   # one evaluation a state
                      inputs=[args.checkpoint, args.surrogate, args.json])
     world, device = resolve_world(args.device)   # under torchrun: AutoAttack's chunks shared out
     with on_interrupt(lambda: interrupt_hint(args, argv, run_aa, world)):

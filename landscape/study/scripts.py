@@ -119,3 +119,10 @@ def check_argv(kind: str, argv: Sequence[str], where: str) -> argparse.Namespace
         except ConfigError as e:
             raise ConfigError(f"{where}: {SCRIPTS[kind][0]} refuses it: {e}") from None
     return ns
+
+
+def given_options(kind: str, argv: Sequence[str]) -> set[str]:
+    """The destinations of the options ``argv`` gives (not those left at their defaults), by the console
+    script's own rule (``cli.attack_args.given_options``)."""
+    from ..cli.attack_args import given_options as given
+    return given(lambda: parser(kind), list(argv))

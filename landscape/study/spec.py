@@ -37,7 +37,7 @@ from typing import Any, Mapping, Sequence
 
 from ..errors import ConfigError, LandscapeError
 from ..io import safe_name
-from .scripts import ANALYSES, PATH_OPTIONS, SCRIPTS, check_argv, format_value, options_argv
+from .scripts import ANALYSES, PATH_OPTIONS, SCRIPTS, check_argv, format_value, given_options, options_argv
 
 TOP_KEYS = ("study", "train", "method", "grid", "models", "analysis", "resources", "estimate", "claims")
 STUDY_KEYS = ("name", "out", "description", "reference")
@@ -558,6 +558,9 @@ def _check_commands(study: Study) -> None:
             seen_train.add(key)
             fields = {f.name for f in dataclasses.fields(TrainConfig)}
             try:
-                TrainConfig(**{k: v for k, v in vars(ns).items() if k in fields}).resolved()
+                cfg = TrainConfig(**{k: v for k, v in vars(ns).items() if k in fields}).resolved()
+                refusal = cfg.ignored(given_options("train", argv[1:]))   # an option this method ignores
             except LandscapeError as e:      # unknown method, dataset or model, a bad combination
                 raise ConfigError(f"{where}: {e}") from None
+            if refusal:
+                raise ConfigError(f"{where}: {refusal} (give it under [method.NAME] for the methods that use it)")
