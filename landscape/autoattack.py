@@ -165,6 +165,17 @@ def _chunk_state(path: Path | None, settings: dict) -> dict | None:
     return state
 
 
+def state_settings(folder: str | Path) -> dict | None:
+    """The settings an --autoattack-state folder was made with (its first chunk's), or None when it holds no
+    readable chunk (run_autoattack names a torn or foreign file itself). Cost: one small JSON read."""
+    first = next(iter(sorted(Path(folder).glob("chunk-*.json"))), None)
+    try:
+        made = read_json(first).get("settings") if first is not None else None
+    except Exception:   # noqa: BLE001 - a torn or foreign file: run_autoattack names it
+        return None
+    return made if isinstance(made, dict) else None
+
+
 def _differs(made: Any, now: dict) -> str:
     """What a chunk's stored settings ``made`` differ in from this run's ``now``, in the words of the flags:
     "batch size 256 ...; this run uses 128" (the batch size decides the chunks), "eps 0.1; this run uses 0.2"."""

@@ -8,7 +8,7 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "landscape"
 READERS = {"results.py", "runs.py", "io.py", "analysis/surface_result.py", "autoattack.py",
-           "study/state.py"}   # the study folder's own records
+           "study/state.py", "study/legacy.py"}   # the study folder's own records; the committed study's layout
 
 
 def _sources():

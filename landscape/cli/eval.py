@@ -128,15 +128,9 @@ def check_autoattack_state(folder: str, batch_size: int, attack, seed: int) -> N
     """Refuse, before any work, an --autoattack-state folder made with another batch size (its chunks), eps,
     norm or seed, naming what differs (``run_autoattack`` would find it only at its first chunk, after the PGD
     work). Another model or other samples are still found there, by their digests."""
-    from pathlib import Path
-    from ..autoattack import STANDARD, _differs
-    from ..io import read_json
-    first = next(iter(sorted(Path(folder).glob("chunk-*.json"))), None)
-    try:
-        made = read_json(first).get("settings") if first is not None else None
-    except Exception:   # noqa: BLE001 - a torn or foreign file: run_autoattack names it
-        return
-    if not isinstance(made, dict):
+    from ..autoattack import STANDARD, _differs, state_settings
+    made = state_settings(folder)
+    if made is None:
         return
     now = {**made, "chunk": batch_size, "eps": float(attack.eps), "norm": attack.norm, "seed": int(seed),
            "attacks": list(STANDARD), "square_queries": None}

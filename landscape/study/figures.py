@@ -26,7 +26,7 @@ from matplotlib.figure import Figure
 from ..analysis.plots import plot_compare, pretty_method
 from ..io import save_figure
 from ..results import load_result   # the results owner reads result files
-from .legacy import METHODS as METHOD_ORDER, model_row
+from .legacy import METHODS as METHOD_ORDER, model_row, read_per_model
 
 LAYER_NAMES = {"0": "conv1", "3": "conv2", "7": "fc1", "9": "fc2 (logits)"}   # cnn-small's weight layers
 DPI = 150
@@ -233,7 +233,7 @@ def fig_surfaces(out: Path, methods: Sequence[str], eps: float, plane: str, seed
 def draw(out: Path, grid_eps: Sequence[float] = (0.3, 0.4), focus_eps: float = 0.3) -> list[Path]:
     """Every figure from ``out``'s per_model.csv and per-model files (module doc); returns the paths written."""
     out = Path(out)
-    df = pd.read_csv(out / "per_model.csv")
+    df = read_per_model(out)
     grid_eps = [e for e in grid_eps if np.isclose(df.eps, e).any() and (df[np.isclose(df.eps, e)].method != "at").any()]
     layers = [lr for folder in sorted((out / "models").glob("*")) if (folder / "train.json").exists()
               for lr in model_row(folder)[1]]    # the per-layer rows that legacy.aggregate_legacy tabulates

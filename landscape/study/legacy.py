@@ -76,6 +76,11 @@ def model_row(folder: Path) -> tuple[dict, list[dict]]:
     return row, layers
 
 
+def read_per_model(out: Path) -> pd.DataFrame:
+    """The per_model.csv that ``aggregate_legacy`` wrote (what the figures draw)."""
+    return pd.read_csv(Path(out) / "per_model.csv")
+
+
 def read_models(out: Path) -> tuple[pd.DataFrame, list[dict]]:
     """Every finished model of ``out/models`` (one with train.json): the per-model table (sorted by eps,
     method, seed) and the per-layer rows."""
