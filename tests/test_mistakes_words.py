@@ -357,3 +357,41 @@ def test_ctrl_c_in_eval_without_a_state_says_nothing_is_kept(run, capsys, monkey
     monkeypatch.setattr(eval_cli, "evaluate", interrupted)
     proc = run_main(eval_main, [run / "best.pt", "--samples", "4", *extra], capsys)
     assert proc.returncode == 130 and says in proc.stderr.strip().splitlines()[-1], proc.stderr
+
+
+# --- class 1 in the analysis scripts: settings recorded only for what ran ------------------------------------
+
+def test_spectrum_records_only_the_settings_of_the_parts_that_ran(run, tmp_path, capsys):
+    """A shared set of flags may carry a trace's or an attack's settings into a run that computes neither: the
+    result then records none of them (a clean-loss eigenvalue labelled with 30 restarts was class 1)."""
+    from landscape.cli.spectrum import main as spectrum_main
+    out = tmp_path / "s.json"
+    proc = run_main(spectrum_main, [run / "best.pt", "--top-k", "1", "--samples", "16", "--trace-method", "xtrace",
+                                    "--trace-max-hvps", "7", "--density-probes", "2", "--restarts", "30", "--steps", "3",
+                                    "--json", out], capsys)
+    assert proc.returncode == 0, proc.stderr
+    st = json.loads(out.read_text())["settings"]
+    for key in ("trace_method", "trace_max_hvps", "density_probes", "sigma", "restarts", "attack_norm"):
+        assert key not in st, key
+    assert st["steps"] is None and st["eps"] is None and st["top_k"] == 1
+    out2 = tmp_path / "a.json"
+    proc = run_main(spectrum_main, [run / "best.pt", "--top-k", "1", "--samples", "16", "--loss", "adversarial",
+                                    "--restarts", "2", "--steps", "3", "--trace", "--trace-max-hvps", "7",
+                                    "--json", out2], capsys)
+    assert proc.returncode == 0, proc.stderr
+    st = json.loads(out2.read_text())["settings"]
+    assert st["restarts"] == 2 and st["steps"] == 3 and st["trace_max_hvps"] == 7
+
+
+def test_input_space_surface_records_and_prints_only_eps_and_norm(run, tmp_path, capsys):
+    """--space input moves each input by eps along its gradient: no PGD runs, so its steps, step size and
+    restarts are neither recorded nor printed beside the result."""
+    from landscape.cli.surface import main as surface_main
+    out = tmp_path / "in"
+    proc = run_main(surface_main, [run / "best.pt", "--space", "input", "--samples", "8", "--x", "-1:1:3", "--y",
+                                   "-1:1:3", "--curvature-iters", "0", "--steps", "50", "--restarts", "4",
+                                   "--out", out], capsys)
+    assert proc.returncode == 0, proc.stderr
+    d = json.loads((out / "input_surface.json").read_text())
+    assert d["settings"]["attack"] == {"eps": 0.1, "norm": "linf"}
+    assert "PGD steps" not in proc.stdout and "restarts" not in proc.stdout and "eps 0.1" in proc.stdout

@@ -130,8 +130,9 @@ class InputSurfaceResult:
         i0, j0 = int(np.argmin(np.abs(self.a))), int(np.argmin(np.abs(self.b)))
         rs = self.rise_summary()
         d = {"kind": self.kind, "landscape_version": __version__,
-             "settings": {"samples": int(self.loss.shape[0]), "seed": self.seed, "attack": self.attack.to_dict(),
-                          **self.settings},
+             # of the attack only eps and norm are used (no PGD runs), so only they are recorded
+             "settings": {"samples": int(self.loss.shape[0]), "seed": self.seed,
+                          "attack": {"eps": self.attack.eps, "norm": self.attack.norm}, **self.settings},
              "seconds": self.seconds, "n": int(self.loss.shape[0]), "a": self.a.tolist(), "b": self.b.tolist(),
              "mean_loss": self.mean_loss.tolist(), "accuracy": self.accuracy.tolist(),
              "loss_at_input": float(self.loss[:, i0, j0].mean()),

@@ -61,6 +61,11 @@ def given_options(build_parser: Callable[[], argparse.ArgumentParser], argv: Seq
     return set(vars(p.parse_args(argv)))
 
 
+#: the destinations of the attack's flags (``add_attack_arguments``)
+ATTACK_DESTS = ("eps", "steps", "step_size", "restarts", "attack_norm", "attack_batch_size", "attack_bn",
+                "random_start")
+
+
 def duration(seconds: float) -> str:
     """``45 s``, ``12 min``, ``3.4 h``, ``2.1 days``."""
     if seconds < 90:

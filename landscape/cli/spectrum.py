@@ -14,7 +14,7 @@ from ..analysis.lanczos import MemoryBudget, fmt_bytes
 from ..data import dataset_info, load_dataset
 from ..errors import ConfigError, ResourceError
 from ..io import save_figure, write_json
-from .attack_args import add_attack_arguments, attack_from_args
+from .attack_args import ATTACK_DESTS, add_attack_arguments, attack_from_args
 from .common import (TORCHRUN_HELP, Parser, add_checkpoint_source, add_device, check_compatible, check_output, cli,
                      default_plot_path, finite_float, glue_optional_values, image_formats, int_range,
                      is_figure_path, nonneg_float, nonneg_int, positive_float, positive_int,
@@ -115,6 +115,23 @@ def _check_top_k(k: int, num_params: int) -> None:
     """k must be below the number of weights (whether the Lanczos basis fits is ``_precheck``'s). Cost: none."""
     if k >= num_params:
         raise ConfigError(f"--top-k {k}: the model has only {num_params:,} weights; ask for fewer eigenvalues")
+
+
+#: the settings of each part of a spectrum run: recorded only for the parts that ran (``recorded_settings``)
+PART_SETTINGS = {"top_k": ("which", "tol", "atol", "max_hvps"),
+                 "trace": ("trace_method", "trace_tol", "trace_max_hvps"),
+                 "density": ("density_probes", "density_steps", "sigma")}
+
+
+def recorded_settings(args) -> dict:
+    """The flags' values as the result records them: those of the parts that ran (top-k, trace, density),
+    and the attack's only for the adversarial loss (issue 33: a number is labelled only with the settings it
+    was computed with; a shared set of flags may carry the others, so they are left out, not refused)."""
+    ran = {"top_k": bool(args.top_k), "trace": bool(args.trace), "density": bool(args.density)}
+    skip = {k for part, keys in PART_SETTINGS.items() if not ran[part] for k in keys}
+    if args.loss == "clean":
+        skip |= set(ATTACK_DESTS)
+    return {k: v for k, v in vars(args).items() if k not in skip}
 
 
 def check_args(args) -> None:
@@ -298,8 +315,8 @@ def _print_table(res: dict, header: str) -> None:
 @cli("landscape-spectrum")
 def main(argv: Sequence[str] | None = None) -> int:
     t_start = time.perf_counter()
-    args = build_parser().parse_args(glue_optional_values(list(sys.argv[1:] if argv is None else argv),
-                                                          {"--plot": is_figure_path}))
+    argv = glue_optional_values(list(sys.argv[1:] if argv is None else argv), {"--plot": is_figure_path})
+    args = build_parser().parse_args(argv)
     check_args(args)
     if args.plot is not None:
         args.plot = args.plot or default_plot_path(args.json, args.checkpoint, "spectrum")
@@ -365,7 +382,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result.estimate = {k: v for k, v in estimate.items() if k != "text"}
     result.context = {
         "command": "landscape-spectrum", "argv": list(sys.argv[1:] if argv is None else argv),
-        "settings": {**vars(args), "max_memory": given_memory, "samples": n, "eps": op.eps, "steps": op.steps, "step_size": op.step_size,
+        "settings": {**recorded_settings(args), "max_memory": given_memory, "samples": n, "eps": op.eps, "steps": op.steps, "step_size": op.step_size,
                      "attack": desc["attack"]},
         "checkpoint": str(args.checkpoint), "model": ck.arch, "dataset": ds.name, "split": args.split,
         "num_samples": op.num_samples, "num_params": op.num_params, "device": str(device),

@@ -464,7 +464,8 @@ def _input_space(args) -> int:
         from ..analysis.plots import plot_input_surface
         save_figure(plot_input_surface(d), args.plot, dpi=120)
         figures.append(str(args.plot))
-    line = (f"{args.checkpoint}: input-space surface ({describe_attack(attack)}) on {points} points, n={n}; loss at "
+    used = f"eps {attack.eps:g}" + ("" if attack.norm == "linf" else f" {attack.norm}")   # no PGD runs here
+    line = (f"{args.checkpoint}: input-space surface ({used}) on {points} points, n={n}; loss at "
             f"the inputs {d['loss_at_input']:.4g}, rise along the gradient {d['rise_within_eps']:.4g} at eps and "
             f"{d['rise_along_gradient']:.4g} at a = {res.a[-1]:g}, "
             f"{d['zero_gradient_samples']} zero gradients")

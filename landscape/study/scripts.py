@@ -113,11 +113,11 @@ def check_argv(kind: str, argv: Sequence[str], where: str) -> argparse.Namespace
     except SystemExit:     # --help or --version in a study file
         raise ConfigError(f"{where}: {SCRIPTS[kind][0]} would print and exit; remove that option") from None
     combos = getattr(importlib.import_module(SCRIPTS[kind][1]), "check_args", None)
-    if combos is not None:      # flags that parse but cannot run together
-        try:
+    try:
+        if combos is not None:      # flags that parse but cannot run together
             combos(ns)
-        except ConfigError as e:
-            raise ConfigError(f"{where}: {SCRIPTS[kind][0]} refuses it: {e}") from None
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {SCRIPTS[kind][0]} refuses it: {e}") from None
     return ns
 
 
