@@ -352,34 +352,31 @@ def _add(kind: str, item: Path, folder: Path, entry) -> None:
         e.eigen, e.density, e.trace = e.eigen or eig, e.density or dens, e.trace or trace
 
 
+def _eps_text(v: Any) -> str:
+    if isinstance(v, (int, float)) and round(v, 3) != v and abs(v * 255 - round(v * 255)) < 1e-3:
+        return f"ε = {round(v * 255)}/255"          # 8/255 rather than 0.031373
+    return f"ε = {v:g}" if isinstance(v, (int, float)) else f"ε = {v}"
+
+
+#: how a row label shows a setting that tells rows apart
+_SETTING_TEXT: dict[str, Any] = {
+    "eps": _eps_text,
+    "samples": lambda v: f"n = {v}",
+    "steps": lambda v: f"{v} steps",
+    "restarts": lambda v: f"{v} restart{'s' if v != 1 else ''}",
+    "step_size": lambda v: f"step {v:g}" if isinstance(v, (int, float)) else f"step {v}",
+    "norm": lambda v: {"linf": "Linf", "l2": "L2", "l1": "L1"}.get(str(v), str(v)),
+    "split": lambda v: f"{v} split",
+    "bn": lambda v: f"BN {v}",
+    "loss": lambda v: f"{v} loss",
+    "model": lambda v: f"model {v}",
+    "method": lambda v: f"method {v}",
+    "arch_kwargs": lambda v: "no arch kwargs" if v == "{}" else f"arch kwargs {v}",
+}
+
+
 def _fmt_setting(key: str, v: Any) -> str:
-    if key == "eps":
-        if isinstance(v, (int, float)) and round(v, 3) != v and abs(v * 255 - round(v * 255)) < 1e-3:
-            return f"ε = {round(v * 255)}/255"          # 8/255 rather than 0.031373
-        return f"ε = {v:g}" if isinstance(v, (int, float)) else f"ε = {v}"
-    if key == "samples":
-        return f"n = {v}"
-    if key == "steps":
-        return f"{v} steps"
-    if key == "restarts":
-        return f"{v} restart{'s' if v != 1 else ''}"
-    if key == "step_size":
-        return f"step {v:g}" if isinstance(v, (int, float)) else f"step {v}"
-    if key == "norm":
-        return {"linf": "Linf", "l2": "L2", "l1": "L1"}.get(str(v), str(v))
-    if key == "split":
-        return f"{v} split"
-    if key == "bn":
-        return f"BN {v}"
-    if key == "loss":
-        return f"{v} loss"
-    if key == "model":
-        return f"model {v}"
-    if key == "method":
-        return f"method {v}"
-    if key == "arch_kwargs":
-        return "no arch kwargs" if v == "{}" else f"arch kwargs {v}"
-    return str(v)
+    return _SETTING_TEXT.get(key, str)(v)
 
 
 def _row_settings(e: RunEntry) -> list[tuple[str, str, Any]]:

@@ -167,12 +167,7 @@ def measurement(obj: Any) -> dict:
     models); ``arch_kwargs``: sorted JSON. A clean loss has no attack: eps, norm, steps, restarts and
     step_size are None. ``bn``: BatchNorm's mode in the attack (eval / train) or in the Hessian operator
     (running / batch). A training result (a run's config and history) gives its training eps."""
-    if isinstance(obj, SurfaceResult):
-        d: Any = {"settings": obj.settings}
-    else:
-        d = load_result(obj) if not is_table_like(obj) else {}
-    if not isinstance(d, dict):
-        d = {}
+    d = _result_dict(obj)
     cfg = d.get("config") if isinstance(d.get("config"), dict) else {}
     own = {k: v for k, v in d.items() if k != "config"}
     settings = own.get("settings") if isinstance(own.get("settings"), dict) else {}
@@ -216,15 +211,18 @@ def fmt_value(v: Any) -> str:
     return f"{v:g}" if isinstance(v, (int, float)) else str(v)
 
 
+def _result_dict(obj: Any) -> dict:
+    """A result as a dict ({} for a table or anything that is not one); a SurfaceResult by its settings."""
+    if isinstance(obj, SurfaceResult):
+        return {"settings": obj.settings}
+    d = load_result(obj) if not is_table_like(obj) else {}
+    return d if isinstance(d, dict) else {}
+
+
 def describe(obj: Any) -> dict:
     """What produced a result, from its settings: ``name`` (method or run, for legends), ``method``, ``eps``,
     ``loss``, ``dataset``, ``n`` (samples), ``model`` (None where the result does not say)."""
-    if isinstance(obj, SurfaceResult):
-        d: Any = {"settings": obj.settings}
-    else:
-        d = load_result(obj) if not is_table_like(obj) else {}
-    if not isinstance(d, dict):
-        d = {}
+    d = _result_dict(obj)
     run = result_run(d)
     method = find_setting(d, "method")
     if method in ("lanczos", "eigsh", "hutch++", "hutchinson", "xtrace", "slq"):   # an estimator, not training
