@@ -384,6 +384,9 @@ def _run(args, ck, ds, x, y, n, dim, x_spec, y_spec, attack, out, world, device)
         line += f"; at the model: loss {summary['center']['loss']:.4g}, accuracy {summary['center']['accuracy']:.4f}"
     if "min_loss" in summary:
         line += f"; lowest loss {summary['min_loss']['loss']:.4g}"
+    if summary.get("nonfinite_points"):     # the moved model diverged there: null in the JSON, not a number
+        line += (f"; {summary['nonfinite_points']} of {summary['points_total']} points not finite (the model's "
+                 "outputs diverge there; null in the JSON)")
     return _report(args, line, out / "surface.json", summary, figures)
 
 
