@@ -146,3 +146,18 @@ def test_l2_budget_above_one_is_accepted_for_an_l2_attack(mlp_ckpt, tmp_path, ca
                  "--steps", "2", *SMALL, "--json", str(out)]) == 0, capsys.readouterr().err
     att = json.loads(out.read_text())["operator"]["attack"]
     assert att["norm"] == "l2" and att["eps"] == 1.5
+
+
+def test_hvp_flag_picks_the_method_and_the_json_records_it(mlp_ckpt, tmp_path, capsys):
+    """--hvp fwd-over-rev gives the eigenvalues of double backward (float32 round-off) and the JSON's operator
+    records the method that ran; auto records what it resolved to (issue 34)."""
+    got = {}
+    for mode in ("double-backward", "fwd-over-rev", "auto"):
+        out = tmp_path / f"{mode}.json"
+        assert main([str(mlp_ckpt), "--top-k", "2", "--samples", "64", "--hvp", mode, "--json", str(out)]) == 0, \
+            capsys.readouterr().err
+        d = json.loads(out.read_text())
+        got[mode] = d["top_eigenvalues"]["values"]
+        assert d["operator"]["hvp_method"] == (mode if mode != "auto" else "double-backward")
+    assert got["fwd-over-rev"] == pytest.approx(got["double-backward"], rel=1e-4)
+    assert got["auto"] == got["double-backward"]

@@ -10,6 +10,7 @@ import torch
 
 from ..attacks import check_eps
 from ..checkpoint import load_checkpoint
+from ..analysis.hessian import HVP_CHOICES
 from ..analysis.lanczos import MemoryBudget, fmt_bytes
 from ..data import dataset_info, load_dataset
 from ..errors import ConfigError, ResourceError
@@ -91,6 +92,10 @@ def build_parser() -> Parser:
     p.add_argument("--loss", choices=("clean", "adversarial"), default="clean",
                    help="the Hessian of the clean loss, or of the loss at PGD examples made once at the weights")
     add_attack_arguments(p)
+    p.add_argument("--hvp", choices=HVP_CHOICES, default="auto",
+                   help="how a Hessian-vector product is computed: double-backward, fwd-over-rev (forward-over-"
+                        "reverse), or auto (the faster one measured for this device type: double backward on CPUs "
+                        "and, until a GPU measurement says otherwise, on CUDA); recorded in the JSON's operator")
     p.add_argument("--bn", choices=("running", "batch"), default="running",
                    help="BatchNorm statistics: running (eval mode, never updated) or per batch")
     p.add_argument("--split", default="test", help="train, val, train-full or test")
@@ -345,7 +350,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     attack = attack_from_args(args, ck.config) if args.loss == "adversarial" else None  # no eps: exit 2
     op = HessianOperator.from_checkpoint(ck, (x, y), loss=args.loss, attack=attack, bn=args.bn,
                                          batch_size=args.batch_size, seed=args.seed, device=device,
-                                         max_graph_memory=args.max_memory)
+                                         max_graph_memory=args.max_memory, hvp_method=args.hvp)
     setup_s = time.perf_counter() - t0
     estimate, plans = None, {}
     if args.backend == "landscape":

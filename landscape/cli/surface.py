@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from ..analysis.hessian import HVP_CHOICES
 from ..checkpoint import load_checkpoint
 from ..data import dataset_info, load_dataset
 from ..errors import ConfigError, ResourceError
@@ -90,6 +91,9 @@ def build_parser() -> Parser:
     g.add_argument("--orthogonalize", action="store_true",
                    help="make the second random direction exactly orthogonal to the first")
     g.add_argument("--eigen-tol", type=float, default=1e-3, help="relative residual tolerance of eigenvectors")
+    g.add_argument("--hvp", choices=HVP_CHOICES, default="auto",
+                   help="--directions eigen: how a Hessian-vector product is computed (double-backward, "
+                        "fwd-over-rev, or auto: the faster one measured for this device type)")
     g.add_argument("--bn-buffers", choices=("interpolate", "fixed"), default="interpolate",
                    help="interpolate: buffers (BatchNorm running statistics) move along the interpolation too, "
                         "so a=1 is CKPT2 exactly; fixed: CKPT's buffers everywhere")
@@ -175,7 +179,7 @@ def _directions(args, ck, x, y, dim, attack, device):
         return ds
     if args.directions == "eigen":
         return D.eigen_directions(ck.model, (x, y), args.loss, attack=attack, k=dim, tol=args.eigen_tol,
-                                  seed=args.seed)
+                                  seed=args.seed, hvp_method=args.hvp)
     if args.directions == "interpolate":
         other = load_checkpoint(args.to, args.arch, args.dataset, device, **source_options(args))
         if all((ck.dataset, ck.arch, other.dataset, other.arch)) and \
