@@ -183,7 +183,9 @@ def test_results_record_the_method_and_top_eigenvalues_agree(data):
 def _dist_worker(rank: int, path: str, out: str) -> None:
     import torch.distributed as dist
     torch.set_num_threads(1)
+    from landscape.distributed import finish
     dist.init_process_group("gloo", init_method=f"file://{path}", rank=rank, world_size=2)
+    clean = False
     try:
         x, y = load_dataset("digits", "test").tensors(N)
         net = tiny_bn_cnn()
@@ -194,8 +196,12 @@ def _dist_worker(rank: int, path: str, out: str) -> None:
         hv["shard"] = torch.tensor([len(op.batches) for op in ops.values()] + [ops["fwd-over-rev"].world.size])
         if rank == 0:
             torch.save(hv, out)
+        clean = True
     finally:
-        dist.destroy_process_group()
+        # the ranks meet at a barrier before tearing gloo down (distributed.finish): without it, one rank could
+        # abort at exit ("terminate called without an active exception") while the other's messages are in
+        # flight, which a clean-clone CI run saw once
+        finish(clean)
 
 
 @pytest.mark.skipif(os.name != "posix", reason="gloo with a file store")
