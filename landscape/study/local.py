@@ -182,8 +182,7 @@ def _run(study: Study, workers: int, gpus: list[str], threads: int | None, estim
 
 def _refuse_live_slurm_jobs(study: Study, pairs) -> None:
     """A study whose steps are queued or running on SLURM is not run here at the same time."""
-    from .slurm import refresh
-    from .status import ACTIVE
+    from .slurm import ACTIVE, refresh
     recs = [state(study, c, s).record or {} for c, s in pairs]
     if not any(r.get("executor") == "slurm" and r.get("status") in ("queued", "running", "stopped") for r in recs):
         return

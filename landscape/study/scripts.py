@@ -8,6 +8,7 @@ function), never the other way round."""
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 from typing import Any, Mapping, Sequence
 
@@ -34,12 +35,15 @@ PATH_OPTIONS = frozenset({"data-dir", "model-dir", "surrogate", "to", "trajector
 
 
 def parser(kind: str) -> argparse.ArgumentParser:
-    """The console script's own parser (``build_parser`` of its module)."""
+    """A fresh copy of the console script's own parser (``build_parser`` of its module)."""
     return importlib.import_module(SCRIPTS[kind][1]).build_parser()
 
 
-def _action(p: argparse.ArgumentParser, key: str) -> argparse.Action | None:
-    return p._option_string_actions.get(f"--{key}")
+@functools.lru_cache(maxsize=None)
+def _options(kind: str) -> dict[str, argparse.Action]:
+    """The script's options by flag, read once per process: every command of a study is built from them
+    (``options_argv`` only reads them; a parser that parses is made fresh by ``parser``)."""
+    return dict(parser(kind)._option_string_actions)
 
 
 def format_value(v: Any) -> str:
@@ -55,12 +59,12 @@ def options_argv(kind: str, options: Mapping[str, Any], where: str) -> list[str]
     """``--key value`` words for ``options`` of a ``kind`` step, in the table's order. ``true`` gives a flag,
     ``false`` leaves a flag out (``--no-KEY`` for a two-way flag), a list gives several values. An unknown
     option, a reserved one or a value of the wrong shape is a ``ConfigError`` naming ``where`` and the key."""
-    p = parser(kind)
+    actions = _options(kind)
     out: list[str] = []
     for key, value in options.items():
-        a = _action(p, key)
+        a = actions.get(f"--{key}")
         if a is None or key in ("help",):
-            known = sorted(o[2:] for o in p._option_string_actions if o.startswith("--")
+            known = sorted(o[2:] for o in actions if o.startswith("--")
                            and o[2:] not in RESERVED[kind] and o != "--help")
             raise ConfigError(f"{where}: unknown option {key!r} of {SCRIPTS[kind][0]}; its options: "
                               f"{', '.join(known)}")

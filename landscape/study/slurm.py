@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -38,17 +39,18 @@ from .state import claim_folder, read_record, state, write_record
 SIGNAL_SECONDS = 300          # SIGTERM this long before a job's time limit: time to write last.pt
 
 
+#: the SLURM job states of a job that will still run (or is running): not to be submitted again
+ACTIVE = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUE_HOLD",
+          "SIGNALING", "STAGE_OUT", "RESIZING", "REQUEUE_FED")
+
+
 def _tool(name: str) -> str:
-    for d in ("", "/usr/bin/", "/usr/local/bin/"):
-        p = f"{d}{name}"
-        if (d and Path(p).exists()) or (not d and _which(p)):
-            return p
-    raise ConfigError(f"--executor slurm needs SLURM's {name} on PATH (this machine has none)")
-
-
-def _which(name: str) -> bool:
-    from shutil import which
-    return which(name) is not None
+    """The path of a SLURM client (on PATH, else in /usr/bin or /usr/local/bin)."""
+    found = shutil.which(name) or next((p for p in (f"/usr/bin/{name}", f"/usr/local/bin/{name}")
+                                        if Path(p).exists()), None)
+    if found is None:
+        raise ConfigError(f"--executor slurm needs SLURM's {name} on PATH (this machine has none)")
+    return found
 
 
 def job_states(ids: Sequence[str]) -> dict[str, tuple[str, str]]:
@@ -135,9 +137,7 @@ def submit(study: Study, partition: str | None = None, account: str | None = Non
             if st.status == "done":
                 skipped += 1
                 continue
-            if st.status in ("queued", "running") and jid in live and live[jid][0] in (
-                    "PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUE_HOLD",
-                    "REQUEUE_FED", "RESIZING", "SIGNALING", "STAGE_OUT"):
+            if st.status in ("queued", "running") and jid in live and live[jid][0] in ACTIVE:
                 print(f"{cell.name} {step.name}: already {live[jid][0].lower()} as job {jid}")
                 jobs[key] = jid
                 continue

@@ -6,10 +6,9 @@ from dataclasses import dataclass
 
 from ..io import write_json
 from .spec import Study
+from .slurm import ACTIVE, refresh
 from .state import state
 
-ACTIVE = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUE_HOLD",
-          "SIGNALING", "STAGE_OUT", "RESIZING", "REQUEUE_FED")
 
 
 @dataclass(frozen=True)
@@ -24,7 +23,6 @@ class Row:
 def rows(study: Study) -> list[Row]:
     """Every (cell, step) with its status; a job recorded as queued or running that SLURM no longer runs is
     'cancelled' (e.g. its training failed) or 'lost' (its node went away)."""
-    from .slurm import refresh
     pairs = study.pairs()
     recs = {}
     any_job = False
