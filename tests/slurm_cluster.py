@@ -70,16 +70,17 @@ def start(state: Path) -> Cluster:
     if not Path("/etc/munge/munge.key").exists() or not Path("/etc/munge/munge.key").stat().st_size:
         subprocess.run(["mungekey", "--create"], check=True)
     if subprocess.run("munge -n | unmunge", shell=True, capture_output=True).returncode != 0:
-        pidfile = state / "munged.pid"
+        # munged runs as the munge user, which cannot enter pytest's root-only temporary folders: its pid
+        # file goes where the package puts it, in /run/munge (owned by munge)
+        pidfile = run / "munged.pid"
+        pidfile.unlink(missing_ok=True)
         subprocess.run(["su", "-s", "/bin/sh", "munge", "-c",
                         f"/usr/sbin/munged --pid-file={pidfile} --force"], check=True)
-        # munged writes its pid file as the munge user into a folder it may not own: read it from pgrep too
+        pids.append(_pid(pidfile))
         deadline = time.time() + 10
         while time.time() < deadline and subprocess.run("munge -n | unmunge", shell=True,
                                                         capture_output=True).returncode:
             time.sleep(0.1)
-        out = subprocess.run(["pgrep", "-u", "munge", "-x", "munged"], capture_output=True, text=True).stdout.split()
-        pids += [int(p) for p in out[:1]]
     host = socket.gethostname()
     CONF.parent.mkdir(parents=True, exist_ok=True)
     CONF.write_text(f"""ClusterName=local
