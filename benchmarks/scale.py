@@ -5,7 +5,7 @@ samples.
 For each model: seconds per gradient and per HVP; then, each in a FRESH subprocess (so that peak memory is
 the measurement's own): HVPs, seconds, peak memory (resident set, sampled every 2 ms from /proc/self/status,
 and the final VmHWM) and error of top-5 (tol 1e-3), trace and an 80-step density; for ours also the
-estimate the CLI prints (``lanczos.time_hvp`` + the memory plan) next to the measured peak. Errors of top-5
+estimate the CLI prints (``memory.time_hvp`` + the memory plan) next to the measured peak. Errors of top-5
 are the largest relative error against a tight reference (our Lanczos at tol 1e-8 on a float64 copy) where
 one is run, else our own true-residual bound max ||Hv - lam v|| / |lam| (marked "bound").
 
@@ -87,7 +87,7 @@ def _setup(spec: dict):
 def _meter(spec: dict):
     """Peak memory of one measurement: the resident set on the CPU, PyTorch's allocations on a GPU."""
     import torch
-    from landscape.analysis.lanczos import PeakMemory
+    from landscape.analysis.memory import PeakMemory
     dev = torch.device(spec.get("device", "cpu"))
     return PeakMemory(dev) if dev.type == "cuda" else RssSampler()
 
@@ -109,8 +109,7 @@ def work(spec: dict) -> dict:
     import numpy as np
     import torch
     from landscape.analysis import HessianOperator, hessian_trace, spectral_density, top_eigenvalues
-    from landscape.analysis.lanczos import choose_top_k_plan, plan_density, time_hvp
-    from landscape.analysis.spectrum import default_max_hvps
+    from landscape.analysis.memory import MemoryBudget, choose_top_k_plan, default_max_hvps, plan_density, time_hvp
 
     task, cap = spec["task"], spec.get("max_steps")
     out: dict = {"task": task, "model": spec["model"]}
@@ -133,7 +132,7 @@ def work(spec: dict) -> dict:
             tol = 1e-3 if task == "ours-top5" else spec.get("ref_tol", 1e-8)
             if task == "ours-top5":  # what the CLI prints before the work
                 s, peak = time_hvp(op, repeats=spec.get("timing_repeats", 2))
-                plan = choose_top_k_plan(op, 5, default_max_hvps(op.num_params, 5), None, peak)
+                plan = choose_top_k_plan(op, 5, default_max_hvps(op.num_params, 5), MemoryBudget.of(None, op.device), peak)
                 out.update(estimate_peak=plan.estimated_peak, estimate_hvp_seconds=s, plan=plan.to_dict())
                 t0 = time.perf_counter()
             r = top_eigenvalues(op, k=5, tol=tol, seed=0, max_hvps=cap)
@@ -147,7 +146,7 @@ def work(spec: dict) -> dict:
         elif task == "ours-density":
             op = HessianOperator(model, (x, y), batch_size=spec.get("batch_size"))
             s, peak = time_hvp(op, repeats=spec.get("timing_repeats", 2))
-            plan = plan_density(op, 80, None, peak)
+            plan = plan_density(op, 80, MemoryBudget.of(None, op.device), peak)
             out.update(estimate_peak=plan.estimated_peak, estimate_hvp_seconds=s, plan=plan.to_dict())
             t0 = time.perf_counter()
             r = spectral_density(op, n_probes=spec.get("density_probes", 3), lanczos_steps=cap or 80, seed=0)

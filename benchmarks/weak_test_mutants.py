@@ -68,11 +68,11 @@ MUTANTS = {
         import dataclasses
         from landscape.cli import spectrum
         real = spectrum._run_landscape
-        def _run_landscape(op, args, show=True, plans=None, hvp_peak=None):
-            plans = {k: dataclasses.replace(p, hvp_peak=p.hvp_peak + 10 ** 6,
-                                            estimated_peak=p.estimated_peak + 10 ** 6)
-                     for k, p in (plans or {}).items()}
-            return real(op, args, show, plans, hvp_peak)
+        def _run_landscape(op, args, plan, show=True):
+            bump = lambda p: None if p is None else dataclasses.replace(   # noqa: E731
+                p, hvp_peak=p.hvp_peak + 10 ** 6, estimated_peak=p.estimated_peak + 10 ** 6)
+            plan = dataclasses.replace(plan, top_k=bump(plan.top_k), density=bump(plan.density))
+            return real(op, args, plan, show)
         spectrum._run_landscape = _run_landscape
         """),
 }

@@ -22,11 +22,26 @@ import torch
 from torch import nn
 
 from .attacks import NORMS, adversarial_examples, check_eps, default_step_size
+from .constraints import Interval, NoneOr, OneOf, validate
 from .errors import ConfigError
 
 ATTACK_BN = ("eval", "batch")
 DEFAULT_STEPS = 10
 DEFAULT_BATCH_SIZE = 256
+
+#: the range of each AttackSpec field (``constraints``); the console scripts' attack flags take their types
+#: from it. eps's upper bound depends on the norm (Linf: at most 1), checked after it (``attacks.check_eps``).
+CONSTRAINTS = {
+    "norm": OneOf(NORMS),
+    "eps": Interval(float, 0.0),
+    "steps": Interval(int, 1),          # 0 steps made a "PGD" accuracy of the random start alone
+    "step_size": NoneOr(Interval(float, 0.0, lo_open=True)),
+    "restarts": Interval(int, 1),
+    "batch_size": Interval(int, 1),
+    "bn": OneOf(ATTACK_BN),
+}
+#: the flags of the fields whose flag is not their name (``--steps`` is ``steps``'s)
+FLAGS = {"norm": "--attack-norm", "batch_size": "--attack-batch-size", "bn": "--attack-bn"}
 
 
 class MissingEpsError(ConfigError):
@@ -48,27 +63,13 @@ class AttackSpec:
     def __post_init__(self) -> None:
         if self.eps is None:
             raise MissingEpsError("the attack needs an eps")
-        try:
-            object.__setattr__(self, "eps", float(self.eps))
-        except (TypeError, ValueError):
-            raise ConfigError(f"eps must be a number, got {self.eps!r}") from None
-        check_eps(self.eps, self.norm)
+        validate(dataclasses.asdict(self), CONSTRAINTS, FLAGS)
+        check_eps(self.eps, self.norm)   # the norm's own bound (Linf: eps <= 1)
+        for name in ("eps", "step_size"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, float(getattr(self, name)))
         for name in ("steps", "restarts", "batch_size"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int):
-                raise ConfigError(f"attack {name} must be an integer, got {v!r}")
-        if self.steps < 1:   # 0 steps made a "PGD" accuracy of the random start alone (the CLIs refused it)
-            raise ConfigError(f"PGD steps must be at least 1, got {self.steps}")
-        if self.restarts < 1:
-            raise ConfigError(f"restarts must be at least 1, got {self.restarts}")
-        if self.batch_size < 1:
-            raise ConfigError(f"attack batch size must be at least 1, got {self.batch_size}")
-        if self.step_size is not None:
-            object.__setattr__(self, "step_size", float(self.step_size))
-            if not (math.isfinite(self.step_size) and self.step_size > 0):
-                raise ConfigError(f"PGD step size must be positive, got {self.step_size}")
-        if self.bn not in ATTACK_BN:
-            raise ConfigError(f"unknown attack BatchNorm mode {self.bn!r}; choose from {', '.join(ATTACK_BN)}")
+            object.__setattr__(self, name, int(getattr(self, name)))
         object.__setattr__(self, "random_start", bool(self.random_start))
 
     @property
@@ -224,58 +225,5 @@ def sample_pass_seconds(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batc
     return per
 
 
-#: the loose attack keywords of the old signatures, and the AttackSpec field each one sets
-LOOSE_KEYWORDS = {"eps": "eps", "steps": "steps", "step_size": "step_size", "norm": "norm", "attack_norm": "norm",
-                  "restarts": "restarts", "attack_batch_size": "batch_size"}
-
-
-def takes_attack_spec(default_steps: int = DEFAULT_STEPS, adversarial_only: str | None = None,
-                      batch_from: str | None = None):
-    """Decorator for a function whose one attack argument is ``attack: AttackSpec | None``: the loose keywords
-    of its old signature (``LOOSE_KEYWORDS``; also an eps given positionally where the spec goes) still work
-    for scripts written against it, with a ``DeprecationWarning``, and become one ``AttackSpec`` made by the
-    one rule (validated once; ``steps`` defaults to ``default_steps``, the old signature's default). Loose
-    keywords beside ``attack=`` are refused. ``adversarial_only="loss"``: when the call's ``loss`` argument is
-    not "adversarial", loose keywords make no attack (they were ignored by the old signature too).
-    ``batch_from="batch_size"``: the old signature attacked in batches of that argument (the spec's batch size,
-    unless ``attack_batch_size`` is given)."""
-    import functools
-    import inspect
-    import warnings
-
-    def wrap(func):
-        sig = inspect.signature(func)
-        name = func.__qualname__.replace(".__init__", "")
-
-        @functools.wraps(func)
-        def inner(*args: Any, **kwargs: Any) -> Any:
-            loose = {k: kwargs.pop(k) for k in list(kwargs) if k in LOOSE_KEYWORDS}
-            bound = sig.bind_partial(*args, **kwargs)
-            given = bound.arguments.get("attack")
-            if isinstance(given, (int, float)) and not isinstance(given, bool):   # evaluate(model, x, y, 0.1)
-                loose.setdefault("eps", given)
-                bound.arguments["attack"] = given = None
-            if not loose:
-                return func(*bound.args, **bound.kwargs)
-            if given is not None:
-                raise ConfigError(f"{name}: give the attack as attack=AttackSpec(...) or by the old "
-                                  f"keywords ({', '.join(sorted(loose))}), not both")
-            warnings.warn(f"{name}: the loose attack keywords ({', '.join(sorted(loose))}) are deprecated; "
-                          "pass attack=AttackSpec(...)", DeprecationWarning, stacklevel=2)
-            loss = bound.arguments.get(adversarial_only, sig.parameters[adversarial_only].default) \
-                if adversarial_only else "adversarial"
-            fields = {LOOSE_KEYWORDS[k]: v for k, v in loose.items() if v is not None}
-            if loss == "adversarial" and fields.get("eps") is not None:
-                fields.setdefault("steps", default_steps)
-                if batch_from and bound.arguments.get(batch_from) is not None:
-                    fields.setdefault("batch_size", bound.arguments[batch_from])
-                bound.arguments["attack"] = AttackSpec(**fields)
-            elif fields.get("eps") is not None:
-                check_eps(float(fields["eps"]), fields.get("norm", "linf"))   # validated, though unused
-            return func(*bound.args, **bound.kwargs)
-        return inner
-    return wrap
-
-
-__all__ = ["AttackSpec", "ATTACK_BN", "AUTOATTACK_PASSES", "FORWARD_PASSES", "HVP_PASSES", "sample_pass_seconds", "DEFAULT_STEPS", "DEFAULT_BATCH_SIZE", "LOOSE_KEYWORDS", "MissingEpsError",
-           "NORMS", "config_attack", "resolve_attack", "takes_attack_spec"]
+__all__ = ["AttackSpec", "ATTACK_BN", "CONSTRAINTS", "FLAGS", "AUTOATTACK_PASSES", "FORWARD_PASSES", "HVP_PASSES", "sample_pass_seconds", "DEFAULT_STEPS", "DEFAULT_BATCH_SIZE", "MissingEpsError",
+           "NORMS", "config_attack", "resolve_attack"]

@@ -22,6 +22,7 @@ from torch import nn
 
 from .errors import ConfigError
 from .finite import nonfinite_rows, refuse_nonfinite
+from .seeding import generator
 
 NORMS = ("linf", "l2")
 
@@ -414,7 +415,7 @@ def batch_generator(seed: int, start: int) -> torch.Generator:
 
     Seeding by (seed, start) makes a batch's attack independent of the batches before it.
     """
-    return torch.Generator().manual_seed(int(seed) * 1_000_003 + int(start))
+    return generator(seed, start)
 
 
 def adversarial_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,

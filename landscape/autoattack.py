@@ -35,7 +35,10 @@ from ._version import __version__
 from .attacks import check_eps
 from .digest import tensor_digest
 from .errors import ConfigError
+from .inference import predict
 from .io import read_json, write_json
+from .progress import Callback, report
+from .seeding import derive
 
 STANDARD = ("apgd-ce", "apgd-t", "fab-t", "square")
 WHITE_BOX = ("apgd-ce", "apgd-t", "fab-t", "apgd-dlr", "fab")
@@ -109,7 +112,7 @@ def adversarial_inputs(out: object) -> torch.Tensor:
 
 def chunk_seed(seed: int, start: int) -> int:
     """The seed of the chunk beginning at sample ``start`` (as ``attacks.batch_generator``)."""
-    return int(seed) * 1_000_003 + int(start)
+    return derive(seed, start)
 
 
 def _member(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: str, eps: float, norm: str, seed: int,
@@ -202,10 +205,11 @@ def _differs(made: Any, now: dict) -> str:
 def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str = "linf",
                    seed: int = 0, batch_size: int = 256, chunk: int | None = None,
                    attacks: Sequence[str] = STANDARD, state_dir: str | Path | None = None,
-                   progress: bool = False, square_queries: int | None = None) -> AutoAttackResult:
+                   callback: Callback = None, square_queries: int | None = None) -> AutoAttackResult:
     """AutoAttack's per-sample outcome on (x, y) (module doc: chunks, resume, shards). ``chunk`` defaults to
     ``batch_size``; ``attacks`` a subset or reordering of the package's members; ``state_dir`` keeps each
-    chunk's outcome as it comes (None: nothing saved); ``square_queries`` replaces Square's standard 5,000. Under ``torchrun`` every process must call it with the
+    chunk's outcome as it comes (None: nothing saved); ``square_queries`` replaces Square's standard 5,000;
+    ``callback(done, total, "AutoAttack", "member")`` reports progress (``landscape.progress``). Under ``torchrun`` every process must call it with the
     same arguments; each gets the whole result.
     Cost: the standard ensemble's thousands of passes per robust sample (APGD-CE 100 steps, APGD-T 9 x 100,
     FAB-T 9 targets, Square 5,000 queries on what survives), plus one forward per member and chunk."""
@@ -219,7 +223,6 @@ def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: floa
     if chunk < 1 or batch_size < 1:
         raise ConfigError("AutoAttack chunk and batch size must be positive")
     _package()
-    from .evaluate import predict   # evaluate imports this module: the one predict, imported when run
     n = len(y)
     folder = Path(state_dir) if state_dir is not None else None
     if folder is not None:
@@ -228,8 +231,7 @@ def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: floa
     weights = tensor_digest(model.state_dict().items())
     starts = list(range(0, n, chunk))
     mine = starts[w.rank::w.size]
-    from .progress import progress_bar
-    bar = progress_bar(total=len(mine) * len(attacks), desc="AutoAttack", unit="member", show=progress)
+    total, done = len(mine) * len(attacks), 0
     t0, records, resumed = time.perf_counter(), {}, 0
     for lo in mine:
         hi = min(lo + chunk, n)
@@ -246,7 +248,8 @@ def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: floa
                      "broken_by": [None if bool(p == t) else MISCLASSIFIED for p, t in zip(pred, ys)]}
         else:
             resumed += 1
-        bar.update(len(state["done"]))
+        done += len(state["done"])
+        report(callback, done, total, "AutoAttack", "member")
         for attack in attacks:
             if attack in state["done"]:
                 continue
@@ -264,9 +267,9 @@ def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: floa
             state["seconds"] += time.perf_counter() - t1
             if path is not None:
                 write_json(path, state)
-            bar.update(1)
+            done += 1
+            report(callback, done, total, "AutoAttack", "member")
         records[lo] = state
-    bar.close()
     if w.active:   # every process gets every chunk's outcome
         import torch.distributed as dist
         gathered: list[Any] = [None] * w.size

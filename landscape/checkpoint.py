@@ -33,6 +33,7 @@ from torch import nn
 
 from ._version import __version__
 from .data import DatasetInfo, dataset_info
+from .devices import resolve_device
 from .errors import CheckpointError
 from .io import atomic_torch_save
 from .models import build_model, is_user_arch
@@ -366,6 +367,7 @@ def load_checkpoint(path: str | os.PathLike, arch: str | None = None, dataset: s
     pass on 2 dummy inputs checks that it returns the dataset's number of logits.
     """
     kwargs = _parse_kwargs(arch_kwargs)
+    device = resolve_device(device)
     src = str(path)
     if src.startswith("robustbench:"):
         if arch or kwargs:

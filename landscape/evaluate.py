@@ -9,11 +9,11 @@ import torch
 from torch import nn
 
 from ._version import __version__
-from .attack_spec import AttackSpec, MissingEpsError, takes_attack_spec
-from .attacks import eval_mode
-from .autoattack import STANDARD, autoattack_accuracy, run_autoattack
+from .attack_spec import AttackSpec, MissingEpsError
+from .autoattack import run_autoattack
 from .errors import ConfigError
-from .finite import OutputWatch
+from .inference import accuracy
+from .progress import Callback, report
 from .inputs import check_batch
 
 
@@ -47,31 +47,13 @@ class EvalResult:
                 "step_size": self.step_size, "restarts": self.restarts, "seed": self.seed}
 
 
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 512, at: str = "") -> torch.Tensor:
-    """Predicted labels, in eval mode and without gradients. Outputs that are NaN or infinite for any sample
-    are refused (``finite.NonFiniteOutputError``, counting them over all of ``x``; ``at`` says where the
-    inputs come from, e.g. "at the PGD examples"): the argmax of NaN is no prediction. One forward pass per
-    batch (and one synchronization)."""
-    watch = OutputWatch(at, "accuracy")
-    with eval_mode(model), torch.inference_mode():
-        pred = torch.cat([watch(model(x[i:i + batch_size])).argmax(1) for i in range(0, len(x), batch_size)])
-    watch.check()
-    return pred
-
-
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512, at: str = "") -> float:
-    """Fraction of correctly classified samples (non-finite outputs refused: ``predict``)."""
-    return (predict(model, x, batch_size, at) == y).float().mean().item() if len(y) else float("nan")
-
-
-@takes_attack_spec(default_steps=20, batch_from="batch_size")
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: AttackSpec | None = None, *,
              batch_size: int = 256, seed: int = 0, autoattack: bool = False, autoattack_state: str | None = None,
-             progress: bool = False) -> EvalResult:
-    """Clean accuracy and PGD accuracy under ``attack`` (an ``AttackSpec``; the old loose keywords eps, steps
-    (default 20), step_size, restarts still work, deprecated), optionally AutoAttack (standard;
+             callback: Callback = None) -> EvalResult:
+    """Clean accuracy and PGD accuracy under ``attack`` (an ``AttackSpec``), optionally AutoAttack (standard;
     ``autoattack_state``: a folder that keeps its per-sample outcome as it comes, so that a rerun resumes:
-    ``autoattack.run_autoattack``; ``progress``: a progress line for PGD and AutoAttack). No attack and no eps: clean accuracy only (``pgd_acc`` None).
+    ``autoattack.run_autoattack``; ``callback(done, total, stage, unit)``: progress of PGD, then of AutoAttack,
+    ``landscape.progress``'s protocol). No attack and no eps: clean accuracy only (``pgd_acc`` None).
 
     A model whose outputs are NaN or infinite (on the inputs, at PGD's iterates or at its examples) is
     refused (``finite.NonFiniteOutputError``, one line counting the samples) before any accuracy is returned.
@@ -88,18 +70,17 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: AttackS
     clean = accuracy(model, x, y, batch_size)
     robust = None
     if attack is not None and attack.active:
-        from .progress import progress_bar
-        bar = progress_bar(total=len(y), desc=f"PGD-{attack.steps}", unit="sample", show=progress)
-        robust = accuracy(model, attack.examples(model, x, y, seed, callback=lambda done, _: bar.update(done - bar.n)),
-                          y, batch_size, at="at the PGD examples")
-        bar.close()
+        def pgd(done: int, total: int) -> None:
+            report(callback, done, total, f"PGD-{attack.steps}", "sample")
+        robust = accuracy(model, attack.examples(model, x, y, seed, callback=pgd), y, batch_size,
+                          at="at the PGD examples")
     elif attack is not None:
         robust = clean  # eps 0 or no steps: the inputs stay as they are
     aa = run_autoattack(model, x, y, attack.eps, attack.norm, seed, batch_size, state_dir=autoattack_state,
-                        progress=progress) if autoattack else None
+                        callback=callback) if autoattack else None
     return EvalResult(len(y), clean, robust, attack, seed, aa.accuracy if aa else None, time.perf_counter() - t0,
                       {"batch_size": batch_size, "autoattack": bool(autoattack)},
                       aa.accuracy_after() if aa else None)
 
 
-__all__ = ["EvalResult", "STANDARD", "accuracy", "autoattack_accuracy", "evaluate", "predict"]
+__all__ = ["EvalResult", "evaluate"]

@@ -7,6 +7,7 @@ a parent that is a file, a read-only folder, a full disk) is an ``OutputError`` 
 ``NotADirectoryError`` / ``FileExistsError``."""
 from __future__ import annotations
 
+import csv
 import errno
 import fcntl
 import gzip
@@ -28,6 +29,7 @@ import torch
 
 from ._version import __version__
 from .errors import BusyError, ConfigError, OutputError
+from .names import protected_reason
 
 LOCK_NAME = ".landscape.lock"
 OUTPUT_MARK = "written by landscape"   # the start of the mark in every figure and page landscape writes
@@ -190,6 +192,20 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     return _atomic(path, lambda f: f.write(text), mode="w")
 
 
+def write_csv(path: str | os.PathLike, rows: list[dict]) -> Path:
+    """A CSV table to ``path`` atomically: one line per row, the union of the rows' keys as columns (in order
+    of appearance; a missing value is empty), floats to 6 significant digits (a training run's metrics.csv)."""
+    keys: list[str] = []
+    for row in rows:
+        keys += [k for k in row if k not in keys]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys)
+    w.writeheader()
+    for row in rows:
+        w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    return write_text(path, buf.getvalue())
+
+
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically."""
     return _atomic(path, lambda f: f.write(data))
@@ -207,23 +223,6 @@ def save_npz(path: str | os.PathLike, **arrays: Any) -> Path:
 def output_mark() -> str:
     """The mark landscape writes into its figures and pages: ``written by landscape VERSION``."""
     return f"{OUTPUT_MARK} {__version__}"
-
-
-def save_figure(fig: Any, path: str | os.PathLike, dpi: float | None = None) -> Path:
-    """``fig.savefig`` to ``path`` atomically, in the format its suffix names (png, pdf, svg, ...). PNG, PDF,
-    SVG(Z), EPS and PS carry landscape's mark as their Creator metadata (``written_by_landscape``); the other
-    formats (JPEG, TIFF, WebP, ...) cannot, so a later run treats such a file as a user's."""
-    import matplotlib
-    path = Path(path)
-    fmt = path.suffix.lstrip(".").lower() or matplotlib.rcParams["savefig.format"]
-    kw = {"metadata": {"Creator": f"{output_mark()} with Matplotlib {matplotlib.__version__}"}} \
-        if fmt in MARKED_FIGURES else {}
-
-    def write(f):
-        buf = io.BytesIO()
-        fig.savefig(buf, format=fmt, dpi=dpi, **kw)
-        f.write(buf.getvalue())
-    return _atomic(path, write)
 
 
 def mark_html(page: str) -> str:
@@ -386,9 +385,8 @@ def held_folders() -> list[Path]:
 
 def _refuse_own_files(folder: Path) -> None:
     """Refuse to lock ``folder`` for a run or a surface when one of this command's held file outputs would be
-    one of the files written there (``runs.protected_reason(..., becoming=folder)``): ``--json RUN/config.json``
+    one of the files written there (``names.protected_reason(..., becoming=folder)``): ``--json RUN/config.json``
     of a new run would replace the run's own config at the end."""
-    from .runs import protected_reason
     for h in _HELD.values():
         if not h.folder:
             reason = protected_reason(h.path, becoming=[folder])
@@ -421,7 +419,7 @@ def lock_folder(folder: str | os.PathLike, command: str | None = None, tidy: boo
     holds nothing else at the end is removed). A folder the running command already holds (``hold_folder``)
     is not locked twice. A file in the way or a folder that cannot be written: ``OutputError``; one of the
     command's ``--json``/``--plot`` outputs that would be a run's or a surface's own file in ``folder``
-    (``runs.protected_reason``): ``OutputError``."""
+    (``names.protected_reason``): ``OutputError``."""
     folder = Path(folder)
     held = _HELD.get(_key(folder))
     if held is not None and held.folder:

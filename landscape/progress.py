@@ -1,11 +1,18 @@
-"""One progress display for every long loop: a tqdm bar on a terminal; elsewhere (``nohup``, a scheduler,
-``2>log``) one plain line every ``LANDSCAPE_PROGRESS_SECONDS`` seconds (default 30) and one at the end."""
+"""One progress protocol: the library reports work done as ``callback(done, total)`` (``Callback``) and
+never draws; the edges (console scripts, notebooks) turn that into a display with ``bar_callback``: a tqdm
+bar on a terminal; elsewhere (``nohup``, a scheduler, ``2>log``) one plain line every
+``LANDSCAPE_PROGRESS_SECONDS`` seconds (default 30) and one at the end."""
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
-from typing import Any, TextIO
+from typing import Any, Callable, Iterator, TextIO
+
+#: ``callback(done, total, stage="", unit="")``: called by long library loops after each unit of work; a
+#: job of several stages (PGD, then AutoAttack) names each (``stage``, ``unit``). None: report nothing.
+Callback = Callable[..., None] | None
 
 DEFAULT_SECONDS = 30.0
 
@@ -81,4 +88,41 @@ def progress_bar(total: int | None = None, desc: str = "", unit: str = "it", ini
                 leave=leave, **tqdm_kwargs)
 
 
-__all__ = ["progress_bar", "LogBar"]
+@contextlib.contextmanager
+def bar_callback(desc: str, unit: str = "it", show: bool = True,
+                 leave: bool = True) -> Iterator[Callable[..., None]]:
+    """The edge's side of the protocol: a ``Callback`` that draws ``progress_bar(desc, unit)``; the total may
+    change as the work goes (an adaptive trace's does), and a new ``stage`` closes the bar and opens one
+    named after it (in its ``unit``). The last bar is closed when the block ends."""
+    bars: list[Any] = []          # made at the first report (or at a new stage)
+    current = [None]
+
+    def update(done: int, total: int, stage: str = "", unit_: str = "") -> None:
+        if not bars or (stage and stage != current[0]):
+            if bars:
+                bars[0].close()
+            bars[:] = [progress_bar(total, stage or desc, unit_ or unit, show=show, leave=leave)]
+            current[0] = stage
+        bar = bars[0]
+        if bar.total != total:
+            bar.total = total
+        bar.n = done
+        bar.refresh() if done == total else bar.update(0)
+    try:
+        yield update
+    finally:
+        if bars:
+            bars[0].close()
+
+
+def report(callback: Callback, done: int, total: int, stage: str = "", unit: str = "") -> None:
+    """Call ``callback(done, total[, stage, unit])`` when there is one (the library's side of the protocol)."""
+    if callback is None:
+        return
+    if stage:
+        callback(done, total, stage, unit)
+    else:
+        callback(done, total)
+
+
+__all__ = ["Callback", "bar_callback", "progress_bar", "report", "LogBar"]

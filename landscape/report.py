@@ -39,11 +39,12 @@ from . import results as R
 from . import runs as Runs
 from .analysis.surface_result import SurfaceResult
 from .errors import LandscapeError
-from .io import _atomic
+from .io import write_bytes
+from .names import (INPUT_SURFACE_FILES, SURFACE_FILES, folder_result, is_checkpoint_path, is_run_folder,
+                    is_surface_folder)
 
 SKIP_JSON = {"config.json", "settings.json", "hsat.json"}
-RUN_MARKERS = ("metrics.csv", "config.json")       # what makes a folder a run folder
-OWN_FILES = {"surface.json", "surface.npz", "input_surface.json", "input_surface.npz"}   # read as the folder
+OWN_FILES = {*SURFACE_FILES[:2], *INPUT_SURFACE_FILES}   # a folder's own result files: read as the folder
 
 #: which columns a result kind fills (its role), and the settings under which two results of one role may
 #: share a row; ``SHARED_SETTINGS`` hold for the whole row whatever filled it
@@ -104,26 +105,16 @@ class Collected(list):
         self.notes = list(notes or [])
 
 
-def _is_run_dir(p: Path) -> bool:
-    return p.is_dir() and any((p / m).is_file() for m in RUN_MARKERS)
-
-
 def _scan(path: Path) -> list[Path]:
     """The results of one folder: its own surface (a run folder may hold one), its metrics.csv, surface
     folders (also under surfaces/), JSON results and CSVs of epochs."""
-    out: list[Path] = []
-    if R.is_surface_dir(path):
-        out.append(path)
-    if (path / "input_surface.json").is_file():
-        out.append(path / "input_surface.json")
+    out: list[Path] = [r for r in (folder_result(path),) if r is not None]
     subs = sorted(path.iterdir()) + (sorted((path / "surfaces").iterdir()) if (path / "surfaces").is_dir() else [])
     for p in subs:
         if p.parent == path and p.name in OWN_FILES:
             continue
-        if p.is_dir() and R.is_surface_dir(p):
-            out.append(p)
-        elif p.is_dir() and (p / "input_surface.json").is_file():
-            out.append(p / "input_surface.json")
+        if p.is_dir() and folder_result(p) is not None:
+            out.append(folder_result(p))
         elif p.is_file() and p.suffix == ".json" and p.name not in SKIP_JSON and ".directions" not in p.name:
             out.append(p)
         elif p.is_file() and p.suffix == ".csv" and _has_epochs(p):
@@ -140,15 +131,11 @@ def _items(path: Path) -> list[Path]:
         return [path]
     if not path.is_dir():
         raise LandscapeError(f"no such result or run folder: {path}")
-    if not _is_run_dir(path):
-        if R.is_surface_dir(path):
-            return [path]
-        if (path / "input_surface.json").is_file():
-            return [path / "input_surface.json"]
+    if not is_run_folder(path) and folder_result(path) is not None:
+        return [folder_result(path)]
     out = _scan(path)
-    subdirs = [p for p in sorted(path.iterdir()) if p.is_dir() and p.name != "surfaces" and not R.is_surface_dir(p)
-               and not (p / "input_surface.json").is_file()]
-    if not _is_run_dir(path):
+    subdirs = [p for p in sorted(path.iterdir()) if p.is_dir() and p.name != "surfaces" and folder_result(p) is None]
+    if not is_run_folder(path):
         for sub in subdirs:
             out.extend(_scan(sub))
     if not out:
@@ -158,7 +145,7 @@ def _items(path: Path) -> list[Path]:
             return ", ".join(names[:5]) + (f", ... ({len(names)} in all)" if len(names) > 5 else "")
         held = "; ".join(x for x in (
             f"{len(subdirs)} folder(s) ({some([p.name for p in subdirs])}) with no results in them" if subdirs
-            and not _is_run_dir(path) else "",
+            and not is_run_folder(path) else "",
             f"file(s) {some(files)}, none a result" if files else "") if x) or "it is empty"
         raise LandscapeError(f"{path}: no results found ({held}); expected a run folder (metrics.csv, config.json, "
                              "surfaces/, result JSON files), a folder of run folders, or result files")
@@ -269,7 +256,7 @@ def collect(paths: Iterable[str | os.PathLike]) -> Collected:
     seen: set[Path] = set()        # a run folder and one of its surfaces, both given: each result once
     for raw in paths:
         given = Path(raw)
-        scanned = given.is_dir() and (_is_run_dir(given) or not R.is_surface_dir(given))
+        scanned = given.is_dir() and (is_run_folder(given) or not is_surface_folder(given))
         for item in _items(given):
             if item.resolve() in seen:
                 continue
@@ -280,14 +267,14 @@ def collect(paths: Iterable[str | os.PathLike]) -> Collected:
                 if scanned:     # a file in a scanned folder that is no result (a log, a summary): named, left out
                     notes.append(f"skipped {item}: {err}")
                     continue
-                if item.suffix in R.CHECKPOINT_SUFFIXES:
+                if is_checkpoint_path(item):
                     raise LandscapeError(f"{item} is a checkpoint, not a result: give its run folder ({item.parent}) "
                                          "or the results made from it (the --json of landscape-eval or "
                                          "landscape-spectrum, surface folders)") from err
                 raise LandscapeError(str(err) if str(err).startswith(str(item))
                                      else f"{item} is not a landscape result: {err}") from err
             folder = item.parent if item.is_file() else item      # the run folder the result lies in
-            if not _is_run_dir(folder) and (R.is_surface_dir(folder) or (folder / "input_surface.json").is_file()):
+            if not is_run_folder(folder) and folder_result(folder) is not None:
                 folder = folder.parent
             if folder.name == "surfaces":
                 folder = folder.parent
@@ -696,7 +683,7 @@ def write_report(paths: Iterable[str | os.PathLike], out: str | os.PathLike, tit
     entries = collect(paths)
     out = Path(out)
     page = build_report(entries, title).encode("utf-8")   # UTF-8 whatever the locale (the page says so)
-    _atomic(out, lambda f: f.write(page))
+    write_bytes(out, page)
     return out, entries
 
 

@@ -1,6 +1,6 @@
 """Every result kind, its one owner: reading a result (a file, a folder, a dict or a result object), telling
 its kind, what it says about itself (``describe``), and the spectrum result's layout. No plotting import:
-``landscape.analysis.plots`` draws and ``landscape.report`` renders from what this module reads.
+``landscape.plots`` draws and ``landscape.report`` renders from what this module reads.
 
 Kinds (``RESULT_KINDS``): surface (a ``SurfaceResult``: surface.json / .npz / its folder), spectrum (eigenvalues,
 trace and density together, as ``landscape-spectrum --json`` writes them: ``SpectrumResult``), eigenvalues,
@@ -22,10 +22,10 @@ from .analysis.directions import current_meta
 from .analysis.surface_result import SurfaceResult, load_surface
 from .errors import LandscapeError
 from .io import read_json
-from .runs import known_method, method_of_run, pretty_method
+from .names import folder_result, is_checkpoint_path, is_surface_folder, known_method, method_of_run, pretty_method
 
 RESULT_KINDS = ("surface", "spectrum", "eigenvalues", "trace", "density", "evaluation", "training", "audit",
-                "input_surface")
+                "input_surface", "flatness")
 SPECTRUM_PARTS = ("top_eigenvalues", "trace", "density")   # a spectrum result's parts, under these keys
 DENSITY_FLOOR = 1e-6          # a density's log axis starts at this fraction of its peak (plots and report)
 
@@ -33,8 +33,8 @@ DENSITY_FLOOR = 1e-6          # a density's log axis starts at this fraction of 
 def load_result(obj: Any) -> Any:
     if isinstance(obj, (str, os.PathLike)):
         p = Path(obj)
-        if p.is_dir() and (p / "input_surface.json").is_file():
-            p = p / "input_surface.json"
+        if p.is_dir() and folder_result(p) is not None:
+            p = folder_result(p)
         if not p.is_file():
             raise LandscapeError(f"result file not found: {p}")
         try:
@@ -60,10 +60,6 @@ def find_setting(d: Any, *keys: str) -> Any:
     return None
 
 
-def is_surface_dir(p: Path) -> bool:
-    return p.is_dir() and ((p / "surface.json").is_file() or (p / "surface.npz").is_file())
-
-
 def result_kind(obj: Any) -> str:
     """The ``kind`` of a result (one of ``RESULT_KINDS``): its ``kind`` field, else inferred from its keys
     (older files), a ``SurfaceResult``, a DataFrame / metrics.csv / run folder ("training")."""
@@ -75,7 +71,7 @@ def result_kind(obj: Any) -> str:
     if isinstance(obj, (str, os.PathLike)):
         p = Path(obj)
         if p.is_dir():
-            if is_surface_dir(p):
+            if is_surface_folder(p):
                 return "surface"
             if (p / "input_surface.json").is_file():
                 return "input_surface"
@@ -129,11 +125,10 @@ def result_run(d: dict) -> str | None:
     ck = find_setting(d, "checkpoint")
     if isinstance(ck, str) and ck:
         p = Path(ck)
-        return run_folder_name(p.parent) if p.suffix in CHECKPOINT_SUFFIXES and p.parent.name else p.stem
+        return run_folder_name(p.parent) if is_checkpoint_path(p) and p.parent.name else p.stem
     return None
 
 
-CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors", ".bin")
 
 #: what a result was measured under (``measurement``), as the report tells results apart: the model (its
 #: checkpoint file, architecture or wrapper, constructor arguments, dataset) and the attack / operator
@@ -183,7 +178,7 @@ def measurement(obj: Any) -> dict:
     out = {"run": result_run(d), "loss": loss if isinstance(loss, str) else None}
     ck = find_setting(own, "checkpoint")
     if isinstance(ck, str) and ck:
-        out["checkpoint"] = Path(ck).name if Path(ck).suffix in CHECKPOINT_SUFFIXES else ck
+        out["checkpoint"] = Path(ck).name if is_checkpoint_path(ck) else ck
     method = cfg.get("method") or find_setting(own, "method")
     out["method"] = method if isinstance(method, str) and method not in ESTIMATORS else None   # the training's
     out["model"] = find_setting(own, "model", "arch") or cfg.get("model")

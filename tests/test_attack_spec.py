@@ -49,11 +49,11 @@ def test_default_step_size_is_the_same_in_eval_hessian_and_surface(mlp):
     """Before: evaluation took eps/4 (0.025 here), the Hessian and the surface 2.5*eps/steps (0.0125)."""
     x, y = load_dataset("digits", "test").tensors(16)
     eps, steps, rule = 0.1, 20, 2.5 * 0.1 / 20
-    with pytest.warns(DeprecationWarning, match="loose attack keywords"):   # the old spellings: one rule
-        ev = evaluate(mlp, x, y, eps, steps=steps)
-        op = HessianOperator(mlp, (x, y), loss="adversarial", eps=eps, steps=steps)
-        d = {n: torch.zeros_like(p) for n, p in mlp.named_parameters()}
-        surf = loss_surface(mlp, (x, y), d, [0.0], loss="adversarial", eps=eps, steps=steps)
+    spec = AttackSpec(eps=eps, steps=steps)
+    ev = evaluate(mlp, x, y, spec)
+    op = HessianOperator(mlp, (x, y), loss="adversarial", attack=spec)
+    d = {n: torch.zeros_like(p) for n, p in mlp.named_parameters()}
+    surf = loss_surface(mlp, (x, y), d, [0.0], loss="adversarial", attack=spec)
     assert ev.step_size == op.step_size == surf.settings["attack"]["step_size"] == rule
     assert ev.to_dict()["settings"]["attack"] == op.describe()["attack"] == \
         {k: v for k, v in surf.settings["attack"].items() if k != "mode"}

@@ -1,4 +1,4 @@
-"""The evaluation audit (landscape/audit.py) and resumable AutoAttack (landscape/autoattack.py).
+"""The evaluation audit (landscape/audit/) and resumable AutoAttack (landscape/autoattack.py).
 
 Robust models (AT, TRADES, SAT on digits, MLPs trained in seconds) get no flag; each deliberately broken
 model (saturated logits, non-differentiable input quantization, a randomized defense) is flagged by the check
@@ -18,7 +18,7 @@ from torch import nn
 from conftest import assert_one_line_error, run_main
 from landscape import AttackSpec, load_dataset
 from landscape.attacks import batch_generator, per_sample_loss, pgd, pgd_trace
-from landscape.audit import Check, Thresholds, audit, judge, judge_dict, wilson_lower
+from landscape.audit import Finding, Thresholds, audit, judge, rejudge, wilson_lower
 from landscape.errors import ConfigError, DataError
 
 
@@ -58,10 +58,10 @@ def test_wilson_lower_bound_solves_its_quadratic(k, m):
 
 def test_judge_reapplies_thresholds_to_stored_evidence():
     ev = {"count": 30, "of": 100, "summary": ""}
-    c = Check("black_box", True, ev, "")
+    c = Finding("black_box", True, ev, "")
     assert judge([c], Thresholds(black_box=0.1))[0].passed is False     # lower bound ~0.22 > 0.1
     assert judge([c], Thresholds(black_box=0.3))[0].passed is True
-    block = judge_dict({"verdict": "ok", "checks": [c.to_dict()]}, Thresholds(black_box=0.1))
+    block = rejudge({"verdict": "ok", "checks": [c.to_dict()]}, Thresholds(black_box=0.1))
     assert block["verdict"] == "suspect"
 
 
@@ -71,14 +71,14 @@ def test_a_gap_too_small_to_move_the_accuracy_is_not_flagged():
     6 points: flagged. A stored result's n fills in evidence kept without it; its block alone is judged as
     before (share only)."""
     ev = {"count": 6, "of": 6, "summary": ""}
-    c = Check("attack_agreement", False, ev, "")
+    c = Finding("attack_agreement", False, ev, "")
     assert judge([c], Thresholds())[0].passed is False                       # no n: the share alone
     for n, flagged in ((500, False), (100, True)):
-        block = judge_dict({"n": n, "audit": {"verdict": "suspect", "checks": [c.to_dict()]}})
+        block = rejudge({"n": n, "audit": {"verdict": "suspect", "checks": [c.to_dict()]}})
         assert (block["verdict"] == "suspect") is flagged, n
-    assert judge([Check("attack_agreement", None, {**ev, "n": 500}, "")], Thresholds(min_effect=0.01))[0].passed \
+    assert judge([Finding("attack_agreement", None, {**ev, "n": 500}, "")], Thresholds(min_effect=0.01))[0].passed \
         is False
-    sat = Check("saturated_softmax", None, {"count": 6, "of": 6, "n": 500, "summary": ""}, "")
+    sat = Finding("saturated_softmax", None, {"count": 6, "of": 6, "n": 500, "summary": ""}, "")
     assert judge([sat], Thresholds())[0].passed is False                     # not a gap between attacks
 
 
@@ -91,7 +91,7 @@ def robust_runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("audit-runs")
     for method in ("at", "trades", "sat-eps"):
         train(TrainConfig(method=method, model="mlp", eps=0.1, epochs=15, lr=0.05, val_samples=200, name=method),
-              out=out, progress=False)
+              out=out)
     return out
 
 
@@ -165,7 +165,7 @@ def test_robust_models_at_other_budgets_get_no_flag(method, eps, tmp_path, audit
     from landscape import load_checkpoint
     from landscape.training import TrainConfig, train
     train(TrainConfig(method=method, model="mlp", eps=eps, epochs=15, lr=0.05, val_samples=200, name="m"),
-          out=tmp_path, progress=False)
+          out=tmp_path)
     x, y = audit_data
     res = audit(load_checkpoint(tmp_path / "m" / "best.pt").model, x, y, AttackSpec(eps=eps, steps=20),
                 autoattack=False, square_queries=300, effort_restarts=2)
@@ -202,7 +202,7 @@ def test_a_collapsed_model_is_not_called_masked(audit_data):
     assert ev["unbounded_robust"] == ev["unbounded_without_witness"] == int((audit_data[1] == 3).sum()) > 0
     assert sweep.passed is True and "collapsed" in ev["summary"]
     old = {k: v for k, v in ev.items() if k != "unbounded_without_witness"}
-    assert judge([Check("eps_sweep", True, old, "")], Thresholds())[0].passed is False
+    assert judge([Finding("eps_sweep", True, old, "")], Thresholds())[0].passed is False
     res = quick_audit(Quantized(Collapsed()), audit_data)   # a witness-free model is still judged by the rest
     assert "gradients" in res.failed
 

@@ -120,7 +120,7 @@ CASES = [
     ("spectrum", [CK, "--dataset", "fashion-mnist"], "built for digits", "work"),
     ("surface", [CK, "--dataset", "cifar10", "--out", "{t}/s"], "built for digits", "work"),
     ("eval", [CK, "--dataset", "cifar100"], "classes", "work"),
-    ("plot", [SURF, "--out", "{t}/p.png", "--dpi", "100000"], "at most", "out"),
+    ("plot", [SURF, "--out", "{t}/p.png", "--dpi", "100000"], "100000 must be in [10, 1200]", "out"),
     ("eval", [CK, "--samples-typo", "3"], "unrecognized", "out"),
     # --- 3. numbers are validated -------------------------------------------------------------------
     ("train", ["--step-size", "-0.1"], "--step-size", "out"),
@@ -128,7 +128,7 @@ CASES = [
     ("train", ["--steps", "-1"], "--steps", "out"),
     ("train", ["--batch-size", "-1"], "--batch-size", "out"),
     ("train", ["--train-samples", "-5"], "--train-samples", "out"),
-    ("train", ["--lr", "1e300"], "at most", "out"),
+    ("train", ["--lr", "1e300"], "--lr: 1e+300 must be in (0, 10]", "out"),
     ("train", ["--lr", "0"], "--lr", "out"),
     ("train", ["--lr", "nan"], "finite", "out"),
     ("train", ["--epochs", "0"], "--epochs", "out"),
@@ -204,7 +204,7 @@ def no_work(monkeypatch):
             for mod in (eval_cli, spectrum_cli, surface_cli):
                 monkeypatch.setattr(mod, "load_checkpoint", boom)
             monkeypatch.setattr(plot_cli, "save_figure", boom)
-            import landscape.analysis.plots as plots
+            import landscape.plots as plots
             monkeypatch.setattr(plots, "resolve_plot", boom)
     return apply
 
@@ -314,7 +314,8 @@ def test_two_concurrent_surface_runs_end_with_one_result_and_one_refusal(files, 
 
 @pytest.mark.parametrize("mask", [0o022, 0o077, 0o002])
 def test_files_follow_the_umask(tmp_path, mask):
-    from landscape.io import save_figure, write_text
+    from landscape.io import write_text
+    from landscape.plots.save import save_figure
     import matplotlib.pyplot as plt
     old = os.umask(mask)
     try:

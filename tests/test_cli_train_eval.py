@@ -11,11 +11,11 @@ from conftest import assert_one_line_error, run_cli, run_main
 @pytest.mark.parametrize("args,contains", [
     (["--dataset", "imagenet-99"], "unknown dataset"),
     (["--model", "resnet-9000"], "unknown model"),
-    (["--method", "madry"], "unknown method"),
+    (["--method", "madry"], "--method: 'madry' must be one of standard, at"),
     (["--eps", "1.5"], "eps"),
     (["--eps", "-0.1"], "eps"),
     (["--dataset", "cifar10", "--data-dir", "/nonexistent"], "--download"),
-    (["--epochs", "zero"], "invalid int"),
+    (["--epochs", "zero"], "argument --epochs: 'zero' must be an integer"),
     (["--resume", "/nonexistent/run"], "no run"),
 ])
 def test_train_bad_input(tmp_path, capsys, args, contains):

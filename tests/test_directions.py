@@ -5,7 +5,7 @@ import torch
 from landscape import AttackSpec, build_model
 from landscape.analysis.directions import (current_meta, direction_norm, dot, interpolation_direction,
                                            orthogonalize, pca_directions, random_direction, random_directions)
-from landscape.errors import ConfigError, LandscapeError
+from landscape.errors import LandscapeError
 
 
 @pytest.fixture
@@ -142,21 +142,15 @@ def test_eigen_directions_are_hessian_eigenvectors():
         assert abs(dot(ds[0], ds[1])) < 1e-6
 
 
-def test_old_norm_keyword_warns_and_gives_the_same_directions(bn_model):
+def test_normalization_is_the_one_keyword_and_the_old_norm_is_gone(bn_model):
     new = random_directions(bn_model, 2, normalization="layer", seed=4)
-    with pytest.warns(DeprecationWarning, match="normalization="):
-        old = random_directions(bn_model, 2, norm="layer", seed=4)
-    with pytest.warns(DeprecationWarning):
-        one = random_direction(bn_model, norm="layer", seed=4)
-    assert all(torch.equal(o[n], d[n]) for o, d in zip(old, new) for n in d)
+    one = random_direction(bn_model, normalization="layer", seed=4)
     assert all(torch.equal(one[n], new[0][n]) for n in one)
-    assert old.meta == new.meta and new.meta["normalization"] == "layer" and "norm" not in new.meta
-    # "filter" differs from "layer" (else the equalities above could not tell the keyword was ignored)
+    assert new.meta["normalization"] == "layer" and "norm" not in new.meta
+    # "filter" differs from "layer" (else the equality above could not tell the keyword was ignored)
     assert not torch.equal(random_direction(bn_model, seed=4)["0.weight"], one["0.weight"])
-    for call in (lambda: random_directions(bn_model, 2, normalization="layer", norm="layer"),
-                 lambda: random_direction(bn_model, "layer", norm="layer")):
-        with pytest.raises(ConfigError, match="not both"):
-            call()
+    with pytest.raises(TypeError, match="norm"):               # removed with the deprecation shims (issue 32)
+        random_directions(bn_model, 2, norm="layer", seed=4)
 
 
 def test_current_meta_reads_the_old_norm_key():

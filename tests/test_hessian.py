@@ -179,7 +179,7 @@ def test_batch_graphs_kept_within_the_budget(data, fit):
     sizes = probe._graphs.sizes
     assert sizes[0] == sizes[1] > sizes[2] > 0
     budget = 0 if fit == 0 else sizes[0] * 2 + (sizes[2] if fit == 3 else 0)
-    op = HessianOperator(net, (x, y), batch_size=12, max_graph_memory=budget)
+    op = HessianOperator(net, (x, y), batch_size=12, max_graph_memory=f"{budget}B" if budget else 0)   # a unit
     calls = []
     hook = net.register_forward_hook(lambda *a: calls.append(1))   # after the entrance check's forwards
     for _ in range(3):
@@ -320,9 +320,10 @@ def test_to_scipy_and_from_checkpoint(data):
                                            attack=resolve_attack(ck.config, eps=0.1, steps=1))
     assert (adv2.eps, adv2.steps) == (0.1, 1)
     assert adv2.step_size == pytest.approx(2.5 * 0.1 / 1)  # the training step size was for eps 0.05, 4 steps
-    with pytest.warns(DeprecationWarning, match="loose attack keywords"):    # the old spelling, same rule
-        adv3 = HessianOperator.from_checkpoint(ck, (x, y), loss="adversarial", eps=0.1)
+    adv3 = HessianOperator.from_checkpoint(ck, (x, y), loss="adversarial", attack=resolve_attack(ck.config, eps=0.1))
     assert (adv3.steps, adv3.step_size) == (4, pytest.approx(2.5 * 0.1 / 4))
+    with pytest.raises(TypeError, match="eps"):                 # the loose keywords went with issue 32
+        HessianOperator.from_checkpoint(ck, (x, y), loss="adversarial", eps=0.1)
     with pytest.raises(ConfigError, match="eps"):
         HessianOperator.from_checkpoint(types.SimpleNamespace(model=net, config={}), (x, y), loss="adversarial")
 

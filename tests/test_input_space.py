@@ -108,8 +108,10 @@ def test_input_surface_refuses_bad_arguments(tiny_cnn):
         input_surface(tiny_cnn, x, y, 0.1)
     with pytest.raises(ConfigError, match="eps > 0"):
         input_surface(tiny_cnn, x, y, AttackSpec(eps=0.0))
-    with pytest.raises(ConfigError, match="curvature_iters"):
+    with pytest.raises(ConfigError, match=r"^--curvature-iters: -1 must be in \[0, 10000\]$"):
         input_surface(tiny_cnn, x, y, AttackSpec(eps=0.1), curvature_iters=-1)
+    with pytest.raises(ConfigError, match=r"^--curvature-iters: 20000 must be in \[0, 10000\]$"):   # as the CLI
+        input_surface(tiny_cnn, x, y, AttackSpec(eps=0.1), curvature_iters=20000)
 
 
 def test_cli_space_input_writes_json_npz_and_plot(trained_digits, tmp_path, capsys):

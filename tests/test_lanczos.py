@@ -10,12 +10,10 @@ import torch
 from conftest import assert_one_line_error, run_main
 from landscape import build_model
 from landscape.analysis import spectrum, spectral_density, top_eigenvalues
-from landscape.analysis.lanczos import (PeakMemory, choose_top_k_plan, fmt_bytes, memory_in_use,
-                                        min_top_k_capacity, parse_memory, plan_density, plan_top_k)
+from landscape.analysis.memory import fmt_bytes, min_top_k_capacity
 from landscape.checkpoint import save_checkpoint
 from landscape.cli.spectrum import main
 from landscape.data import dataset_info
-from landscape.errors import ConfigError
 from cases import DiagOp, MatrixOp, decaying_spd, exact_case
 
 
@@ -109,19 +107,6 @@ def test_float64_basis_converges_where_a_float32_basis_stalls():
     assert abs(auto.values[0] - 1.0) < 1e-7 < abs(f32.values[0] - 1.0)
 
 
-def test_top_k_basis_falls_back_to_the_operators_dtype_when_float64_does_not_fit():
-    big = type("Op", (), {"num_params": 10 ** 7, "device": torch.device("cpu"), "dtype": torch.float32})()
-    vb, peak = 4 * 10 ** 7, 10 ** 9
-    assert choose_top_k_plan(big, 5, 100, 10 ** 10, peak).dtype == "float64"
-    tight = choose_top_k_plan(big, 5, 100, peak + 24 * vb, peak)   # 12 float64 vectors: fewer than 11 + 3 work
-    assert (tight.dtype, tight.thick_restart) == ("float32", True)
-    assert "does not fit" in tight.dtype_choice
-    asked = choose_top_k_plan(big, 5, 100, 10 ** 10, peak, dtype=torch.float32)
-    assert (asked.dtype, asked.dtype_choice) == ("float32", "asked")
-    with_vectors = choose_top_k_plan(big, 5, 100, 10 ** 10, peak, return_vectors=True)  # vectors in float32
-    assert with_vectors.estimated_peak == peak + (101 + 2) * 2 * vb + 5 * vb
-
-
 def test_float32_residuals_are_true_ones():
     """Issue 11.4: a float32 operator of norm 1e3 and which='SA', tol=1e-6. The Lanczos estimates |c . y| fall
     below 1e-6 |lam| (before: reported as residuals, 'converged'), but the float32 HVPs cannot give better
@@ -174,50 +159,6 @@ def test_optimistic_estimates_are_followed_until_true_residuals_pass(monkeypatch
     monkeypatch.undo()   # the same search, honest estimates: one check suffices
     honest = top_eigenvalues(MatrixOp(A), k=5, tol=1e-8, max_hvps=300)
     assert honest.all_converged and honest.settings["residual_checks"] == 1
-
-
-def test_memory_sizes_and_plans():
-    assert parse_memory("8GB") == 8 * 10 ** 9 and parse_memory("512MB") == 512 * 10 ** 6
-    assert parse_memory("1.5GiB") == int(1.5 * 2 ** 30) and parse_memory("8G") == 8 * 10 ** 9
-    assert parse_memory(1000) == 1000 and fmt_bytes(2.5e9) == "2.5 GB"
-    for bad in ("8XB", "-1GB", "0", "lots"):
-        with pytest.raises(ConfigError):
-            parse_memory(bad)
-    big = type("Op", (), {"num_params": 10 ** 7, "device": torch.device("cpu"), "dtype": torch.float32})()
-    vb = 4 * 10 ** 7  # 40 MB per vector
-    peak = 10 ** 9
-    roomy = plan_top_k(big, 5, 100, 10 ** 10, peak)
-    assert roomy.capacity == 101 and not roomy.thick_restart and roomy.estimated_peak == peak + (101 + 3) * vb
-    tight = plan_top_k(big, 5, 100, peak + 30 * vb, peak)
-    assert tight.thick_restart and min_top_k_capacity(5) <= tight.capacity <= 28
-    assert tight.estimated_peak <= peak + 30 * vb
-    with pytest.raises(ConfigError, match="needs about"):
-        plan_top_k(big, 5, 100, peak + 5 * vb, peak)
-    with pytest.raises(ConfigError, match="needs about"):
-        plan_top_k(big, 100000, 100000, None, peak)
-    d_full = plan_density(big, 80, 10 ** 10, peak)
-    d_local = plan_density(big, 80, peak + 20 * vb, peak)
-    assert (d_full.reorth, d_full.capacity, d_local.reorth) == ("full", 81, "local")
-    assert d_local.estimated_peak == peak + 5 * vb
-    with pytest.raises(ConfigError, match="needs about"):
-        plan_density(big, 80, peak + 20 * vb, peak, reorth="full")
-    json.dumps(d_local.to_dict())
-
-
-def test_peak_memory_sees_a_transient_allocation():
-    """100 MB of fresh pages, touched and freed inside the block. An anonymous mmap, not a tensor: malloc may
-    serve a tensor from pages the process already holds (after a long test run it once did), and then the
-    resident set never grows."""
-    import mmap
-    before = memory_in_use("cpu")
-    with PeakMemory("cpu") as pk:
-        size = 100 * 10 ** 6
-        m = mmap.mmap(-1, size)
-        for i in range(0, size, mmap.PAGESIZE):
-            m[i] = 1
-        m.close()
-    assert pk.peak >= before + 90 * 10 ** 6
-    assert memory_in_use("cpu") < pk.peak
 
 
 def test_results_are_json_ready_with_kind(case):

@@ -20,9 +20,8 @@ import torch
 from cases import MatrixOp
 from conftest import assert_one_line_error, run_main
 from landscape.analysis import hessian_trace, spectral_density, top_eigenvalues
-from landscape.analysis.lanczos import (MIN_BARE_BYTES, MemoryBudget, MemoryBudgetError, choose_top_k_plan,
-                                        parse_budget, parse_memory, plan_density, plan_top_k)
-from landscape.analysis.trace import plan_trace
+from landscape.analysis.memory import (MIN_BARE_BYTES, MemoryBudget, MemoryBudgetError, choose_top_k_plan,
+                                       parse_budget, parse_memory, plan_density, plan_top_k, plan_trace)
 from landscape.errors import ConfigError, LandscapeError, ResourceError
 from landscape.io import write_json
 
@@ -51,7 +50,8 @@ BUDGETED = {
     "trace hutch++": lambda op, m: hessian_trace(op, method="hutch++", max_memory=m, max_hvps=40),
     "trace hutchinson": lambda op, m: hessian_trace(op, method="hutchinson", max_memory=m, max_hvps=40),
     "trace sketch_size": lambda op, m: hessian_trace(op, sketch_size=5, max_memory=m, max_hvps=40),
-    "plan_trace": lambda op, m: plan_trace(op, "auto", 40, m),
+    # the plans take the budget resolved (MemoryBudget.of, as every entry point resolves it once)
+    "plan_trace": lambda op, m: plan_trace(op, "auto", 40, MemoryBudget.of(m, op.device)),
     "top-k lanczos": lambda op, m: top_eigenvalues(op, k=2, max_memory=m),
     "top-k float64 basis": lambda op, m: top_eigenvalues(op, k=2, max_memory=m, basis_dtype=torch.float64),
     "top-k eigsh": lambda op, m: top_eigenvalues(op, k=2, max_memory=m, method="eigsh"),
@@ -59,9 +59,9 @@ BUDGETED = {
     "density full": lambda op, m: spectral_density(op, n_probes=1, lanczos_steps=10, max_memory=m, reorth="full"),
     "density local": lambda op, m: spectral_density(op, n_probes=1, lanczos_steps=10, max_memory=m,
                                                     reorth="local"),
-    "plan_top_k": lambda op, m: plan_top_k(op, 2, 30, m),
-    "choose_top_k_plan": lambda op, m: choose_top_k_plan(op, 2, 30, m),
-    "plan_density": lambda op, m: plan_density(op, 10, m),
+    "plan_top_k": lambda op, m: plan_top_k(op, 2, 30, MemoryBudget.of(m, op.device)),
+    "choose_top_k_plan": lambda op, m: choose_top_k_plan(op, 2, 30, MemoryBudget.of(m, op.device)),
+    "plan_density": lambda op, m: plan_density(op, 10, MemoryBudget.of(m, op.device)),
     "MemoryBudget.of": lambda op, m: MemoryBudget.of(m, "cpu"),
 }
 

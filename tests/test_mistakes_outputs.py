@@ -34,7 +34,8 @@ from landscape.cli import surface as surface_cli  # noqa: E402
 from landscape.cli import train as train_cli  # noqa: E402
 from landscape.data import dataset_info  # noqa: E402
 from landscape.errors import BusyError, OutputError  # noqa: E402
-from landscape.io import (file_lock_path, lock_file, lock_folder, mark_html, save_figure, save_npz,  # noqa: E402
+from landscape.plots.save import save_figure  # noqa: E402
+from landscape.io import (file_lock_path, lock_file, lock_folder, mark_html, save_npz,  # noqa: E402
                           write_json, written_by_landscape)
 
 MAINS = {"train": train_cli.main, "eval": eval_cli.main, "spectrum": spectrum_cli.main,
@@ -96,7 +97,7 @@ def user(tmp_path, ck):
 @pytest.fixture
 def no_work(monkeypatch):
     """Everything past the output checks fails the test: loading a checkpoint, training, drawing, the page."""
-    import landscape.analysis.plots as plots
+    import landscape.plots as plots
     import landscape.report as report
     import landscape.training.trainer as trainer
 

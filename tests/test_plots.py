@@ -12,7 +12,7 @@ import pytest  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from cases import DiagOp  # noqa: E402
-from landscape.analysis import plots  # noqa: E402
+from landscape import plots, results  # noqa: E402
 from landscape.analysis.surface import SurfaceResult  # noqa: E402
 from landscape.errors import LandscapeError  # noqa: E402
 from landscape.io import write_json  # noqa: E402
@@ -127,7 +127,8 @@ def test_assigned_figures_display_once_in_jupyter():
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     pytest.importorskip("ipykernel")
-    cells = ["%matplotlib inline\nimport numpy as np\nfrom landscape.analysis import plot_curve, SurfaceResult\n"
+    cells = ["%matplotlib inline\nimport numpy as np\nfrom landscape.analysis import SurfaceResult\n"
+             "from landscape.plots import plot_curve\n"
              "x = np.linspace(-1, 1, 5)\nr = SurfaceResult(x, None, x ** 2, 1 - x ** 2, np.ones(5, bool))",
              "fig = plot_curve(r)", "plot_curve(r);",
              "import matplotlib.pyplot as plt\nprint(plt.get_fignums())"]
@@ -168,10 +169,10 @@ def test_labels_come_from_settings_not_file_names(tmp_path, monkeypatch):
     text = _texts(plots.plot_spectrum("spec_adv.json"))
     assert "trace = 40 ± 2.2 (95%)" in text                       # the CLI's convention: 95% half-width
     s = _surface(2)
-    assert plots.axis_names(s) == ("filter-normalized random dir. 1", "filter-normalized random dir. 2")
+    assert results.axis_names(s) == ("filter-normalized random dir. 1", "filter-normalized random dir. 2")
     s.settings["directions"] = {"kind": "eigen", "eigenvalues": [13.31, 5.0]}
-    assert plots.axis_names(s)[0] == "eigvec 1 (λ = 13.3)"
-    assert plots.describe(_spec(tmp_path / "x.json", checkpoint="runs/h-sat-x/best.pt"))["name"] == "H-SAT-x"
+    assert results.axis_names(s)[0] == "eigvec 1 (λ = 13.3)"
+    assert results.describe(_spec(tmp_path / "x.json", checkpoint="runs/h-sat-x/best.pt"))["name"] == "H-SAT-x"
 
 
 def test_density_floor_and_rug_and_unconverged_markers(tmp_path):
@@ -179,7 +180,7 @@ def test_density_floor_and_rug_and_unconverged_markers(tmp_path):
     fig = plots.plot_density(p)
     ax = fig.axes[0]
     peak = max(float(np.max(line.get_ydata())) for line in ax.lines)
-    assert ax.get_ylim()[0] == pytest.approx(peak * plots.DENSITY_FLOOR, rel=0.05)   # not 1e-9 x the peak
+    assert ax.get_ylim()[0] == pytest.approx(peak * results.DENSITY_FLOOR, rel=0.05)   # not 1e-9 x the peak
     rug = [line for line in ax.lines if line.get_marker() == "|"]
     assert len(rug) == 1 and list(rug[0].get_xdata()) == [11.0, 7.0, 4.0]
     assert "top-k eigenvalues" in _texts(fig)
@@ -255,10 +256,10 @@ def test_older_files_without_kind_are_recognised():
     sat = Path(__file__).resolve().parents[1] / "results" / "sat"
     if not sat.is_dir():
         pytest.skip("results/sat not in this checkout")
-    assert plots.result_kind(sat / "analysis_at-eps0.3.json") == "spectrum"
-    assert plots.result_kind(sat / "training_curves.csv") == "training"
-    assert plots.result_kind(sat / "surface_at-eps0.3") == "surface"
-    info = plots.describe(sat / "analysis_h-sat-affine-eps0.3.json")
+    assert results.result_kind(sat / "analysis_at-eps0.3.json") == "spectrum"
+    assert results.result_kind(sat / "training_curves.csv") == "training"
+    assert results.result_kind(sat / "surface_at-eps0.3") == "surface"
+    info = results.describe(sat / "analysis_h-sat-affine-eps0.3.json")
     assert (info["name"], info["eps"], info["loss"], info["n"]) == ("H-SAT-affine", 0.3, "adversarial", 512)
     assert plots.resolve_plot(sat / "training_curves.csv")[0] == "sharpness"
 

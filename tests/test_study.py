@@ -202,7 +202,7 @@ MISTAKES = [
     ("[study]\nname='x'\n[train]\nepochz=2\n[grid]\nmethod=['at']\n", "unknown option 'epochz' of landscape-train"),
     ("[study]\nname='x'\n[train]\nepochs='two'\n[grid]\nmethod=['at']\n", "epochs"),
     ("[study]\nname='x'\n[train]\nepochs=-1\n[grid]\nmethod=['at']\n", "epochs"),
-    ("[study]\nname='x'\n[train]\n[grid]\nmethod=['at', 'sat']\n", "unknown method 'sat'"),
+    ("[study]\nname='x'\n[train]\n[grid]\nmethod=['at', 'sat']\n", "--method: 'sat' must be one of"),
     ("[study]\nname='x'\n[train]\n[grid]\nmethod=['at']\neps=[]\n", "axis 'eps' is empty"),
     ("[study]\nname='x'\n[train]\n[grid]\nmethod=['at']\neps=[0.1, 0.1]\n", "repeats a value"),
     ("[study]\nname='x'\n[train]\n[grid]\nmethod=['at']\neps=[-0.1]\n", "eps"),

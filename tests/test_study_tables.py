@@ -1,5 +1,5 @@
 """landscape.study's aggregation half: the seed-spread verdict rule, the summary tables and their markdown, the
-reader of the committed per-model layout (legacy.py), and the figures. The acceptance test re-aggregates a copy
+reader of the committed per-model layout (layout.py), and the figures. The acceptance test re-aggregates a copy
 of results/sat-study and finds every committed table byte for byte."""
 import json
 import shutil
@@ -12,7 +12,8 @@ import pytest
 from landscape.errors import LandscapeError
 from landscape.io import read_json
 from landscape.study.figures import draw
-from landscape.study.legacy import METHODS, aggregate_legacy, model_row
+from landscape.study.layout import METHODS, model_row
+from landscape.study.legacy import aggregate_legacy
 from landscape.study.tables import barrier, flagged_cell, fmt, grouped_markdown, markdown_table, summarize
 from landscape.study.verdicts import verdict, verdict_vs_zero, verdicts, verdicts_markdown
 

@@ -300,7 +300,7 @@ def test_surface_stored_with_the_old_norm_key_loads_and_resumes(mlp, xy, tmp_pat
     """A run stored before the rename (directions meta "norm") loads in today's words and resumes with the
     directions made today (meta "normalization"): the same arrays as an uninterrupted run."""
     from landscape.analysis.directions import DirectionSet
-    from landscape.analysis.plots import axis_names
+    from landscape.results import axis_names
     d = random_directions(mlp, 2, normalization="layer", seed=0)
     full = loss_surface(mlp, xy, d, "-1:1:4", "-1:1:3")
     old_meta = {"kind": "random", "norm": "layer", "include_bn": False, "seed": 0}   # what older files hold

@@ -11,7 +11,8 @@ from scipy.stats import t as t_dist
 from landscape import __version__
 from landscape.analysis import HessianOperator, TraceResult, hessian_trace
 from landscape.analysis import spectrum
-from landscape.analysis.trace import AUTO_RULE, _sphere, _xtrace_estimates
+from landscape.analysis.memory import AUTO_RULE
+from landscape.analysis.trace import _sphere, _xtrace_estimates
 from landscape.errors import ConfigError, ResourceError
 from cases import MatrixOp, decaying_spd, exact_case
 
@@ -182,19 +183,16 @@ def test_result_is_json_ready_and_reexported(mlp_case, tmp_path):
     assert len(tr.to_frame()) == len(tr.samples)
 
 
-def test_old_rtol_keyword_warns_and_gives_the_same_estimate():
+def test_tol_stops_the_trace_early_and_the_old_rtol_is_gone():
     g = torch.Generator().manual_seed(0)
     B = torch.randn(60, 60, generator=g, dtype=torch.float64)
     op = MatrixOp(B @ B.T)
     for method in METHODS:
         new = hessian_trace(op, method=method, tol=0.2, max_hvps=60, seed=2)
-        with pytest.warns(DeprecationWarning, match="tol="):
-            old = hessian_trace(op, method=method, rtol=0.2, max_hvps=60, seed=2)
-        assert (old.estimate, old.stderr, old.hvps) == (new.estimate, new.stderr, new.hvps)
         assert new.converged and new.hvps < 60      # the tolerance was used (it stopped early)
-        assert old.settings["tol"] == 0.2 and "rtol" not in old.settings
-    with pytest.raises(ConfigError, match="not both"):
-        hessian_trace(op, tol=0.1, rtol=0.1)
+        assert new.settings["tol"] == 0.2 and "rtol" not in new.settings
+    with pytest.raises(TypeError, match="rtol"):
+        hessian_trace(op, rtol=0.1)
 
 
 def test_trace_takes_the_one_memory_budget_and_stays_within_it(tmp_path):
@@ -207,7 +205,7 @@ def test_trace_takes_the_one_memory_budget_and_stays_within_it(tmp_path):
 import json, torch
 from landscape import load_dataset
 from landscape.analysis import HessianOperator, hessian_trace
-from landscape.analysis.lanczos import PeakMemory
+from landscape.analysis.memory import PeakMemory
 from cases import tiny_mlp
 x, y = load_dataset("digits", "test").tensors(64)
 op = HessianOperator(tiny_mlp(torch.float32), (x, y), max_graph_memory="1GB")

@@ -123,7 +123,7 @@ def test_config_defaults_and_validation():
     c = TrainConfig().resolved()
     assert (c.method, c.dataset, c.model, c.eps) == ("p-sat", "digits", "cnn-small", 0.1)
     assert c.step_size == pytest.approx(0.025)
-    with pytest.raises(ConfigError, match="unknown method"):
+    with pytest.raises(ConfigError, match="^--method: 'madry' must be one of standard, at"):
         TrainConfig(method="madry").resolved()
     with pytest.raises(ConfigError, match="eps"):
         TrainConfig(eps=1.2).resolved()

@@ -26,8 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..attack_spec import AttackSpec, takes_attack_spec
-from ..deprecation import renamed_keywords
+from ..attack_spec import AttackSpec
 from ..digest import tensor_digest
 from ..errors import CheckpointError, ConfigError, LandscapeError
 
@@ -85,7 +84,6 @@ def _normalize_(d: torch.Tensor, w: torch.Tensor, normalization: str) -> None:
         d.mul_(w.norm() / d.norm().clamp_min(1e-12))
 
 
-@renamed_keywords(norm="normalization")
 def random_directions(model: nn.Module, k: int = 2, normalization: str = "filter", include_bn: bool = False,
                       seed: int = 0) -> DirectionSet:
     """``k`` Gaussian directions drawn one after another from one generator seeded with ``seed``.
@@ -100,7 +98,7 @@ def random_directions(model: nn.Module, k: int = 2, normalization: str = "filter
     code, which copies the weights into the direction (d = w) for these: that makes the entry the same in
     every direction, so two "random" directions would share it. With ``normalization="none"`` they get N(0, 1).
     Draws happen for every parameter in ``named_parameters`` order whatever ``include_bn`` is, so the
-    weight entries do not depend on it. ``norm=`` is the deprecated old name of ``normalization=``.
+    weight entries do not depend on it.
     Cost: one randn per parameter, on the CPU.
     """
     if normalization not in NORMALIZATIONS:
@@ -128,7 +126,6 @@ def random_directions(model: nn.Module, k: int = 2, normalization: str = "filter
                               "seed": int(seed)})
 
 
-@renamed_keywords(norm="normalization")
 def random_direction(model: nn.Module, normalization: str = "filter", include_bn: bool = False,
                      seed: int = 0) -> Direction:
     """One random direction (the first of ``random_directions(model, 1, normalization, include_bn, seed)``)."""
@@ -173,16 +170,14 @@ def _fix_sign(v: torch.Tensor) -> torch.Tensor:
     return -v if v[i] < 0 else v
 
 
-@takes_attack_spec(default_steps=10, adversarial_only="loss")
 def eigen_directions(model: nn.Module, data: Any, loss: str = "clean", attack: AttackSpec | None = None,
                      k: int = 2, tol: float = 1e-3, seed: int = 0, **operator_kwargs: Any) -> DirectionSet:
     """The top-``k`` Hessian eigenvectors of the clean or adversarial loss on ``data``, as directions.
 
     Uses ``HessianOperator`` and ``top_eigenvalues`` (Lanczos). Each vector has unit norm over all
     parameters; its sign is fixed so that its largest-magnitude entry is positive. ``meta["eigenvalues"]``
-    holds the eigenvalues. The adversarial loss uses ``attack`` (an ``AttackSpec``; the old loose keywords
-    still work, deprecated): with the same spec and seed, ``loss_surface`` attacks the
-    very same examples. Cost: what ``top_eigenvalues`` needs (tens of Hessian-vector products, each
+    holds the eigenvalues. The adversarial loss uses ``attack`` (an ``AttackSpec``): with the same spec
+    and seed, ``loss_surface`` attacks the very same examples. Cost: what ``top_eigenvalues`` needs (tens of Hessian-vector products, each
     about two forward+backward passes over ``data``; plus one PGD attack for the adversarial loss).
     """
     from .hessian import HessianOperator

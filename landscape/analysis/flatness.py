@@ -54,6 +54,7 @@ from ..attacks import eval_mode
 from ..data import cut_batches
 from ..errors import ConfigError, LandscapeError
 from ..finite import OutputWatch
+from ..precision import full_float32
 from .directions import random_directions
 
 LOSSES = ("clean", "adversarial")
@@ -203,7 +204,7 @@ def _settings(measure: str, loss: str, attack: AttackSpec | None, normalization:
 def average_loss_increase(model: nn.Module, data: Any, radii: Sequence[float] | float = (0.1,), directions: int = 8,
                       loss: str = "clean", attack: AttackSpec | None = None, normalization: str = "filter",
                       include_bn: bool = False, seed: int = 0, batch_size: int = 512,
-                      criterion: Criterion = summed_cross_entropy) -> FlatnessResult:
+                      criterion: Criterion = summed_cross_entropy, tf32: bool = False) -> FlatnessResult:
     """S_avg(r): the mean loss increase at theta +- r d_i over ``directions`` random directions (module doc).
 
     ``criterion(outputs, labels)`` returns the loss SUMMED over a batch (default cross-entropy); the loss is
@@ -212,34 +213,35 @@ def average_loss_increase(model: nn.Module, data: Any, radii: Sequence[float] | 
     rs = _check_common(loss, attack, radii, normalization)
     if directions < 1:
         raise ConfigError(f"directions must be at least 1, got {directions}")
-    t0 = time.perf_counter()
-    x, y, _ = _inputs(model, data, loss, attack, seed)
-    with eval_mode(model):
-        f = _Loss(model, x, y, criterion, batch_size)
-        base = f.value()
-        dirs = random_directions(model, directions, normalization, include_bn, seed)
-        per: list[list[float]] = []
-        for r in rs:
-            row = []
-            for i, d in enumerate(dirs):
-                up = f.value({n: r * t for n, t in d.items()}, f"at theta + {r:g} d_{i}")
-                down = f.value({n: -r * t for n, t in d.items()}, f"at theta - {r:g} d_{i}")
-                row.append(0.5 * (up + down) - base)
-            per.append(row)
-    t = torch.tensor(per, dtype=torch.float64)
-    stderr = ((t.std(dim=1, unbiased=True) / math.sqrt(directions)).tolist() if directions > 1
-              else [float("nan")] * len(rs))
-    settings = _settings("average", loss, attack, normalization, include_bn, seed, len(x), batch_size, criterion,
-                         radii=rs, directions=int(directions), forwards=f.forwards)
-    return FlatnessResult("average", loss, rs, t.mean(dim=1).tolist(), base, stderr, per, None, settings,
-                          time.perf_counter() - t0)
+    with full_float32(tf32):   # TF32 would put a ~1e-3 relative floor under every loss
+        t0 = time.perf_counter()
+        x, y, _ = _inputs(model, data, loss, attack, seed)
+        with eval_mode(model):
+            f = _Loss(model, x, y, criterion, batch_size)
+            base = f.value()
+            dirs = random_directions(model, directions, normalization, include_bn, seed)
+            per: list[list[float]] = []
+            for r in rs:
+                row = []
+                for i, d in enumerate(dirs):
+                    up = f.value({n: r * t for n, t in d.items()}, f"at theta + {r:g} d_{i}")
+                    down = f.value({n: -r * t for n, t in d.items()}, f"at theta - {r:g} d_{i}")
+                    row.append(0.5 * (up + down) - base)
+                per.append(row)
+        t = torch.tensor(per, dtype=torch.float64)
+        stderr = ((t.std(dim=1, unbiased=True) / math.sqrt(directions)).tolist() if directions > 1
+                  else [float("nan")] * len(rs))
+        settings = _settings("average", loss, attack, normalization, include_bn, seed, len(x), batch_size, criterion,
+                             radii=rs, directions=int(directions), forwards=f.forwards, tf32=bool(tf32))
+        return FlatnessResult("average", loss, rs, t.mean(dim=1).tolist(), base, stderr, per, None, settings,
+                              time.perf_counter() - t0)
 
 
 def worst_case_loss_increase(model: nn.Module, data: Any, radii: Sequence[float] | float = (0.1,), steps: int = 5,
                          step_fraction: float = 1.0, restarts: int = 1, loss: str = "clean",
                          attack: AttackSpec | None = None, normalization: str = "filter", include_bn: bool = False,
                          seed: int = 0, batch_size: int = 512,
-                         criterion: Criterion = summed_cross_entropy) -> FlatnessResult:
+                         criterion: Criterion = summed_cross_entropy, tf32: bool = False) -> FlatnessResult:
     """S_max(r): the largest loss increase found in B_r by ``steps`` projected gradient-ascent steps on the
     weights of size ``step_fraction * r`` (in the ball's scale), from ``restarts`` random boundary points
     (module doc). A lower bound of the true maximum. Cost: len(radii) * restarts * (steps + 1)
@@ -250,69 +252,52 @@ def worst_case_loss_increase(model: nn.Module, data: Any, radii: Sequence[float]
         raise ConfigError(f"steps must be >= 0 and restarts >= 1, got {steps} and {restarts}")
     if not (math.isfinite(step_fraction) and step_fraction > 0):
         raise ConfigError(f"step_fraction must be positive, got {step_fraction}")
-    t0 = time.perf_counter()
-    x, y, _ = _inputs(model, data, loss, attack, seed)
-    names = _moved(model, include_bn)
-    params = dict(model.named_parameters())
-    scale = {n: _scale(params[n].detach(), normalization) for n in names}
-    starts = random_directions(model, restarts, normalization, include_bn, seed)
+    with full_float32(tf32):   # TF32 would put a ~1e-3 relative floor under every loss
+        t0 = time.perf_counter()
+        x, y, _ = _inputs(model, data, loss, attack, seed)
+        names = _moved(model, include_bn)
+        params = dict(model.named_parameters())
+        scale = {n: _scale(params[n].detach(), normalization) for n in names}
+        starts = random_directions(model, restarts, normalization, include_bn, seed)
 
-    def project(delta: dict[str, torch.Tensor], r: float) -> dict[str, torch.Tensor]:
-        if normalization == "none":  # one Euclidean ball over every moved entry
-            tot = math.sqrt(sum(float(d.pow(2).sum()) for d in delta.values()))
-            c = min(1.0, r / tot) if tot > 0 else 1.0
-            return {n: d * c for n, d in delta.items()}
-        return {n: d * torch.clamp(r * scale[n] / _group_norms(d, normalization).clamp_min(1e-30), max=1.0)
-                for n, d in delta.items()}
+        def project(delta: dict[str, torch.Tensor], r: float) -> dict[str, torch.Tensor]:
+            if normalization == "none":  # one Euclidean ball over every moved entry
+                tot = math.sqrt(sum(float(d.pow(2).sum()) for d in delta.values()))
+                c = min(1.0, r / tot) if tot > 0 else 1.0
+                return {n: d * c for n, d in delta.items()}
+            return {n: d * torch.clamp(r * scale[n] / _group_norms(d, normalization).clamp_min(1e-30), max=1.0)
+                    for n, d in delta.items()}
 
-    def step(g: dict[str, torch.Tensor], r: float) -> dict[str, torch.Tensor]:
-        if normalization == "none":
-            tot = math.sqrt(sum(float(t.pow(2).sum()) for t in g.values()))
-            return {n: step_fraction * r * t / max(tot, 1e-30) for n, t in g.items()}
-        return {n: step_fraction * r * scale[n] * t / _group_norms(t, normalization).clamp_min(1e-30)
-                for n, t in g.items()}
+        def step(g: dict[str, torch.Tensor], r: float) -> dict[str, torch.Tensor]:
+            if normalization == "none":
+                tot = math.sqrt(sum(float(t.pow(2).sum()) for t in g.values()))
+                return {n: step_fraction * r * t / max(tot, 1e-30) for n, t in g.items()}
+            return {n: step_fraction * r * scale[n] * t / _group_norms(t, normalization).clamp_min(1e-30)
+                    for n, t in g.items()}
 
-    with eval_mode(model):
-        f = _Loss(model, x, y, criterion, batch_size)
-        base = f.value()
-        best_all: list[float] = []
-        per: list[list[float]] = []
-        for r in rs:
-            runs = []
-            for d in starts:
-                delta = project({n: r * d[n] for n in names}, r)
-                best = -math.inf
-                for k in range(steps + 1):
-                    value, g = f.value_and_grad(delta, f"at ascent step {k} within radius {r:g}")
-                    best = max(best, value)
-                    if k < steps:
-                        s = step(g, r)
-                        delta = project({n: delta[n] + s[n] for n in names}, r)
-                runs.append(best - base)
-            per.append(runs)
-            best_all.append(max(runs))
-    settings = _settings("worst", loss, attack, normalization, include_bn, seed, len(x), batch_size, criterion,
-                         radii=rs, steps=int(steps), step_fraction=float(step_fraction), restarts=int(restarts),
-                         forwards=f.forwards, backwards=f.backwards)
-    return FlatnessResult("worst", loss, rs, best_all, base, None, None, per, settings, time.perf_counter() - t0)
-
-
-def _old_name(new, old: str):
-    """The name this function had before issue 21: 'sharpness' now means only the top Hessian eigenvalue
-    (training's metrics.csv column); a loss increase under weight perturbation is a loss increase."""
-    import functools
-    import warnings
-
-    @functools.wraps(new)
-    def alias(*args, **kwargs):
-        warnings.warn(f"{old} is now {new.__name__} (same arguments, same numbers)", DeprecationWarning, stacklevel=2)
-        return new(*args, **kwargs)
-    alias.__name__ = alias.__qualname__ = old
-    return alias
+        with eval_mode(model):
+            f = _Loss(model, x, y, criterion, batch_size)
+            base = f.value()
+            best_all: list[float] = []
+            per: list[list[float]] = []
+            for r in rs:
+                runs = []
+                for d in starts:
+                    delta = project({n: r * d[n] for n in names}, r)
+                    best = -math.inf
+                    for k in range(steps + 1):
+                        value, g = f.value_and_grad(delta, f"at ascent step {k} within radius {r:g}")
+                        best = max(best, value)
+                        if k < steps:
+                            s = step(g, r)
+                            delta = project({n: delta[n] + s[n] for n in names}, r)
+                    runs.append(best - base)
+                per.append(runs)
+                best_all.append(max(runs))
+        settings = _settings("worst", loss, attack, normalization, include_bn, seed, len(x), batch_size, criterion,
+                             radii=rs, steps=int(steps), step_fraction=float(step_fraction), restarts=int(restarts),
+                             forwards=f.forwards, backwards=f.backwards, tf32=bool(tf32))
+        return FlatnessResult("worst", loss, rs, best_all, base, None, None, per, settings, time.perf_counter() - t0)
 
 
-average_sharpness = _old_name(average_loss_increase, "average_sharpness")
-worst_case_sharpness = _old_name(worst_case_loss_increase, "worst_case_sharpness")
-
-__all__ = ["FlatnessResult", "average_loss_increase", "worst_case_loss_increase", "average_sharpness",
-           "worst_case_sharpness", "summed_cross_entropy", "LOSSES"]
+__all__ = ["FlatnessResult", "average_loss_increase", "worst_case_loss_increase", "summed_cross_entropy", "LOSSES"]

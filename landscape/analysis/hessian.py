@@ -15,7 +15,8 @@ trained on digits, 256 samples, 151k weights; median of 5 calls):
 
 Forward-over-reverse cannot reuse a graph; double backward can, which makes it the clear winner when the
 graphs can be kept: the operator keeps each batch's gradient graph between HVPs while the graphs fit
-``max_graph_memory`` bytes (default: ``lanczos.GRAPH_SHARE`` of the default memory budget; a ``MemoryBudget``: its share) and rebuilds the others at
+``max_graph_memory`` (default: ``memory.GRAPH_SHARE`` of the default memory budget; a ``MemoryBudget``: its
+share; a size as ``--max-memory`` reads it, "2GB" or bytes of at least 1 MB; 0: none) and rebuilds the others at
 every HVP, where the two methods are within noise of each other. A kept graph is checked before every reuse
 against the weights it was built at, and rebuilt when they changed (``_GraphCache``).
 
@@ -82,12 +83,13 @@ import torch.autograd.forward_ad as fwad
 import torch.nn.functional as F
 from torch import nn
 
-from ..attack_spec import DEFAULT_STEPS, LOOSE_KEYWORDS, AttackSpec, resolve_attack, takes_attack_spec
+from ..attack_spec import AttackSpec, resolve_attack
 from ..attacks import eval_mode
+from ..devices import resolve_device
 from ..distributed import all_reduce_sum
 from ..errors import ConfigError
 from ..precision import full_float32
-from .lanczos import MemoryBudget, parse_memory
+from .memory import MemoryBudget, graph_memory
 from .samples import SampleSet
 
 LOSSES = ("clean", "adversarial")
@@ -179,15 +181,10 @@ class _GraphCache:
     copy of them in memory. A parameter object replaced in the model cannot be followed: ``ConfigError``.
     """
 
-    def __init__(self, op: "HessianOperator", budget: "int | str | MemoryBudget | None"):
-        given = budget.total if isinstance(budget, MemoryBudget) and not budget.default else \
-            None if isinstance(budget, MemoryBudget) else budget   # what the caller asked for (None: default)
-        if budget is None or isinstance(budget, MemoryBudget):   # the graphs' share of the analysis's budget
-            budget = MemoryBudget.of(budget, op.device).graphs
-        elif isinstance(budget, str):
-            budget = parse_memory(budget)
-        if not budget >= 0:
-            raise ConfigError(f"max_graph_memory must be >= 0 bytes, got {budget}")
+    def __init__(self, op: "HessianOperator", max_graph_memory: "int | float | str | MemoryBudget | None"):
+        # bytes the kept graphs may take, resolved once (memory.graph_memory: the unit rule of --max-memory),
+        # and what the caller gave (None: the default share)
+        budget, given = graph_memory(max_graph_memory, op.device)
         # a weak reference: the operator owns its cache, and a strong one back would make a cycle that keeps
         # the operator and its gradient graphs alive until the cycle collector happens to run (one cause of
         # a long study process growing to 8.8 GB: ~0.75 GB per model before, ~0.5 GB after this fix)
@@ -259,7 +256,7 @@ class HessianOperator:
     ``matvec(v)`` (also ``op @ v``) takes and returns flat vectors of length ``num_params``; each call is
     one HVP (``hvp_count``), whatever the number of batches; ``matmat(V)`` is k of them. Cost of one HVP,
     per batch: one double-backward pass through the batch's gradient graph, kept from the first HVP while
-    the kept graphs fit ``max_graph_memory`` bytes (always, for a single batch), else rebuilt at every HVP
+    the kept graphs fit ``max_graph_memory`` (always, for a single batch), else rebuilt at every HVP
     (+ one forward and one backward with ``create_graph``); ``describe()["graph_cache"]`` says which.
     ``data`` is a ``SampleSet`` (``analysis.samples``: batches, shard and adversarial examples made once, which
     several operators may share) or raw data, from which one is made here: for ``loss="adversarial"`` the
@@ -274,11 +271,10 @@ class HessianOperator:
     docstring (``describe()["hvp_method"]`` is the method that runs, ``"hvp_method_requested"`` the one asked).
     """
 
-    @takes_attack_spec(default_steps=DEFAULT_STEPS, adversarial_only="loss")
     def __init__(self, model: nn.Module, data: Any, loss: str = "clean", attack: AttackSpec | None = None,
                  bn: str = "running", param_filter: ParamFilter = None, batch_size: int | None = None,
                  seed: int = 0, device: str | torch.device | None = None, hvp_method: str = "auto",
-                 distributed: bool = True, max_graph_memory: "int | str | MemoryBudget | None" = None,
+                 distributed: bool = True, max_graph_memory: "int | float | str | MemoryBudget | None" = None,
                  tf32: bool = False, cudnn_benchmark: bool = False):
         if loss not in LOSSES:
             raise ConfigError(f"unknown loss {loss!r}; choose from {', '.join(LOSSES)}")
@@ -296,7 +292,7 @@ class HessianOperator:
         self.params = _select_params(model, param_filter)
         self._param_filter = param_filter
         first = self.params[0][1]
-        self.device = torch.device(device) if device is not None else first.device
+        self.device = resolve_device(device) if device is not None else first.device
         self.hvp_requested = hvp_method
         self.hvp_method = resolve_hvp_method(hvp_method, self.device, bn, has_batchnorm(model))
         # cuDNN's autotuner during this operator's passes (a CUDA flag: False on other devices, where it is unused)
@@ -342,16 +338,9 @@ class HessianOperator:
     def from_checkpoint(cls, ck: Any, data: Any, loss: str = "clean", attack: AttackSpec | None = None,
                         **kwargs: Any) -> "HessianOperator":
         """An operator on ``ck.model``; for the adversarial loss the attack is ``attack``, else the checkpoint's
-        training attack (``attack_spec.resolve_attack``; no eps: refused). The old keywords (eps, steps,
-        step_size, norm, restarts, attack_batch_size) still override the checkpoint's values, deprecated."""
-        loose = {k: kwargs.pop(k) for k in list(kwargs) if k in LOOSE_KEYWORDS}
-        if loose:
-            import warnings
-            warnings.warn("HessianOperator.from_checkpoint: the loose attack keywords are deprecated; pass "
-                          "attack=resolve_attack(ck.config, eps=...)", DeprecationWarning, stacklevel=2)
+        training attack (``attack_spec.resolve_attack``; no eps: refused)."""
         if loss == "adversarial" and attack is None:
-            fields = {LOOSE_KEYWORDS[k]: v for k, v in loose.items()}
-            attack = resolve_attack(getattr(ck, "config", {}) or {}, **fields)
+            attack = resolve_attack(getattr(ck, "config", {}) or {})
         return cls(ck.model, data, loss=loss, attack=attack, **kwargs)
 
     # --- flat vectors <-> parameter-shaped tensors ---------------------------------------------------

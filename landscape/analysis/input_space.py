@@ -15,8 +15,10 @@ over parameters) because this is n independent small problems advanced together.
 """
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -27,9 +29,15 @@ from torch import nn
 from .._version import __version__
 from ..attack_spec import AttackSpec
 from ..attacks import batch_generator, eval_mode, input_gradient
+from ..constraints import validate
 from ..errors import ConfigError
 from ..finite import NonFiniteOutputError, check_outputs, nonfinite_rows, refuse_nonfinite
 from ..inputs import check_batch
+from ..io import save_npz, write_json
+from ..names import INPUT_SURFACE_FILES
+from ..precision import full_float32
+from ..progress import Callback, report
+from .settings import CONSTRAINTS as SETTINGS
 from .surface_result import parse_grid
 
 EXAMPLES = 16     # per-sample surfaces kept in the JSON (all of them go to the .npz)
@@ -150,6 +158,20 @@ class InputSurfaceResult:
             d["curvature"] = self.curvature_summary()
         return d
 
+    def save(self, folder: str | os.PathLike, **meta: Any) -> dict:
+        """Write the result into ``folder`` as ``names.INPUT_SURFACE_FILES``: ``input_surface.json``
+        (``to_dict()`` with ``meta``, e.g. the checkpoint it measured) and ``input_surface.npz`` (each
+        sample's arrays), atomically; returns the JSON's dict."""
+        folder = Path(folder)
+        d = {**self.to_dict(), **meta}
+        write_json(folder / INPUT_SURFACE_FILES[0], d)
+        arrays = {"a": self.a, "b": self.b, "loss": self.loss, "correct": self.correct,
+                  "zero_gradient": self.zero_gradient}
+        if self.curvature is not None:
+            arrays["curvature"] = self.curvature
+        save_npz(folder / INPUT_SURFACE_FILES[1], **arrays)
+        return d
+
 
 def _directions(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: AttackSpec,
                 generator: torch.Generator, at: str = "") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -171,7 +193,8 @@ def _directions(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: Atta
 
 def input_surface(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: AttackSpec,
                   a: Any = "-2:2:21", b: Any = "-2:2:21", seed: int = 0, batch_size: int = 256,
-                  clip: bool = True, curvature_iters: int = 0, progress: bool = False) -> InputSurfaceResult:
+                  clip: bool = True, curvature_iters: int = 0, callback: Callback = None,
+                  tf32: bool = False) -> InputSurfaceResult:
     """Each sample's loss and correctness on the grid ``a`` x ``b`` (units of ``attack.eps``) around its input
     (module doc); ``clip`` keeps the points in [0, 1]; ``curvature_iters > 0`` adds ``input_curvature``. The
     random direction of batch i is seeded by (seed, i). Cost: one forward+backward pass, then one forward per
@@ -181,39 +204,40 @@ def input_surface(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: At
     if attack.eps <= 0:
         raise ConfigError("the input-space surface is drawn in units of eps: it needs eps > 0")
     ga, gb = parse_grid(a, "a"), parse_grid(b, "b")
-    if isinstance(curvature_iters, bool) or not isinstance(curvature_iters, int) or curvature_iters < 0:
-        raise ConfigError(f"curvature_iters must be an integer >= 0, got {curvature_iters!r}")
-    check_batch(model, x, y, "input_surface")
-    from ..progress import progress_bar
-    t0 = time.perf_counter()
-    n = len(y)
-    loss = np.zeros((n, len(ga), len(gb)))
-    correct = np.zeros((n, len(ga), len(gb)), dtype=bool)
-    zero = np.zeros(n, dtype=bool)
-    bar = progress_bar(total=n * len(ga) * len(gb), desc="input surface", unit="pt", show=progress)
-    for lo in range(0, n, batch_size):
-        xb, yb = x[lo:lo + batch_size], y[lo:lo + batch_size]
-        part = "" if len(yb) == n else f"(the batch of samples {lo}-{lo + len(yb) - 1})"
-        g, r, z = _directions(model, xb, yb, attack, batch_generator(seed, lo), part)
-        zero[lo:lo + len(yb)] = z.cpu().numpy()
-        with eval_mode(model), torch.no_grad():
-            for i, ai in enumerate(ga):
-                for j, bj in enumerate(gb):
-                    xp = xb + attack.eps * (float(ai) * g + float(bj) * r)
-                    if clip:
-                        xp = xp.clamp(0, 1)
-                    logits = check_outputs(model(xp), f"at the grid point a = {float(ai):g}, b = {float(bj):g}"
-                                           + (f" {part}" if part else ""), "surface point")
-                    loss[lo:lo + len(yb), i, j] = F.cross_entropy(logits, yb, reduction="none").double().cpu().numpy()
-                    correct[lo:lo + len(yb), i, j] = (logits.argmax(1) == yb).cpu().numpy()
-                    bar.update(len(yb))
-    bar.close()
-    curv = input_curvature(model, x, y, curvature_iters, seed, batch_size) if curvature_iters else None
-    return InputSurfaceResult(ga, gb, loss, correct, attack, int(seed), zero, curv, time.perf_counter() - t0,
-                              {"clip": clip, "curvature_iters": curvature_iters, "batch_size": batch_size,
-                               "direction": "sign of the input gradient" if attack.norm == "linf"
-                               else "unit input gradient", "random": "random signs" if attack.norm == "linf"
-                               else "unit Gaussian"})
+    validate({"curvature_iters": curvature_iters, "seed": seed}, SETTINGS)   # landscape-surface's ranges
+    with full_float32(tf32):   # its one forward pass, as the rest, without TF32
+        check_batch(model, x, y, "input_surface")
+    with full_float32(tf32):   # TF32 off, as every analysis (landscape.precision)
+        t0 = time.perf_counter()
+        n = len(y)
+        loss = np.zeros((n, len(ga), len(gb)))
+        correct = np.zeros((n, len(ga), len(gb)), dtype=bool)
+        zero = np.zeros(n, dtype=bool)
+        total, done = n * len(ga) * len(gb), 0
+        for lo in range(0, n, batch_size):
+            xb, yb = x[lo:lo + batch_size], y[lo:lo + batch_size]
+            part = "" if len(yb) == n else f"(the batch of samples {lo}-{lo + len(yb) - 1})"
+            g, r, z = _directions(model, xb, yb, attack, batch_generator(seed, lo), part)
+            zero[lo:lo + len(yb)] = z.cpu().numpy()
+            with eval_mode(model), torch.no_grad():
+                for i, ai in enumerate(ga):
+                    for j, bj in enumerate(gb):
+                        xp = xb + attack.eps * (float(ai) * g + float(bj) * r)
+                        if clip:
+                            xp = xp.clamp(0, 1)
+                        logits = check_outputs(model(xp), f"at the grid point a = {float(ai):g}, b = {float(bj):g}"
+                                               + (f" {part}" if part else ""), "surface point")
+                        loss[lo:lo + len(yb), i, j] = F.cross_entropy(logits, yb, reduction="none").double().cpu().numpy()
+                        correct[lo:lo + len(yb), i, j] = (logits.argmax(1) == yb).cpu().numpy()
+                        done += len(yb)
+                        report(callback, done, total)
+        curv = input_curvature(model, x, y, curvature_iters, seed, batch_size, tf32) if curvature_iters else None
+        return InputSurfaceResult(ga, gb, loss, correct, attack, int(seed), zero, curv, time.perf_counter() - t0,
+                                  {"clip": clip, "curvature_iters": curvature_iters, "batch_size": batch_size,
+                                   "tf32": bool(tf32),
+                                   "direction": "sign of the input gradient" if attack.norm == "linf"
+                                   else "unit input gradient", "random": "random signs" if attack.norm == "linf"
+                                   else "unit Gaussian"})
 
 
 def input_hvp(model: nn.Module, x: torch.Tensor, y: torch.Tensor, v: torch.Tensor,
@@ -240,7 +264,7 @@ def input_hvp(model: nn.Module, x: torch.Tensor, y: torch.Tensor, v: torch.Tenso
 
 
 def input_curvature(model: nn.Module, x: torch.Tensor, y: torch.Tensor, iters: int = 20, seed: int = 0,
-                    batch_size: int = 256) -> np.ndarray:
+                    batch_size: int = 256, tf32: bool = False) -> np.ndarray:
     """(n,) the largest eigenvalue of each sample's input Hessian: ``iters`` Lanczos steps with full
     reorthogonalization, every sample of a batch advanced together (a sample whose Krylov space is exhausted,
     as happens after at most rank + 1 steps, stops there: its tridiagonal is cut at that size). Exact once
@@ -251,55 +275,56 @@ def input_curvature(model: nn.Module, x: torch.Tensor, y: torch.Tensor, iters: i
     ``iters`` input HVPs per sample and O(iters^2 d) per sample for reorthogonalization."""
     if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
         raise ConfigError(f"curvature iterations must be a positive integer, got {iters!r}")
-    out = []
-    for lo in range(0, len(y), batch_size):
-        xb, yb = x[lo:lo + batch_size], y[lo:lo + batch_size]
-        m, d = len(yb), xb[0].numel()
-        gen = batch_generator(seed, lo)
-        v = torch.randn((m, d), generator=gen, dtype=torch.float64)
-        v = (v / v.norm(dim=1, keepdim=True)).to(xb.device)
-        basis = [v]
-        alpha = torch.zeros(m, iters, dtype=torch.float64, device=xb.device)
-        beta = torch.zeros(m, iters, dtype=torch.float64, device=xb.device)
-        alive = torch.ones(m, dtype=torch.bool, device=xb.device)
-        broken = torch.zeros(m, dtype=torch.bool, device=xb.device)
-        size = torch.full((m,), iters, dtype=torch.long, device=xb.device)
-        part = "" if m == len(y) else f"(the batch of samples {lo}-{lo + m - 1})"
-        for k in range(iters):
-            w = input_hvp(model, xb, yb, basis[-1].to(xb.dtype).view_as(xb),
-                          check_finite=(part or True) if k == 0 else False).flatten(1).double()
-            bad = alive & ~torch.isfinite(w).all(1)    # stop there: refused after the batch
-            broken |= bad
-            alive &= ~bad
-            w = torch.where(alive.view(-1, 1), w, 0.0)
-            alpha[:, k] = torch.where(alive, (w * basis[-1]).sum(1), 0.0)
-            for u in basis:                      # full reorthogonalization (twice is enough)
-                w = w - (w * u).sum(1, keepdim=True) * u
-            for u in basis:
-                w = w - (w * u).sum(1, keepdim=True) * u
-            nrm = w.norm(dim=1)
-            scale = alpha[:, :k + 1].abs().amax(1).clamp_min(1e-30)
-            done = alive & (nrm <= 1e-8 * scale)
-            size = torch.where(done, torch.full_like(size, k + 1), size)
-            alive &= ~done
-            if k + 1 == iters or not bool(alive.any()):
-                break
-            beta[:, k] = torch.where(alive, nrm, 0.0)
-            basis.append(torch.where(alive.view(-1, 1), w / nrm.clamp_min(1e-300).view(-1, 1), 0.0))
-        k_bad = int(broken.sum())
-        if k_bad:
-            raise NonFiniteOutputError(
-                f"the input Hessian is not finite for {k_bad} of {m} samples{' ' + part if part else ''} (NaN or "
-                "inf second derivatives of the loss although the logits are finite: a layer without a second "
-                "derivative at those inputs, e.g. sqrt or log at 0); no curvature is computed from them "
-                "(curvature_iters=0, --curvature-iters 0, draws the surface without it)")
-        top = torch.empty(m, dtype=torch.float64)
-        for i in range(m):
-            s = int(size[i])
-            t = torch.diag(alpha[i, :s]) + torch.diag(beta[i, :s - 1], 1) + torch.diag(beta[i, :s - 1], -1)
-            top[i] = torch.linalg.eigvalsh(t.cpu())[-1]
-        out.append(top.numpy())
-    return np.concatenate(out)
+    with full_float32(tf32):   # TF32 would floor each HVP at ~1e-3 relative
+        out = []
+        for lo in range(0, len(y), batch_size):
+            xb, yb = x[lo:lo + batch_size], y[lo:lo + batch_size]
+            m, d = len(yb), xb[0].numel()
+            gen = batch_generator(seed, lo)
+            v = torch.randn((m, d), generator=gen, dtype=torch.float64)
+            v = (v / v.norm(dim=1, keepdim=True)).to(xb.device)
+            basis = [v]
+            alpha = torch.zeros(m, iters, dtype=torch.float64, device=xb.device)
+            beta = torch.zeros(m, iters, dtype=torch.float64, device=xb.device)
+            alive = torch.ones(m, dtype=torch.bool, device=xb.device)
+            broken = torch.zeros(m, dtype=torch.bool, device=xb.device)
+            size = torch.full((m,), iters, dtype=torch.long, device=xb.device)
+            part = "" if m == len(y) else f"(the batch of samples {lo}-{lo + m - 1})"
+            for k in range(iters):
+                w = input_hvp(model, xb, yb, basis[-1].to(xb.dtype).view_as(xb),
+                              check_finite=(part or True) if k == 0 else False).flatten(1).double()
+                bad = alive & ~torch.isfinite(w).all(1)    # stop there: refused after the batch
+                broken |= bad
+                alive &= ~bad
+                w = torch.where(alive.view(-1, 1), w, 0.0)
+                alpha[:, k] = torch.where(alive, (w * basis[-1]).sum(1), 0.0)
+                for u in basis:                      # full reorthogonalization (twice is enough)
+                    w = w - (w * u).sum(1, keepdim=True) * u
+                for u in basis:
+                    w = w - (w * u).sum(1, keepdim=True) * u
+                nrm = w.norm(dim=1)
+                scale = alpha[:, :k + 1].abs().amax(1).clamp_min(1e-30)
+                done = alive & (nrm <= 1e-8 * scale)
+                size = torch.where(done, torch.full_like(size, k + 1), size)
+                alive &= ~done
+                if k + 1 == iters or not bool(alive.any()):
+                    break
+                beta[:, k] = torch.where(alive, nrm, 0.0)
+                basis.append(torch.where(alive.view(-1, 1), w / nrm.clamp_min(1e-300).view(-1, 1), 0.0))
+            k_bad = int(broken.sum())
+            if k_bad:
+                raise NonFiniteOutputError(
+                    f"the input Hessian is not finite for {k_bad} of {m} samples{' ' + part if part else ''} (NaN or "
+                    "inf second derivatives of the loss although the logits are finite: a layer without a second "
+                    "derivative at those inputs, e.g. sqrt or log at 0); no curvature is computed from them "
+                    "(curvature_iters=0, --curvature-iters 0, draws the surface without it)")
+            top = torch.empty(m, dtype=torch.float64)
+            for i in range(m):
+                s = int(size[i])
+                t = torch.diag(alpha[i, :s]) + torch.diag(beta[i, :s - 1], 1) + torch.diag(beta[i, :s - 1], -1)
+                top[i] = torch.linalg.eigvalsh(t.cpu())[-1]
+            out.append(top.numpy())
+        return np.concatenate(out)
 
 
 __all__ = ["InputSurfaceResult", "input_curvature", "input_hvp", "input_surface"]

@@ -2,19 +2,20 @@
 
 - ``top_eigenvalues``: extreme eigenpairs by Lanczos with full reorthogonalization, one HVP per step,
   extended until every requested Ritz pair has an estimated residual ||H v - lam v|| <= max(tol |lam|, atol)
-  (or the budget ends); then each returned pair's TRUE residual is computed (one more HVP per pair) and only
+  (or ``max_hvps`` are spent); then each returned pair's TRUE residual is computed (one more HVP per pair) and only
   a pair whose true residual meets the tolerance is reported converged. The Lanczos estimate |c . y| ignores
   the rounding error of the HVP itself (a float32 operator of norm 1e3 cannot give residuals below ~1e-4).
 - ``hessian_trace``: lives in ``trace.py`` (Hutchinson, Hutch++, XTrace); re-exported here.
 - ``spectral_density``: stochastic Lanczos quadrature (Ubaru, Chen & Saad 2017; Ghorbani et al. 2019) with
   Gaussian broadening.
 
-The Lanczos engine and its memory budget live in ``landscape.analysis.lanczos``: the basis is kept in a
-preallocated buffer, for top-k in float64 when it fits (else, and for the density, in the operator's
-dtype); ``max_memory`` (default: ``lanczos.default_max_memory``, 35% of
-the device's memory) decides whether top-k keeps its whole basis or thick-restarts within fewer vectors, and
-whether a density probe keeps its basis (full reorthogonalization) or three vectors (local
-reorthogonalization, O(n)). The choice is recorded in ``settings["memory"]`` of every result.
+The Lanczos engine lives in ``landscape.analysis.lanczos``, its memory plans in ``landscape.analysis.memory``:
+the basis is kept in a preallocated buffer, for top-k in float64 when it fits (else, and for the density, in
+the operator's dtype); ``max_memory`` (resolved once at the entry into a ``memory.MemoryBudget``; default
+``memory.default_max_memory``, 35% of the device's memory) decides whether top-k keeps its whole basis or
+thick-restarts within fewer vectors, and whether a density probe keeps its basis (full reorthogonalization)
+or three vectors (local reorthogonalization, O(n)). The choice is recorded in ``settings["memory"]`` of every
+result; a plan made beforehand (``plan=``, e.g. ``memory.plan_spectrum``'s) is run as it is.
 
 Why our own Lanczos rather than ``scipy.sparse.linalg.eigsh`` (ARPACK, implicitly restarted): an HVP costs
 a forward and two backward passes while the n x m basis costs only memory, so keeping the whole basis
@@ -27,24 +28,27 @@ where ours was 7e-7 off. Projected eigenproblems are solved in float64.
 PyHessian, run on the same model for cross-checks, lives in ``landscape.analysis.pyhessian_backend``.
 
 Every estimator takes ``seed`` (start vectors come from a CPU ``torch.Generator``) and an optional
-``callback(hvps_done, hvp_budget)`` for progress bars; none prints.
+``callback(hvps_done, hvps_at_most)`` for progress bars; none prints.
 """
 from __future__ import annotations
 
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import torch
 
 from .._version import __version__
+from ..constraints import Interval, check_value, flag, validate
 from ..errors import ConfigError
-from .lanczos import (Lanczos, LocalLanczos, MemoryBudget, MemoryPlan, Operator, PeakMemory, _refuse, check_held,
-                      choose_top_k_plan, fmt_bytes, gaussian, hv, memory_in_use, min_top_k_capacity, op_dtype,
-                      op_settings, plan_density, rademacher)
-from .trace import TRACE_METHODS, TraceResult, hessian_trace  # noqa: F401  (moved to trace.py; re-exported)
+from .settings import CONSTRAINTS as SETTINGS, check_top_k
+from .lanczos import Lanczos, LocalLanczos, Operator, gaussian, hv, op_settings, rademacher
+from .memory import (TRACE_METHODS, MemoryBudget, MemoryPlan, PeakMemory, check_held, choose_top_k_plan,
+                     default_max_hvps, fmt_bytes, memory_in_use, min_top_k_capacity, op_dtype, plan_density,
+                     refuse, same_on_all_ranks)
+from .trace import TraceResult, hessian_trace  # noqa: F401  (moved to trace.py; re-exported)
 
 WHICH = ("LA", "SA", "LM")
 Callback = Callable[[int, int], None] | None
@@ -63,20 +67,10 @@ def _json_list(a) -> list:
     return [_json_num(v) for v in np.asarray(a, dtype=np.float64).reshape(-1)]
 
 
-def _same_on_all_ranks(op: Any, plan: Any) -> Any:
-    """Rank 0's memory plan on every rank of a distributed operator (measured peaks differ between ranks;
-    the ranks must run the same Lanczos, HVP for HVP, or their all-reduces would not pair up)."""
-    w = getattr(op, "world", None)
-    if w is not None and getattr(w, "active", False):
-        from ..distributed import broadcast_from_main
-        return broadcast_from_main(plan)
-    return plan
-
-
 def _check_plan(plan: MemoryPlan, task: str, least: int) -> None:
     """A plan handed in must be for this task and hold the fewest basis vectors the task works with."""
     if not isinstance(plan, MemoryPlan) or plan.task != task:
-        raise ConfigError(f"plan must be a MemoryPlan for the {task} (lanczos.{'choose_top_k_plan' if task == 'top-k' else 'plan_density'}), "
+        raise ConfigError(f"plan must be a MemoryPlan for the {task} (memory.{'choose_top_k_plan' if task == 'top-k' else 'plan_density'}), "
                           f"got {getattr(plan, 'task', type(plan).__name__)!r}")
     if plan.capacity < least:
         raise ConfigError(f"the plan keeps {plan.capacity} basis vectors; the {task} needs at least {least}")
@@ -141,17 +135,14 @@ def _start_vector(n: int, v0: torch.Tensor | None, gen: torch.Generator, device:
     return v0
 
 
-def default_max_hvps(n: int, k: int) -> int:
-    """The default Lanczos step budget of a top-k search: min(n, max(100, 30 k))."""
-    return min(int(n), max(100, 30 * int(k)))
-
-
 def top_eigenvalues(op: Operator, k: int = 1, tol: float = 1e-3, which: str = "LA",
                     max_hvps: int | None = None, seed: int = 0, return_vectors: bool = False,
                     v0: torch.Tensor | None = None, method: str = "lanczos", atol: float = 0.0,
                     basis_dtype: torch.dtype | None = None, max_memory: "int | str | MemoryBudget | None" = None,
                     callback: Callback = None, plan: MemoryPlan | None = None) -> EigenResult:
-    """The ``k`` extreme eigenvalues of ``op`` (``which``: LA largest, SA smallest, LM largest magnitude).
+    """The ``k`` extreme eigenvalues of ``op`` (``which``: LA largest, SA smallest, LM largest magnitude;
+    k from 1 to the operator's size; k, tol, atol, max_hvps and seed in landscape-spectrum's ranges,
+    ``settings.CONSTRAINTS``, refused in its words).
 
     Lanczos with full reorthogonalization from a seeded Gaussian start (or ``v0``, a warm start such as
     last epoch's top eigenvector), extended one HVP at a time until every requested Ritz pair has an estimated
@@ -159,71 +150,67 @@ def top_eigenvalues(op: Operator, k: int = 1, tol: float = 1e-3, which: str = "L
     ``max_hvps`` (default ``min(n, max(100, 30 k))``) Lanczos steps are spent; then k more HVPs give each
     pair's true residual, which alone decides ``converged``. Where the estimates passed but a true residual
     did not, Lanczos goes on with a tolerance tightened by the shortfall and checks again (k HVPs per check),
-    until the pairs converge, the budget ends or the true residuals stop improving. Memory: the basis, in ``basis_dtype`` (default:
+    until the pairs converge, the HVPs run out or the true residuals stop improving. Memory: the basis, in ``basis_dtype`` (default:
     float64 when at least ~2k float64 vectors fit the budget, else the operator's dtype; see
-    ``lanczos.choose_top_k_plan``), all ``max_hvps + 1`` vectors when they fit in ``max_memory`` ("8GB", or
-    bytes of at least 1 MB: ``lanczos.parse_budget``; default ``lanczos.default_max_memory``), else as many as
-    fit with thick restarts; refused with the estimate (``MemoryBudgetError``, a ``ResourceError``), before
-    any HVP where the process already holds the budget, when not even ~2k fit; ``method="eigsh"``'s ARPACK
-    basis likewise. ``plan``: a basis plan made beforehand (``lanczos.choose_top_k_plan``, e.g. the one
-    ``landscape-spectrum`` printed in its estimate), used as it is instead of planning again.
+    ``memory.choose_top_k_plan``), all ``max_hvps + 1`` vectors when they fit in ``max_memory`` (None or
+    "auto": ``memory.default_max_memory``; "8GB", or bytes of at least 1 MB: ``memory.parse_budget``; or a
+    ``memory.MemoryBudget``; resolved here once), else as many as fit with thick restarts; refused with the
+    estimate (``MemoryBudgetError``, a ``ResourceError``), before any HVP where the process already holds the
+    budget, when not even ~2k fit; ``method="eigsh"``'s ARPACK basis likewise. ``plan``: a basis plan made
+    beforehand (``memory.choose_top_k_plan``; ``memory.plan_spectrum``'s, which ``landscape-spectrum``
+    printed in its estimate), used as it is instead of planning (Lanczos only).
     ``method="eigsh"`` uses scipy's ARPACK instead (float64; its residuals cost k more HVPs).
     """
     n = int(op.num_params)
     if which not in WHICH:
         raise ConfigError(f"unknown which {which!r}; choose from {', '.join(WHICH)}")
-    for name, v in (("k", k), ("max_hvps", max_hvps), ("seed", seed)):
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer))):
-            raise ConfigError(f"{name} must be a whole number, got {v!r}")
-    if not 1 <= k <= n:
-        raise ConfigError(f"k must lie in [1, {n}] (the operator's size), got {k}")
-    if not tol > 0:
-        raise ConfigError(f"tol must be positive, got {tol}")
-    if not atol >= 0:
-        raise ConfigError(f"atol must be >= 0, got {atol}")
-    budget = int(max_hvps) if max_hvps is not None else default_max_hvps(n, k)
-    if budget < 1:
-        raise ConfigError(f"max_hvps must be at least 1, got {max_hvps}")
+    check_top_k(k, n)   # the ranges of landscape-spectrum's flags (analysis.settings), in its words
+    if k == 0:
+        raise ConfigError(f"{flag('top_k')}: 0 asks for no eigenvalues; ask for at least 1")
+    validate({"tol": tol, "atol": atol, "max_hvps": max_hvps, "seed": seed}, SETTINGS)
+    steps = int(max_hvps) if max_hvps is not None else default_max_hvps(n, k)
     if method not in ("lanczos", "eigsh"):
         raise ConfigError(f"unknown method {method!r}; choose lanczos or eigsh")
-    if plan is None:   # the budget read (a bare 8 refused) and what is held checked before any HVP
-        max_memory = MemoryBudget.of(max_memory, op.device)
-        check_held(f"top-{k}", memory_in_use(op.device), max_memory)
-    settings = {"k": k, "tol": tol, "atol": atol, "which": which, "max_hvps": budget, "seed": seed,
+    if plan is not None and method == "eigsh":
+        raise ConfigError("plan is a Lanczos basis plan; method='eigsh' sizes its own ARPACK basis (drop plan)")
+    budget = None
+    if plan is None:   # the budget resolved once, here (a bare 8 refused), and what is held checked before any HVP
+        budget = MemoryBudget.of(max_memory, op.device)
+        check_held(f"top-{k}", memory_in_use(op.device), budget)
+    settings = {"k": k, "tol": tol, "atol": atol, "which": which, "max_hvps": steps, "seed": seed,
                 "method": method, "warm_start": v0 is not None, "operator": op_settings(op)}
     t0 = time.perf_counter()
     gen = torch.Generator().manual_seed(int(seed))
     if method == "eigsh":
-        res = _eigsh(op, k, tol, which, budget, gen, return_vectors, v0, atol, settings,
-                     MemoryBudget.of(max_memory if plan is None else plan.max_memory, op.device))
+        res = _eigsh(op, k, tol, which, steps, gen, return_vectors, v0, atol, settings, budget)
     else:
-        res = _lanczos_top(op, k, tol, which, budget, gen, return_vectors, v0, atol, basis_dtype, max_memory,
+        res = _lanczos_top(op, k, tol, which, steps, gen, return_vectors, v0, atol, basis_dtype, budget,
                            callback, settings, plan)
     res.seconds = time.perf_counter() - t0
     return res
 
 
-def _lanczos_top(op, k, tol, which, budget, gen, return_vectors, v0, atol, dtype, max_memory, callback,
-                 settings, plan=None):
+def _lanczos_top(op, k, tol, which, max_steps, gen, return_vectors, v0, atol, dtype, budget: MemoryBudget | None,
+                 callback, settings, plan: MemoryPlan | None = None):
     """Lanczos until the k wanted Ritz pairs converge, then their true residuals.
 
     After a breakdown (only with exactly repeated eigenvalues, i.e. tiny or degenerate operators) each
     restart explores the orthogonal complement as a new block; we stop only once a block's best Ritz
     value, converged, no longer enters the top k (single-vector Lanczos cannot otherwise tell how many
-    copies of a repeated eigenvalue there are). When the basis is full (a memory budget smaller than the
-    HVP budget), a thick restart keeps the ``keep`` wanted Ritz vectors.
+    copies of a repeated eigenvalue there are). When the basis is full (a memory budget that holds fewer
+    vectors than ``max_steps`` need), a thick restart keeps the ``keep`` wanted Ritz vectors. ``plan``: run as
+    it is; else planned under ``budget`` (resolved) after the first HVP, its peak measured.
     """
     n = int(op.num_params)
     if plan is not None:
-        _check_plan(plan, "top-k", min(min_top_k_capacity(k), min(budget, n) + 1))
+        _check_plan(plan, "top-k", min(min_top_k_capacity(k), min(max_steps, n) + 1))
         dtype = getattr(torch, plan.dtype)
     q0 = _start_vector(n, v0, gen, op.device, dtype or op_dtype(op))
     q0 = q0 / q0.norm()
     with PeakMemory(op.device) as pk:  # the first Lanczos HVP, measured to plan the basis
         w0 = hv(op, q0)
     if plan is None:
-        plan = choose_top_k_plan(op, k, budget, max_memory, pk.peak, return_vectors, dtype)
-    plan = _same_on_all_ranks(op, plan)
+        plan = same_on_all_ranks(op, choose_top_k_plan(op, k, max_steps, budget, pk.peak, return_vectors, dtype))
     dtype = getattr(torch, plan.dtype)  # rank 0's choice on every rank
     lz = Lanczos(op, q0, gen, plan.capacity, dtype, plan.basis_device, first_hv=w0)
     del w0, q0
@@ -242,7 +229,7 @@ def _lanczos_top(op, k, tol, which, budget, gen, return_vectors, v0, atol, dtype
             fresh = lz.step()
             hvps = lz.hvps
             if callback:
-                callback(hvps, budget)
+                callback(hvps, max_steps)
             m = lz.m
             theta, S, est = lz.ritz()
             idx = _order(theta, which)[:k]
@@ -262,7 +249,7 @@ def _lanczos_top(op, k, tol, which, budget, gen, return_vectors, v0, atol, dtype
                 done = block_conv and adds_nothing
             if not fresh and not done:
                 block = m  # the next basis vector starts a new block
-            if done or hvps >= budget:
+            if done or hvps >= max_steps:
                 break
         # true residuals ||H v - theta v||, one HVP per returned pair: they alone decide convergence
         true = np.empty(len(idx))
@@ -281,15 +268,15 @@ def _lanczos_top(op, k, tol, which, budget, gen, return_vectors, v0, atol, dtype
         worst = float(np.max(true / np.maximum(bound, np.finfo(float).tiny))) if len(idx) else np.inf
         # The Lanczos estimates passed but a true residual did not (float32 HVPs after thick restarts drift
         # from the three-term recurrence): go on with a tolerance tightened by the shortfall, while the
-        # budget lasts and the true residuals still improve (they stall at the HVPs' rounding floor).
-        if (not done or lz.exhausted or conv_true.all() or hvps >= budget or worst > 0.9 * worst_prev):
+        # steps last and the true residuals still improve (they stall at the HVPs' rounding floor).
+        if (not done or lz.exhausted or conv_true.all() or hvps >= max_steps or worst > 0.9 * worst_prev):
             break
         worst_prev = worst
         tol_in = tol_in / min(max(2.0 * worst, 2.0), 100.0)
     if vectors is not None and len(idx) < k:
         vectors = vectors[:len(idx)]
     values, est_out = theta[idx], res
-    if len(idx) < k:  # budget ended before k steps: report what there is, unconverged
+    if len(idx) < k:  # the steps ended before k: report what there is, unconverged
         pad = k - len(idx)
         values = np.concatenate([values, np.full(pad, np.nan)])
         true, est_out = np.concatenate([true, np.full(pad, np.inf)]), np.concatenate([res, np.full(pad, np.inf)])
@@ -302,12 +289,12 @@ def _lanczos_top(op, k, tol, which, budget, gen, return_vectors, v0, atol, dtype
                        vectors=vectors, settings=settings, lanczos_residuals=est_out)
 
 
-class _Budget(Exception):
+class _OutOfSteps(Exception):
     pass
 
 
-def _eigsh(op, k, tol, which, budget, gen, return_vectors, v0, atol, settings, memory: MemoryBudget):
-    """scipy's ARPACK on the operator, kept for comparison; stops (unconverged) at the HVP budget. Its
+def _eigsh(op, k, tol, which, max_steps, gen, return_vectors, v0, atol, settings, budget: MemoryBudget):
+    """scipy's ARPACK on the operator, kept for comparison; stops (unconverged) after ``max_steps`` HVPs. Its
     ``ncv = min(n, max(2k + 1, 20))`` float64 basis vectors (and k returned ones) must fit the memory budget
     beside what the process holds: else refused with the estimate, as the Lanczos basis is."""
     from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
@@ -316,15 +303,15 @@ def _eigsh(op, k, tol, which, budget, gen, return_vectors, v0, atol, settings, m
     ncv = min(n, max(2 * k + 1, 20))
     held = memory_in_use(op.device)
     need = held + (ncv + k + 2) * 8 * n
-    if need > memory.total:
-        raise _refuse(f"top-{k} (eigsh)", need, memory.total, f"{ncv + k + 2} float64 vectors of "
-                      f"{fmt_bytes(8 * n)} + {fmt_bytes(held)} held already")
-    settings = {**settings, "memory": {**memory.to_dict(), "estimated_peak": need, "ncv": ncv}}
+    if need > budget.total:
+        raise refuse(f"top-{k} (eigsh)", need, budget.total, f"{ncv + k + 2} float64 vectors of "
+                     f"{fmt_bytes(8 * n)} + {fmt_bytes(held)} held already")
+    settings = {**settings, "memory": {**budget.to_dict(), "estimated_peak": need, "ncv": ncv}}
     count = [0]
 
     def mv(x: np.ndarray) -> np.ndarray:
-        if count[0] >= budget:
-            raise _Budget
+        if count[0] >= max_steps:
+            raise _OutOfSteps
         count[0] += 1
         v = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64).reshape(-1)).to(op.device)
         return op.matvec(v).detach().double().cpu().numpy()
@@ -332,8 +319,8 @@ def _eigsh(op, k, tol, which, budget, gen, return_vectors, v0, atol, settings, m
     lin = LinearOperator((n, n), matvec=mv, rmatvec=mv, dtype=np.float64)
     start = _start_vector(n, v0, gen, torch.device("cpu"), torch.float64).numpy()
     try:
-        vals, vecs = eigsh(lin, k=k, which=which, tol=tol, v0=start, maxiter=max(budget, 1) * 10)
-    except (_Budget, ArpackNoConvergence):
+        vals, vecs = eigsh(lin, k=k, which=which, tol=tol, v0=start, maxiter=max(max_steps, 1) * 10)
+    except (_OutOfSteps, ArpackNoConvergence):
         nan = np.full(k, np.nan)
         return EigenResult(nan, np.full(k, np.inf), np.zeros(k, bool), count[0], None, settings)
     order = _order(vals, which)
@@ -401,27 +388,25 @@ def spectral_density(op: Operator, n_probes: int = 3, lanczos_steps: int = 80, s
                      grid_points: int = 1000, seed: int = 0, max_memory: "int | str | MemoryBudget | None" = None,
                      reorth: str = "auto", callback: Callback = None, plan: MemoryPlan | None = None) -> DensityResult:
     """Eigenvalue density by stochastic Lanczos quadrature: ``n_probes`` Lanczos runs of ``lanczos_steps``
-    HVPs each, nodes = Ritz values, weights = squared first components / n_probes, broadened by Gaussians of
+    HVPs each (at least ``settings.MIN_DENSITY_STEPS``; the ranges are landscape-spectrum's, ``settings``),
+    nodes = Ritz values, weights = squared first components / n_probes, broadened by Gaussians of
     width ``sigma`` (default 1% of the node range) on ``grid_points`` points padded by 5 sigma. Cost:
     n_probes * lanczos_steps HVPs. ``reorth``: "full" keeps each probe's basis (lanczos_steps + 1 vectors in
     the operator's dtype), "local" three vectors (O(n) memory; ghost copies of converged Ritz values share
     their weight, so moments and extreme nodes stay right), "auto" (default) "full" when it fits in
-    ``max_memory`` ("8GB", or bytes of at least 1 MB; default ``lanczos.default_max_memory``), else "local";
+    ``max_memory`` (resolved here once: None or "auto" for ``memory.default_max_memory``, "8GB", bytes of at
+    least 1 MB, or a ``memory.MemoryBudget``), else "local";
     a budget that not even "local" fits (or that the process already holds: before any HVP), or "full"
     asked and not fitting, is refused with the estimate (``MemoryBudgetError``). ``plan``: a
-    basis plan made beforehand (``lanczos.plan_density``), used as it is instead of planning again.
+    basis plan made beforehand (``memory.plan_density``; ``memory.plan_spectrum``'s), used as it is instead
+    of planning.
     """
-    for name, v in (("n_probes", n_probes), ("lanczos_steps", lanczos_steps), ("grid_points", grid_points),
-                    ("seed", seed)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-            raise ConfigError(f"{name} must be a whole number, got {v!r}")
-    if n_probes < 1 or lanczos_steps < 1 or grid_points < 2:
-        raise ConfigError("n_probes and lanczos_steps must be >= 1 and grid_points >= 2")
-    if sigma is not None and not sigma > 0:
-        raise ConfigError(f"sigma must be positive, got {sigma}")
-    if plan is None:   # the budget read (a bare 8 refused) and what is held checked before any HVP
-        max_memory = MemoryBudget.of(max_memory, op.device)
-        check_held("the density", memory_in_use(op.device), max_memory)
+    validate({"density_probes": n_probes, "density_steps": lanczos_steps, "sigma": sigma, "seed": seed}, SETTINGS)
+    check_value("grid_points", grid_points, Interval(int, 2))
+    budget = None
+    if plan is None:   # the budget resolved once, here (a bare 8 refused), and what is held checked before any HVP
+        budget = MemoryBudget.of(max_memory, op.device)
+        check_held("the density", memory_in_use(op.device), budget)
     n = int(op.num_params)
     steps = min(lanczos_steps, n)
     t0 = time.perf_counter()
@@ -439,7 +424,7 @@ def spectral_density(op: Operator, n_probes: int = 3, lanczos_steps: int = 80, s
         if plan is None:  # the first HVP, measured to plan the basis
             with PeakMemory(op.device) as pk:
                 first = hv(op, q0)
-            plan = _same_on_all_ranks(op, plan_density(op, steps, max_memory, pk.peak, reorth, dtype))
+            plan = same_on_all_ranks(op, plan_density(op, steps, budget, pk.peak, reorth, dtype))
         theta, w, h = _slq_run(op, steps, q0, gen, plan.reorth, plan.capacity, first)
         del first, q0
         nodes[p, :len(theta)], weights[p, :len(w)] = theta, w / n_probes

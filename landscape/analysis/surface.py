@@ -27,17 +27,17 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..attack_spec import AttackSpec, takes_attack_spec
+from ..attack_spec import AttackSpec
 from ..attacks import eval_mode
 from ..data import cut_batches
 from ..digest import tensor_digest
 from ..distributed import (TaskQueue, all_gather_rows, broadcast_from_main, broadcast_tensor, run_on_main,
                            shard_bounds, shard_sizes, world)
 from ..errors import ConfigError, LandscapeError
-from ..finite import NonFiniteOutputError, nonfinite_rows, refuse_nonfinite
+from ..finite import NonFiniteOutputError, refuse_nonfinite
+from ..inference import batch_sums, loss_sums
 from ..precision import full_float32
 from .directions import DirectionSet, directions_digest
 from .moving import WeightMover
@@ -51,35 +51,6 @@ Callback = Callable[[int, int], None] | None
 
 
 # --- one point ----------------------------------------------------------------------------------------
-
-def _sums(model: nn.Module, batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
-          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Summed cross-entropy, number correct and number of samples whose outputs are not finite (NaN or inf
-    logits: ``finite``), as device tensors (no synchronization). One forward pass per batch; the caller
-    chooses the grad mode. Batch sums are accumulated in float64 (one batch: its float32 sum, made float64
-    by the caller)."""
-    if len(batches) == 1:
-        xb, yb = batches[0]
-        logits = model(xb)
-        return (F.cross_entropy(logits, yb, reduction="sum"), (logits.argmax(1) == yb).sum(),
-                nonfinite_rows(logits).sum())
-    loss_sum = correct = bad = None
-    for xb, yb in batches:
-        logits = model(xb)
-        ls = F.cross_entropy(logits, yb, reduction="sum").double()
-        c = (logits.argmax(1) == yb).sum()
-        k = nonfinite_rows(logits).sum()
-        loss_sum = ls if loss_sum is None else loss_sum + ls
-        correct = c if correct is None else correct + c
-        bad = k if bad is None else bad + k
-    return loss_sum, correct, bad  # type: ignore[return-value]
-
-
-def _eval_sums(model: nn.Module, batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    with torch.inference_mode():
-        return _sums(model, batches)
-
 
 def _point(ls: torch.Tensor, cor: torch.Tensor, bad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """A grid point's (loss sum, number correct) as float64 device tensors: both NaN when some sample's
@@ -96,8 +67,7 @@ def loss_and_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     per-batch summed losses accumulated in float64, divided by the number of samples. Outputs that are NaN
     or infinite for any sample are refused (``finite.NonFiniteOutputError``, counting them; ``at`` says where).
     Cost: one forward pass."""
-    with eval_mode(model):
-        ls, c, bad = _eval_sums(model, cut_batches(x, y, batch_size))
+    ls, c, bad = loss_sums(model, x, y, batch_size)
     refuse_nonfinite(bad, len(x), at, "loss or accuracy")
     return float(ls.double().item()) / len(x), float(c.item()) / len(x)
 
@@ -299,11 +269,11 @@ def _evaluate_points(model: nn.Module, mover: WeightMover, plan: _Plan, mask: np
                 if plan.reattack:
                     try:
                         xa = plan.attack.examples(model, x, y, point_seed(seed, idx))  # type: ignore[union-attr]
-                        ls, cor, bad = _eval_sums(model, cut_batches(xa, y, batch_size))
+                        ls, cor, bad = loss_sums(model, xa, y, batch_size)
                     except NonFiniteOutputError:   # the moved model's outputs at PGD's iterates: a NaN point
                         ls = cor = bad = torch.ones((), dtype=torch.float64, device=x.device)
                 else:
-                    ls, cor, bad = _sums(model, batches)
+                    ls, cor, bad = batch_sums(model, batches)
                 ls, cor = _point(ls, cor, bad)
                 queue.put(k, [idx, float(ls), float(cor)] if w.active else (idx, ls, cor))
                 if not w.main:
@@ -333,7 +303,6 @@ def _finish(result: SurfaceResult) -> SurfaceResult:
 
 # --- the surface --------------------------------------------------------------------------------------
 
-@takes_attack_spec(default_steps=10, adversarial_only="loss")
 def loss_surface(model: nn.Module, data: Any, directions: Any, x_grid: Any, y_grid: Any = None,
                  loss: str = "clean", adv_mode: str = "fixed", attack: AttackSpec | None = None,
                  batch_size: int = 512, seed: int = 0, out: str | os.PathLike | None = None,
@@ -346,8 +315,7 @@ def loss_surface(model: nn.Module, data: Any, directions: Any, x_grid: Any, y_gr
     ``meta`` to the settings); entries for buffers (an interpolation's BatchNorm statistics) move the
     buffers too (``settings["buffers"]``: "moved", "fixed" (the model's everywhere) or "none").
     Grids: ``"start:stop:num"`` or sequences.
-    ``loss="adversarial"`` needs ``attack`` (an ``AttackSpec``; the old loose keywords eps, steps, step_size,
-    attack_norm and restarts still work, deprecated): ``adv_mode="fixed"`` makes PGD
+    ``loss="adversarial"`` needs ``attack`` (an ``AttackSpec``): ``adv_mode="fixed"`` makes PGD
     examples once at theta0 (seed ``seed``; the very examples ``HessianOperator`` makes with the same spec
     and seed) and evaluates every point on them; ``"reattack"`` re-runs PGD against the moved model at each
     point, seeded by ``point_seed(seed, index)`` so that any order of evaluation (and a resume) gives the same

@@ -9,9 +9,9 @@
   others), with the spherical normalization (n - s + 1) / ||(I - Q_i Q_i^T) omega_i||^2 of the paper's
   "improved" variant; the estimate is their mean and the error their standard error / sqrt(s). All s of
   them come from Y, Z, Q and R in O(n s^2) flops (the algebra is in ``_xtrace_estimates``). Every HVP
-  serves both the low-rank part and the correction, which is why it beats Hutch++ at equal budgets.
-- ``auto`` (default): the method that was best at that budget in ``benchmarks/trace_estimators.py``
-  (see ``AUTO_RULE``), kept to the memory budget by the documented rule of ``plan_trace`` (XTrace when its
+  serves both the low-rank part and the correction, which is why it beats Hutch++ at equal HVP counts.
+- ``auto`` (default): the method that was best at that HVP count in ``benchmarks/trace_estimators.py``
+  (``memory.AUTO_RULE``), kept to the memory budget by the rule of ``memory.plan_trace`` (XTrace when its
   probes fit, else Hutch++ with the largest sketch that fits, else Hutchinson); the result records what
   was chosen and why (``settings["chosen"]``, ``settings["auto_reason"]``). Measured there on the exact
   Hessian of a small CNN trained on digits (3,818 weights; the top 10 eigenvalues hold 80% of the trace,
@@ -27,20 +27,17 @@
   HVPs (untested; XTrace then has fewer than 10 leave-one-out estimates for its error) auto uses Hutchinson.
 
 Every estimator stops when the 95% half-width (Student t) <= ``tol`` * |estimate|, or at ``max_hvps``;
-``tol=0`` spends the whole budget. XTrace grows its probe set by doubling (keeping Y, Q, Z) until the rule
+``tol=0`` spends all ``max_hvps``. XTrace grows its probe set by doubling (keeping Y, Q, Z) until the rule
 holds. Probes come from a seeded CPU ``torch.Generator``, so every rank of a torchrun job draws the same.
 Blocks of vectors go through ``op.matmat`` where the operator has one (``HessianOperator.matmat`` shares a
 rebuilt gradient graph among a block: see ``benchmarks/hvp_matmat.py``).
 
-Memory (``plan_trace``): XTrace keeps Omega, Q and Z (3 n x s, float64, preallocated; Y in chunks of ~s / 8:
-counted as 4 n x s), Hutch++ its sketch (S, HS, Q, HQ: 4 n x s) and then Q beside each block of k probes
-(G, HG and their product: 3 n x k), Hutchinson 3 n x k; all beside ``hvp_peak`` (the measured peak of one
-HVP; default the memory in use now), within ``max_memory`` (the analysis's one budget,
-``lanczos.MemoryBudget``). The budget is kept or the request refused, as everywhere (``lanczos.MemoryBudget``):
-a method asked for by name (or a ``sketch_size``) that does not fit is refused with its estimate
-(``MemoryBudgetError``, a ``ResourceError``), never swapped for another or cut to fewer probes; only the probe
-block (how many probes go through one ``matmat``; the draws and the estimate do not depend on it) shrinks to
-fit. ``auto`` chooses by its rule above and records why.
+Memory: ``memory.plan_trace`` decides, before any HVP, which estimator runs with how many probes (a
+``memory.TracePlan``) within ``max_memory`` (the analysis's one budget, ``memory.MemoryBudget``, resolved once
+by ``hessian_trace``): a method asked for by name (or a ``sketch_size``) that does not fit is refused with its
+estimate (``MemoryBudgetError``, a ``ResourceError``), never swapped for another or cut to fewer probes; only
+the probe block (how many probes go through one ``matmat``; the draws and the estimate do not depend on it)
+shrinks to fit. ``auto`` chooses by its rule above and records why.
 """
 from __future__ import annotations
 
@@ -53,14 +50,13 @@ import numpy as np
 import torch
 
 from .._version import __version__
-from ..deprecation import renamed_keywords
+from ..constraints import validate
 from ..errors import ConfigError
-from .lanczos import MemoryBudget, _refuse, check_held, fmt_bytes, memory_in_use, op_settings
+from .lanczos import op_settings
+from .memory import MemoryBudget, TracePlan, _whole, plan_trace
+from .settings import CONSTRAINTS as SETTINGS
 
-TRACE_METHODS = ("auto", "xtrace", "hutch++", "hutchinson")
 Callback = Callable[[int, int], None] | None
-# method="auto": (smallest budget, method), the last row whose budget <= max_hvps wins
-AUTO_RULE = ((0, "hutchinson"), (20, "xtrace"))
 
 
 @dataclass
@@ -128,8 +124,8 @@ class _Counter:
     """Applies the operator to blocks of columns (``op.matmat`` where it exists, in the operator's
     preferred block size, at most ``max_block``), counting HVPs and reporting progress."""
 
-    def __init__(self, op: Any, budget: int, callback: Callback, max_block: int | None = None):
-        self.op, self.budget, self.callback, self.hvps = op, budget, callback, 0
+    def __init__(self, op: Any, max_hvps: int, callback: Callback, max_block: int | None = None):
+        self.op, self.max_hvps, self.callback, self.hvps = op, max_hvps, callback, 0
         self.max_block = max_block
 
     def __call__(self, V: torch.Tensor) -> torch.Tensor:
@@ -140,7 +136,7 @@ class _Counter:
             out = torch.stack([self.op.matvec(V[:, j].contiguous()).to(V.dtype) for j in range(k)], 1)
         self.hvps += k
         if self.callback:
-            self.callback(self.hvps, self.budget)
+            self.callback(self.hvps, self.max_hvps)
         return out
 
     @property
@@ -193,174 +189,70 @@ def _xtrace_estimates(Om: torch.Tensor, dOmY: torch.Tensor, Q: torch.Tensor, R: 
     return low + (n - s + 1) * quad / norm2
 
 
-def _whole(name: str, v: Any) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-        raise ConfigError(f"{name} must be a whole number, got {v!r}")
-    return int(v)
-
-
-def plan_trace(op: Any, method: str = "auto", max_hvps: int | None = None,
-               max_memory: "int | str | MemoryBudget | None" = None, hvp_peak: int | None = None,
-               sketch_size: int | None = None) -> dict:
-    """What ``hessian_trace`` will run under the memory budget, decided before any HVP: ``chosen`` (the
-    method), ``sketch_size`` (XTrace: the probes s; Hutch++: the sketch), ``probe_block`` (probes per
-    ``matmat``), ``estimated_peak`` (bytes, ``hvp_peak`` included), ``auto_reason`` (why, for ``auto``;
-    None otherwise) and the budget. Cost: none (arithmetic).
-
-    The rule: ``method="auto"`` takes ``AUTO_RULE``'s method for ``max_hvps``; where that is XTrace and its
-    ``min(max_hvps // 2, n - 1)`` probes do not fit, Hutch++ with the largest sketch (at most
-    ``min(max_hvps // 3, 20)``) that fits, else Hutchinson. A method named (or a ``sketch_size``) is run
-    as asked or refused. Either way ``MemoryBudgetError`` (a ``ResourceError``, one line with the
-    estimate) when not even one probe fits beside ``hvp_peak`` (default: the memory in use now)."""
-    if method not in TRACE_METHODS:
-        raise ConfigError(f"unknown trace method {method!r}; choose from {', '.join(TRACE_METHODS)}")
-    n = int(op.num_params)
-    budget = _whole("max_hvps", max_hvps) if max_hvps is not None else 300
-    if budget < 1:
-        raise ConfigError(f"max_hvps must be at least 1, got {max_hvps}")
-    if sketch_size is not None:
-        sketch_size = _whole("sketch_size", sketch_size)
-        if method not in ("hutch++", "auto"):
-            raise ConfigError(f"sketch_size is Hutch++'s; method={method!r} has no sketch (drop sketch_size or "
-                              "use method='hutch++')")
-        if method == "auto":
-            method = "hutch++"       # a sketch size asks for Hutch++ by name
-        if sketch_size < 0 or 2 * min(sketch_size, n) > budget:
-            raise ConfigError(f"sketch_size {sketch_size} needs 2 * {sketch_size} HVPs, more than max_hvps={budget}")
-    device = getattr(op, "device", torch.device("cpu"))
-    total = MemoryBudget.of(max_memory, device)
-    measured = hvp_peak is not None
-    base = int(hvp_peak) if measured else memory_in_use(device)
-    task = "the trace" + ("" if method == "auto" else f" ({method})")
-    check_held(task, base, total, measured)
-    vec = 8 * n                                        # one float64 n-vector
-    room = (total.total - base) // vec                 # n-vectors the budget holds beside the base
-    preferred = int(getattr(op, "preferred_block", 1)) if hasattr(op, "matmat") else 1
-    base_text = f"{fmt_bytes(base)} " + ("measured in one HVP" if measured else "held already")
-
-    def probes_block(others: int) -> int:              # probes per block beside ``others`` kept vectors
-        return int(max(0, min(preferred, budget, (room - others) // 3)))
-
-    def plan(chosen: str, s: int, block: int, peak_vectors: int, why: str | None) -> dict:
-        return {"method": method, "chosen": chosen, "sketch_size": int(s), "probe_block": int(block),
-                "estimated_peak": int(base + peak_vectors * vec), "hvp_peak": int(base),
-                "max_memory": total.total, "max_memory_default": total.default,
-                "probe_memory": int(max(total.total - base, 0)), "auto_reason": why}
-
-    def xtrace_size() -> int:
-        s_max = min(budget // 2, n - 1)
-        if s_max < 2:
-            raise ConfigError(f"xtrace needs at least 4 HVPs and 3 parameters (max_hvps={budget}, n={n})")
-        return s_max
-
-    def hutchpp_default() -> int:
-        return min(n, budget // 3, 20)
-
-    def refuse_hutchinson() -> None:
-        raise _refuse(task, base + 3 * vec, total.total, f"3 float64 vectors of {fmt_bytes(vec)} for one probe + "
-                      f"{base_text}")
-
-    chosen = method
-    why = None
-    if method == "auto":
-        chosen = [m for b, m in AUTO_RULE if b <= budget][-1]
-        why = f"AUTO_RULE: {chosen} at max_hvps={budget}"
-        if chosen == "xtrace":
-            s_max = xtrace_size()
-            if 4 * s_max > room:
-                fits = [s for s in range(hutchpp_default(), 0, -1) if 4 * s <= room and probes_block(s) >= 1]
-                need = fmt_bytes(base + 4 * s_max * vec)
-                if fits:
-                    chosen, s = "hutch++", fits[0]
-                    why += (f"; its {s_max} probes need ~{need} ({base_text}), more than the "
-                            f"{fmt_bytes(total.total)} budget: hutch++ with a sketch of {s}, the largest that fits")
-                else:
-                    chosen = "hutchinson"
-                    why += (f"; its {s_max} probes need ~{need} ({base_text}), more than the "
-                            f"{fmt_bytes(total.total)} budget, and no Hutch++ sketch fits: hutchinson")
-                if chosen == "hutch++":
-                    block = probes_block(s)
-                    return plan("hutch++", s, block, max(4 * s, s + 3 * block), why)
-        if chosen == "hutchinson":
-            block = probes_block(0)
-            if block < 1:
-                refuse_hutchinson()
-            return plan("hutchinson", 0, block, 3 * block, why)
-    if chosen == "xtrace":
-        s_max = xtrace_size()
-        if 4 * s_max > room:
-            fit = room // 4
-            hint = (f"at most {fit} probes fit (max_hvps={2 * fit})" if fit >= 2 else "not even 2 probes fit")
-            raise _refuse(task, base + 4 * s_max * vec, total.total,
-                          f"{s_max} probes for max_hvps={budget}: 4 x {s_max} float64 vectors of {fmt_bytes(vec)} + "
-                          f"{base_text}; {hint}, or method='auto' picks what fits")
-        return plan("xtrace", s_max, preferred, 4 * s_max, why)
-    if chosen == "hutch++":
-        s = hutchpp_default() if sketch_size is None else min(sketch_size, n)
-        block = probes_block(s)
-        if 4 * s > room or block < 1:
-            fit = [t for t in range(s, -1, -1) if 4 * t <= room and probes_block(t) >= 1]
-            hint = f"a sketch of at most {fit[0]} fits (sketch_size={fit[0]})" if fit and fit[0] else \
-                "no sketch fits"
-            raise _refuse(task, base + max(4 * s, s + 3) * vec, total.total,
-                          f"a sketch of {s}: 4 x {s} float64 vectors of {fmt_bytes(vec)} + {base_text}; {hint}")
-        return plan("hutch++", s, block, max(4 * s, s + 3 * block), why)
-    block = probes_block(0)                            # hutchinson, asked by name
-    if block < 1:
-        refuse_hutchinson()
-    return plan("hutchinson", 0, block, 3 * block, why)
-
-
-@renamed_keywords(rtol="tol")
 def hessian_trace(op: Any, method: str = "auto", tol: float = 1e-2, max_hvps: int | None = None,
                   seed: int = 0, min_probes: int = 10, sketch_size: int | None = None,
                   max_memory: "int | str | MemoryBudget | None" = None, callback: Callback = None,
-                  hvp_peak: int | None = None) -> TraceResult:
+                  hvp_peak: int | None = None, plan: TracePlan | None = None) -> TraceResult:
     """Estimate tr(H) from HVPs (``op``: ``num_params``, ``device``, ``matvec``, optionally ``matmat``).
 
     Stops when the 95% half-width <= tol * |estimate| (after at least ``min_probes`` probes, i.e. terms
-    or leave-one-out estimates) or at ``max_hvps`` (default 300); ``tol=0`` spends the whole budget.
-    ``tol`` is relative (``settings["tol"]``); ``rtol=`` is its deprecated old name.
-    ``sketch_size`` (Hutch++ only; asks for Hutch++): columns of S, default min(budget // 3, 20).
-    ``method``: ``auto`` (see ``AUTO_RULE`` and ``plan_trace``), ``xtrace``, ``hutch++`` or ``hutchinson``
-    (module docstring). Cost: at most ``max_hvps`` HVPs; memory: ``plan_trace``. ``max_memory`` is the
-    analysis's one budget (``lanczos.MemoryBudget``: "8GB", bytes of at least 1 MB, or None for the
-    default): kept, or the request refused before any HVP with its estimate (``MemoryBudgetError``, a
-    ``ResourceError``); ``hvp_peak`` is the measured peak of one HVP (default: the memory in use now, a
-    lower bound).
+    or leave-one-out estimates) or at ``max_hvps`` (default 300); ``tol=0`` spends them all.
+    ``tol`` is relative (``settings["tol"]``)
+    ``sketch_size`` (Hutch++ only; asks for Hutch++): columns of S, default min(max_hvps // 3, 20).
+    ``method``: ``auto`` (``memory.AUTO_RULE``), ``xtrace``, ``hutch++`` or ``hutchinson`` (module
+    docstring). Cost: at most ``max_hvps`` HVPs; memory: ``memory.plan_trace``. ``max_memory`` is the
+    analysis's one budget (None or "auto", "8GB", bytes of at least 1 MB, or a ``memory.MemoryBudget``),
+    resolved here once: kept, or the request refused before any HVP with its estimate (``MemoryBudgetError``,
+    a ``ResourceError``); ``hvp_peak`` is the measured peak of one HVP (default: the memory in use now, a
+    lower bound). ``plan``: a ``memory.TracePlan`` made beforehand for this call's method, max_hvps and
+    sketch_size (``memory.plan_spectrum``'s, which landscape-spectrum printed), run as it is.
     """
-    if tol < 0:
-        raise ConfigError(f"tol must be >= 0, got {tol}")
+    # the ranges of landscape-spectrum's --trace-tol, --trace-max-hvps and --seed (analysis.settings)
+    validate({"trace_tol": tol, "trace_max_hvps": max_hvps, "seed": seed}, SETTINGS)
     if _whole("min_probes", min_probes) < 2:
         raise ConfigError(f"min_probes must be at least 2, got {min_probes}")
-    _whole("seed", seed)
-    pl = plan_trace(op, method, max_hvps, max_memory, hvp_peak, sketch_size)
-    n = int(op.num_params)
-    budget = int(max_hvps) if max_hvps is not None else 300
     device = getattr(op, "device", torch.device("cpu"))
-    chosen = pl["chosen"]
+    if plan is None:   # the budget resolved once, here (a bare 8 refused), and planned before any HVP
+        plan = plan_trace(op, method, max_hvps, MemoryBudget.of(max_memory, device), hvp_peak, sketch_size)
+    else:
+        _check_plan(plan, op, method, max_hvps, sketch_size)
+    n = int(op.num_params)
+    hvps = plan.max_hvps
+    chosen = plan.chosen
     t0 = time.perf_counter()
     gen = torch.Generator().manual_seed(int(seed))
-    apply = _Counter(op, budget, callback, pl["probe_block"])
-    settings = {"method": method, "chosen": chosen, "auto_reason": pl["auto_reason"], "tol": tol,
-                "max_hvps": budget, "seed": seed, "min_probes": min_probes, "max_memory": pl["max_memory"],
-                "max_memory_default": pl["max_memory_default"], "probe_memory": pl["probe_memory"],
-                "estimated_peak": pl["estimated_peak"], "probe_block": pl["probe_block"]}
+    apply = _Counter(op, hvps, callback, plan.probe_block)
+    settings = {"method": method, "chosen": chosen, "auto_reason": plan.auto_reason, "tol": tol,
+                "max_hvps": hvps, "seed": seed, "min_probes": min_probes, "max_memory": plan.max_memory,
+                "max_memory_default": plan.max_memory_default, "probe_memory": plan.probe_memory,
+                "estimated_peak": plan.estimated_peak, "probe_block": plan.probe_block}
     if chosen == "xtrace":
-        res = _xtrace(apply, n, budget, tol, min_probes, pl["sketch_size"], gen, device)
+        res = _xtrace(apply, n, hvps, tol, min_probes, plan.sketch_size, gen, device)
     else:
-        res = _hutchpp(apply, n, budget, tol, min_probes, pl["sketch_size"], chosen, gen, device)
-    res.settings = {**settings, "sketch_size": res.sketch_size,
+        res = _hutchpp(apply, n, hvps, tol, min_probes, plan.sketch_size, chosen, gen, device)
+    res.settings = {**settings, "sketch_size": res.sketch_size, "memory": plan.to_dict(),
                     "probes": "sphere" if chosen == "xtrace" else "rademacher", "operator": op_settings(op)}
     res.seconds = time.perf_counter() - t0
     return res
+
+
+def _check_plan(plan: Any, op: Any, method: str, max_hvps: int | None, sketch_size: int | None) -> None:
+    """A plan handed in must be a ``TracePlan`` made for this operator's size and this call's method,
+    max_hvps and sketch_size (one-line ConfigError otherwise). Cost: none."""
+    if not isinstance(plan, TracePlan):
+        raise ConfigError(f"plan must be a TracePlan (memory.plan_trace), got {type(plan).__name__}")
+    asked = (method, 300 if max_hvps is None else int(max_hvps), sketch_size, int(op.num_params))
+    made = (plan.method, plan.max_hvps, plan.sketch_asked, plan.num_params)
+    if asked != made:
+        raise ConfigError(f"the trace plan was made for (method, max_hvps, sketch_size, num_params) = {made}, "
+                          f"this call asks for {asked}")
 
 
 def _converged(est: float, se: float, p: int, tol: float, min_probes: int) -> bool:
     return p >= min_probes and _half_width(se, p) <= tol * abs(est)
 
 
-def _hutchpp(apply: _Counter, n: int, budget: int, tol: float, min_probes: int, sketch: int,
+def _hutchpp(apply: _Counter, n: int, max_hvps: int, tol: float, min_probes: int, sketch: int,
              method: str, gen: torch.Generator, device: torch.device) -> TraceResult:
     """Hutch++ (``method="hutch++"``, a sketch of ``sketch`` columns as ``plan_trace`` decided) or, with no
     sketch, Hutchinson: probes in blocks of the operator's preferred size (at most what the budget holds),
@@ -375,8 +267,8 @@ def _hutchpp(apply: _Counter, n: int, budget: int, tol: float, min_probes: int, 
                 return TraceResult(low_rank, 0.0, apply.hvps, method, np.zeros(0), low_rank, s, True)
     terms = np.zeros(0)
     est, se, converged = low_rank, math.inf, False
-    while apply.hvps < budget:
-        k = min(apply.block, budget - apply.hvps)
+    while apply.hvps < max_hvps:
+        k = min(apply.block, max_hvps - apply.hvps)
         G = _rademacher(n, k, gen, device)
         if Q is not None:
             G = G - Q @ (Q.T @ G)
@@ -388,9 +280,9 @@ def _hutchpp(apply: _Counter, n: int, budget: int, tol: float, min_probes: int, 
     return TraceResult(est, se, apply.hvps, method, terms, low_rank, s, converged)
 
 
-def _xtrace(apply: _Counter, n: int, budget: int, tol: float, min_probes: int, s_max: int,
+def _xtrace(apply: _Counter, n: int, max_hvps: int, tol: float, min_probes: int, s_max: int,
             gen: torch.Generator, device: torch.device) -> TraceResult:
-    """XTrace with s_max = min(budget // 2, n - 1) probes (``plan_trace`` checked that they fit the memory
+    """XTrace with s_max = min(max_hvps // 2, n - 1) probes (``plan_trace`` checked that they fit the memory
     budget), or with tol > 0 from max(min_probes, 10) probes doubling until the stopping rule holds.
 
     Omega, Q and Z are preallocated n x s_max float64 blocks filled column by column (no copies as s
@@ -438,4 +330,4 @@ def _xtrace(apply: _Counter, n: int, budget: int, tol: float, min_probes: int, s
     return TraceResult(est, se, apply.hvps, "xtrace", ests, low_rank, s, converged)
 
 
-__all__ = ["TraceResult", "hessian_trace", "plan_trace", "TRACE_METHODS", "AUTO_RULE"]
+__all__ = ["TraceResult", "hessian_trace"]

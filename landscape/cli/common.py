@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import math
 import os
 import re
 import shlex
@@ -12,10 +11,13 @@ import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 
+from ..constraints import Constraint, Interval, argparse_type, flag
+from ..devices import DEVICE_HELP, resolve_device
+from ..names import is_checkpoint_path
 from ..distributed import World, finish, group_initialized, init_from_env
 from ..errors import EXIT_REQUEUE, LandscapeError, ModelError, OutputError, Preempted
 
@@ -74,47 +76,24 @@ class Parser(argparse.ArgumentParser):
 
 # --- argument types (argparse ``type=``): a bad number is a one-line usage error, before any work -----------
 
-def _number(kind: type, lo: float | None = None, hi: float | None = None, lo_open: bool = False,
-            name: str | None = None) -> Callable[[str], Any]:
-    """An argparse type: a finite ``kind`` (int or float) in [lo, hi] (``lo_open``: (lo, hi])."""
-    def parse(text: str):
-        v = kind(text)  # a ValueError becomes argparse's "invalid int value: 'x'"
-        if kind is float and not math.isfinite(v):
-            raise argparse.ArgumentTypeError(f"{text!r}: must be a finite number")
-        if lo is not None and (v <= lo if lo_open else v < lo):
-            raise argparse.ArgumentTypeError(f"{text}: must be {'>' if lo_open else '>='} {lo:g}")
-        if hi is not None and v > hi:
-            raise argparse.ArgumentTypeError(f"{text}: must be at most {hi:g}")
-        return v
-    parse.__name__ = name or kind.__name__  # argparse names the type in "invalid X value" messages
-    return parse
+# options with no settings object behind them (a settings field's flag takes ``cli_types`` of its table)
+positive_int = argparse_type(Interval(int, 1))
+dpi = argparse_type(Interval(int, 10, 1200))  # a 6.4 x 4.8 in figure at 1200 dpi is 7680 x 5760 pixels
 
 
-def int_range(lo: int | None = None, hi: int | None = None) -> Callable[[str], int]:
-    """An integer in [lo, hi]."""
-    return _number(int, lo, hi)
-
-
-def float_range(lo: float | None = None, hi: float | None = None, lo_open: bool = False) -> Callable[[str], float]:
-    """A finite float in [lo, hi] (or (lo, hi] with ``lo_open``)."""
-    return _number(float, lo, hi, lo_open)
-
-
-positive_int = int_range(1)
-nonneg_int = int_range(0)
-finite_float = float_range()
-positive_float = float_range(0.0, lo_open=True)
-nonneg_float = float_range(0.0)
-unit_interval = float_range(0.0, 1.0)
-MAX_LR = 10.0  # SGD beyond this diverges at once; a typo (1e300) is refused rather than run into NaN
-learning_rate = float_range(0.0, MAX_LR, lo_open=True)
-dpi = int_range(10, 1200)  # a 6.4 x 4.8 in figure at 1200 dpi is 7680 x 5760 pixels
+def cli_types(table: Mapping[str, Constraint], flags: Mapping[str, str] | None = None
+              ) -> dict[str, Callable[[str], Any]]:
+    """The argparse types of a settings table (``constraints``), by flag (``--batch-size`` for
+    ``batch_size``, or as ``flags`` names it): ``set_types`` gives them to a parser, whose refusals then use
+    the words the API's ``validate`` uses."""
+    return {flag(field, flags): argparse_type(c) for field, c in table.items()}
 
 
 def set_types(p: argparse.ArgumentParser, types: dict[str, Callable[[str], Any]]) -> argparse.ArgumentParser:
-    """Give the options named in ``types`` (e.g. ``{"--steps": positive_int}``) their validating types, in
-    one table per script; options the parser lacks are skipped. ``tests/test_bad_inputs.py`` checks that no
-    int/float option of any script is left without a range."""
+    """Give the options named in ``types`` (flag -> type, e.g. ``cli_types(CONSTRAINTS)``) their validating
+    types, in one table per script; options the parser lacks are skipped. ``tests/test_constraints.py`` checks
+    that no int/float option of any script is left without a table constraint, and that each is refused in
+    the words of its API."""
     for action in p._actions:
         for opt in action.option_strings:
             if opt in types:
@@ -131,25 +110,21 @@ def plain_name(text: str) -> str:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".safetensors", ".tar")
-
-
 def is_figure_path(token: str) -> bool:
     """Whether ``token`` after ``--plot`` is the figure's path rather than the checkpoint argument (a
     ``*.pt``-like file or a ``robustbench:NAME`` source). Its format is checked later by ``check_output``."""
     return not (token.startswith("-") or ":" in token.split("/")[0]
-                or Path(token).suffix.lower() in CHECKPOINT_SUFFIXES)
+                or is_checkpoint_path(token))
 
 
 def is_folder_token(token: str) -> bool:
     """Whether ``token`` is the value of ``--resume DIR``: an existing folder, or a name that cannot be the
     checkpoint argument (no checkpoint suffix, no ``source:NAME``, not an existing file), so that a folder
     that does not exist gets "nothing to resume" rather than "unrecognized argument"."""
-    from ..runs import CHECKPOINT_SUFFIXES
     if token.startswith("-"):
         return False
     p = Path(token)
-    return p.is_dir() or not (p.suffix.lower() in CHECKPOINT_SUFFIXES or ":" in token or p.is_file())
+    return p.is_dir() or not (is_checkpoint_path(p) or ":" in token or p.is_file())
 
 
 def glue_optional_values(argv: Sequence[str], options: dict[str, Callable[[str], bool]]) -> list[str]:
@@ -199,7 +174,7 @@ def check_output(path: str | os.PathLike, what: str, suffixes: Sequence[str] | N
     ``OutputError`` / ``BusyError`` in one line:
 
     - it must not be one of the command's ``inputs`` nor a file no result may replace
-      (``runs.protected_reason``: a checkpoint, a run's files, a surface's state, or such a file in a folder
+      (``names.protected_reason``: a checkpoint, a run's files, a surface's state, or such a file in a folder
       this command holds for a run or a surface);
     - a file path must not be an existing folder nor a device or pipe, a folder path (``folder=True``) not an
       existing file, no parent may be a file, the suffix must be one of ``suffixes`` (without dots) when given,
@@ -217,7 +192,7 @@ def check_output(path: str | os.PathLike, what: str, suffixes: Sequence[str] | N
     written in them (``landscape.io`` makes missing folders for every output). Returns ``path``. Cost: a few
     system calls, and reading the head of an existing file (a JSON file: the whole of it)."""
     from ..io import hold_folder, hold_output, held_folders, written_by_landscape
-    from ..runs import protected_reason
+    from ..names import protected_reason
     p = Path(path)
     if str(path) == "":
         raise OutputError(f"{what}: empty path")
@@ -364,42 +339,10 @@ def cli(prog: str) -> Callable[[Callable[[Sequence[str] | None], int | None]], C
                 release_held()   # the outputs check_output locked (io.hold_output / hold_folder)
                 _OVERWRITE = _UNSET
                 if not had_group:
-                    finish(clean=code == 0)
+                    finish(clean=code == 0, refused=code == EXIT_BAD_INPUT)
             return code
         return main
     return deco
-
-
-@contextmanager
-def progress(desc: str, unit: str, total: int | None = None, show: bool = True,
-             leave: bool = True) -> Iterator[Callable[[int, int], None]]:
-    """A tqdm bar on stderr (a line every LANDSCAPE_PROGRESS_SECONDS when stderr is not a terminal; nothing
-    when ``show`` is False); yields the ``callback(done, total)`` that the analysis functions call."""
-    from ..progress import progress_bar
-    bar = progress_bar(total, desc, unit, show=show, leave=leave)
-
-    def update(done: int, total: int) -> None:
-        if bar.total != total:
-            bar.total = total
-        bar.n = done
-        bar.refresh() if done == total else bar.update(0)
-    try:
-        yield update
-    finally:
-        bar.close()
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is a ``LandscapeError``."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError as e:
-        raise LandscapeError(f"unknown device {name!r}") from e
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise LandscapeError("--device cuda was asked for but no CUDA device is available")
-    return dev
 
 
 def resolve_world(name: str = "auto") -> tuple[World, torch.device]:
@@ -415,7 +358,7 @@ rank 0 prints and writes the results."""
 
 
 def add_device(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (CUDA when available)")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
 
 
 def _json_object(text: str) -> dict:

@@ -6,21 +6,21 @@ import shlex
 import sys
 from typing import Sequence
 
+from ..analysis.settings import CONSTRAINTS
+from ..attack_spec import CONSTRAINTS as ATTACK, FLAGS as ATTACK_FLAGS
 from ..checkpoint import load_checkpoint
 from ..data import dataset_info, load_dataset
 from ..io import write_json
 from ..audit import audit
 from ..errors import ConfigError
 from ..evaluate import evaluate
+from ..progress import bar_callback
 from .attack_args import add_attack_arguments, attack_from_args, check_estimate, describe_attack, given_options
-from .common import (Parser, add_checkpoint_source, add_device, check_compatible, check_output, cli, int_range,
-                     nonneg_float, on_interrupt, positive_float, positive_int, resolve_world, set_types,
-                     source_options)
+from .common import (Parser, add_checkpoint_source, add_device, check_compatible, check_output, cli, cli_types,
+                     on_interrupt, resolve_world, set_types, source_options)
 
-TYPES = {"--eps": nonneg_float, "--steps": positive_int, "--step-size": positive_float, "--restarts": positive_int,
-         "--samples": positive_int, "--square-queries": positive_int, "--batch-size": positive_int,
-         "--attack-batch-size": positive_int, "--max-hours": positive_float,
-         "--seed": int_range(0, 2 ** 63 - 1)}
+#: the flags' types: the attack's from AttackSpec's table, the rest from the analysis settings' table
+TYPES = {**cli_types(CONSTRAINTS), **cli_types(ATTACK, ATTACK_FLAGS)}
 
 DESCRIPTION = """\
 Clean and robust accuracy of a checkpoint: PGD-k with random start (default 20 steps of 2.5*eps/steps,
@@ -191,7 +191,7 @@ def _evaluate(args: argparse.Namespace, run_aa: bool, world, device) -> int:
     ds = load_dataset(args.dataset or ck.dataset, args.split, args.data_dir, args.download)
     x, y = ds.tensors(args.samples, device)
     say = world.main
-    from ..evaluate import predict
+    from ..inference import predict
     predict(ck.model, x, args.batch_size)   # outputs that are not finite: refused before an estimate is printed
     line = estimate(args, ck.model, x, y, attack, run_aa, surrogate, world)   # over --max-hours: refused here
     if say:   # on stdout, as landscape-spectrum's estimate: stderr keeps progress and one-line errors
@@ -201,13 +201,15 @@ def _evaluate(args: argparse.Namespace, run_aa: bool, world, device) -> int:
               f"eps {attack.eps:g}" + (f" in {world.size} processes" if world.size > 1 else "")
               + "; thousands of passes per sample, progress per member and chunk", file=sys.stderr, flush=True)
     if args.audit:
-        res = audit(ck.model, x, y, attack, seed=args.seed, autoattack=run_aa,
-                    autoattack_state=args.autoattack_state, surrogate=surrogate, batch_size=args.batch_size,
-                    square_queries=args.square_queries, progress=say)
+        with bar_callback("audit", "part", show=say) as cb:
+            res = audit(ck.model, x, y, attack, seed=args.seed, autoattack=run_aa,
+                        autoattack_state=args.autoattack_state, surrogate=surrogate, batch_size=args.batch_size,
+                        square_queries=args.square_queries, callback=cb)
         clean, pgd, aa = res.accuracies["clean"], res.accuracies["pgd"], res.accuracies.get("autoattack")
     else:
-        res = evaluate(ck.model, x, y, batch_size=args.batch_size, seed=args.seed, autoattack=run_aa,
-                       attack=attack, autoattack_state=args.autoattack_state, progress=say)
+        with bar_callback("evaluate", "sample", show=say) as cb:
+            res = evaluate(ck.model, x, y, batch_size=args.batch_size, seed=args.seed, autoattack=run_aa,
+                           attack=attack, autoattack_state=args.autoattack_state, callback=cb)
         clean, pgd, aa = res.clean_acc, res.pgd_acc, res.autoattack_acc
     if not say:
         return 0

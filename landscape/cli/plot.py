@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import ConfigError
-from ..io import save_figure, write_json
+from ..io import write_json
+from ..plots.save import save_figure
 from .common import Parser, check_output, cli, dpi, image_formats, set_types
 
 DESCRIPTION = """\
@@ -40,7 +41,7 @@ examples:
 
 
 def build_parser() -> Parser:
-    from ..analysis.plots import KINDS, STYLES
+    from ..plots import KINDS, STYLES
     p = Parser(prog="landscape-plot", description=DESCRIPTION, epilog=EPILOG)
     p.add_argument("results", nargs="+", metavar="RESULT", help="result file(s), surface folder(s) or run folder(s)")
     p.add_argument("--kind", choices=KINDS, help="what to draw (default: chosen from the result)")
@@ -81,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_output(args.json, "--json", inputs=args.results)
     if args.out:
         check_output(args.out, "--out", image_formats(), inputs=args.results)
-    from ..analysis.plots import SURFACE_KINDS, draw, paper_style, resolve_plot
+    from ..plots import SURFACE_KINDS, draw, paper_style, resolve_plot
     labels = [s.strip() for s in args.labels.split(",")] if args.labels else None
     if labels is not None and len(labels) != len(args.results):
         raise ConfigError(f"--labels gives {len(labels)} labels for {len(args.results)} results")

@@ -3,32 +3,28 @@ from __future__ import annotations
 
 import sys
 import time
-from types import SimpleNamespace
 from typing import Sequence
 
 import torch
 
+from ..analysis.settings import CONSTRAINTS, check_top_k
+from ..attack_spec import CONSTRAINTS as ATTACK, FLAGS as ATTACK_FLAGS
 from ..attacks import check_eps
 from ..checkpoint import load_checkpoint
 from ..analysis.hessian import HVP_CHOICES
-from ..analysis.lanczos import MemoryBudget, fmt_bytes
+from ..analysis.memory import MemoryBudget, SpectrumJob, SpectrumPlan, plan_spectrum
 from ..data import dataset_info, load_dataset
 from ..errors import ConfigError, ResourceError
-from ..io import save_figure, write_json
+from ..io import write_json
+from ..progress import bar_callback
 from .attack_args import ATTACK_DESTS, add_attack_arguments, attack_from_args
 from .common import (TORCHRUN_HELP, Parser, add_checkpoint_source, add_device, check_compatible, check_output, cli,
-                     default_plot_path, finite_float, glue_optional_values, image_formats, int_range,
-                     is_figure_path, nonneg_float, nonneg_int, positive_float, positive_int,
-                     progress, resolve_world, set_types, source_options)
+                     cli_types, default_plot_path, glue_optional_values, image_formats, is_figure_path,
+                     resolve_world, set_types, source_options)
 
 DEFAULT_SAMPLES = 512
-MIN_DENSITY_STEPS = 5  # SLQ with m steps gives m nodes per probe: fewer than 5 is a few spikes, not a density
-TYPES = {"--top-k": nonneg_int, "--tol": positive_float, "--max-hvps": positive_int, "--trace-tol": nonneg_float, "--atol": nonneg_float,
-         "--trace-max-hvps": positive_int, "--density-probes": positive_int,
-         "--density-steps": int_range(MIN_DENSITY_STEPS), "--sigma": positive_float, "--eps": finite_float,
-         "--steps": positive_int, "--step-size": positive_float, "--samples": positive_int,
-         "--batch-size": positive_int, "--attack-batch-size": positive_int, "--restarts": positive_int,
-         "--seed": int_range(0, 2 ** 63 - 1), "--max-hours": positive_float}
+#: the flags' types: the attack's from AttackSpec's table, the rest from the analysis settings' table
+TYPES = {**cli_types(CONSTRAINTS), **cli_types(ATTACK, ATTACK_FLAGS)}
 
 DESCRIPTION = """\
 Curvature of a checkpoint's loss over the first N samples of a split: the Hessian with respect to the
@@ -117,9 +113,9 @@ def build_parser() -> Parser:
 
 
 def _check_top_k(k: int, num_params: int) -> None:
-    """k must be below the number of weights (whether the Lanczos basis fits is ``_precheck``'s). Cost: none."""
-    if k >= num_params:
-        raise ConfigError(f"--top-k {k}: the model has only {num_params:,} weights; ask for fewer eigenvalues")
+    """k at most the number of weights (``analysis.settings.check_top_k``, the API's rule too; whether the
+    Lanczos basis fits is ``SpectrumJob.check``'s and ``plan_spectrum``'s). Cost: none."""
+    check_top_k(k, num_params)
 
 
 #: the settings of each part of a spectrum run: recorded only for the parts that ran (``recorded_settings``)
@@ -140,22 +136,13 @@ def recorded_settings(args) -> dict:
 
 
 def check_args(args) -> None:
-    """The combinations of flags that parse but cannot run (also what a study file is checked with). Cost: none."""
-    if args.top_k < 0:
-        raise ConfigError(f"--top-k must be >= 0, got {args.top_k}")
+    """The combinations of flags that parse but cannot run (also what a study file is checked with; each
+    flag's own range is its argparse type's, from the tables). Cost: none."""
     if args.top_k == 0 and not args.trace and not args.density:
         raise ConfigError("nothing to compute: --top-k 0 without --trace or --density")
-    if not args.tol > 0:
-        raise ConfigError(f"--tol must be positive, got {args.tol}")
-    if not args.atol >= 0:
-        raise ConfigError(f"--atol must be >= 0, got {args.atol}")
-    if args.eps is not None:   # the range depends on the norm (L2 budgets may exceed 1); without --attack-norm
+    if args.eps is not None and args.attack_norm:   # the norm's bound (Linf: at most 1); without --attack-norm
         # the checkpoint's norm decides, and the attack's spec checks eps against it once that is known
-        check_eps(args.eps, args.attack_norm) if args.attack_norm else check_eps(args.eps, "l2")
-    if args.steps is not None and args.steps < 0:
-        raise ConfigError(f"--steps must be >= 0, got {args.steps}")
-    if args.samples is not None and args.samples < 1:
-        raise ConfigError(f"--samples must be positive, got {args.samples}")
+        check_eps(args.eps, args.attack_norm)
     if args.backend == "pyhessian":
         if args.density:
             raise ConfigError("PyHessian 0.1's density() calls torch.eig, which PyTorch removed; "
@@ -165,39 +152,36 @@ def check_args(args) -> None:
 
 
 def _plot_function():
-    """``landscape.analysis.plots.plot_spectrum``, or a one-line error when it is not available."""
+    """``landscape.plots.plot_spectrum``, or a one-line error when it is not available."""
     try:
-        from ..analysis import plots
+        from .. import plots
     except ImportError as e:
-        raise ConfigError(f"--plot needs landscape.analysis.plots (matplotlib): {e}") from e
+        raise ConfigError(f"--plot needs landscape.plots (matplotlib): {e}") from e
     fn = getattr(plots, "plot_spectrum", None)
     if fn is None:
-        raise ConfigError("--plot needs landscape.analysis.plots.plot_spectrum, which this version lacks")
+        raise ConfigError("--plot needs landscape.plots.plot_spectrum, which this version lacks")
     return fn
 
 
-def _run_landscape(op, args, show: bool = True, plans: dict | None = None, hvp_peak: int | None = None) -> dict:
-    """The requested estimators under ``args.max_memory`` (the one ``MemoryBudget``), each Lanczos basis as
-    ``plans`` (the estimate's, printed before) says."""
+def _run_landscape(op, args, plan: SpectrumPlan, show: bool = True) -> dict:
+    """The requested estimators, each running its part of ``plan`` (the one printed before) as it is."""
     from ..analysis import hessian_trace, spectral_density, top_eigenvalues
-    plans = plans or {}
     out: dict = {}
     if args.top_k:
-        with progress(f"top-{args.top_k} eigenvalues", "HVP", args.max_hvps, show, leave=False) as cb:
+        with bar_callback(f"top-{args.top_k} eigenvalues", "HVP", show, leave=False) as cb:
             eig = top_eigenvalues(op, k=args.top_k, tol=args.tol, which=args.which, max_hvps=args.max_hvps,
-                                  seed=args.seed, atol=args.atol, max_memory=args.max_memory, callback=cb,
-                                  plan=plans.get("top_k"))
+                                  seed=args.seed, atol=args.atol, callback=cb, plan=plan.top_k)
         out["top_eigenvalues"] = eig.to_dict()
     if args.trace:
-        with progress("trace", "HVP", args.trace_max_hvps, show, leave=False) as cb:
+        with bar_callback("trace", "HVP", show, leave=False) as cb:
             tr = hessian_trace(op, method=args.trace_method, tol=args.trace_tol, max_hvps=args.trace_max_hvps,
-                               seed=args.seed, callback=cb, max_memory=args.max_memory, hvp_peak=hvp_peak)
+                               seed=args.seed, callback=cb, plan=plan.trace)
         out["trace"] = tr.to_dict()
     if args.density:
-        with progress("density", "HVP", args.density_probes * args.density_steps, show, leave=False) as cb:
+        with bar_callback("density", "HVP", show, leave=False) as cb:
             rho = spectral_density(op, n_probes=args.density_probes, lanczos_steps=args.density_steps,
-                                   sigma=args.sigma, seed=args.seed, max_memory=args.max_memory,
-                                   reorth=args.reorth, callback=cb, plan=plans.get("density"))
+                                   sigma=args.sigma, seed=args.seed, reorth=args.reorth, callback=cb,
+                                   plan=plan.density)
         out["density"] = rho.to_dict()
     return out
 
@@ -220,62 +204,15 @@ def _run_pyhessian(op, model, args) -> dict:
     return out
 
 
-def _plans(op, args, peak: int | None) -> dict:
-    """The memory plans of the requested top-k and density (ConfigError, with the estimate, when one cannot
-    fit); ``peak`` is the measured peak of one HVP (None: the memory in use now, a lower bound)."""
-    from ..analysis.lanczos import choose_top_k_plan, plan_density
-    from ..analysis.spectrum import default_max_hvps
-    n = int(op.num_params)
-    if args.top_k > n:
-        raise ConfigError(f"--top-k {args.top_k} exceeds the number of weights ({n:,})")
-    out = {}
-    if args.top_k:
-        k_hvps = args.max_hvps or default_max_hvps(n, args.top_k)
-        out["top_k"] = choose_top_k_plan(op, args.top_k, k_hvps, args.max_memory, peak)
-    if args.density:
-        out["density"] = plan_density(op, args.density_steps, args.max_memory, peak, args.reorth)
-    if args.trace:     # a trace method that cannot fit is refused now, before the top-k's work
-        from ..analysis.trace import plan_trace
-        plan_trace(op, args.trace_method, args.trace_max_hvps, args.max_memory, peak)
-    return out
-
-
-def _precheck(model, args, device) -> None:
-    """Refuse at once, before the operator (and its attack) is built, what cannot fit in memory."""
+def _job(args, model: torch.nn.Module, budget: MemoryBudget) -> SpectrumJob:
+    """What this run asks for: the flags' parts and HVPs, the resolved ``budget``, and the size and dtype of
+    the operator it will make (the model's trainable weights). Cost: none."""
     params = [p for p in model.parameters() if p.requires_grad]
-    _plans(SimpleNamespace(num_params=sum(p.numel() for p in params), device=device,
-                           dtype=params[0].dtype if params else torch.float32), args, None)
-
-
-def _estimate(op, args) -> tuple[dict, dict]:
-    """Time two HVPs (measuring their peak memory), then plan the Lanczos bases under the budget (refusing
-    what cannot fit) and estimate HVPs, seconds and the peak of the whole run (the trace's vectors are not
-    in the memory estimate). Returns the estimate and the plans, which the run then uses as they are."""
-    from ..analysis.lanczos import time_hvp
-    from ..analysis.spectrum import default_max_hvps
-    n = int(op.num_params)
-    _plans(op, args, None)
-    seconds, peak = time_hvp(op, seed=args.seed)
-    chosen = _plans(op, args, peak)
-    k_hvps = (args.max_hvps or default_max_hvps(n, args.top_k)) if args.top_k else 0
-    hvps = {"top_eigenvalues": k_hvps + args.top_k if args.top_k else 0,
-            "trace": args.trace_max_hvps if args.trace else 0,
-            "density": args.density_probes * min(args.density_steps, n) if args.density else 0}
-    total = sum(hvps.values())
-    budget = args.max_memory.total
-    return {"hvps_at_most": hvps, "hvp_seconds": seconds, "seconds_at_most": total * seconds,
-            "hvp_peak_bytes": peak, "peak_bytes": max([p.estimated_peak for p in chosen.values()] or [peak]),
-            "max_memory": budget, "max_memory_default": args.max_memory.default, "timing_hvps": 2,
-            "plans": {k: p.to_dict() for k, p in chosen.items()},
-            "text": (f"estimate: at most {total} HVPs ({', '.join(f'{k} {v}' for k, v in hvps.items() if v)}), "
-                     f"one HVP {seconds:.3g} s, so at most {_duration(total * seconds)}; peak memory "
-                     f"~{fmt_bytes(max([p.estimated_peak for p in chosen.values()] or [peak]))} of "
-                     f"{fmt_bytes(budget)} (--max-memory)"
-                     + "".join(f"; {p.describe()}" for p in chosen.values()))}, chosen
-
-
-def _duration(s: float) -> str:
-    return f"{s:.1f} s" if s < 120 else f"{s / 60:.1f} min" if s < 7200 else f"{s / 3600:.1f} h"
+    dtype = params[0].dtype if params else torch.float32
+    return SpectrumJob(num_params=sum(p.numel() for p in params), dtype=str(dtype).replace("torch.", ""),
+                       budget=budget, top_k=args.top_k, max_hvps=args.max_hvps, trace=args.trace,
+                       trace_method=args.trace_method, trace_max_hvps=args.trace_max_hvps, density=args.density,
+                       density_probes=args.density_probes, density_steps=args.density_steps, reorth=args.reorth)
 
 
 def _fmt(v) -> str:
@@ -331,16 +268,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.plot:
         check_output(args.plot, "--plot", image_formats(), inputs=[args.checkpoint, args.json])
     world, device = resolve_world(args.device)
-    given_memory = args.max_memory
-    args.max_memory = MemoryBudget.of(args.max_memory, device)   # THE budget, resolved once: passed down as is
+    budget = MemoryBudget.of(args.max_memory, device)   # THE budget, resolved once: passed down as is
     if world.active and args.backend == "pyhessian":
         raise ConfigError("--backend pyhessian runs in one process; drop torchrun or use --backend landscape")
     ck = load_checkpoint(args.checkpoint, args.arch, args.dataset, device, **source_options(args))
     check_compatible(ck, dataset_info(args.dataset or ck.dataset, args.data_dir))
     if args.top_k:
         _check_top_k(args.top_k, sum(p.numel() for p in ck.model.parameters()))
-    if args.backend == "landscape":
-        _precheck(ck.model, args, device)
+    job = _job(args, ck.model, budget)
+    if args.backend == "landscape":   # what cannot fit even at its least: refused before the samples and attack
+        job.check()
     ds = load_dataset(args.dataset or ck.dataset, args.split, args.data_dir, args.download)
     n = args.samples if args.samples is not None else min(DEFAULT_SAMPLES, len(ds))
     x, y = ds.tensors(n, device)
@@ -350,20 +287,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     attack = attack_from_args(args, ck.config) if args.loss == "adversarial" else None  # no eps: exit 2
     op = HessianOperator.from_checkpoint(ck, (x, y), loss=args.loss, attack=attack, bn=args.bn,
                                          batch_size=args.batch_size, seed=args.seed, device=device,
-                                         max_graph_memory=args.max_memory, hvp_method=args.hvp)
+                                         max_graph_memory=budget, hvp_method=args.hvp)
     setup_s = time.perf_counter() - t0
-    estimate, plans = None, {}
-    if args.backend == "landscape":
-        estimate, plans = _estimate(op, args)
+    plan = None
+    if args.backend == "landscape":   # THE plan (two HVPs measured): printed, then run as it is
+        plan = plan_spectrum(op, job, seed=args.seed)
         if world.main:
-            print(estimate["text"], flush=True)
-        hours = estimate["seconds_at_most"] / 3600
+            print(f"estimate: {plan.describe()}", flush=True)
+        hours = plan.seconds_at_most / 3600
         if hours > args.max_hours:
             raise ResourceError(f"the estimate is up to {hours:,.1f} hours, more than --max-hours {args.max_hours:g}; "
                                 "ask for fewer HVPs (--max-hvps, --trace-max-hvps, --density-steps/-probes) or "
                                 "fewer --samples, or raise --max-hours")
     res = _run_pyhessian(op, ck.model, args) if args.backend == "pyhessian" else \
-        _run_landscape(op, args, world.main, plans, estimate["hvp_peak_bytes"])
+        _run_landscape(op, args, plan, world.main)
     if not world.main:  # rank 0 reports and writes; the others computed the same numbers
         return 0
 
@@ -379,15 +316,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     result.seconds["total"] = time.perf_counter() - t_start
     print(f"total: {result.hvps['total']} HVPs, {result.seconds['total']:.2f} s")
 
-    if estimate is not None:
-        result.memory = {"max_memory": estimate["max_memory"], "max_memory_default": estimate["max_memory_default"],
-                         "estimated_peak": estimate["peak_bytes"],
-                         **{k: res[k]["settings"]["memory"] for k in ("top_eigenvalues", "density")
+    if plan is not None:   # the plan that was printed, and what each estimator recorded running
+        result.memory = {"max_memory": budget.total, "max_memory_default": budget.default,
+                         "estimated_peak": plan.peak_bytes,
+                         **{k: res[k]["settings"]["memory"] for k in ("top_eigenvalues", "trace", "density")
                             if k in res and "memory" in res[k].get("settings", {})}}
-        result.estimate = {k: v for k, v in estimate.items() if k != "text"}
+        result.estimate = plan.to_dict()
     result.context = {
         "command": "landscape-spectrum", "argv": list(sys.argv[1:] if argv is None else argv),
-        "settings": {**recorded_settings(args), "max_memory": given_memory, "samples": n, "eps": op.eps, "steps": op.steps, "step_size": op.step_size,
+        "settings": {**recorded_settings(args), "samples": n, "eps": op.eps, "steps": op.steps, "step_size": op.step_size,
                      "attack": desc["attack"]},
         "checkpoint": str(args.checkpoint), "model": ck.arch, "dataset": ds.name, "split": args.split,
         "num_samples": op.num_samples, "num_params": op.num_params, "device": str(device),
@@ -397,6 +334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         write_json(args.json, out)
     if plot is not None:
+        from ..plots.save import save_figure   # matplotlib loads only when a figure is asked for
         save_figure(plot(out), args.plot)
     return 0
 

@@ -8,15 +8,18 @@ from pathlib import Path
 from typing import Sequence
 
 from ..analysis.hessian import HVP_CHOICES
+from ..analysis.settings import CONSTRAINTS
+from ..attack_spec import CONSTRAINTS as ATTACK, FLAGS as ATTACK_FLAGS
 from ..checkpoint import load_checkpoint
+from ..constraints import validate
 from ..data import dataset_info, load_dataset
 from ..errors import ConfigError, ResourceError
-from ..io import lock_folder, save_figure, write_json
+from ..io import lock_folder, write_json
+from ..progress import bar_callback
 from .attack_args import add_attack_arguments, attack_from_args, describe_attack
 from .common import (TORCHRUN_HELP, Parser, add_checkpoint_source, add_device, check_compatible, check_output, cli,
-                     glue_optional_values, image_formats, int_range, is_folder_token, is_figure_path,
-                     nonneg_float, on_interrupt, positive_float, positive_int, progress, resume_command,
-                     resolve_world, set_types, source_options)
+                     cli_types, glue_optional_values, image_formats, is_folder_token, is_figure_path,
+                     on_interrupt, resume_command, resolve_world, set_types, source_options)
 
 DESCRIPTION = """\
 Loss and accuracy of a checkpoint at theta0 + a*d1 (+ b*d2) on a grid (Li et al. 2018), for the clean or
@@ -59,10 +62,8 @@ other with identical numbers."""
 DEFAULT_SAMPLES = 1000
 MAX_POINTS = 1_000_000  # arrays + surface.json (rewritten every few seconds) grow ~100 bytes per point
 MAX_COORD = 1000.0      # grid coordinates are multiples of a direction (filter-normalized: 1 = the weights' size)
-TYPES = {"--eigen-tol": positive_float, "--eps": nonneg_float, "--steps": positive_int,
-         "--step-size": positive_float, "--restarts": positive_int, "--samples": positive_int,
-         "--batch-size": positive_int, "--attack-batch-size": positive_int, "--seed": int_range(0, 2 ** 63 - 1),
-         "--max-hours": positive_float, "--curvature-iters": int_range(0, 10_000)}
+#: the flags' types: the attack's from AttackSpec's table, the rest from the analysis settings' table
+TYPES = {**cli_types(CONSTRAINTS), **cli_types(ATTACK, ATTACK_FLAGS)}
 
 
 def build_parser() -> Parser:
@@ -228,14 +229,12 @@ def _check(args, dim: int) -> None:
         raise ConfigError("--trajectory applies to --directions pca only")
     if dim == 1 and args.y is not None:
         raise ConfigError("--y applies to 2D surfaces (--dim 2)")
-    if args.samples is not None and args.samples < 1:
-        raise ConfigError(f"--samples must be at least 1, got {args.samples}")
-    if args.batch_size < 1:
-        raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
+    # a resumed run's stored settings are the parser's defaults, which argparse's types do not check
+    validate(vars(args), CONSTRAINTS)
+    validate({k: v for k, v in vars(args).items() if k in ("eps", "steps", "step_size", "restarts") and v is not None},
+             ATTACK, ATTACK_FLAGS)
     if args.resume and args.overwrite:
         raise ConfigError("--resume and --overwrite exclude each other")
-    if args.restarts is not None and args.restarts < 1:
-        raise ConfigError(f"--restarts must be at least 1, got {args.restarts}")
 
 
 def _glue_grids(argv: Sequence[str]) -> list[str]:
@@ -363,7 +362,7 @@ def _run(args, ck, ds, x, y, n, dim, x_spec, y_spec, attack, out, world, device)
     meta = {"checkpoint": str(args.checkpoint), "arch": ck.arch, "dataset": ds.name, "split": args.split,
             "device": str(device), "x_spec": x_spec, "y_spec": y_spec, "world_size": world.size}
 
-    with progress("surface", "pt", show=world.main) as cb:
+    with bar_callback("surface", "pt", show=world.main) as cb:
         res = loss_surface(ck.model, (x, y), directions, x_spec, y_spec, loss=args.loss, adv_mode=args.adv_mode,
                            attack=attack, batch_size=args.batch_size, seed=args.seed, out=out, resume=args.resume,
                            overwrite=args.overwrite, meta=meta, callback=cb)
@@ -372,7 +371,8 @@ def _run(args, ck, ds, x, y, n, dim, x_spec, y_spec, attack, out, world, device)
         return 0
     figures = []
     if args.plot:
-        from ..analysis.plots import plot_contourf, plot_curve, plot_surface3d
+        from ..plots import plot_contourf, plot_curve, plot_surface3d
+        from ..plots.save import save_figure
         fig = plot_curve(res) if res.dim == 1 else plot_contourf(res)
         save_figure(fig, args.plot, dpi=120)
         figures.append(str(args.plot))
@@ -417,7 +417,6 @@ def _input_space(args) -> int:
     """--space input: the input-space surface and curvature of the first --samples samples (module help)."""
     import time
     from ..analysis.input_space import input_surface
-    from ..io import save_npz
     changed = [k for k, v in INPUT_ONLY_WEIGHTS.items() if getattr(args, k) != v]
     if changed:
         flag = "--" + changed[0].replace("_", "-")
@@ -454,21 +453,17 @@ def _input_space(args) -> int:
                             "--samples, or raise --max-hours")
     print(f"landscape-surface: input space of {n} samples, {points} points, ~{hours * 3600:.0f} s", file=sys.stderr,
           flush=True)
-    res = input_surface(ck.model, x, y, attack, a_spec, b_spec, seed=args.seed, batch_size=args.batch_size,
-                        curvature_iters=args.curvature_iters, progress=world.main)
+    with bar_callback("input surface", "pt", show=world.main) as cb:
+        res = input_surface(ck.model, x, y, attack, a_spec, b_spec, seed=args.seed, batch_size=args.batch_size,
+                            curvature_iters=args.curvature_iters, callback=cb)
     if not world.main:
         return 0
     with lock_folder(out):   # held since check_output (this process): not locked twice
-        d = {**res.to_dict(), "checkpoint": str(args.checkpoint), "arch": ck.arch, "dataset": ds.name,
-             "split": args.split}
-        write_json(out / "input_surface.json", d)
-        arrays = {"a": res.a, "b": res.b, "loss": res.loss, "correct": res.correct, "zero_gradient": res.zero_gradient}
-        if res.curvature is not None:
-            arrays["curvature"] = res.curvature
-        save_npz(out / "input_surface.npz", **arrays)
+        d = res.save(out, checkpoint=str(args.checkpoint), arch=ck.arch, dataset=ds.name, split=args.split)
     figures = []
     if args.plot:
-        from ..analysis.plots import plot_input_surface
+        from ..plots import plot_input_surface
+        from ..plots.save import save_figure
         save_figure(plot_input_surface(d), args.plot, dpi=120)
         figures.append(str(args.plot))
     used = f"eps {attack.eps:g}" + ("" if attack.norm == "linf" else f" {attack.norm}")   # no PGD runs here

@@ -7,30 +7,24 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from ..constraints import MAX_HOURS
 from ..data import available_datasets
 from ..io import write_json
 from ..models import available_models
 from ..precision import AMP_MODES
 from ..training import METHODS, TrainConfig, Trainer
 from ..errors import ConfigError
-from ..training.config import DEFAULT_EPOCHS, DEFAULT_EPS, LR_SCHEDULES, SELECT_RULES
+from ..training.config import CONSTRAINTS, DEFAULT_EPOCHS, DEFAULT_EPS, LR_SCHEDULES, SELECT_RULES
 from ..training.trainer import RESUME_SAFE
 from ..training.curriculum import SCHEDULES
 from ..distributed import check_sync_bn, launched_by_torchrun
 from ..errors import ResourceError
 from .attack_args import check_estimate
-from .common import (Parser, add_device, check_output, cli, float_range, int_range, learning_rate, nonneg_float,
-                     nonneg_int, on_interrupt, plain_name, positive_float, positive_int, resolve_device,
-                     resolve_world, set_types, unit_interval)
+from .common import (Parser, add_device, check_output, cli, cli_types, on_interrupt, plain_name, resolve_device,
+                     resolve_world, set_types)
 
-TYPES = {"--eps": nonneg_float, "--steps": positive_int, "--step-size": positive_float, "--beta": nonneg_float,
-         "--ramp": unit_interval, "--lam0": unit_interval, "--epochs": positive_int, "--batch-size": positive_int,
-         "--lr": learning_rate, "--weight-decay": nonneg_float, "--momentum": float_range(0.0, 1.0), "--seed": int_range(0, 2 ** 63 - 1),
-         "--train-samples": positive_int, "--val-samples": positive_int, "--val-steps": positive_int,
-         "--save-every": nonneg_int, "--hsat-every": positive_int, "--hsat-probe": positive_int,
-         "--hsat-iters": int_range(2), "--hsat-bisect": positive_int, "--track-hessian-every": nonneg_int, "--track-probe": positive_int,
-         "--split-seed": int_range(0, 2 ** 63 - 1), "--name": plain_name, "--ema": float_range(0.0, 1.0),
-         "--checkpoint-minutes": nonneg_float, "--max-hours": positive_float}
+#: the flags' types: TrainConfig's table (training.config.CONSTRAINTS), and the run's time limit
+TYPES = {**cli_types(CONSTRAINTS), **cli_types({"max_hours": MAX_HOURS}), "--name": plain_name}
 
 DESCRIPTION = """\
 Train a classifier, robustly or not, and write runs/NAME/{config.json, metrics.csv, last.pt, best.pt}.

@@ -354,7 +354,8 @@ def _report(study: Study) -> list[str]:
 
 
 def _aggregate_legacy(study: Study, figures: bool) -> list[str]:
-    from .legacy import aggregate_legacy, read_models
+    from .layout import read_models
+    from .legacy import aggregate_legacy
     eps = sorted({float(c.values["eps"]) for c in study.cells if "eps" in c.values
                   and c.values.get("method") != "at"} or {0.3, 0.4})
     written = aggregate_legacy(study.out, eps, write_figures=figures)

@@ -1,7 +1,7 @@
 """Run one (cell, step): its console command in a subprocess, in the study's folder, its output appended to
 the step's log, its record written before and after. Shared by the local executor (one call per worker
 slot) and by SLURM jobs (``landscape-study step``), so that a step is the same command with the same files
-wherever it runs.
+wherever it runs; ``dependencies`` says which steps both executors wait for.
 
 Exit codes: 0 done; 75 stopped by a signal (SIGTERM/SIGUSR1/SIGINT, what SLURM sends before a time limit
 or on preemption): rerun to continue; anything else: failed, with the last line of the log recorded."""
@@ -61,6 +61,18 @@ def _signal_group(p: subprocess.Popen, sig: int) -> None:
         os.killpg(p.pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def dependencies(study: Study, cell: Cell, step: Step) -> list[tuple[str, str]]:
+    """The (cell, step) pairs that must be done before this one: its cell's training, and the reference
+    cell's training when the step reads {reference}."""
+    deps = []
+    if step.kind != "train":
+        if cell.trained:
+            deps.append((cell.name, "train"))
+        if step.uses_reference and cell.reference and study.cell(cell.reference).trained:
+            deps.append((cell.reference, "train"))
+    return deps
 
 
 def run_step(study: Study, cell: Cell, step: Step, env: Mapping[str, str] | None = None,

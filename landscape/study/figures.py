@@ -23,10 +23,11 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from ..analysis.plots import plot_compare, pretty_method
-from ..io import save_figure
+from ..plots.save import save_figure
+from ..names import pretty_method
+from ..plots import plot_compare, plot_input_surface
 from ..results import load_result   # the results owner reads result files
-from .legacy import METHODS as METHOD_ORDER, model_row, read_per_model
+from .layout import METHODS as METHOD_ORDER, model_row, read_per_model
 
 LAYER_NAMES = {"0": "conv1", "3": "conv2", "7": "fc1", "9": "fc2 (logits)"}   # cnn-small's weight layers
 DPI = 150
@@ -271,7 +272,6 @@ INPUT_LABELS = {"at-eps0.3-s2": "AT, eps 0.3 (robust)", "at-eps0.4-s2": "AT, eps
 def input_space_figure(out: Path) -> Path | None:
     """fig_input_space.png: the input-space surfaces of ``INPUT_LABELS``' models (those in out/input_space,
     as ``landscape-surface --space input`` writes them), one colour scale; None when there is none."""
-    from ..analysis import plot_input_surface
     out = Path(out)
     have = [n for n in INPUT_LABELS if (out / "input_space" / f"{n}.json").exists()]
     if not have:

@@ -22,8 +22,9 @@ from typing import Callable, Sequence
 from ..errors import EXIT_REQUEUE, BusyError
 from ..io import lock_folder
 from .estimate import StepEstimate, fmt_seconds
-from .execute import Running, run_step
+from .execute import Running, dependencies, run_step
 from .spec import Cell, Step, Study
+from .squeue import ACTIVE, refresh
 from .state import claim_folder, state
 
 
@@ -38,18 +39,6 @@ class Outcome:
     @property
     def code(self) -> int:
         return EXIT_REQUEUE if self.stopped else 1 if (self.failed or self.blocked) else 0
-
-
-def dependencies(study: Study, cell: Cell, step: Step) -> list[tuple[str, str]]:
-    """The (cell, step) pairs that must be done before this one: its cell's training, and the reference
-    cell's training when the step reads {reference}."""
-    deps = []
-    if step.kind != "train":
-        if cell.trained:
-            deps.append((cell.name, "train"))
-        if step.uses_reference and cell.reference and study.cell(cell.reference).trained:
-            deps.append((cell.reference, "train"))
-    return deps
 
 
 def run_local(study: Study, workers: int = 1, gpus: Sequence[str] = (), threads: int | None = None,
@@ -182,7 +171,6 @@ def _run(study: Study, workers: int, gpus: list[str], threads: int | None, estim
 
 def _refuse_live_slurm_jobs(study: Study, pairs) -> None:
     """A study whose steps are queued or running on SLURM is not run here at the same time."""
-    from .slurm import ACTIVE, refresh
     recs = [state(study, c, s).record or {} for c, s in pairs]
     if not any(r.get("executor") == "slurm" and r.get("status") in ("queued", "running", "stopped") for r in recs):
         return

@@ -22,53 +22,19 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
-from pathlib import Path
 from typing import Sequence
 
-from ..errors import ConfigError, EXIT_REQUEUE, LandscapeError
+from ..errors import EXIT_REQUEUE, LandscapeError
 from ..io import lock_folder, write_text
-from .execute import Running, executable, run_step
-from .local import dependencies
+from .execute import Running, dependencies, executable, run_step
 from .spec import Cell, Step, Study
-from .state import claim_folder, read_record, state, write_record
+from .squeue import ACTIVE, job_states, slurm_tool
+from .state import claim_folder, state, write_record
 
 SIGNAL_SECONDS = 300          # SIGTERM this long before a job's time limit: time to write last.pt
-
-
-#: the SLURM job states of a job that will still run (or is running): not to be submitted again
-ACTIVE = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUE_HOLD",
-          "SIGNALING", "STAGE_OUT", "RESIZING", "REQUEUE_FED")
-
-
-def _tool(name: str) -> str:
-    """The path of a SLURM client (on PATH, else in /usr/bin or /usr/local/bin)."""
-    found = shutil.which(name) or next((p for p in (f"/usr/bin/{name}", f"/usr/local/bin/{name}")
-                                        if Path(p).exists()), None)
-    if found is None:
-        raise ConfigError(f"--executor slurm needs SLURM's {name} on PATH (this machine has none)")
-    return found
-
-
-def job_states(ids: Sequence[str]) -> dict[str, tuple[str, str]]:
-    """{job id: (state, reason)} of the jobs SLURM still knows (squeue, every state), one call."""
-    if not ids:
-        return {}
-    try:
-        proc = subprocess.run([_tool("squeue"), "-h", "--states=all", "-o", "%i|%T|%r"], capture_output=True,
-                              text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired, ConfigError):
-        return {}
-    wanted = set(ids)
-    out = {}
-    for line in proc.stdout.splitlines():
-        parts = line.strip().split("|")
-        if len(parts) == 3 and parts[0] in wanted:
-            out[parts[0]] = (parts[1], parts[2])
-    return out
 
 
 def _time(value: object) -> str | None:
@@ -119,7 +85,7 @@ def submit(study: Study, partition: str | None = None, account: str | None = Non
     """Submit every step that is not done, queued or running (trainings first); print one line per job.
     Returns 0; sbatch refusing a job is a ``LandscapeError`` with its message (the jobs submitted before it
     stay queued and are recorded, so a rerun after the fix submits only the rest)."""
-    sbatch = _tool("sbatch") if not dry_run else "sbatch"
+    sbatch = slurm_tool("sbatch") if not dry_run else "sbatch"
     claim_folder(study)
     with lock_folder(study.out, command=f"landscape-study run --executor slurm {study.file}"):
         # trainings first: an analysis depends on its cell's and on its reference cell's, wherever those are
@@ -205,11 +171,3 @@ def run_job_step(study: Study, cell_name: str, step_name: str) -> int:
         print(f"landscape-study: {cell.name} {step.name} FAILED (exit {code}), not requeued: {after.detail}",
               file=sys.stderr, flush=True)
     return code
-
-
-def refresh(study: Study) -> dict[tuple[str, str], tuple[str, str]]:
-    """{(cell, step): (SLURM state, reason)} of the steps whose record names a job SLURM still knows."""
-    recs = {(c.name, s.name): read_record(study, c, s) for c, s in study.pairs()}
-    ids = {str(r["job_id"]): k for k, r in recs.items() if r and r.get("job_id")}
-    live = job_states(list(ids))
-    return {ids[j]: v for j, v in live.items()}

@@ -98,7 +98,7 @@ class StepState:
 
 
 def state(study: Study, cell: Cell, step: Step, digest: str | None = None) -> StepState:
-    """Where a (cell, step) stands, from its record and its files (no SLURM query: see slurm.refresh)."""
+    """Where a (cell, step) stands, from its record and its files (no SLURM query: see squeue.refresh)."""
     rec = read_record(study, cell, step)
     digest = digest or study.digest(cell, step)
     result = study.out / study.outputs(cell, step)["result"]

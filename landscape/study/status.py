@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from ..io import write_json
 from .spec import Study
-from .slurm import ACTIVE, refresh
+from .squeue import ACTIVE, refresh
 from .state import state
 
 

@@ -2,17 +2,17 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import asdict, dataclass, field
 
-from ..attack_spec import DEFAULT_BATCH_SIZE, AttackSpec
-from ..attacks import check_eps, default_step_size
+from ..attack_spec import CONSTRAINTS as ATTACK, DEFAULT_BATCH_SIZE, AttackSpec
+from ..attacks import default_step_size
+from ..constraints import SEED, Interval, NoneOr, OneOf, validate
 from ..data import AUGMENTED, dataset_info
 from ..errors import ConfigError
 from ..io import safe_name
 from ..models import resolve_model_name
-from ..precision import resolve_amp
-from ..runs import SELECT_RULES, run_name
+from ..precision import AMP_MODES, resolve_amp
+from ..names import SELECT_RULES, run_name
 from .curriculum import SCHEDULES
 from .objectives import CURRICULUM_METHODS, METHODS
 
@@ -21,6 +21,46 @@ DEFAULT_EPS = {"digits": 0.1, "mnist": 0.3, "fashion-mnist": 0.1, "cifar10": 8 /
 DEFAULT_EPOCHS = {"digits": 20, "mnist": 10, "fashion-mnist": 5}
 LR_SCHEDULES = ("piecewise", "cosine", "constant")
 HSAT_NORMALIZE = ("ratio", "affine")
+MAX_LR = 10.0  # SGD beyond this diverges at once; a typo (1e300) is refused rather than run into NaN
+
+_COUNT = Interval(int, 1)
+_EVERY = Interval(int, 0)            # every N epochs or iterations; 0: never
+_UNIT = Interval(float, 0.0, 1.0)
+#: the range of each TrainConfig field (``constraints``), checked by ``resolved`` before the rules that join
+#: several fields; landscape-train's argparse types are made from it. The attack's fields share AttackSpec's.
+CONSTRAINTS = {
+    "method": OneOf(METHODS),
+    "eps": NoneOr(Interval(float, 0.0, 1.0)),   # Linf on [0, 1] inputs; None: the dataset's default
+    "steps": ATTACK["steps"],
+    "step_size": ATTACK["step_size"],
+    "beta": Interval(float, 0.0),
+    "ramp": _UNIT,
+    "lam0": _UNIT,
+    "schedule": OneOf(SCHEDULES),
+    "epochs": NoneOr(_COUNT),
+    "batch_size": _COUNT,
+    "lr": Interval(float, 0.0, MAX_LR, lo_open=True),
+    "lr_schedule": OneOf(LR_SCHEDULES),
+    "momentum": Interval(float, 0.0, 1.0, hi_open=True),   # 1 never forgets a gradient: no SGD any more
+    "weight_decay": Interval(float, 0.0),
+    "seed": SEED,
+    "train_samples": NoneOr(_COUNT),
+    "val_samples": NoneOr(_COUNT),
+    "val_steps": _COUNT,
+    "select": OneOf(tuple(SELECT_RULES)),
+    "split_seed": SEED,
+    "save_every": _EVERY,
+    "hsat_every": NoneOr(_COUNT),
+    "hsat_probe": _COUNT,
+    "hsat_iters": Interval(int, 2),
+    "hsat_bisect": _COUNT,
+    "hsat_normalize": OneOf(HSAT_NORMALIZE),
+    "track_hessian_every": _EVERY,
+    "track_probe": _COUNT,
+    "amp": OneOf(("auto", *AMP_MODES)),
+    "ema": Interval(float, 0.0, 1.0, hi_open=True),     # a decay in (0, 1), or 0: no EMA
+    "checkpoint_minutes": Interval(float, 0.0),
+}
 
 
 @dataclass
@@ -72,54 +112,23 @@ class TrainConfig:
         """A copy with every default filled in and every value checked (``ConfigError`` on bad input); with
         ``device``, ``amp="auto"`` resolved for it too (what the Trainer on that device records)."""
         c = dataclasses.replace(self)
-        if c.method not in METHODS:
-            raise ConfigError(f"unknown method {c.method!r}; choose from {', '.join(METHODS)}")
+        validate(asdict(c), CONSTRAINTS)
         info = dataset_info(c.dataset, c.data_dir)
         c.model = resolve_model_name(c.model, c.dataset)
         if c.eps is None and c.method != "standard":
             c.eps = DEFAULT_EPS.get(c.dataset, 8 / 255)
-        if c.eps is not None:
-            check_eps(c.eps)
-        elif c.track_hessian_every:
+        if c.eps is None and c.track_hessian_every:
             raise ConfigError("--track-hessian-every measures the adversarial loss: a standard run needs --eps")
         if c.method != "standard" and c.eps == 0:
             raise ConfigError(f"--method {c.method} needs eps > 0")
-        if c.steps < 1:
-            raise ConfigError(f"steps must be at least 1, got {c.steps}")
         if c.step_size is None and c.eps is not None:
             c.step_size = default_step_size(c.eps, c.steps)
-        if c.step_size is not None and c.step_size <= 0 and c.method != "standard":
-            raise ConfigError(f"step size must be positive, got {c.step_size}")
-        if c.hsat_normalize not in HSAT_NORMALIZE:
-            raise ConfigError(f"unknown H-SAT normalization {c.hsat_normalize!r}; choose from "
-                              f"{', '.join(HSAT_NORMALIZE)}")
-        if c.schedule not in SCHEDULES:
-            raise ConfigError(f"unknown schedule {c.schedule!r}; choose from {', '.join(SCHEDULES)}")
-        if c.lr_schedule not in LR_SCHEDULES:
-            raise ConfigError(f"unknown LR schedule {c.lr_schedule!r}; choose from {', '.join(LR_SCHEDULES)}")
-        if not (0 <= c.lam0 <= 1 and 0 <= c.ramp <= 1):
-            raise ConfigError("lam0 and ramp must lie in [0, 1]")
         if c.amp != "auto" or device is not None:
             c.amp = resolve_amp(c.amp, device or "cpu")  # "auto" stays until a device is known
-        if not (c.ema == 0 or 0 < c.ema < 1):
-            raise ConfigError(f"--ema takes a decay in (0, 1), e.g. 0.995, or 0 for none; got {c.ema}")
-        if not (c.checkpoint_minutes >= 0 and math.isfinite(c.checkpoint_minutes)):
-            raise ConfigError(f"--checkpoint-minutes must be >= 0, got {c.checkpoint_minutes}")
-        if c.select not in SELECT_RULES:
-            raise ConfigError(f"unknown selection rule {c.select!r}; choose from {', '.join(SELECT_RULES)}")
         if c.select == "pgd" and c.eps is None:
             raise ConfigError("--select pgd needs an attack: a standard run without --eps has no PGD accuracy")
-        if c.select in ("pgd", "clean+pgd") and c.val_steps < 1:
-            raise ConfigError(f"--select {c.select} needs validation PGD: --val-steps must be at least 1")
-        if c.val_steps < 1 and c.eps is not None:   # validation attacks whenever there is an eps
-            raise ConfigError(f"--val-steps must be at least 1, got {c.val_steps}")
         if c.epochs is None:
             c.epochs = DEFAULT_EPOCHS.get(c.dataset, 30)
-        for key in ("epochs", "batch_size"):
-            if getattr(c, key) < 1:
-                raise ConfigError(f"{key} must be at least 1, got {getattr(c, key)}")
-        if not (c.lr > 0 and math.isfinite(c.lr)):
-            raise ConfigError(f"learning rate must be positive, got {c.lr}")
         if c.augment is None:
             c.augment = info.name in AUGMENTED
         if c.name is None:

@@ -13,14 +13,16 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
-from ..errors import ConfigError
+from ..constraints import Interval, check_value
+
+#: a decay ``ema_model`` takes; ``TrainConfig``'s ``ema`` is this or 0 (no EMA)
+DECAY = Interval(float, 0.0, 1.0, lo_open=True, hi_open=True)
 
 
 def ema_model(model: nn.Module, decay: float) -> AveragedModel:
     """An ``AveragedModel`` of ``model`` whose ``update_parameters`` applies the warm-up EMA with ``decay``
     in (0, 1); call ``update_ema`` (which also copies the buffers) after each optimizer step."""
-    if not 0 < decay < 1:
-        raise ConfigError(f"--ema takes a decay in (0, 1), e.g. 0.995; got {decay}")
+    check_value("--ema", decay, DECAY)
 
     def lerp(averaged: list[torch.Tensor], current: list[torch.Tensor], n_averaged: torch.Tensor) -> None:
         t = int(n_averaged)

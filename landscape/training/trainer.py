@@ -8,7 +8,7 @@ command line, for a job script to requeue) and every ``checkpoint_minutes``; a m
 holds the epoch's position (``EpochState``: batches done, generator states, running sums), and resuming
 skips the batches done and goes on with the same generators.
 Files in ``out/NAME/``: config.json, metrics.csv, last.pt, best.pt, epoch_XXX.pt with ``save_every`` and
-hsat.json for H-SAT (``landscape.runs.RUN_FILES``); a fresh run (``overwrite``) deletes those of an earlier run first.
+hsat.json for H-SAT (``landscape.names.RUN_FILES``); a fresh run (``overwrite``) deletes those of an earlier run first.
 """
 from __future__ import annotations
 
@@ -28,14 +28,17 @@ from .._version import __version__
 from ..checkpoint import load_weights, read_checkpoint, save_checkpoint
 from ..attacks import RowShard
 from ..data import Dataset, augment, load_dataset
+from ..devices import resolve_device
 from ..distributed import all_reduce_sum, check_sync_bn, shard_bounds, world
 from ..errors import CheckpointError, ConfigError, DataError, NonFiniteLossError, Preempted
 from ..evaluate import evaluate
-from ..io import LOCK_NAME, lock_folder, write_json
+from ..inference import correct, mean_loss
+from ..io import LOCK_NAME, lock_folder, write_csv, write_json
 from ..progress import progress_bar
+from ..seeding import generator
 from ..models import build_model
 from ..precision import autocast, grad_scaler, resolve_amp
-from ..runs import run_files, selection_score, write_metrics
+from ..names import run_files, selection_score
 from .config import TrainConfig
 from .curriculum import eps_for_lambda, lam_schedule
 from .ema import ema_model, update_ema
@@ -48,7 +51,7 @@ RESUME_SAFE = ("device", "quiet", "json")
 
 def derived_generator(seed: int, purpose: int, epoch: int) -> torch.Generator:
     """A CPU generator for one purpose (shuffle, attack, augmentation) in one epoch."""
-    return torch.Generator().manual_seed((int(seed) * 1_000_003 + purpose * 10_007 + epoch) % (2 ** 63))
+    return generator(seed, purpose, epoch)
 
 
 def learning_rate(cfg: TrainConfig, step: int, total: int) -> float:
@@ -159,7 +162,7 @@ class Trainer:
         """A run of ``cfg`` in ``out/cfg.name`` (refused if that folder holds another run, unless
         ``overwrite``). ``_resume`` (``Trainer.resume``'s way in): the run folder and its ``last.pt``, whose
         states replace the fresh ones after the same setup."""
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.cfg = cfg.resolved(self.device)
         self.world = world()
         self.progress = progress and self.world.main
@@ -219,7 +222,7 @@ class Trainer:
         cfg = TrainConfig.from_dict(ck["config"]["train"]).resolved()
         changes = {**(changes or {}), **({"epochs": epochs} if epochs is not None else {})}
         if "amp" in changes:
-            changes["amp"] = resolve_amp(changes["amp"], device)
+            changes["amp"] = resolve_amp(changes["amp"], resolve_device(device))
         _check_resume_changes(cfg, changes, run_dir, int(ck.get("epoch") or 0))
         return cls(dataclasses.replace(cfg, **changes).resolved(), device=device, progress=progress,
                    _resume=(run_dir, ck))
@@ -505,7 +508,7 @@ class Trainer:
         if improved:
             save_checkpoint(self.run_dir / "best.pt", averaged, cfg, metrics, self.epoch)
         self._save_last(metrics)
-        write_metrics(self.run_dir / "metrics.csv", self.history)
+        write_csv(self.run_dir / "metrics.csv", self.history)
         if "hsat_log" in self.state:
             write_json(self.run_dir / "hsat.json", {"landscape_version": __version__,
                                                     "calibrations": self.state["hsat_log"]})
@@ -513,22 +516,21 @@ class Trainer:
     def _validate(self, model: nn.Module) -> tuple[float, float | None, float]:
         """Validation clean accuracy, PGD accuracy (None without an attack) and clean cross-entropy. Under
         torchrun each process takes a shard, cut on the attack's batches (seeded by position), and the
-        counts are summed: the numbers one process gets."""
+        counts are summed: the numbers one process gets. Everything is scored by ``landscape.inference``."""
         c = self.cfg
         attack = c.attack(steps=c.val_steps)
         if not self.world.active:
             val = evaluate(model, self.val_x, self.val_y, attack=attack, seed=c.seed)
-            return val.clean_acc, val.pgd_acc, _clean_loss(model, self.val_x, self.val_y)
-        from ..evaluate import predict
+            return val.clean_acc, val.pgd_acc, mean_loss(model, self.val_x, self.val_y)
         n = len(self.val_y)
         lo, hi = shard_bounds(n, self.world, attack.batch_size if attack is not None else 1)
         x, y = self.val_x[lo:hi], self.val_y[lo:hi]
         counts = torch.zeros(3, dtype=torch.float64, device=self.device)
         if len(y):
-            counts[0] = (predict(model, x) == y).sum()
+            counts[0] = correct(model, x, y)
             if attack is not None and attack.active:
-                counts[1] = (predict(model, attack.examples(model, x, y, c.seed, start=lo)) == y).sum()
-            counts[2] = _clean_loss(model, x, y) * len(y)
+                counts[1] = correct(model, attack.examples(model, x, y, c.seed, start=lo), y)
+            counts[2] = mean_loss(model, x, y) * len(y)
         clean, robust, loss = (all_reduce_sum(counts) / n).tolist()
         pgd = None if attack is None else robust if attack.active else clean
         return clean, pgd, loss
@@ -548,15 +550,6 @@ class Trainer:
             metrics = {"mid_epoch": {"epoch": st.epoch + 1, "batch": st.batch, "of": self.iters_per_epoch}}
         save_checkpoint(self.run_dir / "last.pt", self.model, self.checkpoint_config(), metrics, self.epoch,
                         train_state)
-
-
-def _clean_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> float:
-    """Mean cross-entropy on (x, y) in eval mode, without gradients: one forward per batch."""
-    from ..attacks import eval_mode
-    with eval_mode(model), torch.inference_mode():
-        total = sum(torch.nn.functional.cross_entropy(model(x[i:i + batch_size]), y[i:i + batch_size],
-                                                      reduction="sum").item() for i in range(0, len(x), batch_size))
-    return total / max(len(y), 1)
 
 
 def _flag(name: str) -> str:
