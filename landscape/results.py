@@ -33,6 +33,8 @@ DENSITY_FLOOR = 1e-6          # a density's log axis starts at this fraction of 
 def load_result(obj: Any) -> Any:
     if isinstance(obj, (str, os.PathLike)):
         p = Path(obj)
+        if is_surface_folder(p):          # a surface folder: its stored surface
+            return load_surface(p).to_dict()
         if p.is_dir() and folder_result(p) is not None:
             p = folder_result(p)
         if not p.is_file():
@@ -240,8 +242,8 @@ def describe(obj: Any) -> dict:
 
 def is_table_like(obj: Any) -> bool:
     import pandas as pd
-    return isinstance(obj, pd.DataFrame) or (isinstance(obj, (str, os.PathLike)) and
-                                             (Path(obj).suffix == ".csv" or Path(obj).is_dir()))
+    return isinstance(obj, pd.DataFrame) or (isinstance(obj, (str, os.PathLike)) and (
+        Path(obj).suffix == ".csv" or (Path(obj).is_dir() and folder_result(obj) is None)))   # a run folder's metrics
 
 
 def caption(info: dict, with_eps: bool = True, noun: str = "loss") -> str:

@@ -173,3 +173,43 @@ def test_hsat_calibration_ratio_and_affine_on_a_known_sharpness_curve(monkeypatc
     assert got["ratio"]["eps_t"] == 0.0
     assert abs(got["affine"]["eps_t"] - 0.15) <= 0.3 / 2 ** 8
     assert got["affine"]["evaluations"][1] == (0.0, 10.0)  # the clean floor is logged
+
+
+def test_epoch_state_starts_from_the_epochs_generators_and_round_trips():
+    """``EpochState.start``: the attack and augmentation generators of (seed, purpose, epoch), zero sums;
+    ``to_dict`` -> ``torch.save`` (weights only, as in last.pt) -> ``from_dict`` restores the batches done, the
+    sums and the generators' positions (the restored state draws what the original draws next)."""
+    import io
+    from landscape.training.trainer import _ATTACK, _AUGMENT, EpochState, derived_generator
+
+    cpu = torch.device("cpu")
+    st = EpochState.start(seed=5, epoch=2, device=cpu)
+    assert (st.epoch, st.batch, st.seen, st.seconds, st.lam, st.eps_t, st.extra) == (2, 0, 0, 0.0, 1.0, None, {})
+    assert st.loss_sum.item() == 0.0 and st.loss_sum.dtype == torch.float32
+    assert st.correct.item() == 0 and st.correct.dtype == torch.long
+    attack_draw = torch.rand(4, generator=st.g_attack)
+    assert torch.equal(attack_draw, torch.rand(4, generator=derived_generator(5, _ATTACK, 2)))
+    aug_draw = torch.rand(4, generator=st.g_aug)
+    assert torch.equal(aug_draw, torch.rand(4, generator=derived_generator(5, _AUGMENT, 2)))
+    assert not torch.equal(attack_draw, aug_draw)                               # two streams
+    assert not torch.equal(attack_draw, torch.rand(4, generator=EpochState.start(5, 3, cpu).g_attack))  # per epoch
+    assert not torch.equal(attack_draw, torch.rand(4, generator=EpochState.start(6, 2, cpu).g_attack))  # per seed
+
+    # half an epoch: 3 batches of 32, 70 correct, a curriculum step, an H-SAT record
+    st.batch, st.seen, st.seconds, st.lam, st.eps_t = 3, 96, 1.25, 0.4, 0.04
+    st.loss_sum += 123.5
+    st.correct += 70
+    st.extra["hsat_eps"] = 0.05
+    buf = io.BytesIO()
+    torch.save(st.to_dict(), buf)
+    buf.seek(0)
+    back = EpochState.from_dict(torch.load(buf, weights_only=True), cpu)
+    assert (back.epoch, back.batch, back.seen, back.seconds, back.lam, back.eps_t) == (2, 3, 96, 1.25, 0.4, 0.04)
+    assert back.extra == {"hsat_eps": 0.05} and back.extra is not st.extra
+    assert back.loss_sum.item() == 123.5 and back.loss_sum.dtype == torch.float32
+    assert back.correct.item() == 70 and back.correct.dtype == torch.long
+    for ours, theirs in ((st.g_attack, back.g_attack), (st.g_aug, back.g_aug)):
+        assert torch.equal(torch.rand(5, generator=theirs), torch.rand(5, generator=ours))
+        assert torch.equal(torch.randint(0, 2, (8,), generator=theirs), torch.randint(0, 2, (8,), generator=ours))
+    none = EpochState.from_dict(EpochState.start(0, 0, cpu).to_dict(), cpu)
+    assert none.eps_t is None and none.batch == 0 and none.seen == 0
