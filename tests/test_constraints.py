@@ -263,3 +263,22 @@ def test_the_analysis_functions_use_the_table():
     assert _api_error(lambda: hessian_trace(op, tol=-1.0)) == "--trace-tol: -1.0 must be >= 0"
     assert _api_error(lambda: hessian_trace(op, max_hvps=0)) == "--trace-max-hvps: 0 must be >= 1"
     assert op.hvp_count == 0
+
+
+@pytest.mark.parametrize("field,flag,value", [("square_queries", "--square-queries", 0), ("batch_size", "--batch-size", 0),
+                                              ("seed", "--seed", -3)])
+def test_the_audit_refuses_landscape_evals_options_in_its_words(field, flag, value, capsys):
+    """The audit's own loop checked its ranges with other words: its settings are a table now, and the
+    keywords that are landscape-eval's options are refused as the command line refuses them."""
+    from landscape.audit.context import AuditSettings
+    api = _api_error(lambda: AuditSettings(**{field: value}))
+    assert f"argument {api}" in _cli_error(eval_cli.build_parser, ["ck.pt", "--audit", flag, str(value)], capsys)
+
+
+@pytest.mark.parametrize("kw,words", [(dict(effort_restarts=0), "effort_restarts: 0 must be >= 1"),
+                                      (dict(eot=1.5), "eot: 1.5 must be an integer"),
+                                      (dict(noise_draws=True), "noise_draws: True must be an integer"),
+                                      (dict(sweep=(2.0, -1.0)), "sweep: -1.0 must be > 0")])
+def test_the_audits_own_settings_are_one_table(kw, words):
+    from landscape.audit.context import AuditSettings
+    assert _api_error(lambda: AuditSettings(**kw)) == words

@@ -17,8 +17,10 @@ import torch
 from torch import nn
 
 from ..attack_spec import AttackSpec
+from ..analysis.settings import CONSTRAINTS as ANALYSIS
 from ..attacks import AttackTrace, batch_generator, eval_mode, pgd_trace, random_start
 from ..autoattack import STANDARD, WHITE_BOX, run_autoattack
+from ..constraints import SEED, Interval, check_value, validate
 from ..errors import ConfigError
 from ..finite import NonFiniteOutputError
 from ..inference import input_gradients, predict
@@ -35,6 +37,14 @@ PARTS = ("clean", "gradients", "pgd", "pgd_margin", "fgsm", "more_effort", "eps_
          "autoattack", "transfer")
 
 
+#: the ranges of the audit's own settings (``constraints``); the keywords that are also options of
+#: landscape-eval share its words (--seed, --batch-size, --square-queries), the others are named as keywords
+CONSTRAINTS = {"seed": SEED, "effort_restarts": Interval(int, 1), "noise_draws": Interval(int, 1),
+               "eot": Interval(int, 1), "batch_size": Interval(int, 1), "square_queries": ANALYSIS["square_queries"]}
+FLAGS = {"effort_restarts": "effort_restarts", "noise_draws": "noise_draws", "eot": "eot"}
+SWEEP_FACTOR = Interval(float, 0.0, lo_open=True)   # each eps of the sweep is the audited eps times a factor
+
+
 @dataclass(frozen=True)
 class AuditSettings:
     """How the audit runs its attacks beyond the audited PGD (``audit``'s keywords, module doc of ``run``)."""
@@ -49,10 +59,9 @@ class AuditSettings:
     square_queries: int = 5000
 
     def __post_init__(self) -> None:
-        for name in ("effort_restarts", "noise_draws", "eot"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"audit {name} must be a positive integer, got {v!r}")
+        validate(vars(self), CONSTRAINTS, FLAGS)
+        for factor in self.sweep:
+            check_value("sweep", factor, SWEEP_FACTOR)
 
     def to_dict(self, surrogate: bool) -> dict:
         """The settings a stored audit records (beside samples, seed, attack and thresholds)."""
