@@ -113,8 +113,8 @@ def _scan(path: Path) -> list[Path]:
     for p in subs:
         if p.parent == path and p.name in OWN_FILES:
             continue
-        if p.is_dir() and folder_result(p) is not None:
-            out.append(folder_result(p))
+        if (own := folder_result(p)) is not None:
+            out.append(own)
         elif p.is_file() and p.suffix == ".json" and p.name not in SKIP_JSON and ".directions" not in p.name:
             out.append(p)
         elif p.is_file() and p.suffix == ".csv" and _has_epochs(p):
@@ -131,8 +131,8 @@ def _items(path: Path) -> list[Path]:
         return [path]
     if not path.is_dir():
         raise LandscapeError(f"no such result or run folder: {path}")
-    if not is_run_folder(path) and folder_result(path) is not None:
-        return [folder_result(path)]
+    if not is_run_folder(path) and (own := folder_result(path)) is not None:
+        return [own]
     out = _scan(path)
     subdirs = [p for p in sorted(path.iterdir()) if p.is_dir() and p.name != "surfaces" and folder_result(p) is None]
     if not is_run_folder(path):

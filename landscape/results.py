@@ -35,8 +35,7 @@ def load_result(obj: Any) -> Any:
         p = Path(obj)
         if is_surface_folder(p):          # a surface folder: its stored surface
             return load_surface(p).to_dict()
-        if p.is_dir() and folder_result(p) is not None:
-            p = folder_result(p)
+        p = folder_result(p) or p         # an input surface's folder: its JSON
         if not p.is_file():
             raise LandscapeError(f"result file not found: {p}")
         try:
@@ -129,7 +128,6 @@ def result_run(d: dict) -> str | None:
         p = Path(ck)
         return run_folder_name(p.parent) if is_checkpoint_path(p) and p.parent.name else p.stem
     return None
-
 
 
 #: what a result was measured under (``measurement``), as the report tells results apart: the model (its

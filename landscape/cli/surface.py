@@ -11,7 +11,7 @@ from ..analysis.hessian import HVP_CHOICES
 from ..analysis.settings import CONSTRAINTS
 from ..attack_spec import CONSTRAINTS as ATTACK, FLAGS as ATTACK_FLAGS
 from ..checkpoint import load_checkpoint
-from ..constraints import validate
+from ..constraints import flag, validate
 from ..data import dataset_info, load_dataset
 from ..errors import ConfigError, ResourceError
 from ..io import lock_folder, write_json
@@ -419,8 +419,7 @@ def _input_space(args) -> int:
     from ..analysis.input_space import input_surface
     changed = [k for k, v in INPUT_ONLY_WEIGHTS.items() if getattr(args, k) != v]
     if changed:
-        flag = "--" + changed[0].replace("_", "-")
-        raise ConfigError(f"{flag} applies to the weight-space surface; --space input moves the inputs along "
+        raise ConfigError(f"{flag(changed[0])} applies to the weight-space surface; --space input moves the inputs along "
                           "their gradient and a random direction")
     a_spec, b_spec = args.x or "-2:2:21", args.y or "-2:2:21"
     points = len(_grid(a_spec, "--x")) * len(_grid(b_spec, "--y"))

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 
 from ..attack_spec import CONSTRAINTS as ATTACK, DEFAULT_BATCH_SIZE, AttackSpec
 from ..attacks import default_step_size
-from ..constraints import SEED, Interval, NoneOr, OneOf, validate
+from ..constraints import SEED, Interval, NoneOr, OneOf, flag, validate
 from ..data import AUGMENTED, dataset_info
 from ..errors import ConfigError
 from ..io import safe_name
@@ -164,8 +164,8 @@ class TrainConfig:
                 continue
             what, used, why = ONLY_FOR[name]
             if not used(self):
-                flag = "--" + name.replace("_", "-")
-                return f"{flag} is {what}; {why.format(method=m)}: drop {flag}"
+                opt = flag(name)
+                return f"{opt} is {what}; {why.format(method=m)}: drop {opt}"
         return None
 
     @classmethod

@@ -28,6 +28,7 @@ from .._version import __version__
 from ..checkpoint import load_weights, read_checkpoint, save_checkpoint
 from ..attacks import RowShard
 from ..data import Dataset, augment, load_dataset
+from ..constraints import flag
 from ..devices import resolve_device
 from ..distributed import all_reduce_sum, check_sync_bn, shard_bounds, world
 from ..errors import CheckpointError, ConfigError, DataError, NonFiniteLossError, Preempted
@@ -461,12 +462,12 @@ class Trainer:
         with autocast(self.device, c.amp):
             out = self.objective(self.ddp, x, y, s, g, **({"attack_model": self.fast} if self.world.active else {}))
         loss_n = out.loss.detach().float() * len(y)
-        correct = (out.logits.detach().argmax(1) == y).sum()
+        hits = (out.logits.detach().argmax(1) == y).sum()
         loss, received = out.loss, self.stop.received if self.stop is not None else None
         if self.world.active:  # the batch's sums over all processes; DDP averages gradients over processes
-            flag = torch.tensor(0.0 if received is None else 1.0, device=loss_n.device)
-            sums = all_reduce_sum(torch.stack([loss_n, correct.float(), flag]))
-            loss_n, correct = sums[0], sums[1].round().long()
+            stop_flag = torch.tensor(0.0 if received is None else 1.0, device=loss_n.device)
+            sums = all_reduce_sum(torch.stack([loss_n, hits.float(), stop_flag]))
+            loss_n, hits = sums[0], sums[1].round().long()
             if sums[2] > 0:
                 received = received or "a stop signal (to another process)"
             loss = out.loss * (len(y) * self.world.size / n)  # the global batch's mean, after DDP's average
@@ -483,7 +484,7 @@ class Trainer:
         if self.ema is not None:
             update_ema(self.ema, self.model)
         st.loss_sum += loss_n
-        st.correct += correct
+        st.correct += hits
         st.seen += n
         st.batch, st.lam, st.eps_t = i + 1, lam, s.eps
         self.step += 1
@@ -552,10 +553,6 @@ class Trainer:
                         train_state)
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
 def _check_resume_changes(cfg: TrainConfig, changes: dict, run_dir: Path, done: int) -> None:
     """Raise ``ConfigError`` (one line naming every difference) unless ``changes`` leave ``cfg`` as it is,
     an ``epochs`` increase of a schedule that does not depend on it excepted."""
@@ -579,10 +576,10 @@ def _check_resume_changes(cfg: TrainConfig, changes: dict, run_dir: Path, done: 
                         f"{' and lambda' if cfg.method in CURRICULUM_METHODS else ''} schedule is "
                         f"spread over the epochs, so more epochs would change it)")
         else:
-            diff.append(f"{_flag(name)} {now} (run: {old})")
+            diff.append(f"{flag(name)} {now} (run: {old})")
     if diff:
         raise ConfigError(f"--resume continues {run_dir} as it was configured, but {'; '.join(diff)}; only "
-                          f"{', '.join(_flag(f) for f in RESUME_SAFE)} may change on resume "
+                          f"{', '.join(flag(f) for f in RESUME_SAFE)} may change on resume "
                           "(start a new run with another --name for the rest)")
 
 
