@@ -269,7 +269,9 @@ def test_two_runs_at_once_the_second_is_refused_and_sigterm_stops_cleanly(tmp_pa
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     log = tmp_path / "tiny/cells/at-eps0.1-s0/logs/train.log"
     deadline = time.time() + 120
-    while time.time() < deadline and not (log.exists() and "epoch" in log.read_text().lower()):
+    # the training has started when landscape-train prints its estimate, just before fit() (the log's first
+    # line, the command itself, says "--epochs": waiting for "epoch" sent SIGTERM during the setup)
+    while time.time() < deadline and not (log.exists() and "landscape-train: estimated" in log.read_text()):
         time.sleep(0.2)
     second = _study(["run", "s.toml"], tmp_path)
     assert second.returncode == 2 and "is in use by pid" in second.stderr and "landscape-study run" in second.stderr
